@@ -1,0 +1,160 @@
+//! One queue per (key, scheme). A queue flushes when it reaches
+//! `max_batch`, when its oldest request has waited `max_wait`, or at once
+//! when a backend that can take it has idle capacity: batching is for when
+//! backends are busy, never a reason to keep one idle.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::{Batch, Inner, Waiter};
+use crate::keys::{Key, KeyId};
+use crate::scheme::Scheme;
+
+struct Queue {
+    batch: Batch,
+    oldest: Instant,
+}
+
+/// The per-(key, scheme) queues and the wake-up for time-based flushes.
+#[derive(Default)]
+pub(crate) struct Batcher {
+    queues: Mutex<HashMap<(KeyId, Scheme), Queue>>,
+    wake: Condvar,
+    /// Requests sitting in queues (not yet dispatched).
+    queued: AtomicUsize,
+}
+
+impl Batcher {
+    /// Adds one request; may dispatch a batch on the caller's thread.
+    pub(crate) fn push(
+        &self,
+        inner: &Inner,
+        key: Arc<Key>,
+        scheme: Scheme,
+        input: Vec<u8>,
+        waiter: Waiter,
+    ) {
+        let mut queues = self.queues.lock();
+        let now = Instant::now();
+        let q = queues.entry((key.id(), scheme)).or_insert_with(|| Queue {
+            batch: Batch {
+                key: key.clone(),
+                scheme,
+                inputs: Vec::new(),
+                waiters: Vec::new(),
+            },
+            oldest: now,
+        });
+        let first = q.batch.waiters.is_empty();
+        if first {
+            q.oldest = now;
+        }
+        q.batch.inputs.push(input);
+        q.batch.waiters.push(waiter);
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let full = q.batch.waiters.len() >= inner.cfg.max_batch;
+        if full || inner.has_idle_capacity(&key, scheme) {
+            let batch = self.take(&mut queues, (key.id(), scheme));
+            drop(queues);
+            if let Some(b) = batch {
+                inner.dispatch(b, Vec::new(), None);
+            }
+        } else if first {
+            drop(queues);
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(
+        &self,
+        queues: &mut HashMap<(KeyId, Scheme), Queue>,
+        k: (KeyId, Scheme),
+    ) -> Option<Batch> {
+        let q = queues.remove(&k)?;
+        self.queued
+            .fetch_sub(q.batch.waiters.len(), Ordering::AcqRel);
+        Some(q.batch)
+    }
+
+    /// Requests waiting in queues.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Wakes the flusher (shutdown).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_all();
+    }
+
+    /// Dispatches every queue a backend has idle capacity for; called by
+    /// workers when they finish a batch.
+    pub(crate) fn flush_idle(&self, inner: &Inner) {
+        if self.queued() == 0 {
+            return;
+        }
+        let ready = self.collect(inner, Instant::now(), false).0;
+        for b in ready {
+            inner.dispatch(b, Vec::new(), None);
+        }
+    }
+
+    /// Takes the queues that are due (waited `max_wait`, or a backend is
+    /// idle, or everything when `all`), and says when the next one falls due.
+    fn collect(&self, inner: &Inner, now: Instant, all: bool) -> (Vec<Batch>, Option<Instant>) {
+        let mut queues = self.queues.lock();
+        let max_wait = inner.cfg.max_wait;
+        let mut due = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (k, q) in queues.iter() {
+            let at = q.oldest + max_wait;
+            if all || at <= now || inner.has_idle_capacity(&q.batch.key, q.batch.scheme) {
+                due.push(*k);
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        let batches = due
+            .into_iter()
+            .filter_map(|k| self.take(&mut queues, k))
+            .collect();
+        (batches, next)
+    }
+}
+
+/// The flusher thread: dispatches queues whose oldest request has waited
+/// `max_wait`; on shutdown, dispatches everything and stops the workers.
+pub(crate) fn run_flusher(inner: &Arc<Inner>) {
+    loop {
+        let stopping = inner.stopping.load(Ordering::Acquire);
+        let (batches, next) = inner.batcher.collect(inner, Instant::now(), stopping);
+        for b in batches {
+            inner.dispatch(b, Vec::new(), None);
+        }
+        if stopping {
+            break;
+        }
+        let mut queues = inner.batcher.queues.lock();
+        if inner.stopping.load(Ordering::Acquire) {
+            continue;
+        }
+        // Re-check under the lock: a push that happened after `collect`
+        // would have notified before we started waiting.
+        let next = next.or_else(|| queues.values().map(|q| q.oldest + inner.cfg.max_wait).min());
+        match next {
+            Some(at) => {
+                let _ = inner.batcher.wake.wait_until(&mut queues, at);
+            }
+            None => {
+                let _ = inner
+                    .batcher
+                    .wake
+                    .wait_for(&mut queues, Duration::from_millis(250));
+            }
+        }
+    }
+    super::dispatch::stop_workers(inner);
+}

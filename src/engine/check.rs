@@ -1,0 +1,45 @@
+//! Verification before release: nothing wrong leaves sigmux. Every RSA
+//! signature is checked against the public key (a CRT fault would leak the
+//! key); other schemes are checked when the backend asks for it.
+
+use aws_lc_rs::digest::Digest;
+use aws_lc_rs::signature::{self as sig, VerificationAlgorithm};
+
+use crate::keys::Key;
+use crate::scheme::{Family, Scheme};
+
+/// The aws-lc-rs algorithm that verifies `scheme`.
+pub fn verification_algorithm(scheme: Scheme) -> &'static dyn VerificationAlgorithm {
+    match scheme {
+        Scheme::RsaPkcs1Sha256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Scheme::RsaPkcs1Sha384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        Scheme::RsaPkcs1Sha512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        Scheme::RsaPssRsaeSha256 => &sig::RSA_PSS_2048_8192_SHA256,
+        Scheme::RsaPssRsaeSha384 => &sig::RSA_PSS_2048_8192_SHA384,
+        Scheme::RsaPssRsaeSha512 => &sig::RSA_PSS_2048_8192_SHA512,
+        Scheme::EcdsaSecp256r1Sha256 => &sig::ECDSA_P256_SHA256_ASN1,
+        Scheme::EcdsaSecp384r1Sha384 => &sig::ECDSA_P384_SHA384_ASN1,
+        Scheme::Ed25519 => &sig::ED25519,
+    }
+}
+
+/// Whether the engine must verify signatures of `scheme` from a backend
+/// that `needs_check` reports on.
+pub fn must_verify(scheme: Scheme, backend_asks: bool) -> bool {
+    scheme.family() == Family::Rsa || backend_asks
+}
+
+/// Verifies one signature over a prepared input (digest, or message for
+/// Ed25519).
+pub fn verify(key: &Key, scheme: Scheme, input: &[u8], signature: &[u8]) -> bool {
+    let Ok(v) = key.verifier(scheme) else {
+        return false;
+    };
+    match scheme.hash() {
+        Some(h) => match Digest::import_less_safe(input, h.aws()) {
+            Ok(d) => v.verify_digest_sig(&d, signature).is_ok(),
+            Err(_) => false,
+        },
+        None => v.verify_sig(input, signature).is_ok(),
+    }
+}

@@ -1,0 +1,380 @@
+//! The engine: every signature in sigmux goes through [`Engine::sign`].
+//! Requests are queued per key and scheme, flushed as batches, placed on the
+//! backend that will finish them first, checked, and released.
+
+mod batcher;
+pub mod check;
+pub mod cost;
+mod dispatch;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::keys::Key;
+use crate::scheme::{Scheme, SignInput};
+
+use batcher::Batcher;
+use dispatch::Slot;
+
+/// Engine limits.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// A queue flushes when it holds this many requests.
+    pub max_batch: usize,
+    /// A queue flushes when its oldest request has waited this long (and
+    /// sooner, whenever a backend that can take it has idle capacity).
+    pub max_wait: Duration,
+    /// Requests accepted and not yet answered, across all queues; past this
+    /// `sign` answers [`Error::Overloaded`] at once.
+    pub queue_capacity: usize,
+    /// Default per-request deadline.
+    pub deadline: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_batch: 64,
+            max_wait: Duration::from_micros(200),
+            queue_capacity: 65_536,
+            deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One private-key operation to perform.
+#[derive(Debug)]
+pub struct SignRequest {
+    /// The key.
+    pub key: Arc<Key>,
+    /// The scheme; must fit the key's kind.
+    pub scheme: Scheme,
+    /// Message or prehashed digest.
+    pub input: SignInput,
+    /// Overrides the engine's default deadline.
+    pub deadline: Option<Duration>,
+}
+
+impl SignRequest {
+    /// A request with the engine's default deadline.
+    pub fn new(key: Arc<Key>, scheme: Scheme, input: SignInput) -> SignRequest {
+        SignRequest {
+            key,
+            scheme,
+            input,
+            deadline: None,
+        }
+    }
+}
+
+/// A released signature: checked where the rules require it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signature {
+    /// RSA: big-endian, modulus length; ECDSA: DER; Ed25519: 64 bytes.
+    pub bytes: Vec<u8>,
+    /// The backend that made it.
+    pub backend: Arc<str>,
+}
+
+/// The pending answer to one request: await it, or [`Ticket::wait`] from
+/// synchronous code.
+pub struct Ticket {
+    rx: oneshot::Receiver<Result<Signature>>,
+}
+
+impl Ticket {
+    /// Blocks until the answer arrives. Must not be called from inside an
+    /// async runtime; await the ticket there instead.
+    pub fn wait(self) -> Result<Signature> {
+        self.rx.blocking_recv().unwrap_or(Err(Error::ShuttingDown))
+    }
+}
+
+impl Future for Ticket {
+    type Output = Result<Signature>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::ShuttingDown)))
+    }
+}
+
+/// Decrements the admitted count when a request is answered (or dropped),
+/// so the bound can never leak.
+struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Where one request's answer goes.
+pub(crate) struct Waiter {
+    tx: oneshot::Sender<Result<Signature>>,
+    deadline: Instant,
+    _admission: Admission,
+}
+
+impl Waiter {
+    fn answer(self, result: Result<Signature>) {
+        // The caller may have stopped waiting; that is their choice.
+        let _ = self.tx.send(result);
+    }
+}
+
+/// Requests for one key and scheme that travel together.
+pub(crate) struct Batch {
+    key: Arc<Key>,
+    scheme: Scheme,
+    inputs: Vec<Vec<u8>>,
+    waiters: Vec<Waiter>,
+}
+
+impl Batch {
+    fn fail(self, make: impl Fn() -> Error) {
+        for w in self.waiters {
+            w.answer(Err(make()));
+        }
+    }
+}
+
+/// Engine-wide counters.
+#[derive(Default)]
+struct EngineStats {
+    accepted: AtomicU64,
+    overloaded: AtomicU64,
+    deadline_exceeded: AtomicU64,
+    failed: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    cfg: EngineConfig,
+    slots: Vec<Arc<Slot>>,
+    batcher: Batcher,
+    admitted: Arc<AtomicUsize>,
+    stats: EngineStats,
+    stopping: AtomicBool,
+}
+
+/// The signing engine. Share it as `Arc<Engine>`; dropping the last
+/// reference drains the queues and stops the worker threads.
+pub struct Engine {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Starts an engine over `backends` (unavailable ones are listed but
+    /// never given work).
+    pub fn new(cfg: EngineConfig, backends: Vec<Arc<dyn Backend>>) -> Result<Engine> {
+        if cfg.max_batch == 0 || cfg.queue_capacity == 0 {
+            return Err(Error::Config(
+                "engine.max_batch and engine.queue_capacity must be at least 1".into(),
+            ));
+        }
+        let slots: Vec<Arc<Slot>> = backends
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| Arc::new(Slot::new(i, b)))
+            .collect();
+        let inner = Arc::new(Inner {
+            cfg,
+            slots,
+            batcher: Batcher::default(),
+            admitted: Arc::new(AtomicUsize::new(0)),
+            stats: EngineStats::default(),
+            stopping: AtomicBool::new(false),
+        });
+        let mut threads = Vec::new();
+        for slot in &inner.slots {
+            threads.extend(dispatch::spawn_workers(&inner, slot)?);
+        }
+        let flusher = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("sigmux-batcher".into())
+                .spawn(move || batcher::run_flusher(&flusher))
+                .map_err(|e| Error::Invalid(format!("cannot start batcher thread: {e}")))?,
+        );
+        Ok(Engine {
+            inner,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Queues a request and returns its ticket at once. Fails at once with
+    /// [`Error::Overloaded`] when the queues are full, and with a clear
+    /// error for a scheme that does not fit the key, a digest of the wrong
+    /// length, or a key no backend can use.
+    pub fn submit(&self, req: SignRequest) -> Result<Ticket> {
+        let inner = &self.inner;
+        if inner.stopping.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        req.scheme.check_fits(req.key.kind())?;
+        let input = req.scheme.prepare(req.input)?;
+        inner.check_some_backend(&req.key, req.scheme)?;
+        let before = inner.admitted.fetch_add(1, Ordering::AcqRel);
+        let admission = Admission(inner.admitted.clone());
+        if before >= inner.cfg.queue_capacity {
+            inner.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::Overloaded);
+        }
+        inner.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let waiter = Waiter {
+            tx,
+            deadline: Instant::now() + req.deadline.unwrap_or(inner.cfg.deadline),
+            _admission: admission,
+        };
+        inner
+            .batcher
+            .push(inner, req.key, req.scheme, input, waiter);
+        Ok(Ticket { rx })
+    }
+
+    /// Signs, from async code.
+    pub async fn sign(&self, req: SignRequest) -> Result<Signature> {
+        self.submit(req)?.await
+    }
+
+    /// Signs, from synchronous code (not inside an async runtime).
+    pub fn sign_blocking(&self, req: SignRequest) -> Result<Signature> {
+        self.submit(req)?.wait()
+    }
+
+    /// The engine's limits.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.cfg
+    }
+
+    /// Requests accepted and not yet answered.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.admitted.load(Ordering::Acquire)
+    }
+
+    /// Names of the backends, in order.
+    pub fn backend_names(&self) -> Vec<String> {
+        self.inner
+            .slots
+            .iter()
+            .map(|s| s.backend.name().to_string())
+            .collect()
+    }
+
+    /// Operations and batches completed by each backend, as
+    /// `(name, ops, batches)`.
+    pub fn backend_totals(&self) -> Vec<(String, u64, u64)> {
+        self.inner
+            .slots
+            .iter()
+            .map(|s| {
+                let (ops, batches) = s.totals();
+                (s.backend.name().to_string(), ops, batches)
+            })
+            .collect()
+    }
+
+    /// Everything `sigmux backends` shows: capabilities, availability,
+    /// health, live cost model, queue depth and backend-specific facts.
+    pub fn report(&self) -> serde_json::Value {
+        let backends: Vec<serde_json::Value> =
+            self.inner.slots.iter().map(|s| s.report()).collect();
+        serde_json::json!({
+            "queue_depth": self.queue_depth(),
+            "queue_capacity": self.inner.cfg.queue_capacity,
+            "max_batch": self.inner.cfg.max_batch,
+            "max_wait_us": self.inner.cfg.max_wait.as_micros() as u64,
+            "backends": backends,
+        })
+    }
+
+    /// Prometheus text exposition of the engine's metrics.
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write;
+        let s = &self.inner.stats;
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            "sigmux_engine_requests_total",
+            "Requests accepted by the engine.",
+            s.accepted.load(Ordering::Relaxed),
+        );
+        counter(
+            "sigmux_engine_overloaded_total",
+            "Requests refused because the queues were full.",
+            s.overloaded.load(Ordering::Relaxed),
+        );
+        counter(
+            "sigmux_engine_deadline_exceeded_total",
+            "Requests that passed their deadline before signing.",
+            s.deadline_exceeded.load(Ordering::Relaxed),
+        );
+        counter(
+            "sigmux_engine_failed_total",
+            "Requests answered with a backend error.",
+            s.failed.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sigmux_engine_queue_depth Requests accepted and not yet answered.\n# TYPE sigmux_engine_queue_depth gauge\nsigmux_engine_queue_depth {}",
+            self.queue_depth()
+        );
+        dispatch::write_slot_metrics(&mut out, &self.inner.slots);
+        out
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.batcher.wake();
+        for h in self.threads.lock().drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Inner {
+    /// Fails fast when no backend could ever take this key and scheme.
+    fn check_some_backend(&self, key: &Key, scheme: Scheme) -> Result<()> {
+        if self.slots.iter().any(|s| s.could_serve(key, scheme)) {
+            Ok(())
+        } else {
+            Err(Error::NoBackend {
+                kind: key.kind(),
+                scheme,
+                reason: format!(
+                    "no enabled backend handles {:?} keys with this scheme",
+                    key.placement()
+                )
+                .to_lowercase(),
+            })
+        }
+    }
+
+    /// Whether some backend that can take this key and scheme is idle
+    /// enough that waiting for a fuller batch would only add latency.
+    fn has_idle_capacity(&self, key: &Key, scheme: Scheme) -> bool {
+        let now = Instant::now();
+        self.slots
+            .iter()
+            .any(|s| s.usable(key, scheme, now) && s.has_idle_capacity())
+    }
+}

@@ -1,0 +1,583 @@
+//! The key store: keys by name, by [`KeyId`] and by [`Ski`], private halves
+//! encrypted at rest under the key-encryption key.
+
+mod kek;
+mod material;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+pub use kek::{Kek, KekSource};
+pub use material::{Material, SecretKey};
+
+use crate::der;
+use crate::error::{Error, Result};
+use crate::scheme::{KeyKind, Scheme};
+
+/// SHA-256 of a key's SubjectPublicKeyInfo DER: the key's stable identity.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub [u8; 32]);
+
+/// SHA-1 of the subjectPublicKey bits (RFC 5280 method 1), which keyless
+/// clients use to name a key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ski(pub [u8; 20]);
+
+macro_rules! hex_id {
+    ($t:ty, $n:expr) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($t), hex::encode(self.0))
+            }
+        }
+        impl std::str::FromStr for $t {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                let mut out = [0u8; $n];
+                hex::decode_to_slice(s, &mut out).map_err(|_| {
+                    Error::Invalid(format!(
+                        "{} must be {} hex characters",
+                        stringify!($t),
+                        2 * $n
+                    ))
+                })?;
+                Ok(Self(out))
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_string())
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+hex_id!(KeyId, 32);
+hex_id!(Ski, 20);
+
+impl KeyId {
+    /// The id of a SubjectPublicKeyInfo.
+    pub fn of_spki(spki_der: &[u8]) -> KeyId {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest::digest(&digest::SHA256, spki_der).as_ref());
+        KeyId(out)
+    }
+}
+
+impl Ski {
+    /// The SKI of a SubjectPublicKeyInfo.
+    pub fn of_spki(spki_der: &[u8]) -> Result<Ski> {
+        let parts =
+            der::spki_parts(spki_der).map_err(|e| Error::Import(format!("public key: {e}")))?;
+        let mut out = [0u8; 20];
+        out.copy_from_slice(
+            digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, parts.public_key).as_ref(),
+        );
+        Ok(Ski(out))
+    }
+}
+
+/// Where a key's private half lives, and so which backends may use it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Held by sigmux (encrypted at rest); may run on CPU or GPU.
+    Soft,
+    /// Lives in a PKCS#11 token and never leaves it.
+    Hsm,
+}
+
+/// What sigmux records about a key; never contains private material.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyInfo {
+    /// The key's name in the store.
+    pub name: String,
+    /// Algorithm and size.
+    pub kind: KeyKind,
+    /// Where the private half lives.
+    pub placement: Placement,
+    /// SHA-256 of the SPKI.
+    pub key_id: KeyId,
+    /// SHA-1 of the subjectPublicKey bits.
+    pub ski: Ski,
+    /// The public key, SubjectPublicKeyInfo DER in base64.
+    pub spki: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+}
+
+impl KeyInfo {
+    /// The SubjectPublicKeyInfo DER.
+    pub fn spki_der(&self) -> Vec<u8> {
+        B64.decode(&self.spki).unwrap_or_default()
+    }
+
+    /// The public key as a PEM `PUBLIC KEY` block.
+    pub fn public_pem(&self) -> String {
+        pem::encode(&pem::Pem::new("PUBLIC KEY", self.spki_der()))
+    }
+}
+
+/// A key the engine can sign with. `Debug` shows only public facts.
+pub struct Key {
+    info: KeyInfo,
+    spki_der: Vec<u8>,
+    secret: Option<SecretKey>,
+    verifiers: [OnceLock<aws_lc_rs::signature::ParsedPublicKey>; 9],
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Key")
+            .field("name", &self.info.name)
+            .field("kind", &self.info.kind)
+            .field("placement", &self.info.placement)
+            .field("key_id", &self.info.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Key {
+    /// Builds a key from validated material (not stored anywhere).
+    pub fn from_material(name: &str, m: Material, placement: Placement) -> Result<Key> {
+        let info = KeyInfo {
+            name: name.to_string(),
+            kind: m.kind,
+            placement,
+            key_id: KeyId::of_spki(&m.spki_der),
+            ski: Ski::of_spki(&m.spki_der)?,
+            spki: B64.encode(&m.spki_der),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        Ok(Key::new(info, Some(m.secret)))
+    }
+
+    /// A fresh in-memory key of `kind`, for benchmarks and tests.
+    pub fn ephemeral(name: &str, kind: KeyKind) -> Result<Arc<Key>> {
+        Ok(Arc::new(Key::from_material(
+            name,
+            material::generate(kind)?,
+            Placement::Soft,
+        )?))
+    }
+
+    fn new(info: KeyInfo, secret: Option<SecretKey>) -> Key {
+        Key {
+            spki_der: info.spki_der(),
+            info,
+            secret,
+            verifiers: Default::default(),
+        }
+    }
+
+    /// Public facts about the key.
+    pub fn info(&self) -> &KeyInfo {
+        &self.info
+    }
+
+    /// The key's name.
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// The key's kind.
+    pub fn kind(&self) -> KeyKind {
+        self.info.kind
+    }
+
+    /// The key's id.
+    pub fn id(&self) -> KeyId {
+        self.info.key_id
+    }
+
+    /// Where the key lives.
+    pub fn placement(&self) -> Placement {
+        self.info.placement
+    }
+
+    /// SubjectPublicKeyInfo DER.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    /// The private half, for soft backends. Fails when the store was opened
+    /// without the key-encryption key or the key lives in an HSM.
+    pub fn secret(&self) -> Result<&SecretKey> {
+        self.secret
+            .as_ref()
+            .ok_or_else(|| match self.info.placement {
+                Placement::Hsm => Error::Invalid(format!(
+                    "key '{}' lives in an HSM; its private half is not available",
+                    self.info.name
+                )),
+                Placement::Soft => Error::Kek(format!(
+                    "not loaded, so key '{}' cannot be decrypted",
+                    self.info.name
+                )),
+            })
+    }
+
+    /// A parsed public key for verifying `scheme` signatures, made once.
+    pub fn verifier(&self, scheme: Scheme) -> Result<&aws_lc_rs::signature::ParsedPublicKey> {
+        let slot = &self.verifiers[Scheme::all().iter().position(|s| *s == scheme).unwrap_or(0)];
+        if let Some(v) = slot.get() {
+            return Ok(v);
+        }
+        let parsed = aws_lc_rs::signature::UnparsedPublicKey::new(
+            crate::engine::check::verification_algorithm(scheme),
+            der::spki_parts(&self.spki_der)
+                .map_err(|e| Error::Invalid(format!("public key: {e}")))?
+                .public_key,
+        )
+        .parse()
+        .map_err(|e| Error::Invalid(format!("public key does not parse for {scheme}: {e}")))?;
+        Ok(slot.get_or_init(|| parsed))
+    }
+}
+
+/// The set of keys sigmux holds, backed by `<data-dir>/keys/`.
+pub struct KeyStore {
+    dir: Option<PathBuf>,
+    kek: Option<Kek>,
+    keys: RwLock<Index>,
+}
+
+impl fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("dir", &self.dir)
+            .field("keys", &self.keys.read().by_name.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Index {
+    by_name: HashMap<String, Arc<Key>>,
+    by_id: HashMap<KeyId, Arc<Key>>,
+    by_ski: HashMap<Ski, Arc<Key>>,
+}
+
+impl Index {
+    fn insert(&mut self, key: Arc<Key>) {
+        self.by_id.insert(key.id(), key.clone());
+        self.by_ski.insert(key.info.ski, key.clone());
+        self.by_name.insert(key.info.name.clone(), key);
+    }
+}
+
+/// The on-disk form of one key.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    format: String,
+    info: KeyInfo,
+    /// nonce ‖ AES-256-GCM ciphertext ‖ tag of the PKCS#8 DER, base64.
+    sealed: Option<String>,
+}
+
+const KEY_FILE_FORMAT: &str = "sigmux-key-v1";
+
+/// Checks a key name against the rules (it also becomes a file name).
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidKeyName(name.to_string()))
+    }
+}
+
+impl KeyStore {
+    /// A store that lives only in memory (benchmarks, tests).
+    pub fn in_memory() -> KeyStore {
+        KeyStore {
+            dir: None,
+            kek: None,
+            keys: RwLock::new(Index::default()),
+        }
+    }
+
+    /// Opens the store under `data_dir/keys`. Without `kek`, public facts
+    /// are available but private halves are not decrypted.
+    pub fn open(data_dir: &Path, kek: Option<Kek>) -> Result<KeyStore> {
+        let dir = data_dir.join("keys");
+        let mut index = Index::default();
+        if dir.exists() {
+            let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|e| Error::io(&dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "key"))
+                .collect();
+            paths.sort();
+            for path in paths {
+                let key = load_file(&path, kek.as_ref())?;
+                index.insert(Arc::new(key));
+            }
+        }
+        Ok(KeyStore {
+            dir: Some(dir),
+            kek,
+            keys: RwLock::new(index),
+        })
+    }
+
+    /// Whether `data_dir` holds any stored key (decides whether a missing
+    /// key-encryption key may be created or is an error).
+    pub fn has_keys(data_dir: &Path) -> bool {
+        std::fs::read_dir(data_dir.join("keys"))
+            .map(|mut it| {
+                it.any(|e| {
+                    e.ok()
+                        .is_some_and(|e| e.path().extension().is_some_and(|x| x == "key"))
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    /// Generates a key of `kind` and stores it as `name`.
+    pub fn generate(&self, name: &str, kind: KeyKind) -> Result<Arc<Key>> {
+        validate_name(name)?;
+        self.ensure_absent(name)?;
+        let key = Key::from_material(name, material::generate(kind)?, Placement::Soft)?;
+        self.store(key)
+    }
+
+    /// Imports a private key (PKCS#8, PKCS#1 or SEC1; PEM or DER) as `name`.
+    pub fn import(&self, name: &str, bytes: &[u8]) -> Result<Arc<Key>> {
+        validate_name(name)?;
+        self.ensure_absent(name)?;
+        let key = Key::from_material(name, material::import(bytes)?, Placement::Soft)?;
+        if self.keys.read().by_id.contains_key(&key.id()) {
+            return Err(Error::Import(format!(
+                "this key is already stored under another name ({})",
+                key.id()
+            )));
+        }
+        self.store(key)
+    }
+
+    /// Adds a key that is not persisted (HSM references, tests).
+    pub fn insert(&self, key: Arc<Key>) {
+        self.keys.write().insert(key);
+    }
+
+    fn ensure_absent(&self, name: &str) -> Result<()> {
+        if self.keys.read().by_name.contains_key(name) {
+            return Err(Error::KeyExists(name.to_string()));
+        }
+        Ok(())
+    }
+
+    fn store(&self, key: Key) -> Result<Arc<Key>> {
+        if let Some(dir) = &self.dir {
+            let kek = self.kek.as_ref().ok_or_else(|| {
+                Error::Kek("not loaded, so the new key cannot be encrypted".into())
+            })?;
+            let sealed = match &key.secret {
+                Some(s) => Some(B64.encode(kek.seal(&key.info.name, s.pkcs8_der())?)),
+                None => None,
+            };
+            let file = KeyFile {
+                format: KEY_FILE_FORMAT.into(),
+                info: key.info.clone(),
+                sealed,
+            };
+            let text = serde_json::to_vec_pretty(&file)
+                .map_err(|e| Error::Invalid(format!("cannot encode key file: {e}")))?;
+            write_atomic(dir, &format!("{}.key", key.info.name), &text)?;
+        }
+        let key = Arc::new(key);
+        self.keys.write().insert(key.clone());
+        Ok(key)
+    }
+
+    /// The key named `name`.
+    pub fn get(&self, name: &str) -> Result<Arc<Key>> {
+        self.keys
+            .read()
+            .by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownKey(name.to_string()))
+    }
+
+    /// The key with this id.
+    pub fn by_id(&self, id: &KeyId) -> Option<Arc<Key>> {
+        self.keys.read().by_id.get(id).cloned()
+    }
+
+    /// The key with this SKI.
+    pub fn by_ski(&self, ski: &Ski) -> Option<Arc<Key>> {
+        self.keys.read().by_ski.get(ski).cloned()
+    }
+
+    /// Public facts about every key, sorted by name.
+    pub fn list(&self) -> Vec<KeyInfo> {
+        let mut v: Vec<KeyInfo> = self
+            .keys
+            .read()
+            .by_name
+            .values()
+            .map(|k| k.info.clone())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}
+
+fn load_file(path: &Path, kek: Option<&Kek>) -> Result<Key> {
+    let bytes = std::fs::read(path).map_err(|e| Error::key_file(path, e.to_string()))?;
+    let file: KeyFile = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::key_file(path, format!("corrupt key file: {e}")))?;
+    if file.format != KEY_FILE_FORMAT {
+        return Err(Error::key_file(
+            path,
+            format!("unknown format '{}'", file.format),
+        ));
+    }
+    let info = file.info;
+    let expected = format!("{}.key", info.name);
+    if path.file_name().and_then(|n| n.to_str()) != Some(expected.as_str()) {
+        return Err(Error::key_file(
+            path,
+            format!("names key '{}' but the file is not {expected}", info.name),
+        ));
+    }
+    let spki = B64
+        .decode(&info.spki)
+        .map_err(|_| Error::key_file(path, "public key is not valid base64"))?;
+    if KeyId::of_spki(&spki) != info.key_id {
+        return Err(Error::key_file(
+            path,
+            "key_id does not match the public key",
+        ));
+    }
+    let secret = match (kek, &file.sealed, info.placement) {
+        (Some(kek), Some(sealed), Placement::Soft) => {
+            let sealed = B64
+                .decode(sealed)
+                .map_err(|_| Error::key_file(path, "encrypted key is not valid base64"))?;
+            let der = kek
+                .open(&info.name, &sealed)
+                .map_err(|e| Error::key_file(path, e))?;
+            let m = material::from_openssl(
+                &openssl::pkey::PKey::private_key_from_pkcs8(&der)
+                    .map_err(|_| Error::key_file(path, "decrypted key is not PKCS#8"))?,
+            )
+            .map_err(|e| Error::key_file(path, e.to_string()))?;
+            if m.spki_der != spki || m.kind != info.kind {
+                return Err(Error::key_file(
+                    path,
+                    "private key does not match the recorded public key",
+                ));
+            }
+            Some(m.secret)
+        }
+        (_, None, Placement::Soft) => {
+            return Err(Error::key_file(
+                path,
+                "soft key has no encrypted private key",
+            ));
+        }
+        _ => None,
+    };
+    Ok(Key::new(info, secret))
+}
+
+/// Writes `dir/name` so that a crash leaves either the old or the new file.
+pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let dst = dir.join(name);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_private_material() {
+        let key = Key::ephemeral("k", KeyKind::P256).unwrap();
+        let dbg = format!("{key:?} {:?}", key.secret().unwrap());
+        assert!(!dbg.contains(&hex::encode(key.secret().unwrap().pkcs8_der())));
+        assert!(dbg.contains("SecretKey(..)"));
+    }
+
+    #[test]
+    fn names_are_validated() {
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65), "é"] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+        validate_name("ca-2026_01.v2").unwrap();
+    }
+
+    #[test]
+    fn store_round_trip_encrypted_and_lookups() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = || Kek::from_bytes(&[1u8; 32]).unwrap();
+        let store = KeyStore::open(dir.path(), Some(kek())).unwrap();
+        let k = store.generate("edge", KeyKind::Ed25519).unwrap();
+        let raw = std::fs::read(dir.path().join("keys/edge.key")).unwrap();
+        let pkcs8 = k.secret().unwrap().pkcs8_der();
+        assert!(!raw.windows(16).any(|w| w == &pkcs8[pkcs8.len() - 16..]));
+        assert!(matches!(
+            store.generate("edge", KeyKind::P256),
+            Err(Error::KeyExists(_))
+        ));
+        let again = KeyStore::open(dir.path(), Some(kek())).unwrap();
+        let k2 = again.get("edge").unwrap();
+        assert_eq!(k2.secret().unwrap().pkcs8_der(), pkcs8);
+        assert!(again.by_id(&k.id()).is_some());
+        assert!(again.by_ski(&k.info().ski).is_some());
+        let wrong = KeyStore::open(dir.path(), Some(Kek::from_bytes(&[2u8; 32]).unwrap()));
+        assert!(wrong.unwrap_err().to_string().contains("cannot decrypt"));
+        let public_only = KeyStore::open(dir.path(), None).unwrap();
+        assert!(public_only.get("edge").unwrap().secret().is_err());
+    }
+}

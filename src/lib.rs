@@ -1,0 +1,21 @@
+//! sigmux: a signing and TLS-handshake offload service. It batches
+//! private-key operations across CPU, GPU and HSM backends; see
+//! `DESIGN.md` for the way a request travels.
+
+pub mod backend;
+pub mod bench;
+pub mod config;
+pub mod der;
+pub mod engine;
+pub mod error;
+pub mod keys;
+pub mod scheme;
+pub mod server;
+
+pub use engine::{Engine, EngineConfig, SignRequest, Signature, Ticket};
+pub use error::{Error, Result};
+pub use keys::{Key, KeyId, KeyStore, Placement, Ski};
+pub use scheme::{KeyKind, Scheme, SignInput};
+
+/// The commit sigmux was built from (`unknown` outside a git checkout).
+pub const COMMIT: &str = env!("SIGMUX_COMMIT");
