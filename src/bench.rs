@@ -1,1 +1,574 @@
+//! `sigmux bench`: an in-process load generator against the engine, with
+//! an optional same-run comparison against the bare signing library.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::app;
+use crate::backend::cpu::{CpuBackend, CpuKey};
+use crate::config::Config;
+use crate::engine::{Engine, SignRequest};
+use crate::error::{Error, Result};
+use crate::keys::Key;
+use crate::scheme::{Family, KeyKind, Scheme, SignInput};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// `cpu`, `cuda`, `pkcs11` or `auto`.
+    pub backend: String,
+    /// The scheme.
+    pub scheme: Scheme,
+    /// Key kind; defaults to the smallest kind that fits the scheme.
+    pub kind: Option<KeyKind>,
+    /// Measured time (after warm-up).
+    pub duration: Duration,
+    /// Requests in flight (closed loop).
+    pub concurrency: usize,
+    /// Overrides the engine's `max_batch`.
+    pub batch: Option<usize>,
+    /// Open loop at this many requests per second instead of a closed loop.
+    pub rate: Option<f64>,
+    /// Also run the bare library on the same threads and report the ratio.
+    pub compare_raw: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// One run's results; the JSON written by `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// Backend selection.
+    pub backend: String,
+    /// Scheme name.
+    pub scheme: String,
+    /// Key kind.
+    pub kind: String,
+    /// Operations completed in the measured window.
+    pub ops: u64,
+    /// Operations that failed.
+    pub errors: u64,
+    /// Length of the measured window.
+    pub seconds: f64,
+    /// Throughput.
+    pub ops_per_sec: f64,
+    /// Median latency, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile latency.
+    pub p99_us: f64,
+    /// 99.9th percentile latency.
+    pub p999_us: f64,
+    /// Mean operations per backend batch.
+    pub mean_batch: f64,
+    /// Requests in flight (closed loop).
+    pub concurrency: usize,
+    /// Offered load (open loop), requests per second.
+    pub rate: Option<f64>,
+    /// The engine's max_batch during the run.
+    pub max_batch: usize,
+    /// The engine's max_wait during the run, microseconds.
+    pub max_wait_us: u64,
+    /// The library the CPU backend chose for this scheme.
+    pub engine: Option<String>,
+    /// CPU backend threads.
+    pub threads: Option<usize>,
+    /// Median time of one operation alone through the bare library.
+    pub single_op_us: Option<f64>,
+    /// The bare library on the same threads, same run.
+    pub raw_ops_per_sec: Option<f64>,
+    /// ops_per_sec / raw_ops_per_sec.
+    pub ratio: Option<f64>,
+    /// The machine.
+    pub device: String,
+    /// sigmux commit.
+    pub commit: String,
+    /// When the run ended (RFC 3339, UTC).
+    pub timestamp: String,
+}
+
+/// The key kind a scheme is benchmarked with unless told otherwise.
+pub fn default_kind(scheme: Scheme) -> KeyKind {
+    match scheme.family() {
+        Family::Rsa => KeyKind::Rsa2048,
+        Family::Ecdsa(crate::scheme::Curve::P256) => KeyKind::P256,
+        Family::Ecdsa(crate::scheme::Curve::P384) => KeyKind::P384,
+        Family::Ed25519 => KeyKind::Ed25519,
+    }
+}
+
+fn bench_input(scheme: Scheme, seed: u64) -> SignInput {
+    let msg: Vec<u8> = (0..64u64)
+        .map(|i| (seed.wrapping_mul(6364136223846793005).wrapping_add(i) >> 7) as u8)
+        .collect();
+    match scheme.hash() {
+        Some(h) => SignInput::Digest(h.digest(&msg)),
+        None => SignInput::Message(msg),
+    }
+}
+
+/// Runs the benchmark.
+pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<BenchReport> {
+    let kind = opts.kind.unwrap_or_else(|| default_kind(opts.scheme));
+    opts.scheme.check_fits(kind)?;
+    if opts.concurrency == 0 {
+        return Err(Error::Invalid("--concurrency must be at least 1".into()));
+    }
+    if opts.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err(Error::Invalid("--rate must be a positive number".into()));
+    }
+    let mut ecfg = cfg.engine_config();
+    if let Some(b) = opts.batch {
+        if b == 0 {
+            return Err(Error::Invalid("--batch must be at least 1".into()));
+        }
+        ecfg.max_batch = b;
+    }
+    // Room for the whole offered load: the bench measures speed, not the
+    // overload path.
+    ecfg.queue_capacity = ecfg.queue_capacity.max(opts.concurrency * 2);
+    let backends = app::start_backends(cfg, &opts.backend)?;
+    let cpu = backends.cpu.clone();
+    let key = Key::ephemeral("bench", kind)?;
+    let engine = Arc::new(Engine::new(ecfg.clone(), backends.all)?);
+
+    let raw_key = match &cpu {
+        Some(c) if opts.compare_raw || opts.rate.is_some() => Some(c.cpu_key(&key)?),
+        _ => None,
+    };
+    let single_op_us = match (&cpu, &raw_key) {
+        (Some(c), Some(k)) => Some(single_op(c, k, opts.scheme)?),
+        _ => None,
+    };
+    let half = opts.duration / 2;
+    let mut raw = (0u64, Duration::ZERO);
+    if let (true, Some(c), Some(k)) = (opts.compare_raw, &cpu, &raw_key) {
+        let (n, d) = run_raw(c, k, opts.scheme, half)?;
+        raw = (raw.0 + n, raw.1 + d);
+    }
+    let before: u64 = engine.backend_totals().iter().map(|t| t.2).sum();
+    let before_ops: u64 = engine.backend_totals().iter().map(|t| t.1).sum();
+    let measured = run_engine(&engine, &key, opts)?;
+    let after: u64 = engine.backend_totals().iter().map(|t| t.2).sum();
+    let after_ops: u64 = engine.backend_totals().iter().map(|t| t.1).sum();
+    if let (true, Some(c), Some(k)) = (opts.compare_raw, &cpu, &raw_key) {
+        let (n, d) = run_raw(c, k, opts.scheme, opts.duration - half)?;
+        raw = (raw.0 + n, raw.1 + d);
+    }
+    let raw_ops_per_sec = opts
+        .compare_raw
+        .then(|| raw.0 as f64 / raw.1.as_secs_f64().max(1e-9));
+    let ops_per_sec = measured.ops as f64 / measured.seconds.max(1e-9);
+    let batches = after.saturating_sub(before);
+    Ok(BenchReport {
+        backend: opts.backend.clone(),
+        scheme: opts.scheme.name().into(),
+        kind: kind.name().into(),
+        ops: measured.ops,
+        errors: measured.errors,
+        seconds: measured.seconds,
+        ops_per_sec,
+        p50_us: measured.percentile(0.50),
+        p99_us: measured.percentile(0.99),
+        p999_us: measured.percentile(0.999),
+        mean_batch: if batches > 0 {
+            after_ops.saturating_sub(before_ops) as f64 / batches as f64
+        } else {
+            0.0
+        },
+        concurrency: opts.concurrency,
+        rate: opts.rate,
+        max_batch: ecfg.max_batch,
+        max_wait_us: ecfg.max_wait.as_micros() as u64,
+        engine: cpu
+            .as_ref()
+            .map(|c| c.engine_for(opts.scheme).name().to_string()),
+        threads: cpu.as_ref().map(|c| c.threads()),
+        single_op_us,
+        raw_ops_per_sec,
+        ratio: raw_ops_per_sec.map(|r| ops_per_sec / r),
+        device: device_description(),
+        commit: crate::COMMIT.into(),
+        timestamp: now_rfc3339(),
+    })
+}
+
+struct Measured {
+    ops: u64,
+    errors: u64,
+    seconds: f64,
+    latencies_us: Vec<u32>,
+}
+
+impl Measured {
+    fn percentile(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * q).round() as usize;
+        self.latencies_us[i.min(self.latencies_us.len() - 1)] as f64
+    }
+}
+
+/// Longest latency sample list kept per task; beyond it samples are
+/// dropped evenly (every other one), which keeps percentiles unbiased.
+const MAX_SAMPLES_PER_TASK: usize = 1 << 22;
+
+fn run_engine(engine: &Arc<Engine>, key: &Arc<Key>, opts: &BenchOptions) -> Result<Measured> {
+    // No I/O driver: wake-ups from the engine's workers then cost an atomic
+    // and, at most, a futex, instead of an eventfd write per answer.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start runtime: {e}")))?;
+    let warmup = (opts.duration / 5).min(Duration::from_secs(1));
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = opts
+        .progress
+        .then(|| progress_bar(opts.duration + warmup, done.clone()));
+    let result = rt.block_on(async {
+        let start = Instant::now();
+        let measure_from = start + warmup;
+        let end = measure_from + opts.duration;
+        let parts = match opts.rate {
+            None => closed_loop(engine, key, opts, measure_from, end, &done).await,
+            Some(rate) => open_loop(engine, key, opts, rate, measure_from, end, &done).await,
+        };
+        let mut m = Measured {
+            ops: 0,
+            errors: 0,
+            seconds: opts.duration.as_secs_f64(),
+            latencies_us: Vec::new(),
+        };
+        for (ops, errors, lat) in parts {
+            m.ops += ops;
+            m.errors += errors;
+            m.latencies_us.extend(lat);
+        }
+        m.latencies_us.sort_unstable();
+        m
+    });
+    if let Some((bar, stop, handle)) = progress {
+        stop.store(true, Ordering::Release);
+        let _ = handle.join();
+        bar.finish_and_clear();
+    }
+    Ok(result)
+}
+
+type Part = (u64, u64, Vec<u32>);
+
+async fn closed_loop(
+    engine: &Arc<Engine>,
+    key: &Arc<Key>,
+    opts: &BenchOptions,
+    measure_from: Instant,
+    end: Instant,
+    done: &Arc<AtomicU64>,
+) -> Vec<Part> {
+    let mut tasks = Vec::with_capacity(opts.concurrency);
+    for t in 0..opts.concurrency {
+        let engine = engine.clone();
+        let key = key.clone();
+        let scheme = opts.scheme;
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let input = bench_input(scheme, t as u64);
+            let (mut ops, mut errors, mut lat) = (0u64, 0u64, Vec::new());
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let r = engine
+                    .sign(SignRequest::new(key.clone(), scheme, input.clone()))
+                    .await;
+                let t1 = Instant::now();
+                done.fetch_add(1, Ordering::Relaxed);
+                if t0 >= measure_from && t1 <= end {
+                    match r {
+                        Ok(_) => {
+                            ops += 1;
+                            record(&mut lat, t1 - t0);
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+            }
+            (ops, errors, lat)
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        if let Ok(p) = t.await {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn record(lat: &mut Vec<u32>, d: Duration) {
+    if lat.len() >= MAX_SAMPLES_PER_TASK {
+        let mut i = 0;
+        lat.retain(|_| {
+            i += 1;
+            i % 2 == 0
+        });
+    }
+    lat.push(d.as_micros().min(u32::MAX as u128) as u32);
+}
+
+/// Offers `rate` requests per second from a pacing thread, whatever the
+/// engine does; latency is measured from each request's scheduled time, so
+/// a stalled engine cannot hide its queueing (no coordinated omission).
+async fn open_loop(
+    engine: &Arc<Engine>,
+    key: &Arc<Key>,
+    opts: &BenchOptions,
+    rate: f64,
+    measure_from: Instant,
+    end: Instant,
+    done: &Arc<AtomicU64>,
+) -> Vec<Part> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let pacer = {
+        let engine = engine.clone();
+        let key = key.clone();
+        let scheme = opts.scheme;
+        std::thread::spawn(move || {
+            #[cfg(target_os = "linux")]
+            // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer
+            // slack; it takes no pointers.
+            unsafe {
+                libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+            }
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            let input = bench_input(scheme, 1);
+            let start = Instant::now();
+            let mut i: u64 = 0;
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                loop {
+                    let due = start + interval.mul_f64(i as f64);
+                    if due > now {
+                        std::thread::sleep(due - now);
+                        break;
+                    }
+                    let r = engine.submit(SignRequest::new(key.clone(), scheme, input.clone()));
+                    if tx.send((due, r)).is_err() {
+                        return;
+                    }
+                    i += 1;
+                }
+            }
+        })
+    };
+    let mut waiters = Vec::new();
+    while let Some((due, submitted)) = rx.recv().await {
+        let done = done.clone();
+        waiters.push(tokio::spawn(async move {
+            let r = match submitted {
+                Ok(ticket) => ticket.await,
+                Err(e) => Err(e),
+            };
+            let t1 = Instant::now();
+            done.fetch_add(1, Ordering::Relaxed);
+            (due, t1, r.is_ok())
+        }));
+    }
+    let _ = pacer.join();
+    let (mut ops, mut errors, mut lat) = (0u64, 0u64, Vec::new());
+    for w in waiters {
+        if let Ok((due, t1, ok)) = w.await
+            && due >= measure_from
+            && due < end
+        {
+            if ok {
+                ops += 1;
+                record(&mut lat, t1 - due);
+            } else {
+                errors += 1;
+            }
+        }
+    }
+    vec![(ops, errors, lat)]
+}
+
+/// The bare library on the backend's thread count, no engine.
+fn run_raw(
+    cpu: &CpuBackend,
+    key: &Arc<CpuKey>,
+    scheme: Scheme,
+    duration: Duration,
+) -> Result<(u64, Duration)> {
+    let engine = cpu.engine_for(scheme);
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    let total = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..cpu.threads())
+            .map(|t| {
+                let stop = &stop;
+                s.spawn(move || -> Result<u64> {
+                    let input = scheme.prepare(bench_input(scheme, t as u64))?;
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        key.sign(engine, scheme, &input)?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        std::thread::sleep(duration);
+        stop.store(true, Ordering::Relaxed);
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Ok(0)))
+            .sum::<Result<u64>>()
+    })?;
+    Ok((total, start.elapsed()))
+}
+
+/// Median time of one operation alone through the bare library.
+fn single_op(cpu: &CpuBackend, key: &Arc<CpuKey>, scheme: Scheme) -> Result<f64> {
+    let engine = cpu.engine_for(scheme);
+    let input = scheme.prepare(bench_input(scheme, 7))?;
+    let mut t = Vec::new();
+    let budget = Instant::now();
+    while t.len() < 15 || (t.len() < 301 && budget.elapsed() < Duration::from_millis(300)) {
+        let t0 = Instant::now();
+        key.sign(engine, scheme, &input)?;
+        t.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+type Progress = (
+    indicatif::ProgressBar,
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<()>,
+);
+
+fn progress_bar(total: Duration, done: Arc<AtomicU64>) -> Progress {
+    let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
+    {
+        bar.set_style(style);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = {
+        let bar = bar.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut last = (Instant::now(), 0u64);
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(200));
+                let n = done.load(Ordering::Relaxed);
+                let dt = last.0.elapsed().as_secs_f64();
+                bar.set_position(start.elapsed().as_millis() as u64);
+                bar.set_message(format!("{:.0} ops/s", (n - last.1) as f64 / dt.max(1e-3)));
+                last = (Instant::now(), n);
+            }
+        })
+    };
+    (bar, stop, handle)
+}
+
+/// The CPU model and core count (the GPU backend adds its device name).
+pub fn device_description() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{model} x{cores}")
+}
+
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), so no date crate is
+    // needed for one timestamp.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+impl BenchReport {
+    /// A human summary.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} {} ({}) on {}: {:.0} ops/s, {} ops in {:.1}s, p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, mean batch {:.1}",
+            self.backend,
+            self.scheme,
+            self.kind,
+            self.device,
+            self.ops_per_sec,
+            self.ops,
+            self.seconds,
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.mean_batch
+        );
+        if self.errors > 0 {
+            s.push_str(&format!(", {} errors", self.errors));
+        }
+        if let Some(e) = &self.engine {
+            s.push_str(&format!("\n  library: {e}"));
+        }
+        if let Some(t) = self.single_op_us {
+            s.push_str(&format!(", single op {t:.0} us"));
+        }
+        if let (Some(r), Some(q)) = (self.raw_ops_per_sec, self.ratio) {
+            s.push_str(&format!("\n  raw library: {r:.0} ops/s, ratio {q:.3}"));
+        }
+        s
+    }
+
+    /// Writes the JSON report.
+    pub fn write_json(&self, path: &PathBuf) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::Invalid(format!("cannot encode report: {e}")))?;
+        std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamp_is_rfc3339() {
+        let t = super::now_rfc3339();
+        assert_eq!(t.len(), 20);
+        assert!(t.starts_with("20") && t.ends_with('Z'));
+    }
+}

@@ -1,1 +1,333 @@
+//! The TOML configuration. `config/sigmux.toml` documents every field and
+//! is compiled in as the defaults; a user's file overrides field by field.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backend::cpu::{CpuConfig, CpuEngine, EngineChoice};
+use crate::engine::EngineConfig;
+use crate::error::{Error, Result};
+use crate::keys::KekSource;
+
+/// The documented default configuration, compiled in.
+pub const DEFAULT_TOML: &str = include_str!("../config/sigmux.toml");
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where keys and state live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Key-encryption key source.
+    #[serde(default)]
+    pub keys: KeysSection,
+    /// Engine limits.
+    #[serde(default)]
+    pub engine: EngineSection,
+    /// Backends.
+    #[serde(default)]
+    pub backends: BackendsSection,
+    /// Health and metrics listener.
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./sigmux-data")
+}
+
+/// `[keys]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// KEK file, relative to the data dir unless absolute.
+    pub kek_file: Option<PathBuf>,
+    /// Environment variable holding the KEK.
+    pub kek_env: Option<String>,
+}
+
+impl Default for KeysSection {
+    fn default() -> Self {
+        KeysSection {
+            kek_file: Some(PathBuf::from("kek")),
+            kek_env: None,
+        }
+    }
+}
+
+/// `[engine]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// Flush a queue at this many requests.
+    pub max_batch: usize,
+    /// Flush a queue when its oldest request has waited this long.
+    pub max_wait_us: u64,
+    /// Requests accepted and not yet answered.
+    pub queue_capacity: usize,
+    /// Default per-request deadline.
+    pub deadline_ms: u64,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let d = EngineConfig::default();
+        EngineSection {
+            max_batch: d.max_batch,
+            max_wait_us: d.max_wait.as_micros() as u64,
+            queue_capacity: d.queue_capacity,
+            deadline_ms: d.deadline.as_millis() as u64,
+        }
+    }
+}
+
+/// `[backends]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendsSection {
+    /// `[backends.cpu]`.
+    #[serde(default)]
+    pub cpu: CpuSection,
+}
+
+/// `[backends.cpu]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CpuSection {
+    /// Whether the CPU backend runs.
+    pub enabled: bool,
+    /// Pool threads; 0 = one per core.
+    pub threads: usize,
+    /// `auto`, `aws-lc` or `openssl`.
+    pub engine: String,
+    /// Largest batch per call.
+    pub max_batch: usize,
+}
+
+impl Default for CpuSection {
+    fn default() -> Self {
+        CpuSection {
+            enabled: true,
+            threads: 0,
+            engine: "auto".into(),
+            max_batch: 256,
+        }
+    }
+}
+
+/// `[http]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Listen address for /healthz and /metrics.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9407".into()
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn bad(field: &str, why: impl std::fmt::Display) -> Error {
+    Error::Config(format!("{field}: {why}"))
+}
+
+impl Config {
+    /// The embedded defaults.
+    pub fn defaults() -> Config {
+        // The embedded file is checked by a unit test, so this cannot fail
+        // in a released binary.
+        Config::parse(DEFAULT_TOML, "embedded defaults").unwrap_or_else(|_| Config {
+            data_dir: default_data_dir(),
+            keys: KeysSection::default(),
+            engine: EngineSection::default(),
+            backends: BackendsSection::default(),
+            http: HttpSection::default(),
+        })
+    }
+
+    /// Loads `path`, or the embedded defaults when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        match path {
+            None => Ok(Config::defaults()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| Error::Config(format!("cannot read {}: {e}", p.display())))?;
+                Config::parse(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            Error::Config(format!("{origin}{at}: {msg}"))
+        })?;
+        cfg.validate().map_err(|e| {
+            Error::Config(format!(
+                "{origin}: {}",
+                e.to_string().trim_start_matches("config: ")
+            ))
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let e = &self.engine;
+        if !(1..=65_536).contains(&e.max_batch) {
+            return Err(bad("engine.max_batch", "must be between 1 and 65536"));
+        }
+        if e.max_wait_us > 1_000_000 {
+            return Err(bad(
+                "engine.max_wait_us",
+                "must be at most 1000000 (one second)",
+            ));
+        }
+        if !(1..=16_777_216).contains(&e.queue_capacity) {
+            return Err(bad(
+                "engine.queue_capacity",
+                "must be between 1 and 16777216",
+            ));
+        }
+        if e.deadline_ms == 0 {
+            return Err(bad("engine.deadline_ms", "must be at least 1"));
+        }
+        let c = &self.backends.cpu;
+        self.cpu_engine()?;
+        if c.threads > 1024 {
+            return Err(bad("backends.cpu.threads", "must be at most 1024"));
+        }
+        if c.max_batch == 0 {
+            return Err(bad("backends.cpu.max_batch", "must be at least 1"));
+        }
+        self.http_listen()?;
+        match (&self.keys.kek_file, &self.keys.kek_env) {
+            (Some(_), Some(_)) => {
+                return Err(bad("keys", "give kek_file or kek_env, not both"));
+            }
+            (None, None) => return Err(bad("keys", "give kek_file or kek_env")),
+            (_, Some(v)) if v.is_empty() => {
+                return Err(bad("keys.kek_env", "must name an environment variable"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn cpu_engine(&self) -> Result<EngineChoice> {
+        match self.backends.cpu.engine.as_str() {
+            "auto" => Ok(EngineChoice::Auto),
+            other => other
+                .parse::<CpuEngine>()
+                .map(EngineChoice::Fixed)
+                .map_err(|_| {
+                    bad(
+                        "backends.cpu.engine",
+                        format!("'{other}' is not one of auto, aws-lc, openssl"),
+                    )
+                }),
+        }
+    }
+
+    /// The health/metrics listen address.
+    pub fn http_listen(&self) -> Result<SocketAddr> {
+        self.http.listen.parse().map_err(|_| {
+            bad(
+                "http.listen",
+                format!(
+                    "'{}' is not an address like 127.0.0.1:9407",
+                    self.http.listen
+                ),
+            )
+        })
+    }
+
+    /// The engine's limits.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            max_batch: self.engine.max_batch,
+            max_wait: Duration::from_micros(self.engine.max_wait_us),
+            queue_capacity: self.engine.queue_capacity,
+            deadline: Duration::from_millis(self.engine.deadline_ms),
+        }
+    }
+
+    /// The CPU backend's settings.
+    pub fn cpu_config(&self) -> CpuConfig {
+        CpuConfig {
+            threads: self.backends.cpu.threads,
+            engine: self.cpu_engine().unwrap_or(EngineChoice::Auto),
+            max_batch: self.backends.cpu.max_batch,
+        }
+    }
+
+    /// Where the key-encryption key comes from, resolved against the data dir.
+    pub fn kek_source(&self) -> KekSource {
+        match (&self.keys.kek_env, &self.keys.kek_file) {
+            (Some(var), _) => KekSource::Env(var.clone()),
+            (None, Some(f)) if f.is_absolute() => KekSource::File(f.clone()),
+            (None, Some(f)) => KekSource::File(self.data_dir.join(f)),
+            (None, None) => KekSource::File(self.data_dir.join("kek")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse_and_match_code_defaults() {
+        let c = Config::parse(DEFAULT_TOML, "embedded").unwrap();
+        let d = EngineSection::default();
+        assert_eq!(c.engine.max_batch, d.max_batch);
+        assert_eq!(c.engine.max_wait_us, d.max_wait_us);
+        assert_eq!(c.engine.queue_capacity, d.queue_capacity);
+        assert_eq!(c.engine.deadline_ms, d.deadline_ms);
+        assert_eq!(c.http.listen, default_listen());
+        assert_eq!(
+            c.kek_source(),
+            KekSource::File(PathBuf::from("./sigmux-data/kek"))
+        );
+        let empty = Config::parse("", "empty").unwrap();
+        assert_eq!(empty.engine.max_batch, c.engine.max_batch);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("[engine]\nmax_bach = 3\n", "max_bach"),
+            ("[engine]\nmax_batch = 0\n", "engine.max_batch"),
+            ("[engine]\nmax_batch = \"x\"\n", "line 2"),
+            ("[backends.cpu]\nengine = \"gpu\"\n", "backends.cpu.engine"),
+            ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
+            ("[keys]\nkek_file = \"a\"\nkek_env = \"B\"\n", "keys"),
+            ("[backends.tpu]\n", "tpu"),
+        ];
+        for (text, want) in cases {
+            let err = Config::parse(text, "t.toml").unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(err.starts_with("config: t.toml"), "{err}");
+        }
+    }
+}

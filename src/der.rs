@@ -74,7 +74,7 @@ fn push_uint(out: &mut Vec<u8>, bytes: &[u8]) {
 /// Turns a fixed-width `r‖s` ECDSA signature into the DER `ECDSA-Sig-Value`
 /// that TLS and X.509 carry.
 pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, DerError> {
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return Err(DerError(
             "r||s signature must have an even, non-zero length",
         ));

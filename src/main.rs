@@ -1,1 +1,354 @@
-fn main() {}
+//! The `sigmux` command line: parses, loads config, calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use sigmux::app::{self, KekUse};
+use sigmux::bench::{self, BenchOptions};
+use sigmux::config::Config;
+use sigmux::{Error, KeyKind, Result, Scheme, SignInput, SignRequest};
+
+#[derive(Parser)]
+#[command(
+    name = "sigmux",
+    version,
+    about = "Signing and TLS-handshake offload service"
+)]
+struct Cli {
+    /// Config file (TOML); without it sigmux runs on its embedded defaults.
+    #[arg(long, global = true, env = "SIGMUX_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides data_dir in the config).
+    #[arg(long, global = true, env = "SIGMUX_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine with its listeners (health and metrics).
+    Serve,
+    /// Manage keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Sign one message or digest with a stored key.
+    Sign(SignArgs),
+    /// Show the backends: availability, chosen libraries, rates, health.
+    Backends {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load-test the engine in process.
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Generate a key and store it encrypted.
+    Generate {
+        /// Name of the new key.
+        #[arg(long)]
+        name: String,
+        /// rsa2048, rsa3072, rsa4096, p256, p384 or ed25519.
+        #[arg(long)]
+        kind: String,
+        /// soft (held by sigmux, encrypted at rest) or hsm.
+        #[arg(long, default_value = "soft")]
+        backend: String,
+    },
+    /// Import a private key (PKCS#8, PKCS#1 or SEC1; PEM or DER).
+    Import {
+        /// Name for the key.
+        #[arg(long)]
+        name: String,
+        /// The key file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// List stored keys.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a key's public key (SPKI PEM).
+    Public {
+        /// The key's name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct SignArgs {
+    /// Name of the key.
+    #[arg(long)]
+    key: String,
+    /// Scheme (IANA TLS name, e.g. rsa_pss_rsae_sha256).
+    #[arg(long)]
+    scheme: String,
+    /// Sign this file's contents (hashed by sigmux).
+    #[arg(
+        long = "in",
+        conflicts_with = "digest_hex",
+        required_unless_present = "digest_hex"
+    )]
+    input: Option<PathBuf>,
+    /// Sign this prehashed digest (hex).
+    #[arg(long)]
+    digest_hex: Option<String>,
+    /// Write the signature (binary) here; default: hex on stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// cpu, cuda, pkcs11 or auto.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Scheme to sign with.
+    #[arg(long)]
+    scheme: String,
+    /// Key kind (default: rsa2048 for RSA schemes, the scheme's curve otherwise).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Measured seconds (after a short warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Requests in flight (closed loop).
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Engine max_batch for this run.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Open loop: offer this many requests per second instead.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Also run the bare library on the same threads and report the ratio.
+    #[arg(long)]
+    compare_raw: bool,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        eprintln!("sigmux: internal error: {msg}");
+    }));
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIGMUX_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if matches!(cli.command, Command::Serve) {
+            "info"
+        } else {
+            "warn"
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sigmux: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    if let Some(d) = cli.data_dir {
+        cfg.data_dir = d;
+    }
+    match cli.command {
+        Command::Serve => tokio::runtime::Runtime::new()
+            .map_err(|e| Error::Invalid(format!("cannot start runtime: {e}")))?
+            .block_on(sigmux::server::serve(cfg)),
+        Command::Keys(k) => keys(&cfg, k),
+        Command::Sign(a) => sign(&cfg, a),
+        Command::Backends { json } => {
+            let engine = app::start_engine(&cfg, cfg.engine_config(), "auto")?;
+            let report = engine.report();
+            if json {
+                println!("{}", pretty(&report));
+            } else {
+                print_backends(&report);
+            }
+            Ok(())
+        }
+        Command::Bench(a) => bench_cmd(&cfg, a),
+    }
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
+    match cmd {
+        KeysCommand::Generate {
+            name,
+            kind,
+            backend,
+        } => {
+            let kind: KeyKind = kind.parse()?;
+            match backend.as_str() {
+                "soft" => {}
+                "hsm" => {
+                    return Err(Error::Config(
+                        "no PKCS#11 backend is configured, so --backend hsm cannot be used".into(),
+                    ));
+                }
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "unknown key backend '{other}' (expected soft or hsm)"
+                    )));
+                }
+            }
+            let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
+            let key = store.generate(&name, kind)?;
+            println!("{} {} {}", key.name(), key.kind(), key.id());
+            Ok(())
+        }
+        KeysCommand::Import { name, file } => {
+            let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+            let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
+            let key = store.import(&name, &bytes)?;
+            println!("{} {} {}", key.name(), key.kind(), key.id());
+            Ok(())
+        }
+        KeysCommand::List { json } => {
+            let store = app::open_keys(cfg, KekUse::NotNeeded)?;
+            let list = store.list();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{:<24} {:<8} {:<5} {:<64} SKI",
+                    "NAME", "KIND", "WHERE", "KEY ID"
+                );
+                for k in list {
+                    let place = serde_json::to_value(k.placement).unwrap_or_default();
+                    println!(
+                        "{:<24} {:<8} {:<5} {:<64} {}",
+                        k.name,
+                        k.kind,
+                        place.as_str().unwrap_or(""),
+                        k.key_id,
+                        k.ski
+                    );
+                }
+            }
+            Ok(())
+        }
+        KeysCommand::Public { name } => {
+            let store = app::open_keys(cfg, KekUse::NotNeeded)?;
+            print!("{}", store.get(&name)?.info().public_pem());
+            Ok(())
+        }
+    }
+}
+
+fn sign(cfg: &Config, a: SignArgs) -> Result<()> {
+    let scheme: Scheme = a.scheme.parse()?;
+    let input = match (&a.input, &a.digest_hex) {
+        (Some(path), _) => SignInput::Message(std::fs::read(path).map_err(|e| Error::io(path, e))?),
+        (None, Some(h)) => SignInput::Digest(
+            hex::decode(h.trim())
+                .map_err(|_| Error::Invalid("--digest-hex is not valid hex".into()))?,
+        ),
+        (None, None) => return Err(Error::Invalid("give --in FILE or --digest-hex HEX".into())),
+    };
+    let store = app::open_keys(cfg, KekUse::MustExist)?;
+    let key = store.get(&a.key)?;
+    scheme.check_fits(key.kind())?;
+    scheme.prepare(input.clone())?;
+    let engine = app::start_engine(cfg, cfg.engine_config(), "auto")?;
+    let sig = engine.sign_blocking(SignRequest::new(key, scheme, input))?;
+    match a.out {
+        Some(path) => std::fs::write(&path, &sig.bytes).map_err(|e| Error::io(&path, e))?,
+        None => println!("{}", hex::encode(&sig.bytes)),
+    }
+    Ok(())
+}
+
+fn bench_cmd(cfg: &Config, a: BenchArgs) -> Result<()> {
+    if !(a.duration > 0.0 && a.duration.is_finite()) {
+        return Err(Error::Invalid(
+            "--duration must be a positive number of seconds".into(),
+        ));
+    }
+    let opts = BenchOptions {
+        backend: a.backend,
+        scheme: a.scheme.parse()?,
+        kind: a.kind.map(|k| k.parse()).transpose()?,
+        duration: Duration::from_secs_f64(a.duration),
+        concurrency: a.concurrency,
+        batch: a.batch,
+        rate: a.rate,
+        compare_raw: a.compare_raw,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = bench::run(cfg, &opts)?;
+    println!("{}", report.summary());
+    if let Some(path) = a.json {
+        report.write_json(&path)?;
+    }
+    Ok(())
+}
+
+fn print_backends(report: &serde_json::Value) {
+    println!(
+        "queue depth {} / {}, max_batch {}, max_wait {} us",
+        report["queue_depth"], report["queue_capacity"], report["max_batch"], report["max_wait_us"]
+    );
+    for b in report["backends"].as_array().into_iter().flatten() {
+        let avail = match b["availability"]["state"].as_str() {
+            Some("available") => "available".to_string(),
+            _ => format!(
+                "unavailable: {}",
+                b["availability"]["reason"].as_str().unwrap_or("")
+            ),
+        };
+        println!(
+            "\n{}: {avail}, health {}, in flight {}, queued {} us",
+            b["name"].as_str().unwrap_or("?"),
+            b["health"]["state"].as_str().unwrap_or("?"),
+            b["in_flight_ops"],
+            b["queued_us"]
+        );
+        let engines = &b["details"]["engines"];
+        println!(
+            "  {:<24} {:<8} {:<9} {:>12} {:>12}",
+            "SCHEME", "KIND", "LIBRARY", "OPS/S", "US/OP"
+        );
+        for r in b["rates"].as_array().into_iter().flatten() {
+            let scheme = r["scheme"].as_str().unwrap_or("");
+            println!(
+                "  {:<24} {:<8} {:<9} {:>12} {:>12}",
+                scheme,
+                r["kind"].as_str().unwrap_or(""),
+                engines[scheme]["engine"].as_str().unwrap_or("-"),
+                r["ops_per_sec"],
+                r["per_op_us"]
+            );
+        }
+    }
+}

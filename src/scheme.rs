@@ -76,6 +76,7 @@ pub enum HashAlg {
 
 impl HashAlg {
     /// Output length in bytes.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(self) -> usize {
         match self {
             HashAlg::Sha256 => 32,
@@ -454,5 +455,152 @@ mod tests {
         assert!(!Scheme::EcdsaSecp256r1Sha256.fits(KeyKind::P384));
         assert_eq!(KeyKind::P256.schemes().count(), 1);
         assert_eq!(KeyKind::Rsa2048.schemes().count(), 6);
+    }
+}
+
+/// RSA signature encodings (RFC 8017), done on the host so that backends
+/// which only compute `m^d mod n` (GPU kernels) and the release check can
+/// share them.
+pub mod rsa_encoding {
+    use super::HashAlg;
+
+    /// MGF1 with `hash`, `len` bytes of mask from `seed`.
+    pub fn mgf1(hash: HashAlg, seed: &[u8], len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + hash.len());
+        let mut counter: u32 = 0;
+        while out.len() < len {
+            let mut ctx = aws_lc_rs::digest::Context::new(hash.aws());
+            ctx.update(seed);
+            ctx.update(&counter.to_be_bytes());
+            out.extend_from_slice(ctx.finish().as_ref());
+            counter += 1;
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// EMSA-PKCS1-v1_5: `00 01 FF.. 00 DigestInfo digest`, `k` bytes.
+    /// `None` when the modulus is too small for the digest.
+    pub fn pkcs1_v15(hash: HashAlg, digest: &[u8], k: usize) -> Option<Vec<u8>> {
+        let t = hash.digest_info(digest);
+        if k < t.len() + 11 {
+            return None;
+        }
+        let mut em = vec![0xffu8; k];
+        em[0] = 0;
+        em[1] = 1;
+        em[k - t.len() - 1] = 0;
+        em[k - t.len()..].copy_from_slice(&t);
+        Some(em)
+    }
+
+    fn pss_hash(hash: HashAlg, digest: &[u8], salt: &[u8]) -> Vec<u8> {
+        let mut ctx = aws_lc_rs::digest::Context::new(hash.aws());
+        ctx.update(&[0u8; 8]);
+        ctx.update(digest);
+        ctx.update(salt);
+        ctx.finish().as_ref().to_vec()
+    }
+
+    /// EMSA-PSS-ENCODE with salt length = hash length, for a modulus of
+    /// `mod_bits` bits; the result is left-padded to the modulus length.
+    pub fn pss_encode(
+        hash: HashAlg,
+        digest: &[u8],
+        salt: &[u8],
+        mod_bits: usize,
+    ) -> Option<Vec<u8>> {
+        let h_len = hash.len();
+        let em_bits = mod_bits - 1;
+        let em_len = em_bits.div_ceil(8);
+        if digest.len() != h_len || salt.len() != h_len || em_len < h_len + salt.len() + 2 {
+            return None;
+        }
+        let h = pss_hash(hash, digest, salt);
+        let db_len = em_len - h_len - 1;
+        let mut db = vec![0u8; db_len];
+        db[db_len - salt.len() - 1] = 1;
+        db[db_len - salt.len()..].copy_from_slice(salt);
+        for (d, m) in db.iter_mut().zip(mgf1(hash, &h, db_len)) {
+            *d ^= m;
+        }
+        db[0] &= 0xff >> (8 * em_len - em_bits);
+        let k = mod_bits.div_ceil(8);
+        let mut out = vec![0u8; k - em_len];
+        out.extend_from_slice(&db);
+        out.extend_from_slice(&h);
+        out.push(0xbc);
+        Some(out)
+    }
+
+    /// EMSA-PSS-VERIFY with salt length = hash length. `em` is the
+    /// big-endian value `s^e mod n`, modulus length.
+    pub fn pss_verify(hash: HashAlg, digest: &[u8], em: &[u8], mod_bits: usize) -> bool {
+        let h_len = hash.len();
+        let em_bits = mod_bits - 1;
+        let em_len = em_bits.div_ceil(8);
+        let k = mod_bits.div_ceil(8);
+        if em.len() != k || digest.len() != h_len || em_len < 2 * h_len + 2 {
+            return false;
+        }
+        // When emLen < k the leading octet must be zero.
+        let (lead, em) = em.split_at(k - em_len);
+        if lead.iter().any(|&b| b != 0) || em[em_len - 1] != 0xbc {
+            return false;
+        }
+        let unused = 8 * em_len - em_bits;
+        let top_mask = !(0xffu8 >> unused);
+        let (masked_db, rest) = em.split_at(em_len - h_len - 1);
+        let h = &rest[..h_len];
+        if unused > 0 && masked_db[0] & top_mask != 0 {
+            return false;
+        }
+        let mut db: Vec<u8> = masked_db
+            .iter()
+            .zip(mgf1(hash, h, masked_db.len()))
+            .map(|(a, b)| a ^ b)
+            .collect();
+        db[0] &= 0xff >> unused;
+        let ps_len = em_len - 2 * h_len - 2;
+        if db[..ps_len].iter().any(|&b| b != 0) || db[ps_len] != 1 {
+            return false;
+        }
+        let salt = &db[ps_len + 1..];
+        pss_hash(hash, digest, salt) == h
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn pss_encode_then_verify_and_reject_tampering() {
+            for (hash, bits) in [
+                (HashAlg::Sha256, 2048),
+                (HashAlg::Sha384, 3072),
+                (HashAlg::Sha512, 4096),
+                (HashAlg::Sha256, 2049),
+            ] {
+                let d = hash.digest(b"m");
+                let salt = vec![0x5a; hash.len()];
+                let em = pss_encode(hash, &d, &salt, bits).unwrap();
+                assert_eq!(em.len(), bits.div_ceil(8));
+                assert!(pss_verify(hash, &d, &em, bits));
+                let mut bad = em.clone();
+                bad[40] ^= 1;
+                assert!(!pss_verify(hash, &d, &bad, bits));
+                assert!(!pss_verify(hash, &hash.digest(b"n"), &em, bits));
+            }
+        }
+
+        #[test]
+        fn pkcs1_layout() {
+            let d = HashAlg::Sha256.digest(b"m");
+            let em = pkcs1_v15(HashAlg::Sha256, &d, 256).unwrap();
+            assert_eq!(&em[..2], &[0, 1]);
+            assert_eq!(em[256 - 52], 0);
+            assert!(em[2..256 - 52].iter().all(|&b| b == 0xff));
+            assert!(pkcs1_v15(HashAlg::Sha256, &d, 61).is_none());
+        }
     }
 }

@@ -15,7 +15,6 @@ use openssl::pkey_ctx::PkeyCtx;
 use openssl::rsa::Padding;
 use openssl::sign::RsaPssSaltlen;
 use parking_lot::RwLock;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{Backend, Capabilities, CostSeed};
@@ -317,16 +316,14 @@ impl Backend for CpuBackend {
         scheme.check_fits(key.kind())?;
         let ck = self.cpu_key(key)?;
         let engine = self.engine_for(scheme);
-        if inputs.len() == 1 {
-            return Ok(vec![ck.sign(engine, scheme, &inputs[0])?]);
-        }
-        self.pool.install(|| {
-            inputs
-                .par_iter()
-                .with_max_len(1)
-                .map(|i| ck.sign(engine, scheme, i))
-                .collect()
-        })
+        // The engine calls this on one of our pool's threads and runs as
+        // many batches at once as the pool has threads, so a batch is
+        // signed in order on the calling thread.
+        inputs.iter().map(|i| ck.sign(engine, scheme, i)).collect()
+    }
+
+    fn executor(&self) -> Option<&rayon::ThreadPool> {
+        Some(&self.pool)
     }
 
     fn cost_seed(&self, kind: KeyKind, scheme: Scheme) -> Option<CostSeed> {

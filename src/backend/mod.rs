@@ -87,6 +87,13 @@ pub trait Backend: Send + Sync {
     /// Calibration results at start, for seeding the scheduler's cost model.
     fn cost_seed(&self, kind: KeyKind, scheme: Scheme) -> Option<CostSeed>;
 
+    /// A thread pool the engine should run this backend's batches on, so
+    /// that signing and checking share its threads without hand-offs;
+    /// `None` means the engine's own worker threads call `sign_batch`.
+    fn executor(&self) -> Option<&rayon::ThreadPool> {
+        None
+    }
+
     /// Backend-specific facts for `sigmux backends` (chosen engines etc.).
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -26,6 +26,10 @@ pub(crate) struct Batcher {
     wake: Condvar,
     /// Requests sitting in queues (not yet dispatched).
     queued: AtomicUsize,
+    /// The flusher is asleep with no deadline armed. Only then does a new
+    /// queue need to wake it: a queue made later falls due later than the
+    /// one the flusher is already waiting for.
+    flusher_idle: AtomicBool,
 }
 
 impl Batcher {
@@ -63,7 +67,7 @@ impl Batcher {
             if let Some(b) = batch {
                 inner.dispatch(b, Vec::new(), None);
             }
-        } else if first {
+        } else if first && self.flusher_idle.load(Ordering::Acquire) {
             drop(queues);
             self.wake.notify_one();
         }
@@ -149,10 +153,12 @@ pub(crate) fn run_flusher(inner: &Arc<Inner>) {
                 let _ = inner.batcher.wake.wait_until(&mut queues, at);
             }
             None => {
+                inner.batcher.flusher_idle.store(true, Ordering::Release);
                 let _ = inner
                     .batcher
                     .wake
                     .wait_for(&mut queues, Duration::from_millis(250));
+                inner.batcher.flusher_idle.store(false, Ordering::Release);
             }
         }
     }

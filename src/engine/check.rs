@@ -6,7 +6,7 @@ use aws_lc_rs::digest::Digest;
 use aws_lc_rs::signature::{self as sig, VerificationAlgorithm};
 
 use crate::keys::Key;
-use crate::scheme::{Family, Scheme};
+use crate::scheme::{Family, HashAlg, Scheme, rsa_encoding};
 
 /// The aws-lc-rs algorithm that verifies `scheme`.
 pub fn verification_algorithm(scheme: Scheme) -> &'static dyn VerificationAlgorithm {
@@ -32,6 +32,9 @@ pub fn must_verify(scheme: Scheme, backend_asks: bool) -> bool {
 /// Verifies one signature over a prepared input (digest, or message for
 /// Ed25519).
 pub fn verify(key: &Key, scheme: Scheme, input: &[u8], signature: &[u8]) -> bool {
+    if let (Family::Rsa, Some(h)) = (scheme.family(), scheme.hash()) {
+        return verify_rsa(key, scheme.is_pss(), h, input, signature);
+    }
     let Ok(v) = key.verifier(scheme) else {
         return false;
     };
@@ -41,5 +44,29 @@ pub fn verify(key: &Key, scheme: Scheme, input: &[u8], signature: &[u8]) -> bool
             Err(_) => false,
         },
         None => v.verify_sig(input, signature).is_ok(),
+    }
+}
+
+/// The RSA check as the rules state it: compute `s^e mod n` and compare it
+/// with the encoded message (PKCS#1 v1.5), or run EMSA-PSS-VERIFY on it.
+fn verify_rsa(key: &Key, pss: bool, hash: HashAlg, digest: &[u8], signature: &[u8]) -> bool {
+    let Some(rsa) = key.rsa_public() else {
+        return false;
+    };
+    let k = rsa.size() as usize;
+    if signature.len() != k || digest.len() != hash.len() {
+        return false;
+    }
+    let mut em = vec![0u8; k];
+    // NO_PADDING: the raw s^e mod n; it also rejects s >= n.
+    match rsa.public_decrypt(signature, &mut em, openssl::rsa::Padding::NONE) {
+        Ok(n) if n == k => {}
+        _ => return false,
+    }
+    let bits = rsa.n().num_bits() as usize;
+    if pss {
+        rsa_encoding::pss_verify(hash, digest, &em, bits)
+    } else {
+        rsa_encoding::pkcs1_v15(hash, digest, k).is_some_and(|want| want == em)
     }
 }

@@ -76,6 +76,7 @@ pub(crate) struct Slot {
     rx: Receiver<Msg>,
     workers: usize,
     in_flight_ops: AtomicUsize,
+    in_flight_jobs: AtomicUsize,
     queued_us: AtomicU64,
     costs: Mutex<HashMap<(KeyKind, Scheme), CostModel>>,
     health: Mutex<Health>,
@@ -83,13 +84,16 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    pub(crate) fn new(index: usize, backend: Arc<dyn Backend>) -> Slot {
+    pub(crate) fn new(index: usize, backend: Arc<dyn Backend>) -> Arc<Slot> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let available = backend.availability() == Availability::Available;
         let caps = backend.capabilities();
-        // Two workers at least, so one batch's hand-off overlaps another's
-        // signing; more for backends that run many batches at once.
-        let workers = caps.parallelism.clamp(2, 8);
+        // On a backend's own pool, one worker per pool thread; otherwise two
+        // at least, so one batch's hand-off overlaps another's signing.
+        let workers = match backend.executor() {
+            Some(pool) => pool.current_num_threads(),
+            None => caps.parallelism.clamp(2, 8),
+        };
         let mut costs = HashMap::new();
         for &kind in KeyKind::all() {
             for scheme in kind.schemes() {
@@ -101,7 +105,7 @@ impl Slot {
                 }
             }
         }
-        Slot {
+        Arc::new(Slot {
             index,
             name: backend.name().into(),
             backend,
@@ -110,11 +114,12 @@ impl Slot {
             rx,
             workers,
             in_flight_ops: AtomicUsize::new(0),
+            in_flight_jobs: AtomicUsize::new(0),
             queued_us: AtomicU64::new(0),
             costs: Mutex::new(costs),
             health: Mutex::new(Health::Healthy),
             counters: Counters::default(),
-        }
+        })
     }
 
     /// Whether this backend could ever take this key and scheme.
@@ -136,8 +141,10 @@ impl Slot {
         self.could_serve(key, scheme) && self.healthy_at(now)
     }
 
+    /// Whether one of its workers has nothing to do: then a queued batch
+    /// should go now rather than wait to grow.
     pub(crate) fn has_idle_capacity(&self) -> bool {
-        self.in_flight_ops.load(Ordering::Acquire) < self.backend.capabilities().parallelism
+        self.in_flight_jobs.load(Ordering::Acquire) < self.workers
     }
 
     fn cost(&self, kind: KeyKind, scheme: Scheme) -> CostModel {
@@ -159,6 +166,7 @@ impl Slot {
         let n = batch.inputs.len();
         let est = self.cost(batch.key.kind(), batch.scheme).batch_us(n) as u64;
         self.in_flight_ops.fetch_add(n, Ordering::AcqRel);
+        self.in_flight_jobs.fetch_add(1, Ordering::AcqRel);
         self.queued_us.fetch_add(est, Ordering::AcqRel);
         let job = Job {
             batch,
@@ -173,6 +181,7 @@ impl Slot {
 
     fn finish_accounting(&self, n: usize, est: u64) {
         self.in_flight_ops.fetch_sub(n, Ordering::AcqRel);
+        self.in_flight_jobs.fetch_sub(1, Ordering::AcqRel);
         self.queued_us.fetch_sub(est, Ordering::AcqRel);
     }
 
@@ -305,7 +314,13 @@ impl Inner {
         let mut rest = batch;
         for (i, count) in plan(n, &candidates) {
             let slot = slots[i];
-            let max = slot.backend.capabilities().max_batch.max(1);
+            let caps = slot.backend.capabilities();
+            // A backend runs `parallelism` batches at once: give each of its
+            // workers a share rather than one worker the lot.
+            let max = caps
+                .max_batch
+                .min(count.div_ceil(caps.parallelism.max(1)))
+                .max(1);
             let mut left = count;
             while left > 0 {
                 let take = left.min(max);
@@ -334,21 +349,31 @@ pub(crate) fn spawn_workers(inner: &Arc<Inner>, slot: &Arc<Slot>) -> Result<Vec<
     if !slot.available {
         return Ok(Vec::new());
     }
+    if let Some(pool) = slot.backend.executor() {
+        // The pool's threads become the workers: each pulls batches in
+        // order from the slot's queue, so no batch can be starved by work
+        // stealing, and signing and checking stay on one warm thread.
+        let (inner, slot) = (inner.clone(), slot.clone());
+        pool.spawn_broadcast(move |_| worker_loop(&inner, &slot));
+        return Ok(Vec::new());
+    }
     (0..slot.workers)
         .map(|i| {
             let inner = inner.clone();
             let slot = slot.clone();
             std::thread::Builder::new()
                 .name(format!("sigmux-{}-{i}", slot.name))
-                .spawn(move || {
-                    while let Ok(Msg::Job(job)) = slot.rx.recv() {
-                        run_job(&inner, &slot, job);
-                        inner.batcher.flush_idle(&inner);
-                    }
-                })
+                .spawn(move || worker_loop(&inner, &slot))
                 .map_err(|e| Error::Invalid(format!("cannot start worker thread: {e}")))
         })
         .collect()
+}
+
+fn worker_loop(inner: &Inner, slot: &Slot) {
+    while let Ok(Msg::Job(job)) = slot.rx.recv() {
+        run_job(inner, slot, job);
+        inner.batcher.flush_idle(inner);
+    }
 }
 
 /// Asks every worker to stop once the jobs ahead of the request are done.
@@ -487,7 +512,8 @@ fn verify(slot: &Slot, batch: &Batch, sigs: &[Vec<u8>]) -> usize {
 }
 
 pub(crate) fn write_slot_metrics(out: &mut String, slots: &[Arc<Slot>]) {
-    let metrics: [(&str, &str, &str, fn(&Slot) -> f64); 8] = [
+    type Metric = (&'static str, &'static str, &'static str, fn(&Slot) -> f64);
+    let metrics: [Metric; 8] = [
         (
             "sigmux_backend_ops_total",
             "counter",

@@ -45,7 +45,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             max_batch: 64,
-            max_wait: Duration::from_micros(200),
+            max_wait: Duration::from_micros(500),
             queue_capacity: 65_536,
             deadline: Duration::from_secs(10),
         }
@@ -186,7 +186,7 @@ impl Engine {
         let slots: Vec<Arc<Slot>> = backends
             .into_iter()
             .enumerate()
-            .map(|(i, b)| Arc::new(Slot::new(i, b)))
+            .map(|(i, b)| Slot::new(i, b))
             .collect();
         let inner = Arc::new(Inner {
             cfg,

@@ -145,6 +145,7 @@ pub struct Key {
     spki_der: Vec<u8>,
     secret: Option<SecretKey>,
     verifiers: [OnceLock<aws_lc_rs::signature::ParsedPublicKey>; 9],
+    rsa_public: OnceLock<Option<openssl::rsa::Rsa<openssl::pkey::Public>>>,
 }
 
 impl fmt::Debug for Key {
@@ -191,6 +192,7 @@ impl Key {
             info,
             secret,
             verifiers: Default::default(),
+            rsa_public: OnceLock::new(),
         }
     }
 
@@ -239,6 +241,18 @@ impl Key {
                     self.info.name
                 )),
             })
+    }
+
+    /// The RSA public key as OpenSSL holds it (its Montgomery context is
+    /// cached after first use), or `None` for other kinds.
+    pub fn rsa_public(&self) -> Option<&openssl::rsa::Rsa<openssl::pkey::Public>> {
+        self.rsa_public
+            .get_or_init(|| {
+                openssl::pkey::PKey::public_key_from_der(&self.spki_der)
+                    .ok()
+                    .and_then(|k| k.rsa().ok())
+            })
+            .as_ref()
     }
 
     /// A parsed public key for verifying `scheme` signatures, made once.
