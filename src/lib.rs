@@ -5,11 +5,13 @@
 pub mod app;
 pub mod backend;
 pub mod bench;
+pub mod ca;
 pub mod config;
 pub mod der;
 pub mod engine;
 pub mod error;
 pub mod keys;
+pub mod keyless;
 pub mod scheme;
 pub mod server;
 

@@ -1,0 +1,6 @@
+//! Cloudflare's keyless protocol: proxies that terminate TLS keep only
+//! certificates and send each handshake's private-key operation here.
+//! So far: the wire codec (`protocol`); the server, client and rustls
+//! adapter build on it.
+
+pub mod protocol;
