@@ -10,8 +10,8 @@ pub mod config;
 pub mod der;
 pub mod engine;
 pub mod error;
-pub mod keys;
 pub mod keyless;
+pub mod keys;
 pub mod scheme;
 pub mod server;
 

@@ -128,8 +128,12 @@ pub(crate) struct Waiter {
 
 impl Waiter {
     fn answer(self, result: Result<Signature>) {
+        let Waiter { tx, _admission, .. } = self;
+        // Free the slot first, so a caller that submits again as soon as it
+        // has its answer finds the capacity it just gave back.
+        drop(_admission);
         // The caller may have stopped waiting; that is their choice.
-        let _ = self.tx.send(result);
+        let _ = tx.send(result);
     }
 }
 

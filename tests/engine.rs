@@ -1,0 +1,566 @@
+//! Engine behaviour against real signing backends: batching, overload,
+//! deadlines, quarantine of a backend that returns wrong signatures, and
+//! failover. Test backends wrap the real CPU backend (mocked: only the
+//! gate that holds a batch, and the corruption or failure they inject).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use sigmux::backend::cpu::{CpuBackend, CpuConfig, CpuEngine, CpuKey, EngineChoice};
+use sigmux::backend::{Backend, Capabilities, CostSeed};
+use sigmux::{Engine, EngineConfig, Error, Key, KeyKind, Scheme, SignInput, SignRequest};
+
+/// A backend that signs with the real CPU backend but can hold batches at a
+/// gate, corrupt results, or fail, and records the batch sizes it saw.
+struct TestBackend {
+    name: String,
+    cpu: Arc<CpuBackend>,
+    caps: Capabilities,
+    gate: Mutex<bool>,
+    opened: Condvar,
+    entered: AtomicUsize,
+    batches: Mutex<Vec<usize>>,
+    corrupt: AtomicBool,
+    fail: AtomicBool,
+    check_all: bool,
+}
+
+impl TestBackend {
+    fn new(name: &str, cpu: &Arc<CpuBackend>, parallelism: usize) -> Arc<TestBackend> {
+        let mut caps = cpu.capabilities().clone();
+        caps.parallelism = parallelism;
+        Arc::new(TestBackend {
+            name: name.into(),
+            cpu: cpu.clone(),
+            caps,
+            gate: Mutex::new(true),
+            opened: Condvar::new(),
+            entered: AtomicUsize::new(0),
+            batches: Mutex::new(Vec::new()),
+            corrupt: AtomicBool::new(false),
+            fail: AtomicBool::new(false),
+            check_all: false,
+        })
+    }
+
+    fn close_gate(&self) {
+        *self.gate.lock() = false;
+    }
+
+    fn open_gate(&self) {
+        *self.gate.lock() = true;
+        self.opened.notify_all();
+    }
+
+    fn batches(&self) -> Vec<usize> {
+        self.batches.lock().clone()
+    }
+
+    fn wait_entered(&self, n: usize) {
+        let start = Instant::now();
+        while self.entered.load(Ordering::SeqCst) < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "backend never got {n} batches"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Backend for TestBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+    fn sign_batch(
+        &self,
+        key: &Arc<Key>,
+        scheme: Scheme,
+        inputs: &[Vec<u8>],
+    ) -> sigmux::Result<Vec<Vec<u8>>> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        self.batches.lock().push(inputs.len());
+        {
+            let mut open = self.gate.lock();
+            while !*open {
+                self.opened.wait(&mut open);
+            }
+        }
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(Error::backend(&self.name, "injected failure"));
+        }
+        let mut sigs = self.cpu.sign_batch(key, scheme, inputs)?;
+        if self.corrupt.load(Ordering::SeqCst) {
+            for s in &mut sigs {
+                let last = s.len() - 1;
+                s[last] ^= 1;
+            }
+        }
+        Ok(sigs)
+    }
+    fn needs_check(&self, _scheme: Scheme) -> bool {
+        self.check_all
+    }
+    fn cost_seed(&self, kind: KeyKind, scheme: Scheme) -> Option<CostSeed> {
+        self.cpu.cost_seed(kind, scheme)
+    }
+}
+
+fn cpu() -> Arc<CpuBackend> {
+    static CPU: std::sync::OnceLock<Arc<CpuBackend>> = std::sync::OnceLock::new();
+    CPU.get_or_init(|| {
+        Arc::new(
+            CpuBackend::new(&CpuConfig {
+                threads: 2,
+                engine: EngineChoice::Fixed(CpuEngine::AwsLc),
+                max_batch: 256,
+            })
+            .unwrap(),
+        )
+    })
+    .clone()
+}
+
+fn key(kind: KeyKind) -> Arc<Key> {
+    Key::ephemeral("test", kind).unwrap()
+}
+
+fn cfg(max_batch: usize, max_wait_ms: u64, capacity: usize) -> EngineConfig {
+    EngineConfig {
+        max_batch,
+        max_wait: Duration::from_millis(max_wait_ms),
+        queue_capacity: capacity,
+        deadline: Duration::from_secs(30),
+    }
+}
+
+fn req(key: &Arc<Key>, scheme: Scheme, i: u32) -> SignRequest {
+    SignRequest::new(
+        key.clone(),
+        scheme,
+        SignInput::Message(i.to_be_bytes().to_vec()),
+    )
+}
+
+/// Verifies with the openssl crate: an implementation independent of the
+/// aws-lc-rs code that signed.
+fn openssl_verifies(key: &Key, scheme: Scheme, msg: &[u8], sig: &[u8]) -> bool {
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    let pk = PKey::public_key_from_der(key.spki_der()).unwrap();
+    let mut v = match scheme.hash() {
+        None => openssl::sign::Verifier::new_without_digest(&pk).unwrap(),
+        Some(h) => {
+            let md = match h.len() {
+                32 => MessageDigest::sha256(),
+                48 => MessageDigest::sha384(),
+                _ => MessageDigest::sha512(),
+            };
+            let mut v = openssl::sign::Verifier::new(md, &pk).unwrap();
+            if scheme.is_pss() {
+                v.set_rsa_padding(openssl::rsa::Padding::PKCS1_PSS).unwrap();
+                v.set_rsa_pss_saltlen(openssl::sign::RsaPssSaltlen::custom(h.len() as i32))
+                    .unwrap();
+                v.set_rsa_mgf1_md(md).unwrap();
+            }
+            v
+        }
+    };
+    if scheme.hash().is_none() {
+        return v.verify_oneshot(sig, msg).unwrap_or(false);
+    }
+    v.update(msg).unwrap();
+    v.verify(sig).unwrap_or(false)
+}
+
+#[test]
+fn both_cpu_libraries_sign_every_scheme_and_cross_verify() {
+    let kinds = [
+        KeyKind::Rsa2048,
+        KeyKind::Rsa3072,
+        KeyKind::P256,
+        KeyKind::P384,
+        KeyKind::Ed25519,
+    ];
+    for kind in kinds {
+        let k = key(kind);
+        let ck = CpuKey::load(&k).unwrap();
+        for scheme in kind.schemes() {
+            let msg = format!("{kind} {scheme}").into_bytes();
+            let input = scheme.prepare(SignInput::Message(msg.clone())).unwrap();
+            for engine in CpuEngine::ALL {
+                let sig = ck.sign(engine, scheme, &input).unwrap();
+                // The other library verifies it, and so does the engine's check.
+                assert!(
+                    openssl_verifies(&k, scheme, &msg, &sig),
+                    "{engine} {scheme} (openssl)"
+                );
+                assert!(
+                    sigmux::engine::check::verify(&k, scheme, &input, &sig),
+                    "{engine} {scheme} (check)"
+                );
+                let alg = sigmux::engine::check::verification_algorithm(scheme);
+                let bits = sigmux::der::spki_parts(k.spki_der())
+                    .unwrap()
+                    .public_key
+                    .to_vec();
+                assert!(
+                    aws_lc_rs::signature::UnparsedPublicKey::new(alg, &bits)
+                        .verify(&msg, &sig)
+                        .is_ok(),
+                    "{engine} {scheme} (aws-lc)"
+                );
+                let mut bad = sig.clone();
+                let mid = bad.len() / 2;
+                bad[mid] ^= 0x10;
+                assert!(!sigmux::engine::check::verify(&k, scheme, &input, &bad));
+            }
+        }
+    }
+}
+
+#[test]
+fn sync_and_async_callers_get_verified_signatures() {
+    let engine = Engine::new(cfg(16, 1, 1024), vec![cpu()]).unwrap();
+    let k = key(KeyKind::P256);
+    let s = Scheme::EcdsaSecp256r1Sha256;
+    let sig = engine.sign_blocking(req(&k, s, 1)).unwrap();
+    assert!(openssl_verifies(&k, s, &1u32.to_be_bytes(), &sig.bytes));
+    assert_eq!(&*sig.backend, "cpu");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine = Arc::new(engine);
+    let sigs = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..200u32 {
+            let (engine, k) = (engine.clone(), k.clone());
+            tasks.push(tokio::spawn(async move {
+                (i, engine.sign(req(&k, s, i)).await)
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    for (i, r) in sigs {
+        assert!(openssl_verifies(&k, s, &i.to_be_bytes(), &r.unwrap().bytes));
+    }
+}
+
+#[test]
+fn batches_flush_on_size() {
+    let tb = TestBackend::new("gated", &cpu(), 1);
+    let engine = Engine::new(cfg(8, 10_000, 1024), vec![tb.clone()]).unwrap();
+    let k = key(KeyKind::P256);
+    let s = Scheme::EcdsaSecp256r1Sha256;
+    // Occupy both engine workers so nothing is flushed for being idle.
+    tb.close_gate();
+    let held: Vec<_> = (0..2)
+        .map(|i| engine.submit(req(&k, s, i)).unwrap())
+        .collect();
+    tb.wait_entered(2);
+    let start = Instant::now();
+    let full: Vec<_> = (0..8)
+        .map(|i| engine.submit(req(&k, s, 100 + i)).unwrap())
+        .collect();
+    let extra: Vec<_> = (0..3)
+        .map(|i| engine.submit(req(&k, s, 200 + i)).unwrap())
+        .collect();
+    tb.open_gate();
+    for t in held.into_iter().chain(full) {
+        t.wait().unwrap();
+    }
+    // The full queue went at once (max_wait is 10 s), as one batch of 8.
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(&tb.batches()[..3], &[1, 1, 8]);
+    // The 3 extra requests left over went when a worker became idle.
+    for t in extra {
+        t.wait().unwrap();
+    }
+    assert_eq!(tb.batches()[3], 3);
+}
+
+#[test]
+fn batches_flush_on_time() {
+    let tb = TestBackend::new("gated", &cpu(), 1);
+    let engine = Engine::new(cfg(1000, 150, 1024), vec![tb.clone()]).unwrap();
+    let k = key(KeyKind::P256);
+    let s = Scheme::EcdsaSecp256r1Sha256;
+    tb.close_gate();
+    let held: Vec<_> = (0..2)
+        .map(|i| engine.submit(req(&k, s, i)).unwrap())
+        .collect();
+    tb.wait_entered(2);
+    let in_flight = |e: &Engine| e.report()["backends"][0]["in_flight_ops"].as_u64().unwrap();
+    let queued: Vec<_> = (0..3)
+        .map(|i| engine.submit(req(&k, s, 10 + i)).unwrap())
+        .collect();
+    // Not yet: the queue is neither full nor old, and no worker is free.
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(in_flight(&engine), 2);
+    // After max_wait the queue has been flushed to the backend.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(in_flight(&engine), 5);
+    tb.open_gate();
+    for t in held.into_iter().chain(queued) {
+        t.wait().unwrap();
+    }
+    assert_eq!(tb.batches(), vec![1, 1, 3]);
+}
+
+#[test]
+fn a_lone_request_is_not_held_back() {
+    let engine = Engine::new(cfg(64, 5_000, 1024), vec![cpu()]).unwrap();
+    let k = key(KeyKind::Ed25519);
+    let start = Instant::now();
+    engine.sign_blocking(req(&k, Scheme::Ed25519, 1)).unwrap();
+    // max_wait is 5 s, but an idle backend takes the request at once.
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn full_queues_answer_overloaded_at_once() {
+    let tb = TestBackend::new("gated", &cpu(), 1);
+    let engine = Engine::new(cfg(64, 1, 4), vec![tb.clone()]).unwrap();
+    let k = key(KeyKind::P256);
+    let s = Scheme::EcdsaSecp256r1Sha256;
+    tb.close_gate();
+    let accepted: Vec<_> = (0..4)
+        .map(|i| engine.submit(req(&k, s, i)).unwrap())
+        .collect();
+    let start = Instant::now();
+    for i in 0..10 {
+        assert!(matches!(
+            engine.submit(req(&k, s, 100 + i)),
+            Err(Error::Overloaded)
+        ));
+    }
+    assert!(start.elapsed() < Duration::from_millis(500));
+    assert!(
+        engine
+            .metrics_text()
+            .contains("sigmux_engine_overloaded_total 10")
+    );
+    tb.open_gate();
+    for (i, t) in accepted.into_iter().enumerate() {
+        let sig = t.wait().unwrap();
+        assert!(openssl_verifies(
+            &k,
+            s,
+            &(i as u32).to_be_bytes(),
+            &sig.bytes
+        ));
+    }
+    // Capacity is back once the answers are out.
+    engine.sign_blocking(req(&k, s, 99)).unwrap();
+}
+
+#[test]
+fn requests_past_their_deadline_get_deadline_exceeded() {
+    let tb = TestBackend::new("gated", &cpu(), 1);
+    let engine = Engine::new(cfg(64, 1, 64), vec![tb.clone()]).unwrap();
+    let k = key(KeyKind::P256);
+    let s = Scheme::EcdsaSecp256r1Sha256;
+    tb.close_gate();
+    let held: Vec<_> = (0..2)
+        .map(|i| engine.submit(req(&k, s, i)).unwrap())
+        .collect();
+    tb.wait_entered(2);
+    let mut r = req(&k, s, 7);
+    r.deadline = Some(Duration::from_millis(20));
+    let late = engine.submit(r).unwrap();
+    std::thread::sleep(Duration::from_millis(60));
+    tb.open_gate();
+    assert!(matches!(late.wait(), Err(Error::DeadlineExceeded)));
+    for t in held {
+        t.wait().unwrap();
+    }
+}
+
+#[test]
+fn a_backend_that_corrupts_results_is_quarantined_and_nothing_wrong_leaves() {
+    for (kind, scheme, check_all) in [
+        (KeyKind::Rsa2048, Scheme::RsaPssRsaeSha256, false),
+        (KeyKind::Rsa2048, Scheme::RsaPkcs1Sha512, false),
+        (KeyKind::P256, Scheme::EcdsaSecp256r1Sha256, true),
+    ] {
+        let mut bad = TestBackend::new("corrupting", &cpu(), 2);
+        Arc::get_mut(&mut bad).unwrap().check_all = check_all;
+        bad.corrupt.store(true, Ordering::SeqCst);
+        let good = TestBackend::new("good", &cpu(), 2);
+        let engine = Engine::new(cfg(16, 1, 4096), vec![bad.clone(), good.clone()]).unwrap();
+        let k = key(kind);
+        let tickets: Vec<_> = (0..300)
+            .map(|i| engine.submit(req(&k, scheme, i)).unwrap())
+            .collect();
+        for (i, t) in tickets.into_iter().enumerate() {
+            let sig = t.wait().unwrap();
+            assert_eq!(&*sig.backend, "good");
+            assert!(openssl_verifies(
+                &k,
+                scheme,
+                &(i as u32).to_be_bytes(),
+                &sig.bytes
+            ));
+        }
+        let report = engine.report();
+        let b = &report["backends"][0];
+        assert_eq!(b["name"], "corrupting");
+        assert_eq!(b["health"]["state"], "quarantined", "{scheme}");
+        assert!(b["bad_signatures"].as_u64().unwrap() >= 1);
+        assert!(
+            engine
+                .metrics_text()
+                .contains("sigmux_backend_healthy{backend=\"corrupting\"} 0")
+        );
+    }
+}
+
+#[test]
+fn with_only_a_corrupting_backend_callers_get_errors_not_bad_signatures() {
+    let bad = TestBackend::new("corrupting", &cpu(), 2);
+    bad.corrupt.store(true, Ordering::SeqCst);
+    let engine = Engine::new(cfg(16, 1, 1024), vec![bad.clone()]).unwrap();
+    let k = key(KeyKind::Rsa2048);
+    let tickets: Vec<_> = (0..40)
+        .map(|i| engine.submit(req(&k, Scheme::RsaPkcs1Sha256, i)).unwrap())
+        .collect();
+    for t in tickets {
+        match t.wait() {
+            Err(Error::NoBackend { reason, .. }) => {
+                assert!(
+                    reason.contains("failed verification") || reason.contains("out of rotation"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_failing_backend_hands_its_batch_to_another() {
+    let failing = TestBackend::new("failing", &cpu(), 2);
+    failing.fail.store(true, Ordering::SeqCst);
+    let good = TestBackend::new("good", &cpu(), 2);
+    let engine = Engine::new(cfg(8, 1, 1024), vec![failing.clone(), good.clone()]).unwrap();
+    let k = key(KeyKind::Ed25519);
+    let tickets: Vec<_> = (0..100)
+        .map(|i| engine.submit(req(&k, Scheme::Ed25519, i)).unwrap())
+        .collect();
+    for (i, t) in tickets.into_iter().enumerate() {
+        let sig = t.wait().unwrap();
+        assert!(openssl_verifies(
+            &k,
+            Scheme::Ed25519,
+            &(i as u32).to_be_bytes(),
+            &sig.bytes
+        ));
+    }
+    assert_eq!(engine.report()["backends"][0]["health"]["state"], "failing");
+}
+
+#[test]
+fn a_big_batch_is_spread_over_two_idle_backends() {
+    let a = TestBackend::new("a", &cpu(), 1);
+    let b = TestBackend::new("b", &cpu(), 1);
+    let engine = Engine::new(cfg(512, 50, 4096), vec![a.clone(), b.clone()]).unwrap();
+    let k = key(KeyKind::P256);
+    let s = Scheme::EcdsaSecp256r1Sha256;
+    a.close_gate();
+    b.close_gate();
+    // Park one request on each backend's two workers...
+    let held: Vec<_> = (0..4)
+        .map(|i| engine.submit(req(&k, s, i)).unwrap())
+        .collect();
+    a.wait_entered(1);
+    b.wait_entered(1);
+    let more: Vec<_> = (0..512)
+        .map(|i| engine.submit(req(&k, s, 10 + i)).unwrap())
+        .collect();
+    a.open_gate();
+    b.open_gate();
+    for t in held.into_iter().chain(more) {
+        t.wait().unwrap();
+    }
+    let (ops_a, ops_b): (usize, usize) = (a.batches().iter().sum(), b.batches().iter().sum());
+    assert_eq!(ops_a + ops_b, 516);
+    assert!(ops_a >= 100 && ops_b >= 100, "a {ops_a}, b {ops_b}");
+}
+
+#[test]
+fn bad_requests_get_clear_errors_without_touching_a_backend() {
+    let engine = Engine::new(cfg(8, 1, 64), vec![cpu()]).unwrap();
+    let p256 = key(KeyKind::P256);
+    let e = engine
+        .submit(SignRequest::new(
+            p256.clone(),
+            Scheme::RsaPkcs1Sha256,
+            SignInput::Message(vec![1]),
+        ))
+        .err()
+        .unwrap();
+    assert_eq!(
+        e.to_string(),
+        "scheme rsa_pkcs1_sha256 is not valid for a p256 key"
+    );
+    let e = engine
+        .submit(SignRequest::new(
+            p256,
+            Scheme::EcdsaSecp256r1Sha256,
+            SignInput::Digest(vec![0; 31]),
+        ))
+        .err()
+        .unwrap();
+    assert_eq!(
+        e.to_string(),
+        "wrong digest length for ecdsa_secp256r1_sha256: expected 32 bytes, got 31"
+    );
+    let ed = key(KeyKind::Ed25519);
+    let e = engine
+        .submit(SignRequest::new(
+            ed,
+            Scheme::Ed25519,
+            SignInput::Digest(vec![0; 64]),
+        ))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("signs the message itself"));
+}
+
+#[test]
+fn metrics_and_report_describe_the_backends() {
+    let engine = Engine::new(cfg(8, 1, 64), vec![cpu()]).unwrap();
+    let k = key(KeyKind::P256);
+    engine
+        .sign_blocking(req(&k, Scheme::EcdsaSecp256r1Sha256, 1))
+        .unwrap();
+    let m = engine.metrics_text();
+    for name in [
+        "sigmux_engine_requests_total 1",
+        "sigmux_backend_ops_total{backend=\"cpu\"} 1",
+        "sigmux_engine_queue_depth 0",
+        "# TYPE sigmux_backend_mean_batch gauge",
+    ] {
+        assert!(m.contains(name), "missing {name} in\n{m}");
+    }
+    let r = engine.report();
+    let b = &r["backends"][0];
+    assert_eq!(b["details"]["engines"]["ed25519"]["engine"], "aws-lc");
+    assert!(
+        b["rates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["kind"] == "rsa4096")
+    );
+}
