@@ -29,7 +29,8 @@ pub struct BenchOptions {
     pub duration: Duration,
     /// Requests in flight (closed loop).
     pub concurrency: usize,
-    /// Overrides the engine's `max_batch`.
+    /// Submit groups of this many requests (latency is then per group) and
+    /// set the engine's `max_batch` to it.
     pub batch: Option<usize>,
     /// Open loop at this many requests per second instead of a closed loop.
     pub rate: Option<f64>,
@@ -269,8 +270,12 @@ async fn closed_loop(
     end: Instant,
     done: &Arc<AtomicU64>,
 ) -> Vec<Part> {
-    let mut tasks = Vec::with_capacity(opts.concurrency);
-    for t in 0..opts.concurrency {
+    // With --batch B, each task submits groups of B (one answer per group,
+    // as a bulk caller would) and `concurrency` counts requests in flight.
+    let group = opts.batch.unwrap_or(1).max(1);
+    let n_tasks = (opts.concurrency / group).max(1);
+    let mut tasks = Vec::with_capacity(n_tasks);
+    for t in 0..n_tasks {
         let engine = engine.clone();
         let key = key.clone();
         let scheme = opts.scheme;
@@ -283,19 +288,26 @@ async fn closed_loop(
                 if t0 >= end {
                     break;
                 }
-                let r = engine
-                    .sign(SignRequest::new(key.clone(), scheme, input.clone()))
-                    .await;
-                let t1 = Instant::now();
-                done.fetch_add(1, Ordering::Relaxed);
-                if t0 >= measure_from && t1 <= end {
-                    match r {
-                        Ok(_) => {
-                            ops += 1;
-                            record(&mut lat, t1 - t0);
-                        }
-                        Err(_) => errors += 1,
+                let results = if group == 1 {
+                    vec![
+                        engine
+                            .sign(SignRequest::new(key.clone(), scheme, input.clone()))
+                            .await,
+                    ]
+                } else {
+                    match engine.submit_group(key.clone(), scheme, vec![input.clone(); group], None)
+                    {
+                        Ok(ticket) => ticket.await,
+                        Err(e) => vec![Err(e)],
                     }
+                };
+                let t1 = Instant::now();
+                done.fetch_add(results.len() as u64, Ordering::Relaxed);
+                if t0 >= measure_from && t1 <= end {
+                    let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+                    ops += ok;
+                    errors += results.len() as u64 - ok;
+                    record(&mut lat, t1 - t0);
                 }
             }
             (ops, errors, lat)

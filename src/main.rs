@@ -124,7 +124,8 @@ struct BenchArgs {
     /// Requests in flight (closed loop).
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
-    /// Engine max_batch for this run.
+    /// Submit groups of N requests (latency is then per group) and use N as
+    /// the engine's max_batch.
     #[arg(long)]
     batch: Option<usize>,
     /// Open loop: offer this many requests per second instead.

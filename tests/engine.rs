@@ -564,3 +564,38 @@ fn metrics_and_report_describe_the_backends() {
             .any(|x| x["kind"] == "rsa4096")
     );
 }
+
+#[test]
+fn a_group_is_answered_together_in_order() {
+    let engine = Engine::new(cfg(16, 1, 1024), vec![cpu()]).unwrap();
+    let k = key(KeyKind::P384);
+    let s = Scheme::EcdsaSecp384r1Sha384;
+    let msgs: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    let ticket = engine
+        .submit_group(
+            k.clone(),
+            s,
+            msgs.iter().cloned().map(SignInput::Message).collect(),
+            None,
+        )
+        .unwrap();
+    let results = ticket.wait();
+    assert_eq!(results.len(), 100);
+    for (m, r) in msgs.iter().zip(results) {
+        assert!(openssl_verifies(&k, s, m, &r.unwrap().bytes));
+    }
+    // Admitted whole or refused whole.
+    let small = Engine::new(cfg(16, 1, 10), vec![cpu()]).unwrap();
+    let e = small.submit_group(k.clone(), s, vec![SignInput::Message(vec![1]); 11], None);
+    assert!(matches!(e, Err(Error::Overloaded)));
+    // A bad item names its index.
+    let mut inputs = vec![SignInput::Message(vec![1]); 3];
+    inputs[2] = SignInput::Digest(vec![0; 5]);
+    let e = engine
+        .submit_group(k, s, inputs, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.starts_with("item 2: wrong digest length"), "{e}");
+    assert_eq!(engine.queue_depth(), 0);
+}

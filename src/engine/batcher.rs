@@ -33,18 +33,20 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    /// Adds one request; may dispatch a batch on the caller's thread.
+    /// Adds requests (one, or a group) for one key and scheme; may dispatch
+    /// batches on the caller's thread.
     pub(crate) fn push(
         &self,
         inner: &Inner,
         key: Arc<Key>,
         scheme: Scheme,
-        input: Vec<u8>,
-        waiter: Waiter,
+        inputs: Vec<Vec<u8>>,
+        waiters: Vec<Waiter>,
     ) {
+        let k = (key.id(), scheme);
         let mut queues = self.queues.lock();
         let now = Instant::now();
-        let q = queues.entry((key.id(), scheme)).or_insert_with(|| Queue {
+        let q = queues.entry(k).or_insert_with(|| Queue {
             batch: Batch {
                 key: key.clone(),
                 scheme,
@@ -57,19 +59,41 @@ impl Batcher {
         if first {
             q.oldest = now;
         }
-        q.batch.inputs.push(input);
-        q.batch.waiters.push(waiter);
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        let full = q.batch.waiters.len() >= inner.cfg.max_batch;
-        if full || inner.has_idle_capacity(&key, scheme) {
-            let batch = self.take(&mut queues, (key.id(), scheme));
-            drop(queues);
-            if let Some(b) = batch {
-                inner.dispatch(b, Vec::new(), None);
-            }
-        } else if first && self.flusher_idle.load(Ordering::Acquire) {
+        self.queued.fetch_add(waiters.len(), Ordering::AcqRel);
+        q.batch.inputs.extend(inputs);
+        q.batch.waiters.extend(waiters);
+        let max = inner.cfg.max_batch;
+        // Full batches go at once; what is left waits unless a backend is
+        // idle.
+        let mut ready = Vec::new();
+        while q.batch.waiters.len() >= max {
+            let inputs: Vec<Vec<u8>> = q.batch.inputs.drain(..max).collect();
+            let waiters: Vec<Waiter> = q.batch.waiters.drain(..max).collect();
+            self.queued.fetch_sub(max, Ordering::AcqRel);
+            q.oldest = now;
+            ready.push(Batch {
+                key: key.clone(),
+                scheme,
+                inputs,
+                waiters,
+            });
+        }
+        let rest_empty = q.batch.waiters.is_empty();
+        if rest_empty {
+            queues.remove(&k);
+        } else if inner.has_idle_capacity(&key, scheme) {
+            ready.extend(self.take(&mut queues, k));
+        } else if (first || !ready.is_empty()) && self.flusher_idle.load(Ordering::Acquire) {
             drop(queues);
             self.wake.notify_one();
+            for b in ready {
+                inner.dispatch(b, Vec::new(), None);
+            }
+            return;
+        }
+        drop(queues);
+        for b in ready {
+            inner.dispatch(b, Vec::new(), None);
         }
     }
 

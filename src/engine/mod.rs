@@ -6,17 +6,14 @@ mod batcher;
 pub mod check;
 pub mod cost;
 mod dispatch;
+mod reply;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -25,6 +22,8 @@ use crate::scheme::{Scheme, SignInput};
 
 use batcher::Batcher;
 use dispatch::Slot;
+use reply::{Admission, Waiter};
+pub use reply::{GroupTicket, Ticket};
 
 /// Engine limits.
 #[derive(Clone, Debug)]
@@ -84,57 +83,6 @@ pub struct Signature {
     pub bytes: Vec<u8>,
     /// The backend that made it.
     pub backend: Arc<str>,
-}
-
-/// The pending answer to one request: await it, or [`Ticket::wait`] from
-/// synchronous code.
-pub struct Ticket {
-    rx: oneshot::Receiver<Result<Signature>>,
-}
-
-impl Ticket {
-    /// Blocks until the answer arrives. Must not be called from inside an
-    /// async runtime; await the ticket there instead.
-    pub fn wait(self) -> Result<Signature> {
-        self.rx.blocking_recv().unwrap_or(Err(Error::ShuttingDown))
-    }
-}
-
-impl Future for Ticket {
-    type Output = Result<Signature>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(Error::ShuttingDown)))
-    }
-}
-
-/// Decrements the admitted count when a request is answered (or dropped),
-/// so the bound can never leak.
-struct Admission(Arc<AtomicUsize>);
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Where one request's answer goes.
-pub(crate) struct Waiter {
-    tx: oneshot::Sender<Result<Signature>>,
-    deadline: Instant,
-    _admission: Admission,
-}
-
-impl Waiter {
-    fn answer(self, result: Result<Signature>) {
-        let Waiter { tx, _admission, .. } = self;
-        // Free the slot first, so a caller that submits again as soon as it
-        // has its answer finds the capacity it just gave back.
-        drop(_admission);
-        // The caller may have stopped waiting; that is their choice.
-        let _ = tx.send(result);
-    }
 }
 
 /// Requests for one key and scheme that travel together.
@@ -229,23 +177,61 @@ impl Engine {
         req.scheme.check_fits(req.key.kind())?;
         let input = req.scheme.prepare(req.input)?;
         inner.check_some_backend(&req.key, req.scheme)?;
-        let before = inner.admitted.fetch_add(1, Ordering::AcqRel);
-        let admission = Admission(inner.admitted.clone());
-        if before >= inner.cfg.queue_capacity {
+        if Admission::admit(&inner.admitted, 1, inner.cfg.queue_capacity).is_none() {
             inner.stats.overloaded.fetch_add(1, Ordering::Relaxed);
             return Err(Error::Overloaded);
         }
         inner.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        let waiter = Waiter {
-            tx,
-            deadline: Instant::now() + req.deadline.unwrap_or(inner.cfg.deadline),
-            _admission: admission,
-        };
+        let deadline = Instant::now() + req.deadline.unwrap_or(inner.cfg.deadline);
+        let (waiter, ticket) = Waiter::one(deadline, Admission::share(&inner.admitted));
         inner
             .batcher
-            .push(inner, req.key, req.scheme, input, waiter);
-        Ok(Ticket { rx })
+            .push(inner, req.key, req.scheme, vec![input], vec![waiter]);
+        Ok(ticket)
+    }
+
+    /// Queues a group of requests for one key and scheme, answered together
+    /// in order: one wake-up for the caller instead of one per signature.
+    /// The group is admitted whole or refused whole ([`Error::Overloaded`]);
+    /// a bad input fails the whole submission, naming its index.
+    pub fn submit_group(
+        &self,
+        key: Arc<Key>,
+        scheme: Scheme,
+        inputs: Vec<SignInput>,
+        deadline: Option<Duration>,
+    ) -> Result<GroupTicket> {
+        let inner = &self.inner;
+        if inner.stopping.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        scheme.check_fits(key.kind())?;
+        let n = inputs.len();
+        let prepared = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, input)| {
+                scheme
+                    .prepare(input)
+                    .map_err(|e| Error::Invalid(format!("item {i}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        inner.check_some_backend(&key, scheme)?;
+        if Admission::admit(&inner.admitted, n, inner.cfg.queue_capacity).is_none() {
+            inner
+                .stats
+                .overloaded
+                .fetch_add(n as u64, Ordering::Relaxed);
+            return Err(Error::Overloaded);
+        }
+        inner.stats.accepted.fetch_add(n as u64, Ordering::Relaxed);
+        let deadline = Instant::now() + deadline.unwrap_or(inner.cfg.deadline);
+        let admissions = (0..n).map(|_| Admission::share(&inner.admitted)).collect();
+        let (waiters, ticket) = Waiter::group(deadline, admissions);
+        if n > 0 {
+            inner.batcher.push(inner, key, scheme, prepared, waiters);
+        }
+        Ok(ticket)
     }
 
     /// Signs, from async code.

@@ -1,0 +1,189 @@
+//! How answers get back to callers: a [`Ticket`] per request, or one
+//! [`GroupTicket`] for a group submitted together (one wake-up for the
+//! whole group instead of one per signature). Every accepted request is
+//! answered exactly once; a waiter dropped unanswered answers
+//! `ShuttingDown` on its way out.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use super::Signature;
+use crate::error::{Error, Result};
+
+/// The pending answer to one request: await it, or [`Ticket::wait`] from
+/// synchronous code.
+pub struct Ticket {
+    rx: oneshot::Receiver<Result<Signature>>,
+}
+
+impl Ticket {
+    /// Blocks until the answer arrives. Must not be called from inside an
+    /// async runtime; await the ticket there instead.
+    pub fn wait(self) -> Result<Signature> {
+        self.rx.blocking_recv().unwrap_or(Err(Error::ShuttingDown))
+    }
+}
+
+impl Future for Ticket {
+    type Output = Result<Signature>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::ShuttingDown)))
+    }
+}
+
+/// The pending answers to a group of requests, in submission order.
+pub struct GroupTicket {
+    rx: oneshot::Receiver<Vec<Result<Signature>>>,
+    len: usize,
+}
+
+impl GroupTicket {
+    /// Blocks until every answer is in (not from inside an async runtime).
+    pub fn wait(self) -> Vec<Result<Signature>> {
+        let len = self.len;
+        self.rx
+            .blocking_recv()
+            .unwrap_or_else(|_| (0..len).map(|_| Err(Error::ShuttingDown)).collect())
+    }
+}
+
+impl Future for GroupTicket {
+    type Output = Vec<Result<Signature>>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let len = self.len;
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| (0..len).map(|_| Err(Error::ShuttingDown)).collect()))
+    }
+}
+
+/// Counts a request against the engine's queue capacity until answered.
+pub(crate) struct Admission(Arc<AtomicUsize>);
+
+impl Admission {
+    /// Admits `n` requests unless that would pass `capacity`.
+    pub(crate) fn admit(counter: &Arc<AtomicUsize>, n: usize, capacity: usize) -> Option<()> {
+        let before = counter.fetch_add(n, Ordering::AcqRel);
+        if before + n > capacity {
+            counter.fetch_sub(n, Ordering::AcqRel);
+            return None;
+        }
+        Some(())
+    }
+
+    /// One admitted request's share (the count was added by `admit`).
+    pub(crate) fn share(counter: &Arc<AtomicUsize>) -> Admission {
+        Admission(counter.clone())
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The answers of a group, filled in as batches finish.
+struct Group {
+    slots: Mutex<Vec<Option<Result<Signature>>>>,
+    left: AtomicUsize,
+    tx: Mutex<Option<oneshot::Sender<Vec<Result<Signature>>>>>,
+}
+
+enum Reply {
+    One(oneshot::Sender<Result<Signature>>),
+    Member(Arc<Group>, usize),
+}
+
+/// Where one request's answer goes.
+pub(crate) struct Waiter {
+    reply: Option<Reply>,
+    pub(crate) deadline: Instant,
+    admission: Option<Admission>,
+}
+
+impl Waiter {
+    /// A waiter for a lone request and its ticket.
+    pub(crate) fn one(deadline: Instant, admission: Admission) -> (Waiter, Ticket) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Waiter {
+                reply: Some(Reply::One(tx)),
+                deadline,
+                admission: Some(admission),
+            },
+            Ticket { rx },
+        )
+    }
+
+    /// Waiters for a group of `admissions.len()` requests and its ticket.
+    pub(crate) fn group(
+        deadline: Instant,
+        admissions: Vec<Admission>,
+    ) -> (Vec<Waiter>, GroupTicket) {
+        let len = admissions.len();
+        let (tx, rx) = oneshot::channel();
+        let group = Arc::new(Group {
+            slots: Mutex::new((0..len).map(|_| None).collect()),
+            left: AtomicUsize::new(len),
+            tx: Mutex::new(Some(tx)),
+        });
+        let waiters = admissions
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| Waiter {
+                reply: Some(Reply::Member(group.clone(), i)),
+                deadline,
+                admission: Some(a),
+            })
+            .collect();
+        (waiters, GroupTicket { rx, len })
+    }
+
+    /// Delivers the answer.
+    pub(crate) fn answer(mut self, result: Result<Signature>) {
+        self.deliver(result);
+    }
+
+    fn deliver(&mut self, result: Result<Signature>) {
+        // Free the capacity first, so a caller that submits again as soon
+        // as it has its answer finds it.
+        drop(self.admission.take());
+        match self.reply.take() {
+            // The caller may have stopped waiting; that is their choice.
+            Some(Reply::One(tx)) => {
+                let _ = tx.send(result);
+            }
+            Some(Reply::Member(group, i)) => {
+                group.slots.lock()[i] = Some(result);
+                if group.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    let all = std::mem::take(&mut *group.slots.lock())
+                        .into_iter()
+                        .map(|r| r.unwrap_or(Err(Error::ShuttingDown)))
+                        .collect();
+                    if let Some(tx) = group.tx.lock().take() {
+                        let _ = tx.send(all);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if self.reply.is_some() {
+            self.deliver(Err(Error::ShuttingDown));
+        }
+    }
+}
