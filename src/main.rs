@@ -220,6 +220,8 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
                     )));
                 }
             }
+            // Refuse bad input before the data dir (and its KEK) is made.
+            sigmux::keys::validate_name(&name)?;
             let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
             let key = store.generate(&name, kind)?;
             println!("{} {} {}", key.name(), key.kind(), key.id());
@@ -227,6 +229,8 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
         }
         KeysCommand::Import { name, file } => {
             let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+            sigmux::keys::validate_name(&name)?;
+            sigmux::keys::check_import(&bytes)?;
             let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
             let key = store.import(&name, &bytes)?;
             println!("{} {} {}", key.name(), key.kind(), key.id());

@@ -72,11 +72,39 @@ pub fn generate(kind: KeyKind) -> Result<Material> {
     from_openssl(&pkey)
 }
 
+/// DER of the PBES2 object identifier (1.2.840.113549.1.5.13), which marks
+/// an encrypted PKCS#8 structure.
+const PBES2_OID: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0d,
+];
+
+const ENCRYPTED: &str =
+    "the key is encrypted; decrypt it first (e.g. openssl pkey -in KEY -out PLAIN)";
+
 /// Reads a private key in any of the accepted encodings.
 pub fn import(bytes: &[u8]) -> Result<Material> {
-    let pkey = if let Some(pem_text) = find_pem(bytes) {
-        let block = pem::parse(pem_text)
+    let pkey = if let Some(text) = pem_text(bytes) {
+        let blocks = pem::parse_many(text)
             .map_err(|e| Error::Import(format!("PEM could not be parsed: {e}")))?;
+        // Skip what is not a key (`openssl ecparam -genkey` writes the
+        // curve parameters first).
+        let block = blocks
+            .iter()
+            .find(|b| b.tag().ends_with("PRIVATE KEY"))
+            .ok_or_else(|| {
+                let tags: Vec<&str> = blocks.iter().map(|b| b.tag()).collect();
+                Error::Import(format!(
+                    "PEM holds {}, which is not a private key (expected PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)",
+                    if tags.is_empty() { "no block".to_string() } else { tags.join(", ") }
+                ))
+            })?;
+        if block
+            .headers()
+            .get("Proc-Type")
+            .is_some_and(|v| v.contains("ENCRYPTED"))
+        {
+            return Err(Error::Import(ENCRYPTED.into()));
+        }
         let der = Zeroizing::new(block.contents().to_vec());
         match block.tag() {
             "PRIVATE KEY" => PKey::private_key_from_pkcs8(&der)
@@ -87,14 +115,10 @@ pub fn import(bytes: &[u8]) -> Result<Material> {
             "EC PRIVATE KEY" => EcKey::private_key_from_der(&der)
                 .and_then(PKey::from_ec_key)
                 .map_err(|_| Error::Import("SEC1 EC PRIVATE KEY block is malformed".into()))?,
-            "ENCRYPTED PRIVATE KEY" => {
-                return Err(Error::Import(
-                    "encrypted PKCS#8 is not accepted; decrypt it first (openssl pkcs8)".into(),
-                ));
-            }
+            "ENCRYPTED PRIVATE KEY" => return Err(Error::Import(ENCRYPTED.into())),
             other => {
                 return Err(Error::Import(format!(
-                    "PEM block '{other}' is not a private key (expected PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"
+                    "PEM block '{other}' is not a supported private key (expected PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"
                 )));
             }
         }
@@ -103,14 +127,18 @@ pub fn import(bytes: &[u8]) -> Result<Material> {
             .or_else(|_| Rsa::private_key_from_der(bytes).and_then(PKey::from_rsa))
             .or_else(|_| EcKey::private_key_from_der(bytes).and_then(PKey::from_ec_key))
             .map_err(|_| {
-                Error::Import("not a private key in PEM, or DER PKCS#8, PKCS#1 or SEC1".into())
+                if bytes.windows(PBES2_OID.len()).any(|w| w == PBES2_OID) {
+                    Error::Import(ENCRYPTED.into())
+                } else {
+                    Error::Import("not a private key in PEM, or DER PKCS#8, PKCS#1 or SEC1".into())
+                }
             })?
     };
     from_openssl(&pkey)
 }
 
-/// The first PEM block in `bytes`, if the input is text with one.
-fn find_pem(bytes: &[u8]) -> Option<&[u8]> {
+/// The PEM text in `bytes`, from its first block on, if there is one.
+fn pem_text(bytes: &[u8]) -> Option<&[u8]> {
     let text = std::str::from_utf8(bytes).ok()?;
     let start = text.find("-----BEGIN ")?;
     Some(&bytes[start..])
@@ -162,8 +190,12 @@ pub(crate) fn from_openssl(pkey: &PKey<Private>) -> Result<Material> {
         }
         Id::ED25519 => KeyKind::Ed25519,
         other => {
+            let name = Nid::from_raw(other.as_raw())
+                .long_name()
+                .unwrap_or("unknown")
+                .to_string();
             return Err(Error::Import(format!(
-                "key type {other:?} is not supported (use RSA, P-256, P-384 or Ed25519)"
+                "{name} keys are not supported (use RSA, P-256, P-384 or Ed25519)"
             )));
         }
     };

@@ -20,6 +20,12 @@ use serde::{Deserialize, Serialize};
 pub use kek::{Kek, KekSource};
 pub use material::{Material, SecretKey};
 
+/// Parses private-key material for import without storing it, so that a
+/// command can refuse bad input before it touches the data dir.
+pub fn check_import(bytes: &[u8]) -> Result<KeyKind> {
+    Ok(material::import(bytes)?.kind)
+}
+
 use crate::der;
 use crate::error::{Error, Result};
 use crate::scheme::{KeyKind, Scheme};
@@ -135,7 +141,10 @@ impl KeyInfo {
 
     /// The public key as a PEM `PUBLIC KEY` block.
     pub fn public_pem(&self) -> String {
-        pem::encode(&pem::Pem::new("PUBLIC KEY", self.spki_der()))
+        pem::encode_config(
+            &pem::Pem::new("PUBLIC KEY", self.spki_der()),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        )
     }
 }
 
