@@ -3,4 +3,7 @@
 //! So far: the wire codec (`protocol`); the server, client and rustls
 //! adapter build on it.
 
+pub mod auth;
+pub mod metrics;
 pub mod protocol;
+pub mod server;
