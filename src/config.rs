@@ -34,6 +34,9 @@ pub struct Config {
     /// Health and metrics listener.
     #[serde(default)]
     pub http: HttpSection,
+    /// Keyless TLS listener.
+    #[serde(default)]
+    pub keyless: KeylessSection,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -140,6 +143,60 @@ impl Default for HttpSection {
     }
 }
 
+/// `[keyless]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeylessSection {
+    /// Listen address.
+    #[serde(default = "default_keyless_listen")]
+    pub listen: String,
+    /// Server certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// The server certificate's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// CA certificates that issue client certificates (PEM).
+    pub client_ca: Option<PathBuf>,
+    /// Unanswered requests per connection before the server stops reading.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Which client may use which keys.
+    #[serde(default)]
+    pub clients: Vec<KeylessClientRule>,
+}
+
+/// `[[keyless.clients]]`: one client and the keys it may use.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeylessClientRule {
+    /// The SPIFFE ID in the client certificate's URI SAN.
+    pub id: Option<String>,
+    /// SHA-256 of the client certificate DER, hex (colons allowed).
+    pub fingerprint: Option<String>,
+    /// Key names it may use; `"*"` for all.
+    pub keys: Vec<String>,
+}
+
+fn default_keyless_listen() -> String {
+    "127.0.0.1:2407".into()
+}
+
+fn default_max_in_flight() -> usize {
+    1024
+}
+
+impl Default for KeylessSection {
+    fn default() -> Self {
+        KeylessSection {
+            listen: default_keyless_listen(),
+            cert: None,
+            key: None,
+            client_ca: None,
+            max_in_flight: default_max_in_flight(),
+            clients: Vec::new(),
+        }
+    }
+}
+
 fn bad(field: &str, why: impl std::fmt::Display) -> Error {
     Error::Config(format!("{field}: {why}"))
 }
@@ -155,6 +212,7 @@ impl Config {
             engine: EngineSection::default(),
             backends: BackendsSection::default(),
             http: HttpSection::default(),
+            keyless: KeylessSection::default(),
         })
     }
 
@@ -221,6 +279,7 @@ impl Config {
             return Err(bad("backends.cpu.max_batch", "must be at least 1"));
         }
         self.http_listen()?;
+        self.keyless_settings()?;
         match (&self.keys.kek_file, &self.keys.kek_env) {
             (Some(_), Some(_)) => {
                 return Err(bad("keys", "give kek_file or kek_env, not both"));
@@ -260,6 +319,77 @@ impl Config {
                 ),
             )
         })
+    }
+
+    /// The keyless listener's address and settings, or `None` when it is
+    /// not configured (cert, key and client_ca all unset).
+    pub fn keyless_settings(
+        &self,
+    ) -> Result<Option<(SocketAddr, crate::keyless::server::KeylessSettings)>> {
+        use crate::keyless::auth::{ClientMatch, Policy, Rule};
+        let k = &self.keyless;
+        let (cert, key, ca) = match (&k.cert, &k.key, &k.client_ca) {
+            (None, None, None) => return Ok(None),
+            (Some(c), Some(k), Some(a)) => (c.clone(), k.clone(), a.clone()),
+            _ => {
+                return Err(bad(
+                    "keyless",
+                    "set all of cert, key and client_ca (mutual TLS is required), or none",
+                ));
+            }
+        };
+        let addr: SocketAddr = k.listen.parse().map_err(|_| {
+            bad(
+                "keyless.listen",
+                format!("'{}' is not an address like 127.0.0.1:2407", k.listen),
+            )
+        })?;
+        if !(1..=65_536).contains(&k.max_in_flight) {
+            return Err(bad("keyless.max_in_flight", "must be between 1 and 65536"));
+        }
+        let mut rules = Vec::new();
+        for (i, r) in k.clients.iter().enumerate() {
+            let field = format!("keyless.clients[{i}]");
+            let client = match (&r.id, &r.fingerprint) {
+                (Some(id), None) => {
+                    crate::ca::spiffe::SpiffeId::parse(id)
+                        .map_err(|e| bad(&format!("{field}.id"), e))?;
+                    ClientMatch::SpiffeId(id.clone())
+                }
+                (None, Some(fp)) => {
+                    let hexed: String = fp.chars().filter(|c| *c != ':').collect();
+                    let mut out = [0u8; 32];
+                    hex::decode_to_slice(&hexed, &mut out).map_err(|_| {
+                        bad(
+                            &format!("{field}.fingerprint"),
+                            "must be the SHA-256 of the certificate: 64 hex characters",
+                        )
+                    })?;
+                    ClientMatch::Fingerprint(out)
+                }
+                _ => return Err(bad(&field, "give exactly one of id or fingerprint")),
+            };
+            if r.keys.is_empty() {
+                return Err(bad(
+                    &format!("{field}.keys"),
+                    "list at least one key name, or \"*\"",
+                ));
+            }
+            rules.push(Rule {
+                client,
+                keys: r.keys.clone(),
+            });
+        }
+        Ok(Some((
+            addr,
+            crate::keyless::server::KeylessSettings {
+                cert,
+                key,
+                client_ca: ca,
+                max_in_flight: k.max_in_flight,
+                policy: Policy::new(rules),
+            },
+        )))
     }
 
     /// The engine's limits.
@@ -323,6 +453,18 @@ mod tests {
             ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
             ("[keys]\nkek_file = \"a\"\nkek_env = \"B\"\n", "keys"),
             ("[backends.tpu]\n", "tpu"),
+            (
+                "[keyless]\ncert = \"c.pem\"\n",
+                "set all of cert, key and client_ca",
+            ),
+            (
+                "[keyless]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n[[keyless.clients]]\nid = \"spiffe://TD/x\"\nkeys = [\"*\"]\n",
+                "keyless.clients[0].id",
+            ),
+            (
+                "[keyless]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n[[keyless.clients]]\nfingerprint = \"ab\"\nkeys = [\"*\"]\n",
+                "keyless.clients[0].fingerprint",
+            ),
         ];
         for (text, want) in cases {
             let err = Config::parse(text, "t.toml").unwrap_err().to_string();

@@ -15,6 +15,8 @@ use crate::app::{self, KekUse};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::keyless::metrics::KeylessMetrics;
+use crate::keyless::server::KeylessServer;
 use crate::keys::KeyStore;
 
 /// What the HTTP handlers share.
@@ -22,6 +24,7 @@ use crate::keys::KeyStore;
 struct Shared {
     engine: Arc<Engine>,
     keys: Arc<KeyStore>,
+    keyless: Option<Arc<KeylessMetrics>>,
 }
 
 /// The health and metrics router.
@@ -67,6 +70,9 @@ async fn healthz(State(s): State<Shared>) -> impl IntoResponse {
 
 async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     let mut text = s.engine.metrics_text();
+    if let Some(k) = &s.keyless {
+        k.render(&mut text);
+    }
     text.push_str(&format!(
         "# HELP sigmux_keys Keys in the store.\n# TYPE sigmux_keys gauge\nsigmux_keys {}\n# HELP sigmux_build_info Build of the running binary.\n# TYPE sigmux_build_info gauge\nsigmux_build_info{{version=\"{}\",commit=\"{}\"}} 1\n",
         s.keys.list().len(),
@@ -99,11 +105,34 @@ pub async fn serve(cfg: Config) -> Result<()> {
         backends = ?engine.backend_names(),
         "sigmux engine started"
     );
-    eprintln!("sigmux: serving /healthz and /metrics on http://{local}");
+    let keyless = match cfg.keyless_settings()? {
+        None => {
+            eprintln!(
+                "sigmux: keyless listener off (set keyless.cert, keyless.key and keyless.client_ca to start it)"
+            );
+            None
+        }
+        Some((addr, settings)) => {
+            let server = KeylessServer::new(&settings, engine.clone(), keys.clone())?;
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::Invalid(format!("cannot listen on {addr} (keyless.listen): {e}"))
+            })?;
+            let bound = l
+                .local_addr()
+                .map_err(|e| Error::io("keyless listener", e))?;
+            eprintln!("sigmux: keyless listening on {bound}");
+            let metrics = server.metrics.clone();
+            tokio::spawn(server.serve(l));
+            Some(metrics)
+        }
+    };
     let shared = Shared {
         engine: engine.clone(),
         keys,
+        keyless,
     };
+    // Printed last, once every listener is up: scripts wait for this line.
+    eprintln!("sigmux: serving /healthz and /metrics on http://{local}");
     axum::serve(listener, router(shared))
         .with_graceful_shutdown(shutdown_signal())
         .await

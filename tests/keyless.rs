@@ -1,0 +1,544 @@
+//! The keyless listener of `sigmux serve`, started as a user would, with a
+//! PKI made by the openssl CLI. Raw frames go over a rustls client so that
+//! malformed input can be sent on purpose; handshakes are also checked with
+//! `openssl s_client`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use sigmux::keyless::protocol::{self, ErrorCode, Op, Request, Response, ResponseBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    keyless: String,
+    http: String,
+    ec_ski: [u8; 20],
+    rsa_ski: [u8; 20],
+    ed_ski: [u8; 20],
+    _server: ServerProcess,
+}
+
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sigmux(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sigmux"))
+        .current_dir(dir)
+        .args(["--config", "sigmux.toml"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sigmux {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A CA, and a leaf signed by it with the given subjectAltName.
+fn issue(dir: &Path, ca: &str, name: &str, san: &str) {
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &format!("{name}.key"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}.key"),
+            "-subj",
+            &format!("/CN={name}"),
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!("subjectAltName={san}\n"),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+fn ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-subj",
+            &format!("/CN={name}"),
+            "-days",
+            "2",
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        ca(&dir, "ca");
+        ca(&dir, "other-ca");
+        issue(&dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
+        issue(&dir, "ca", "proxy", "URI:spiffe://test.example/proxy");
+        issue(&dir, "ca", "stranger", "URI:spiffe://test.example/stranger");
+        issue(&dir, "other-ca", "foreign", "URI:spiffe://test.example/proxy");
+        std::fs::write(
+            dir.join("sigmux.toml"),
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n[keyless]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\nmax_in_flight = 8\n[[keyless.clients]]\nid = \"spiffe://test.example/proxy\"\nkeys = [\"edge-ec\", \"edge-rsa\"]\n",
+        )
+        .unwrap();
+        sigmux(&dir, &["keys", "generate", "--name", "edge-ec", "--kind", "p256"]);
+        sigmux(&dir, &["keys", "generate", "--name", "edge-rsa", "--kind", "rsa2048"]);
+        sigmux(&dir, &["keys", "generate", "--name", "edge-ed", "--kind", "ed25519"]);
+        let list: serde_json::Value = serde_json::from_str(&sigmux(&dir, &["keys", "list", "--json"])).unwrap();
+        let ski = |name: &str| -> [u8; 20] {
+            let k = list.as_array().unwrap().iter().find(|k| k["name"] == name).unwrap();
+            let mut out = [0u8; 20];
+            hex::decode_to_slice(k["ski"].as_str().unwrap(), &mut out).unwrap();
+            out
+        };
+        for name in ["edge-ec", "edge-rsa", "edge-ed"] {
+            let pem = sigmux(&dir, &["keys", "public", "--name", name]);
+            std::fs::write(dir.join(format!("{name}.pub.pem")), pem).unwrap();
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sigmux"))
+            .current_dir(&dir)
+            .args(["--config", "sigmux.toml", "serve"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (mut keyless, mut http) = (None, None);
+        while http.is_none() {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("serve exited before listening");
+            };
+            if let Some(a) = line.split("keyless listening on ").nth(1) {
+                keyless = Some(a.trim().to_string());
+            }
+            if let Some(a) = line.split("on http://").nth(1) {
+                http = Some(a.trim().to_string());
+            }
+        }
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Fixture {
+            keyless: keyless.expect("keyless listener line"),
+            http: http.unwrap(),
+            ec_ski: ski("edge-ec"),
+            rsa_ski: ski("edge-rsa"),
+            ed_ski: ski("edge-ed"),
+            _server: ServerProcess(child),
+            dir,
+            _dir: tmp,
+        }
+    })
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn connect(f: &Fixture, who: &str, tls12: bool) -> std::io::Result<Tls> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(f.dir.join("ca.pem")).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12 {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let chain = vec![CertificateDer::from_pem_file(f.dir.join(format!("{who}.pem"))).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(f.dir.join(format!("{who}.key"))).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(&f.keyless).await?;
+    let conn = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    conn.connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// Reads responses until `n` have arrived or the connection ends.
+async fn read_responses(s: &mut Tls, n: usize) -> Vec<Response> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while out.len() < n {
+        while let Some((h, len)) = protocol::split_frame(&buf).unwrap() {
+            out.push(Response::decode(&h, &buf[protocol::HEADER_LEN..len]).unwrap());
+            buf.drain(..len);
+        }
+        if out.len() >= n {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(20), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(k)) => buf.extend_from_slice(&chunk[..k]),
+            Err(_) => panic!("timed out waiting for responses ({} of {n})", out.len()),
+        }
+    }
+    out
+}
+
+fn sign_request(id: u32, ski: [u8; 20], op: Op, payload: Vec<u8>) -> Vec<u8> {
+    let mut r = Request::new(id, op, payload);
+    r.ski = Some(ski);
+    r.encode().unwrap()
+}
+
+fn verify(pub_pem: &Path, scheme: &str, msg: &[u8], sig: &[u8]) -> bool {
+    use openssl::hash::MessageDigest;
+    let pk = openssl::pkey::PKey::public_key_from_pem(&std::fs::read(pub_pem).unwrap()).unwrap();
+    if scheme == "ed25519" {
+        let mut v = openssl::sign::Verifier::new_without_digest(&pk).unwrap();
+        return v.verify_oneshot(sig, msg).unwrap_or(false);
+    }
+    let mut v = openssl::sign::Verifier::new(MessageDigest::sha256(), &pk).unwrap();
+    if scheme == "pss" {
+        v.set_rsa_padding(openssl::rsa::Padding::PKCS1_PSS).unwrap();
+        v.set_rsa_pss_saltlen(openssl::sign::RsaPssSaltlen::DIGEST_LENGTH)
+            .unwrap();
+    }
+    v.update(msg).unwrap();
+    v.verify(sig).unwrap_or(false)
+}
+
+fn sha256(m: &[u8]) -> Vec<u8> {
+    openssl::sha::sha256(m).to_vec()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn pipelined_signatures_over_tls13_and_tls12_verify_with_openssl() {
+    let f = fixture();
+    for tls12 in [false, true] {
+        rt().block_on(async {
+            let mut s = connect(f, "proxy", tls12).await.unwrap();
+            let msg = b"keyless handshake transcript".to_vec();
+            let d = sha256(&msg);
+            let mut frames = Vec::new();
+            frames.extend(sign_request(1, f.ec_ski, Op::EcdsaSignSha256, d.clone()));
+            frames.extend(sign_request(2, f.rsa_ski, Op::RsaPssSignSha256, d.clone()));
+            frames.extend(sign_request(3, f.rsa_ski, Op::RsaSignSha256, d.clone()));
+            frames.extend(
+                Request::new(4, Op::Ping, b"hello".to_vec())
+                    .encode()
+                    .unwrap(),
+            );
+            for i in 0..40u32 {
+                frames.extend(sign_request(
+                    100 + i,
+                    f.ec_ski,
+                    Op::EcdsaSignSha256,
+                    d.clone(),
+                ));
+            }
+            s.write_all(&frames).await.unwrap();
+            let responses = read_responses(&mut s, 44).await;
+            assert_eq!(responses.len(), 44);
+            for r in &responses {
+                let (ResponseBody::Payload(sig) | ResponseBody::Pong(sig)) = &r.body else {
+                    panic!("request {} failed: {:?}", r.id, r.body);
+                };
+                match r.id {
+                    2 => assert!(verify(&f.dir.join("edge-rsa.pub.pem"), "pss", &msg, sig)),
+                    3 => assert!(verify(&f.dir.join("edge-rsa.pub.pem"), "pkcs1", &msg, sig)),
+                    4 => assert_eq!(sig, b"hello"),
+                    _ => assert!(verify(&f.dir.join("edge-ec.pub.pem"), "ecdsa", &msg, sig)),
+                }
+            }
+            let mut ids: Vec<u32> = responses.iter().map(|r| r.id).collect();
+            ids.sort();
+            assert_eq!(&ids[..4], &[1, 2, 3, 4]);
+        });
+    }
+}
+
+#[test]
+fn keys_a_client_may_not_use_answer_key_not_found() {
+    let f = fixture();
+    rt().block_on(async {
+        let d = sha256(b"x");
+        // An allowed client asking for an existing key it is not given, and
+        // for a key that does not exist: the same answer.
+        let mut s = connect(f, "proxy", false).await.unwrap();
+        let mut frames = sign_request(1, f.ed_ski, Op::Ed25519Sign, b"x".to_vec());
+        frames.extend(sign_request(2, [7; 20], Op::EcdsaSignSha256, d.clone()));
+        s.write_all(&frames).await.unwrap();
+        for r in read_responses(&mut s, 2).await {
+            assert_eq!(
+                r.body,
+                ResponseBody::Error(ErrorCode::KeyNotFound),
+                "{}",
+                r.id
+            );
+        }
+        // A client no rule names may use nothing.
+        let mut s = connect(f, "stranger", false).await.unwrap();
+        s.write_all(&sign_request(3, f.ec_ski, Op::EcdsaSignSha256, d))
+            .await
+            .unwrap();
+        let r = read_responses(&mut s, 1).await;
+        assert_eq!(r[0].body, ResponseBody::Error(ErrorCode::KeyNotFound));
+    });
+    let metrics = Command::new("curl")
+        .args(["-s", &format!("http://{}/metrics", f.http)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    let refused: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sigmux_keyless_refused_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(refused >= 3, "{text}");
+    assert!(
+        text.contains("sigmux_keyless_requests_total{op=\"ecdsa_sign\",result=\"key_not_found\"}")
+    );
+    assert!(
+        text.contains("sigmux_keyless_request_seconds_bucket{op=\"ecdsa_sign\",le=\"0.000025\"}")
+    );
+}
+
+#[test]
+fn clients_without_a_good_certificate_are_refused() {
+    let f = fixture();
+    rt().block_on(async {
+        // Signed by another CA: the handshake (or the first read) fails.
+        let refused = match connect(f, "foreign", false).await {
+            Err(_) => true,
+            Ok(mut s) => {
+                let _ = s
+                    .write_all(&Request::new(1, Op::Ping, vec![]).encode().unwrap())
+                    .await;
+                read_responses(&mut s, 1).await.is_empty()
+            }
+        };
+        assert!(refused);
+    });
+    // No certificate at all, with openssl s_client: no application data.
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &f.keyless, "-CAfile"])
+        .arg(f.dir.join("ca.pem"))
+        .args([
+            "-verify_return_error",
+            "-servername",
+            "localhost",
+            "-tls1_2",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success() || all.contains("alert"), "{all}");
+}
+
+#[test]
+fn openssl_s_client_completes_mutual_tls_12_and_13_and_verifies_the_chain() {
+    let f = fixture();
+    for v in ["-tls1_2", "-tls1_3"] {
+        let out = Command::new("openssl")
+            .current_dir(&f.dir)
+            .args([
+                "s_client",
+                "-connect",
+                &f.keyless,
+                v,
+                "-CAfile",
+                "ca.pem",
+                "-cert",
+                "proxy.pem",
+                "-key",
+                "proxy.key",
+            ])
+            .args(["-verify_return_error", "-servername", "localhost", "-brief"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Verification: OK"), "{v}: {err}");
+        let want = if v == "-tls1_2" { "TLSv1.2" } else { "TLSv1.3" };
+        assert!(
+            err.contains(&format!("Protocol version: {want}")),
+            "{v}: {err}"
+        );
+    }
+}
+
+#[test]
+fn malformed_frames_get_errors_or_a_close_and_other_connections_keep_working() {
+    let f = fixture();
+    rt().block_on(async {
+        let d = sha256(b"m");
+        // Wrong digest length, unknown opcode, a response opcode, and an
+        // unknown item (skipped): answered one by one on one connection.
+        let mut s = connect(f, "proxy", false).await.unwrap();
+        let mut frames = sign_request(1, f.ec_ski, Op::EcdsaSignSha256, d[..20].to_vec());
+        frames.extend(sign_request(2, f.ec_ski, Op::Unknown(0x77), d.clone()));
+        frames.extend(sign_request(3, f.ec_ski, Op::Pong, d.clone()));
+        frames.extend(sign_request(4, f.rsa_ski, Op::EcdsaSignSha256, d.clone()));
+        // Request 5 with an unknown item (tag 0x7e) in front: it is skipped.
+        let mut body = sign_request(5, f.ec_ski, Op::EcdsaSignSha256, d.clone())
+            [protocol::HEADER_LEN..]
+            .to_vec();
+        body.splice(0..0, [0x7e, 0x00, 0x02, 0xaa, 0xbb]);
+        let mut framed = protocol::Header::new(5, body.len() as u16)
+            .encode()
+            .to_vec();
+        framed.extend(body);
+        frames.extend(framed);
+        // Items that overrun the body.
+        let mut overrun = protocol::Header::new(6, 4).encode().to_vec();
+        overrun.extend([0x11, 0x00, 0x09, 0x01]);
+        frames.extend(overrun);
+        s.write_all(&frames).await.unwrap();
+        let mut rs = read_responses(&mut s, 6).await;
+        rs.sort_by_key(|r| r.id);
+        let bodies: Vec<_> = rs.iter().map(|r| (r.id, r.body.clone())).collect();
+        assert_eq!(bodies[0], (1, ResponseBody::Error(ErrorCode::Format)));
+        assert_eq!(bodies[1], (2, ResponseBody::Error(ErrorCode::BadOpcode)));
+        assert_eq!(
+            bodies[2],
+            (3, ResponseBody::Error(ErrorCode::UnexpectedOpcode))
+        );
+        assert_eq!(bodies[3], (4, ResponseBody::Error(ErrorCode::Crypto)));
+        assert!(
+            matches!(bodies[4], (5, ResponseBody::Payload(_))),
+            "{:?}",
+            bodies[4]
+        );
+        assert!(
+            matches!(bodies[5], (6, ResponseBody::Error(_))),
+            "{:?}",
+            bodies[5]
+        );
+
+        // A bad version: answered, then the connection is closed.
+        let mut s = connect(f, "proxy", false).await.unwrap();
+        let mut bad = Request::new(9, Op::Ping, vec![]).encode().unwrap();
+        bad[0] = 2;
+        s.write_all(&bad).await.unwrap();
+        let rs = read_responses(&mut s, 2).await;
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs[0].body, ResponseBody::Error(ErrorCode::VersionMismatch));
+
+        // A truncated header, then the client goes away.
+        let mut s = connect(f, "proxy", true).await.unwrap();
+        s.write_all(&[1, 0, 0]).await.unwrap();
+        drop(s);
+
+        // Meanwhile a fresh connection works, with 300 requests pipelined
+        // through a per-connection limit of 8 in flight.
+        let s = connect(f, "proxy", false).await.unwrap();
+        let mut frames = Vec::new();
+        for i in 0..300u32 {
+            frames.extend(sign_request(i, f.ec_ski, Op::EcdsaSignSha256, d.clone()));
+        }
+        let (mut rd, mut wr) = tokio::io::split(s);
+        let writer = tokio::spawn(async move { wr.write_all(&frames).await.map(|_| wr) });
+        let mut buf = Vec::new();
+        let mut got = 0;
+        let mut chunk = [0u8; 8192];
+        while got < 300 {
+            let n = tokio::time::timeout(Duration::from_secs(30), rd.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some((h, len)) = protocol::split_frame(&buf).unwrap() {
+                let r = Response::decode(&h, &buf[protocol::HEADER_LEN..len]).unwrap();
+                assert!(matches!(r.body, ResponseBody::Payload(_)));
+                buf.drain(..len);
+                got += 1;
+            }
+        }
+        let _ = writer.await;
+    });
+}
