@@ -1793,3 +1793,91 @@ mod tests {
         }
     }
 }
+
+/// decode(encode(x)) = x over randomly built requests and responses.
+#[cfg(test)]
+mod property {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // splitmix64: every seed gives a full-period, well-mixed stream.
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn coin(&mut self) -> bool {
+            self.next() & 1 == 1
+        }
+        fn bytes(&mut self, max: usize) -> Vec<u8> {
+            let n = (self.next() as usize) % (max + 1);
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+        fn text(&mut self, max: usize) -> String {
+            let n = (self.next() as usize) % (max + 1);
+            (0..n)
+                .map(|_| (b'a' + (self.next() % 26) as u8) as char)
+                .collect()
+        }
+        fn ip(&mut self) -> IpAddr {
+            if self.coin() {
+                IpAddr::V4(Ipv4Addr::from(self.next() as u32))
+            } else {
+                // Not IPv4-mapped: those travel as 4 bytes, as in gokeyless.
+                let mut v = (self.next() as u128) << 64 | self.next() as u128;
+                v |= 1 << 127;
+                IpAddr::V6(Ipv6Addr::from(v))
+            }
+        }
+    }
+
+    fn request(r: &mut Rng) -> Request {
+        let mut req = Request::new(r.next() as u32, Op::from(r.next() as u8), r.bytes(3000));
+        if r.coin() {
+            let mut s = [0u8; SKI_LEN];
+            s.iter_mut().for_each(|b| *b = r.next() as u8);
+            req.ski = Some(s);
+        }
+        if r.coin() {
+            let mut d = [0u8; DIGEST_LEN];
+            d.iter_mut().for_each(|b| *b = r.next() as u8);
+            req.digest = Some(d);
+        }
+        req.sni = r.coin().then(|| r.text(200));
+        req.client_ip = r.coin().then(|| r.ip());
+        req.server_ip = r.coin().then(|| r.ip());
+        req.cert_id = r.coin().then(|| r.text(64));
+        req.custom_func_name = r.coin().then(|| r.text(32));
+        req.extra = r.coin().then(|| r.bytes(300));
+        req.jaeger_span = r.coin().then(|| r.bytes(64));
+        req.compliance_region = r.coin().then(|| r.bytes(16));
+        req
+    }
+
+    #[test]
+    fn decode_inverts_encode_for_random_requests_and_responses() {
+        let mut r = Rng(0x5167_6d75_78);
+        for _ in 0..5000 {
+            let req = request(&mut r);
+            let frame = req.encode().unwrap();
+            let (h, len) = split_frame(&frame).unwrap().unwrap();
+            assert_eq!(len, frame.len());
+            assert_eq!(Request::decode(&h, &frame[HEADER_LEN..]).unwrap(), req);
+
+            let id = r.next() as u32;
+            let resp = match r.next() % 3 {
+                0 => Response::payload(id, r.bytes(2000)),
+                1 => Response::pong(id, r.bytes(100)),
+                _ => Response::error(id, ErrorCode::from(1 + (r.next() % 11) as u8)),
+            };
+            let frame = resp.encode().unwrap();
+            let (h, _) = split_frame(&frame).unwrap().unwrap();
+            assert_eq!(Response::decode(&h, &frame[HEADER_LEN..]).unwrap(), resp);
+        }
+    }
+}
