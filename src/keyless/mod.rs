@@ -4,6 +4,7 @@
 //! adapter build on it.
 
 pub mod auth;
+pub mod handler;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
@@ -17,14 +17,12 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 
 use super::auth::{ClientIdentity, Policy};
+use super::handler::Handler;
 use super::metrics::KeylessMetrics;
-use super::protocol::{
-    self, ErrorCode, HashAlg as OpHash, Op, OpKind, Request, Response, split_frame,
-};
-use crate::engine::{Engine, SignRequest};
+use super::protocol::{self, ErrorCode, Response, split_frame};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::keys::{Key, KeyStore, Ski};
-use crate::scheme::{KeyKind, Scheme, SignInput};
+use crate::keys::KeyStore;
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,9 +45,7 @@ pub struct KeylessSettings {
 /// A running keyless listener's shared state.
 pub struct KeylessServer {
     acceptor: TlsAcceptor,
-    engine: Arc<Engine>,
-    keys: Arc<KeyStore>,
-    policy: Policy,
+    handler: Handler,
     max_in_flight: usize,
     /// Its metrics.
     pub metrics: Arc<KeylessMetrics>,
@@ -111,13 +107,12 @@ impl KeylessServer {
         engine: Arc<Engine>,
         keys: Arc<KeyStore>,
     ) -> Result<Arc<KeylessServer>> {
+        let handler = Handler::new(engine, keys, settings.policy.clone());
         Ok(Arc::new(KeylessServer {
             acceptor: TlsAcceptor::from(Arc::new(tls_config(settings)?)),
-            engine,
-            keys,
-            policy: settings.policy.clone(),
+            metrics: handler.metrics.clone(),
+            handler,
             max_in_flight: settings.max_in_flight.max(1),
-            metrics: Arc::new(KeylessMetrics::default()),
         }))
     }
 
@@ -204,7 +199,7 @@ impl KeylessServer {
                         let (me, tx, who) = (self.clone(), tx.clone(), identity.clone());
                         m.in_flight.fetch_add(1, Ordering::Relaxed);
                         tokio::spawn(async move {
-                            let frame = me.answer(&header, &body, &who).await;
+                            let frame = me.handler.answer(&header, &body, &who).await;
                             me.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
                             let _ = tx.send(frame).await;
                             drop(permit);
@@ -233,142 +228,5 @@ impl KeylessServer {
         // Answers still being computed are written before the close.
         let _ = writer.await;
         m.connections.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Decodes one request and produces its encoded response frame.
-    async fn answer(
-        &self,
-        header: &protocol::Header,
-        body: &[u8],
-        who: &ClientIdentity,
-    ) -> Vec<u8> {
-        let started = Instant::now();
-        let (op_name, response) = match Request::decode(header, body) {
-            Err(e) => ("malformed", Response::error(header.id, e.error_code())),
-            Ok(req) => {
-                let name = op_label(req.op);
-                (name, self.handle(req, who).await)
-            }
-        };
-        let result = match &response.body {
-            protocol::ResponseBody::Error(code) => error_label(*code),
-            _ => "ok",
-        };
-        self.metrics.observe(op_name, result, started.elapsed());
-        response.encode().unwrap_or_else(|_| {
-            Response::error(header.id, ErrorCode::Internal)
-                .encode()
-                .unwrap_or_default()
-        })
-    }
-
-    async fn handle(&self, req: Request, who: &ClientIdentity) -> Response {
-        let id = req.id;
-        let kind = req.op.kind();
-        let (scheme_for, message): (fn(KeyKind) -> Option<Scheme>, bool) = match kind {
-            OpKind::Ping => return Response::pong(id, req.payload),
-            OpKind::SignRsaPkcs1(h) => match h {
-                OpHash::Sha256 => (|_| Some(Scheme::RsaPkcs1Sha256), false),
-                OpHash::Sha384 => (|_| Some(Scheme::RsaPkcs1Sha384), false),
-                OpHash::Sha512 => (|_| Some(Scheme::RsaPkcs1Sha512), false),
-                _ => return Response::error(id, ErrorCode::BadOpcode),
-            },
-            OpKind::SignRsaPss(h) => match h {
-                OpHash::Sha256 => (|_| Some(Scheme::RsaPssRsaeSha256), false),
-                OpHash::Sha384 => (|_| Some(Scheme::RsaPssRsaeSha384), false),
-                OpHash::Sha512 => (|_| Some(Scheme::RsaPssRsaeSha512), false),
-                _ => return Response::error(id, ErrorCode::BadOpcode),
-            },
-            OpKind::SignEcdsa(h) => match h {
-                OpHash::Sha256 => (
-                    |k| (k == KeyKind::P256).then_some(Scheme::EcdsaSecp256r1Sha256),
-                    false,
-                ),
-                OpHash::Sha384 => (
-                    |k| (k == KeyKind::P384).then_some(Scheme::EcdsaSecp384r1Sha384),
-                    false,
-                ),
-                _ => return Response::error(id, ErrorCode::BadOpcode),
-            },
-            OpKind::SignEd25519 => (|_| Some(Scheme::Ed25519), true),
-            _ if req.op.is_response() => return Response::error(id, ErrorCode::UnexpectedOpcode),
-            _ => return Response::error(id, ErrorCode::BadOpcode),
-        };
-        let Some(key) = self.find_key(&req, who) else {
-            return Response::error(id, ErrorCode::KeyNotFound);
-        };
-        let Some(scheme) = scheme_for(key.kind()).filter(|s| s.fits(key.kind())) else {
-            return Response::error(id, ErrorCode::Crypto);
-        };
-        let input = if message {
-            SignInput::Message(req.payload)
-        } else {
-            if Some(req.payload.len()) != scheme.hash().map(|h| h.len()) {
-                return Response::error(id, ErrorCode::Format);
-            }
-            SignInput::Digest(req.payload)
-        };
-        match self.engine.sign(SignRequest::new(key, scheme, input)).await {
-            Ok(sig) => Response::payload(id, sig.bytes),
-            Err(Error::WrongDigestLength { .. } | Error::DigestNotAllowed(_)) => {
-                Response::error(id, ErrorCode::Format)
-            }
-            Err(Error::SchemeNotValidForKey { .. }) => Response::error(id, ErrorCode::Crypto),
-            Err(e) => {
-                tracing::warn!(client = %who.label(), error = %e, "keyless signing failed");
-                Response::error(id, ErrorCode::Internal)
-            }
-        }
-    }
-
-    /// The key the request names, if it exists and the client may use it.
-    /// Both cases answer "key not found", so a client cannot probe which
-    /// keys exist.
-    fn find_key(&self, req: &Request, who: &ClientIdentity) -> Option<Arc<Key>> {
-        let key = match (req.ski, req.digest) {
-            (Some(ski), _) => self.keys.by_ski(&Ski(ski)),
-            (None, Some(d)) => self.keys.by_id(&crate::keys::KeyId(d)),
-            (None, None) => None,
-        };
-        let label = req.ski.map(hex::encode).unwrap_or_default();
-        match key {
-            Some(k) if self.policy.allows(who, k.name()) => Some(k),
-            _ => {
-                self.metrics.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(client = %who.label(), ski = %label, "keyless request for a key the client may not use (or that does not exist)");
-                None
-            }
-        }
-    }
-}
-
-fn op_label(op: Op) -> &'static str {
-    match op.kind() {
-        OpKind::SignRsaPkcs1(_) => "rsa_sign",
-        OpKind::SignRsaPss(_) => "rsa_pss_sign",
-        OpKind::SignEcdsa(_) => "ecdsa_sign",
-        OpKind::SignEd25519 => "ed25519_sign",
-        OpKind::RsaDecrypt => "rsa_decrypt",
-        OpKind::RsaDecryptRaw => "rsa_decrypt_raw",
-        OpKind::Ping => "ping",
-        OpKind::Other => "other",
-    }
-}
-
-fn error_label(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::NoError => "ok",
-        ErrorCode::Crypto => "crypto_error",
-        ErrorCode::KeyNotFound => "key_not_found",
-        ErrorCode::Read => "read_error",
-        ErrorCode::VersionMismatch => "version_mismatch",
-        ErrorCode::BadOpcode => "bad_opcode",
-        ErrorCode::UnexpectedOpcode => "unexpected_opcode",
-        ErrorCode::Format => "format_error",
-        ErrorCode::Internal => "internal_error",
-        ErrorCode::CertNotFound => "cert_not_found",
-        ErrorCode::Expired => "expired",
-        ErrorCode::RemoteConfiguration => "remote_configuration",
-        ErrorCode::Unknown(_) => "unknown",
     }
 }

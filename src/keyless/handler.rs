@@ -1,0 +1,209 @@
+//! What the keyless server does with one request, apart from the network:
+//! decode, find the key and check the client may use it, map the opcode to
+//! a scheme, hand the signature to the engine, encode the answer. Split in
+//! a synchronous [`Handler::plan`] and [`Handler::finish`] around the
+//! engine call, so the per-request cost can be measured on its own.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::auth::{ClientIdentity, Policy};
+use super::metrics::KeylessMetrics;
+use super::protocol::{self, ErrorCode, HashAlg as OpHash, Op, OpKind, Request, Response};
+use crate::engine::{Engine, SignRequest, Signature};
+use crate::error::Error;
+use crate::keys::{Key, KeyId, KeyStore, Ski};
+use crate::scheme::{KeyKind, Scheme, SignInput};
+
+/// The next step for a decoded request.
+#[derive(Debug)]
+pub enum Step {
+    /// Answered without a signature (ping, errors).
+    Done(Response),
+    /// Needs this signature from the engine.
+    Sign(u32, SignRequest),
+}
+
+/// Request handling shared by all connections of a listener.
+pub struct Handler {
+    engine: Arc<Engine>,
+    keys: Arc<KeyStore>,
+    policy: Policy,
+    /// The listener's metrics.
+    pub metrics: Arc<KeylessMetrics>,
+}
+
+impl Handler {
+    /// A handler over the engine and key store, with its policy.
+    pub fn new(engine: Arc<Engine>, keys: Arc<KeyStore>, policy: Policy) -> Handler {
+        Handler {
+            engine,
+            keys,
+            policy,
+            metrics: Arc::new(KeylessMetrics::default()),
+        }
+    }
+
+    /// Decodes one request body and produces the encoded response frame.
+    pub async fn answer(
+        &self,
+        header: &protocol::Header,
+        body: &[u8],
+        who: &ClientIdentity,
+    ) -> Vec<u8> {
+        let started = Instant::now();
+        let (op_name, response) = match Request::decode(header, body) {
+            Err(e) => ("malformed", Response::error(header.id, e.error_code())),
+            Ok(req) => {
+                let name = op_label(req.op);
+                let response = match self.plan(req, who) {
+                    Step::Done(r) => r,
+                    Step::Sign(id, sign) => {
+                        let result = self.engine.sign(sign).await;
+                        self.finish(id, result, who)
+                    }
+                };
+                (name, response)
+            }
+        };
+        let result = match &response.body {
+            protocol::ResponseBody::Error(code) => error_label(*code),
+            _ => "ok",
+        };
+        self.metrics.observe(op_name, result, started.elapsed());
+        encode(header.id, &response)
+    }
+
+    /// Everything before the signature: opcode, key lookup and
+    /// authorization, digest length.
+    pub fn plan(&self, req: Request, who: &ClientIdentity) -> Step {
+        let id = req.id;
+        let done = |code| Step::Done(Response::error(id, code));
+        let scheme_for: fn(KeyKind, OpKind) -> Option<Scheme> = |kind, op| match (op, kind) {
+            (OpKind::SignRsaPkcs1(OpHash::Sha256), _) => Some(Scheme::RsaPkcs1Sha256),
+            (OpKind::SignRsaPkcs1(OpHash::Sha384), _) => Some(Scheme::RsaPkcs1Sha384),
+            (OpKind::SignRsaPkcs1(OpHash::Sha512), _) => Some(Scheme::RsaPkcs1Sha512),
+            (OpKind::SignRsaPss(OpHash::Sha256), _) => Some(Scheme::RsaPssRsaeSha256),
+            (OpKind::SignRsaPss(OpHash::Sha384), _) => Some(Scheme::RsaPssRsaeSha384),
+            (OpKind::SignRsaPss(OpHash::Sha512), _) => Some(Scheme::RsaPssRsaeSha512),
+            (OpKind::SignEcdsa(OpHash::Sha256), KeyKind::P256) => {
+                Some(Scheme::EcdsaSecp256r1Sha256)
+            }
+            (OpKind::SignEcdsa(OpHash::Sha384), KeyKind::P384) => {
+                Some(Scheme::EcdsaSecp384r1Sha384)
+            }
+            (OpKind::SignEd25519, _) => Some(Scheme::Ed25519),
+            _ => None,
+        };
+        let kind = req.op.kind();
+        match kind {
+            OpKind::Ping => return Step::Done(Response::pong(id, req.payload)),
+            // Digests sigmux does not sign with (MD5-SHA1, SHA-1, SHA-224).
+            OpKind::SignRsaPkcs1(h) | OpKind::SignRsaPss(h) | OpKind::SignEcdsa(h)
+                if !matches!(h, OpHash::Sha256 | OpHash::Sha384 | OpHash::Sha512) =>
+            {
+                return done(ErrorCode::BadOpcode);
+            }
+            OpKind::SignRsaPkcs1(_)
+            | OpKind::SignRsaPss(_)
+            | OpKind::SignEcdsa(_)
+            | OpKind::SignEd25519 => {}
+            _ if req.op.is_response() => return done(ErrorCode::UnexpectedOpcode),
+            _ => return done(ErrorCode::BadOpcode),
+        }
+        let Some(key) = self.find_key(&req, who) else {
+            return done(ErrorCode::KeyNotFound);
+        };
+        let Some(scheme) = scheme_for(key.kind(), kind).filter(|s| s.fits(key.kind())) else {
+            return done(ErrorCode::Crypto);
+        };
+        let input = match scheme.hash() {
+            None => SignInput::Message(req.payload),
+            Some(h) if h.len() == req.payload.len() => SignInput::Digest(req.payload),
+            Some(_) => return done(ErrorCode::Format),
+        };
+        Step::Sign(id, SignRequest::new(key, scheme, input))
+    }
+
+    /// The answer for a finished signature.
+    pub fn finish(
+        &self,
+        id: u32,
+        result: crate::Result<Signature>,
+        who: &ClientIdentity,
+    ) -> Response {
+        match result {
+            Ok(sig) => Response::payload(id, sig.bytes),
+            Err(Error::WrongDigestLength { .. } | Error::DigestNotAllowed(_)) => {
+                Response::error(id, ErrorCode::Format)
+            }
+            Err(Error::SchemeNotValidForKey { .. }) => Response::error(id, ErrorCode::Crypto),
+            Err(e) => {
+                tracing::warn!(client = %who.label(), error = %e, "keyless signing failed");
+                Response::error(id, ErrorCode::Internal)
+            }
+        }
+    }
+
+    /// The key the request names, if it exists and the client may use it.
+    /// Both cases answer "key not found", so a client cannot probe which
+    /// keys exist. The legacy certificate digest item is matched against
+    /// the key's KeyId (SHA-256 of its SubjectPublicKeyInfo).
+    fn find_key(&self, req: &Request, who: &ClientIdentity) -> Option<Arc<Key>> {
+        let key = match (req.ski, req.digest) {
+            (Some(ski), _) => self.keys.by_ski(&Ski(ski)),
+            (None, Some(d)) => self.keys.by_id(&KeyId(d)),
+            (None, None) => None,
+        };
+        match key {
+            Some(k) if self.policy.allows(who, k.name()) => Some(k),
+            _ => {
+                self.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                let ski = req.ski.map(hex::encode).unwrap_or_default();
+                tracing::info!(client = %who.label(), %ski, "keyless request for a key the client may not use (or that does not exist)");
+                None
+            }
+        }
+    }
+}
+
+/// Encodes a response; one too large to encode becomes an internal error.
+pub fn encode(id: u32, response: &Response) -> Vec<u8> {
+    response.encode().unwrap_or_else(|_| {
+        Response::error(id, ErrorCode::Internal)
+            .encode()
+            .unwrap_or_default()
+    })
+}
+
+fn op_label(op: Op) -> &'static str {
+    match op.kind() {
+        OpKind::SignRsaPkcs1(_) => "rsa_sign",
+        OpKind::SignRsaPss(_) => "rsa_pss_sign",
+        OpKind::SignEcdsa(_) => "ecdsa_sign",
+        OpKind::SignEd25519 => "ed25519_sign",
+        OpKind::RsaDecrypt => "rsa_decrypt",
+        OpKind::RsaDecryptRaw => "rsa_decrypt_raw",
+        OpKind::Ping => "ping",
+        OpKind::Other => "other",
+    }
+}
+
+fn error_label(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::NoError => "ok",
+        ErrorCode::Crypto => "crypto_error",
+        ErrorCode::KeyNotFound => "key_not_found",
+        ErrorCode::Read => "read_error",
+        ErrorCode::VersionMismatch => "version_mismatch",
+        ErrorCode::BadOpcode => "bad_opcode",
+        ErrorCode::UnexpectedOpcode => "unexpected_opcode",
+        ErrorCode::Format => "format_error",
+        ErrorCode::Internal => "internal_error",
+        ErrorCode::CertNotFound => "cert_not_found",
+        ErrorCode::Expired => "expired",
+        ErrorCode::RemoteConfiguration => "remote_configuration",
+        ErrorCode::Unknown(_) => "unknown",
+    }
+}
