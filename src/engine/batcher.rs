@@ -40,8 +40,8 @@ impl Batcher {
         inner: &Inner,
         key: Arc<Key>,
         scheme: Scheme,
-        inputs: Vec<Vec<u8>>,
-        waiters: Vec<Waiter>,
+        inputs: impl IntoIterator<Item = Vec<u8>>,
+        waiters: impl ExactSizeIterator<Item = Waiter>,
     ) {
         let k = (key.id(), scheme);
         let mut queues = self.queues.lock();

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,8 @@ pub(crate) struct Slot {
     queued_us: AtomicU64,
     costs: Mutex<HashMap<(KeyKind, Scheme), CostModel>>,
     health: Mutex<Health>,
+    /// Mirrors `health != Healthy`, so the hot path needs no lock.
+    out_of_rotation: AtomicBool,
     counters: Counters,
 }
 
@@ -118,6 +120,7 @@ impl Slot {
             queued_us: AtomicU64::new(0),
             costs: Mutex::new(costs),
             health: Mutex::new(Health::Healthy),
+            out_of_rotation: AtomicBool::new(false),
             counters: Counters::default(),
         })
     }
@@ -131,6 +134,9 @@ impl Slot {
 
     /// Whether it may take work now (healthy, or its back-off has passed).
     fn healthy_at(&self, now: Instant) -> bool {
+        if !self.out_of_rotation.load(Ordering::Acquire) {
+            return true;
+        }
         match &*self.health.lock() {
             Health::Healthy => true,
             Health::Failing { until, .. } | Health::Quarantined { until, .. } => *until <= now,
@@ -200,6 +206,7 @@ impl Slot {
             .saturating_mul(1u32 << (failures - 1).min(16))
             .min(MAX_BACKOFF);
         let until = Instant::now() + backoff;
+        self.out_of_rotation.store(true, Ordering::Release);
         tracing::warn!(backend = %self.name, %reason, backoff_ms = backoff.as_millis() as u64,
             quarantine, "backend taken out of rotation");
         *h = if quarantine {
@@ -218,10 +225,14 @@ impl Slot {
     }
 
     fn mark_ok(&self) {
+        if !self.out_of_rotation.load(Ordering::Acquire) {
+            return;
+        }
         let mut h = self.health.lock();
         if !matches!(*h, Health::Healthy) {
             tracing::info!(backend = %self.name, "backend back in rotation");
             *h = Health::Healthy;
+            self.out_of_rotation.store(false, Ordering::Release);
         }
     }
 

@@ -186,7 +186,7 @@ impl Engine {
         let (waiter, ticket) = Waiter::one(deadline, Admission::share(&inner.admitted));
         inner
             .batcher
-            .push(inner, req.key, req.scheme, vec![input], vec![waiter]);
+            .push(inner, req.key, req.scheme, [input], std::iter::once(waiter));
         Ok(ticket)
     }
 
@@ -229,7 +229,9 @@ impl Engine {
         let admissions = (0..n).map(|_| Admission::share(&inner.admitted)).collect();
         let (waiters, ticket) = Waiter::group(deadline, admissions);
         if n > 0 {
-            inner.batcher.push(inner, key, scheme, prepared, waiters);
+            inner
+                .batcher
+                .push(inner, key, scheme, prepared, waiters.into_iter());
         }
         Ok(ticket)
     }
