@@ -1,5 +1,6 @@
 //! The `sigmux` command line: parses, loads config, calls the library.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -147,7 +148,7 @@ fn main() -> ExitCode {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown".into());
-        eprintln!("sigmux: internal error: {msg}");
+        let _ = writeln!(std::io::stderr(), "sigmux: internal error: {msg}");
     }));
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIGMUX_LOG").unwrap_or_else(|_| {
@@ -160,6 +161,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A closed stderr must not take the service down: the default would
+        // report the failed write with eprintln!, which panics.
+        .log_internal_errors(false)
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

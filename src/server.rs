@@ -107,9 +107,9 @@ pub async fn serve(cfg: Config) -> Result<()> {
     );
     let keyless = match cfg.keyless_settings()? {
         None => {
-            eprintln!(
+            say(format_args!(
                 "sigmux: keyless listener off (set keyless.cert, keyless.key and keyless.client_ca to start it)"
-            );
+            ));
             None
         }
         Some((addr, settings)) => {
@@ -120,7 +120,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
             let bound = l
                 .local_addr()
                 .map_err(|e| Error::io("keyless listener", e))?;
-            eprintln!("sigmux: keyless listening on {bound}");
+            say(format_args!("sigmux: keyless listening on {bound}"));
             let metrics = server.metrics.clone();
             tokio::spawn(server.serve(l));
             Some(metrics)
@@ -132,12 +132,14 @@ pub async fn serve(cfg: Config) -> Result<()> {
         keyless,
     };
     // Printed last, once every listener is up: scripts wait for this line.
-    eprintln!("sigmux: serving /healthz and /metrics on http://{local}");
+    say(format_args!(
+        "sigmux: serving /healthz and /metrics on http://{local}"
+    ));
     axum::serve(listener, router(shared))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| Error::Invalid(format!("http server failed: {e}")))?;
-    eprintln!("sigmux: shutting down");
+    say(format_args!("sigmux: shutting down"));
     Ok(())
 }
 
@@ -162,4 +164,11 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// Prints a line for the operator on stderr; a closed stderr is ignored
+/// rather than taking the server down.
+fn say(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{args}");
 }

@@ -169,33 +169,12 @@ fn fixture() -> &'static Fixture {
             let pem = sigmux(&dir, &["keys", "public", "--name", name]);
             std::fs::write(dir.join(format!("{name}.pub.pem")), pem).unwrap();
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sigmux"))
-            .current_dir(&dir)
-            .args(["--config", "sigmux.toml", "serve"])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (mut keyless, mut http) = (None, None);
-        while http.is_none() {
-            let Some(Ok(line)) = lines.next() else {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("serve exited before listening");
-            };
-            if let Some(a) = line.split("keyless listening on ").nth(1) {
-                keyless = Some(a.trim().to_string());
-            }
-            if let Some(a) = line.split("on http://").nth(1) {
-                http = Some(a.trim().to_string());
-            }
-        }
+        let (child, keyless, http, lines) = start_server(&dir, "sigmux.toml");
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Fixture {
-            keyless: keyless.expect("keyless listener line"),
-            http: http.unwrap(),
+            keyless,
+            http,
             ec_ski: ski("edge-ec"),
             rsa_ski: ski("edge-rsa"),
             ed_ski: ski("edge-ed"),
@@ -206,9 +185,48 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+type Lines = std::io::Lines<BufReader<std::process::ChildStderr>>;
+
+/// Starts `sigmux serve` in `dir` and returns it with its keyless and HTTP
+/// addresses and the rest of its stderr.
+fn start_server(dir: &Path, config: &str) -> (Child, String, String, Lines) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigmux"))
+        .current_dir(dir)
+        .args(["--config", config, "serve"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut keyless, mut http) = (None, None);
+    while http.is_none() {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve exited before listening");
+        };
+        if let Some(a) = line.split("keyless listening on ").nth(1) {
+            keyless = Some(a.trim().to_string());
+        }
+        if let Some(a) = line.split("on http://").nth(1) {
+            http = Some(a.trim().to_string());
+        }
+    }
+    (
+        child,
+        keyless.expect("keyless listener line"),
+        http.unwrap(),
+        lines,
+    )
+}
+
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 async fn connect(f: &Fixture, who: &str, tls12: bool) -> std::io::Result<Tls> {
+    connect_to(f, &f.keyless, who, tls12).await
+}
+
+async fn connect_to(f: &Fixture, addr: &str, who: &str, tls12: bool) -> std::io::Result<Tls> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(f.dir.join("ca.pem")).unwrap())
@@ -227,7 +245,7 @@ async fn connect(f: &Fixture, who: &str, tls12: bool) -> std::io::Result<Tls> {
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .unwrap();
-    let tcp = tokio::net::TcpStream::connect(&f.keyless).await?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
     let conn = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     conn.connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
@@ -540,5 +558,27 @@ fn malformed_frames_get_errors_or_a_close_and_other_connections_keep_working() {
             }
         }
         let _ = writer.await;
+    });
+}
+
+#[test]
+fn a_closed_stderr_does_not_cost_a_connection() {
+    let f = fixture();
+    // A second server on the same data dir whose stderr nobody reads any
+    // more: its refusal log lines fail to write.
+    let (child, addr, _, lines) = start_server(&f.dir, "sigmux.toml");
+    let _server = ServerProcess(child);
+    drop(lines);
+    rt().block_on(async {
+        let mut s = connect_to(f, &addr, "proxy", false).await.unwrap();
+        let d = sha256(b"x");
+        let mut frames = sign_request(1, [9; 20], Op::EcdsaSignSha256, d.clone());
+        frames.extend(sign_request(2, f.ec_ski, Op::EcdsaSignSha256, d));
+        s.write_all(&frames).await.unwrap();
+        let mut rs = read_responses(&mut s, 2).await;
+        rs.sort_by_key(|r| r.id);
+        assert_eq!(rs.len(), 2);
+        assert_eq!(rs[0].body, ResponseBody::Error(ErrorCode::KeyNotFound));
+        assert!(matches!(rs[1].body, ResponseBody::Payload(_)));
     });
 }

@@ -4,7 +4,9 @@
 //! adapter build on it.
 
 pub mod auth;
+pub mod client;
 pub mod handler;
 pub mod metrics;
 pub mod protocol;
+pub mod rustls;
 pub mod server;
