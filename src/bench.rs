@@ -38,6 +38,27 @@ pub struct BenchOptions {
     pub compare_raw: bool,
     /// Show a progress bar.
     pub progress: bool,
+    /// Drive a running keyless server instead of an in-process engine.
+    pub target: Option<KeylessTarget>,
+}
+
+/// A keyless server to load, and how to reach it.
+#[derive(Clone, Debug)]
+pub struct KeylessTarget {
+    /// `host:port`.
+    pub addr: String,
+    /// Name expected in the server's certificate.
+    pub server_name: String,
+    /// CA certificates for the server (PEM file).
+    pub ca: PathBuf,
+    /// Client certificate chain (PEM file).
+    pub cert: PathBuf,
+    /// Client private key (PEM file).
+    pub key: PathBuf,
+    /// SKI of the key to sign with.
+    pub ski: [u8; 20],
+    /// Connections in the client's pool.
+    pub connections: usize,
 }
 
 /// One run's results; the JSON written by `--json`.
@@ -115,6 +136,9 @@ fn bench_input(scheme: Scheme, seed: u64) -> SignInput {
 pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<BenchReport> {
     let kind = opts.kind.unwrap_or_else(|| default_kind(opts.scheme));
     opts.scheme.check_fits(kind)?;
+    if let Some(t) = &opts.target {
+        return run_keyless(t, kind, opts);
+    }
     if opts.concurrency == 0 {
         return Err(Error::Invalid("--concurrency must be at least 1".into()));
     }
@@ -410,6 +434,116 @@ async fn open_loop(
         }
     }
     vec![(ops, errors, lat)]
+}
+
+/// Loads a running keyless server through the pooled, pipelined client:
+/// `concurrency` requests in flight over `connections` connections.
+fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<BenchReport> {
+    use crate::keyless::client::{ClientConfig, KeylessClient, op_for_scheme};
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| Error::io(p, e));
+    let cfg = ClientConfig {
+        addr: t.addr.clone(),
+        server_name: t.server_name.clone(),
+        ca_pem: read(&t.ca)?,
+        cert_chain_pem: read(&t.cert)?,
+        key_pem: read(&t.key)?,
+        connections: t.connections.max(1),
+        timeout: Duration::from_secs(30),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start runtime: {e}")))?;
+    let warmup = (opts.duration / 5).min(Duration::from_secs(1));
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = opts
+        .progress
+        .then(|| progress_bar(opts.duration + warmup, done.clone()));
+    let measured: Result<Measured> = rt.block_on(async {
+        let client = Arc::new(
+            KeylessClient::connect(cfg)
+                .await
+                .map_err(|e| Error::Invalid(format!("keyless target {}: {e}", t.addr)))?,
+        );
+        let op = op_for_scheme(opts.scheme);
+        let start = Instant::now();
+        let (measure_from, end) = (start + warmup, start + warmup + opts.duration);
+        let mut tasks = Vec::new();
+        for i in 0..opts.concurrency {
+            let (client, done, ski, scheme) = (client.clone(), done.clone(), t.ski, opts.scheme);
+            tasks.push(tokio::spawn(async move {
+                let payload = match scheme.prepare(bench_input(scheme, i as u64)) {
+                    Ok(p) => p,
+                    Err(_) => return (0, 1, Vec::new()),
+                };
+                let (mut ops, mut errors, mut lat) = (0u64, 0u64, Vec::new());
+                loop {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    let r = client.sign(ski, op, payload.clone()).await;
+                    let t1 = Instant::now();
+                    done.fetch_add(1, Ordering::Relaxed);
+                    if t0 >= measure_from && t1 <= end {
+                        if r.is_ok() {
+                            ops += 1;
+                            record(&mut lat, t1 - t0);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                }
+                (ops, errors, lat)
+            }));
+        }
+        let mut m = Measured {
+            ops: 0,
+            errors: 0,
+            seconds: opts.duration.as_secs_f64(),
+            latencies_us: Vec::new(),
+        };
+        for task in tasks {
+            if let Ok((o, e, l)) = task.await {
+                m.ops += o;
+                m.errors += e;
+                m.latencies_us.extend(l);
+            }
+        }
+        m.latencies_us.sort_unstable();
+        Ok(m)
+    });
+    if let Some((bar, stop, handle)) = progress {
+        stop.store(true, Ordering::Release);
+        let _ = handle.join();
+        bar.finish_and_clear();
+    }
+    let m = measured?;
+    Ok(BenchReport {
+        backend: format!("keyless://{}", t.addr),
+        scheme: opts.scheme.name().into(),
+        kind: kind.name().into(),
+        ops: m.ops,
+        errors: m.errors,
+        seconds: m.seconds,
+        ops_per_sec: m.ops as f64 / m.seconds.max(1e-9),
+        p50_us: m.percentile(0.50),
+        p99_us: m.percentile(0.99),
+        p999_us: m.percentile(0.999),
+        mean_batch: 0.0,
+        concurrency: opts.concurrency,
+        rate: None,
+        max_batch: 0,
+        max_wait_us: 0,
+        engine: None,
+        threads: None,
+        single_op_us: None,
+        raw_ops_per_sec: None,
+        ratio: None,
+        device: device_description(),
+        commit: crate::COMMIT.into(),
+        timestamp: now_rfc3339(),
+    })
 }
 
 /// The bare library on the backend's thread count, no engine.

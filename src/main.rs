@@ -138,6 +138,27 @@ struct BenchArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Load a running keyless server instead: keyless://HOST:PORT.
+    #[arg(long)]
+    target: Option<String>,
+    /// With --target: SKI (hex) of the key to sign with.
+    #[arg(long, requires = "target")]
+    ski: Option<String>,
+    /// With --target: CA certificates for the server (PEM).
+    #[arg(long, requires = "target")]
+    ca: Option<PathBuf>,
+    /// With --target: client certificate chain (PEM).
+    #[arg(long, requires = "target")]
+    client_cert: Option<PathBuf>,
+    /// With --target: client private key (PEM).
+    #[arg(long, requires = "target")]
+    client_key: Option<PathBuf>,
+    /// With --target: name in the server's certificate (default: the host).
+    #[arg(long, requires = "target")]
+    server_name: Option<String>,
+    /// With --target: connections in the client pool.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
 }
 
 fn main() -> ExitCode {
@@ -161,6 +182,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // A closed stderr must not take the service down: the default would
         // report the failed write with eprintln!, which panics.
         .log_internal_errors(false)
@@ -304,7 +326,34 @@ fn bench_cmd(cfg: &Config, a: BenchArgs) -> Result<()> {
             "--duration must be a positive number of seconds".into(),
         ));
     }
+    let target = match &a.target {
+        None => None,
+        Some(t) => {
+            let addr = t.strip_prefix("keyless://").ok_or_else(|| {
+                Error::Invalid(format!("--target '{t}' must look like keyless://HOST:PORT"))
+            })?;
+            let need = |v: &Option<PathBuf>, flag: &str| {
+                v.clone()
+                    .ok_or_else(|| Error::Invalid(format!("--target needs {flag}")))
+            };
+            let mut ski = [0u8; 20];
+            hex::decode_to_slice(a.ski.as_deref().unwrap_or(""), &mut ski).map_err(|_| {
+                Error::Invalid("--target needs --ski with 40 hex characters".into())
+            })?;
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            Some(bench::KeylessTarget {
+                addr: addr.to_string(),
+                server_name: a.server_name.clone().unwrap_or_else(|| host.to_string()),
+                ca: need(&a.ca, "--ca")?,
+                cert: need(&a.client_cert, "--client-cert")?,
+                key: need(&a.client_key, "--client-key")?,
+                ski,
+                connections: a.connections,
+            })
+        }
+    };
     let opts = BenchOptions {
+        target,
         backend: a.backend,
         scheme: a.scheme.parse()?,
         kind: a.kind.map(|k| k.parse()).transpose()?,

@@ -582,3 +582,52 @@ fn a_closed_stderr_does_not_cost_a_connection() {
         assert!(matches!(rs[1].body, ResponseBody::Payload(_)));
     });
 }
+
+#[test]
+fn bench_drives_a_running_keyless_server() {
+    let f = fixture();
+    let out = Command::new(env!("CARGO_BIN_EXE_sigmux"))
+        .current_dir(&f.dir)
+        .args(["bench", "--target", &format!("keyless://{}", f.keyless)])
+        .args([
+            "--ski",
+            &hex::encode(f.ec_ski),
+            "--scheme",
+            "ecdsa_secp256r1_sha256",
+        ])
+        .args([
+            "--ca",
+            "ca.pem",
+            "--client-cert",
+            "proxy.pem",
+            "--client-key",
+            "proxy.key",
+        ])
+        .args([
+            "--server-name",
+            "localhost",
+            "--duration",
+            "0.5",
+            "--concurrency",
+            "16",
+        ])
+        .args(["--connections", "2", "--json", "bench.json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.dir.join("bench.json")).unwrap()).unwrap();
+    assert!(report["ops"].as_u64().unwrap() > 10, "{report}");
+    assert_eq!(report["errors"], 0);
+    assert!(
+        report["backend"]
+            .as_str()
+            .unwrap()
+            .starts_with("keyless://")
+    );
+    assert!(report["p99_us"].as_f64().unwrap() >= report["p50_us"].as_f64().unwrap());
+}
