@@ -100,6 +100,9 @@ pub struct BenchReport {
     pub threads: Option<usize>,
     /// Median time of one operation alone through the bare library.
     pub single_op_us: Option<f64>,
+    /// With --rate: single_op_us + max_wait_us + 200, the p99 target at half
+    /// of peak load.
+    pub latency_budget_us: Option<f64>,
     /// The bare library on the same threads, same run.
     pub raw_ops_per_sec: Option<f64>,
     /// ops_per_sec / raw_ops_per_sec.
@@ -213,6 +216,10 @@ pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<BenchReport> {
             .map(|c| c.engine_for(opts.scheme).name().to_string()),
         threads: cpu.as_ref().map(|c| c.threads()),
         single_op_us,
+        latency_budget_us: opts
+            .rate
+            .and(single_op_us)
+            .map(|t| t + ecfg.max_wait.as_micros() as f64 + 200.0),
         raw_ops_per_sec,
         ratio: raw_ops_per_sec.map(|r| ops_per_sec / r),
         device: device_description(),
@@ -538,6 +545,7 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
         engine: None,
         threads: None,
         single_op_us: None,
+        latency_budget_us: None,
         raw_ops_per_sec: None,
         ratio: None,
         device: device_description(),
@@ -694,6 +702,12 @@ impl BenchReport {
         }
         if let Some(t) = self.single_op_us {
             s.push_str(&format!(", single op {t:.0} us"));
+        }
+        if let Some(b) = self.latency_budget_us {
+            s.push_str(&format!(
+                "\n  p99 budget (single op + max_wait + 200 us): {b:.0} us: {}",
+                if self.p99_us <= b { "met" } else { "missed" }
+            ));
         }
         if let (Some(r), Some(q)) = (self.raw_ops_per_sec, self.ratio) {
             s.push_str(&format!("\n  raw library: {r:.0} ops/s, ratio {q:.3}"));
