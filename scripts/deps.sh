@@ -9,6 +9,9 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+# PKCS#11 tests: SoftHSM2 tokens, pkcs11-tool (opensc) to make keys in them.
+command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
 if ((${#need[@]})); then
   echo "sigmux: installing ${need[*]}" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
+use crate::backend::pkcs11::{Pkcs11Backend, Token};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
-use crate::keys::{Kek, KeyStore};
+use crate::keys::{Kek, Key, KeyStore};
+use crate::scheme::KeyKind;
 
 /// How a command needs the key-encryption key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +54,8 @@ pub struct Backends {
     pub all: Vec<Arc<dyn Backend>>,
     /// The CPU backend, when started.
     pub cpu: Option<Arc<CpuBackend>>,
+    /// The PKCS#11 backends, one per configured token.
+    pub pkcs11: Vec<Arc<Pkcs11Backend>>,
 }
 
 /// Starts the enabled backends. `only` restricts to one backend kind
@@ -59,9 +63,10 @@ pub struct Backends {
 pub fn start_backends(cfg: &Config, only: &str) -> Result<Backends> {
     let mut out: Vec<Arc<dyn Backend>> = Vec::new();
     let mut cpu = None;
+    let mut pkcs11 = Vec::new();
     match only {
-        "auto" | "cpu" => {}
-        "cuda" | "pkcs11" => {
+        "auto" | "cpu" | "pkcs11" => {}
+        "cuda" => {
             return Err(Error::Invalid(format!(
                 "backend '{only}' is not available in this build yet"
             )));
@@ -72,18 +77,41 @@ pub fn start_backends(cfg: &Config, only: &str) -> Result<Backends> {
             )));
         }
     }
-    if cfg.backends.cpu.enabled || only == "cpu" {
+    if (cfg.backends.cpu.enabled && only == "auto") || only == "cpu" {
         let c = Arc::new(CpuBackend::new(&cfg.cpu_config())?);
         out.push(c.clone());
         cpu = Some(c);
     }
+    if only == "auto" || only == "pkcs11" {
+        let tokens = cfg.pkcs11_configs()?;
+        if tokens.is_empty() && only == "pkcs11" {
+            return Err(Error::Config(
+                "backend pkcs11 asked for, but no [backends.pkcs11] token is configured".into(),
+            ));
+        }
+        for t in &tokens {
+            let b = Arc::new(Pkcs11Backend::start(t)?);
+            if out.iter().any(|o| o.name() == b.name()) {
+                return Err(Error::Config(format!(
+                    "two configured tokens are both named {}",
+                    b.name()
+                )));
+            }
+            out.push(b.clone());
+            pkcs11.push(b);
+        }
+    }
     if out.is_empty() {
         return Err(Error::Config(
-            "no backend is enabled (backends.cpu.enabled = false and nothing else configured)"
+            "no backend is enabled (backends.cpu.enabled = false and no [backends.pkcs11] token)"
                 .into(),
         ));
     }
-    Ok(Backends { all: out, cpu })
+    Ok(Backends {
+        all: out,
+        cpu,
+        pkcs11,
+    })
 }
 
 /// Starts an engine over the enabled backends.
@@ -92,4 +120,115 @@ pub fn start_engine(cfg: &Config, engine_cfg: EngineConfig, only: &str) -> Resul
         engine_cfg,
         start_backends(cfg, only)?.all,
     )?))
+}
+
+/// Fails unless at least one PKCS#11 token is configured (checked before
+/// anything touches the data dir).
+pub fn require_hsm(cfg: &Config) -> Result<()> {
+    if cfg.pkcs11_configs()?.is_empty() {
+        return Err(Error::Config(
+            "no PKCS#11 token is configured ([backends.pkcs11]), so --backend hsm cannot be used"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens the configured token named `token`, or the only one configured.
+fn hsm_token(cfg: &Config, token: Option<&str>) -> Result<Token> {
+    let tokens = cfg.pkcs11_configs()?;
+    let pick = match (token, tokens.as_slice()) {
+        (_, []) => {
+            return Err(Error::Config(
+                "no PKCS#11 token is configured ([backends.pkcs11]), so --backend hsm cannot be used"
+                    .into(),
+            ));
+        }
+        (None, [one]) => one,
+        (None, _) => {
+            return Err(Error::Invalid(
+                "several PKCS#11 tokens are configured; say which with --token LABEL".into(),
+            ));
+        }
+        (Some(t), all) => all
+            .iter()
+            .find(|c| c.token.to_string() == t)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "token '{t}' is not configured (configured: {})",
+                    all.iter()
+                        .map(|c| c.token.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?,
+    };
+    Token::open(pick)
+}
+
+/// `keys generate --backend hsm`: makes the key pair inside the token and
+/// records it (public facts and where to find it) in the key store.
+pub fn hsm_generate(
+    cfg: &Config,
+    store: &KeyStore,
+    name: &str,
+    kind: KeyKind,
+    token: Option<&str>,
+) -> Result<Arc<Key>> {
+    crate::keys::validate_name(name)?;
+    if store.get(name).is_ok() {
+        return Err(Error::KeyExists(name.to_string()));
+    }
+    let t = hsm_token(cfg, token)?;
+    let made = t.generate(name, kind)?;
+    store.register_hsm(Key::from_hsm(name, made.kind, &made.spki_der, made.hsm)?)
+}
+
+/// `keys import --backend hsm`: records a key that another tool made in a
+/// token, found by label and/or id. With `token` it is bound to that token;
+/// without it (and several tokens configured) it may run on every
+/// configured token that holds the same key, and at least one must.
+pub fn hsm_import(
+    cfg: &Config,
+    store: &KeyStore,
+    name: Option<&str>,
+    label: Option<&str>,
+    id: Option<&[u8]>,
+    token: Option<&str>,
+) -> Result<Arc<Key>> {
+    let name = name.or(label).ok_or_else(|| {
+        Error::Invalid("give --name (or --label, which then names the key too)".into())
+    })?;
+    crate::keys::validate_name(name)?;
+    if store.get(name).is_ok() {
+        return Err(Error::KeyExists(name.to_string()));
+    }
+    let tokens = cfg.pkcs11_configs()?;
+    let found = if token.is_some() || tokens.len() <= 1 {
+        hsm_token(cfg, token)?.find(label, id)?
+    } else {
+        let mut hits = Vec::new();
+        let mut misses = Vec::new();
+        for t in &tokens {
+            match Token::open(t).and_then(|t| t.find(label, id)) {
+                Ok(k) => hits.push(k),
+                Err(e) => misses.push(e.to_string()),
+            }
+        }
+        let Some(first) = hits.first().cloned() else {
+            return Err(Error::Invalid(format!(
+                "no configured token holds that key: {}",
+                misses.join("; ")
+            )));
+        };
+        if hits.iter().any(|k| k.spki_der != first.spki_der) {
+            return Err(Error::Invalid(
+                "the tokens hold different keys under that label/id; pick one with --token".into(),
+            ));
+        }
+        let mut any = first;
+        any.hsm.token = None;
+        any
+    };
+    store.register_hsm(Key::from_hsm(name, found.kind, &found.spki_der, found.hsm)?)
 }

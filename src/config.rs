@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backend::cpu::{CpuConfig, CpuEngine, EngineChoice};
+use crate::backend::pkcs11::{self, PinSource, Pkcs11Config, TokenSelector};
 use crate::engine::EngineConfig;
 use crate::error::{Error, Result};
 use crate::keys::KekSource;
@@ -95,6 +96,86 @@ pub struct BackendsSection {
     /// `[backends.cpu]`.
     #[serde(default)]
     pub cpu: CpuSection,
+    /// `[backends.pkcs11]` (one token) or `[[backends.pkcs11]]` (several).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub pkcs11: Vec<Pkcs11Section>,
+}
+
+/// `[backends.pkcs11]`: one PKCS#11 token.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Section {
+    /// The module (shared library).
+    #[serde(default = "default_pkcs11_module")]
+    pub module: PathBuf,
+    /// The token's label.
+    pub token_label: Option<String>,
+    /// Or the token's slot id.
+    pub slot: Option<u64>,
+    /// File holding the user PIN, relative to data_dir unless absolute.
+    pub pin_file: Option<PathBuf>,
+    /// Environment variable holding the user PIN.
+    pub pin_env: Option<String>,
+    /// Refused: a PIN is never read from the config itself. Its value is
+    /// not even kept.
+    #[serde(default)]
+    pub pin: Option<InlinePin>,
+    /// Sessions in the pool.
+    #[serde(default = "default_pkcs11_sessions")]
+    pub sessions: usize,
+    /// Largest batch per call.
+    #[serde(default = "default_pkcs11_max_batch")]
+    pub max_batch: usize,
+    /// Time a few operations at start to seed the scheduler.
+    #[serde(default = "default_true")]
+    pub calibrate: bool,
+}
+
+/// A `pin` field found in the config: remembered only to refuse it; its
+/// value is dropped while parsing.
+#[derive(Clone, Copy, Debug)]
+pub struct InlinePin;
+
+impl<'de> Deserialize<'de> for InlinePin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d)?;
+        Ok(InlinePin)
+    }
+}
+
+fn default_pkcs11_module() -> PathBuf {
+    PathBuf::from(pkcs11::DEFAULT_MODULE)
+}
+
+fn default_pkcs11_sessions() -> usize {
+    4
+}
+
+fn default_pkcs11_max_batch() -> usize {
+    64
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A table or an array of tables.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Pkcs11Section>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<Pkcs11Section>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a [backends.pkcs11] table or [[backends.pkcs11]] tables")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            Pkcs11Section::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                .map(|s| vec![s])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Vec::<Pkcs11Section>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// `[backends.cpu]`.
@@ -278,6 +359,7 @@ impl Config {
         if c.max_batch == 0 {
             return Err(bad("backends.cpu.max_batch", "must be at least 1"));
         }
+        self.pkcs11_configs()?;
         self.http_listen()?;
         self.keyless_settings()?;
         match (&self.keys.kek_file, &self.keys.kek_env) {
@@ -411,6 +493,76 @@ impl Config {
         }
     }
 
+    /// The PKCS#11 backends' settings, one per configured token, checked:
+    /// a PIN only from `pin_file` or `pin_env`, a token by label or slot.
+    pub fn pkcs11_configs(&self) -> Result<Vec<Pkcs11Config>> {
+        let many = self.backends.pkcs11.len() > 1;
+        let mut out: Vec<Pkcs11Config> = Vec::new();
+        for (i, p) in self.backends.pkcs11.iter().enumerate() {
+            let field = if many {
+                format!("backends.pkcs11[{i}]")
+            } else {
+                "backends.pkcs11".to_string()
+            };
+            let f = |name: &str| format!("{field}.{name}");
+            if p.pin.is_some() {
+                return Err(bad(
+                    &f("pin"),
+                    "a PIN is never read from the config file; put it in a file (pin_file) or an environment variable (pin_env)",
+                ));
+            }
+            let pin = match (&p.pin_file, &p.pin_env) {
+                (Some(_), Some(_)) => {
+                    return Err(bad(&field, "give pin_file or pin_env, not both"));
+                }
+                (None, None) => {
+                    return Err(bad(&field, "give pin_file or pin_env for the user PIN"));
+                }
+                (None, Some(v)) if v.is_empty() => {
+                    return Err(bad(&f("pin_env"), "must name an environment variable"));
+                }
+                (None, Some(v)) => PinSource::Env(v.clone()),
+                (Some(file), None) if file.is_absolute() => PinSource::File(file.clone()),
+                (Some(file), None) => PinSource::File(self.data_dir.join(file)),
+            };
+            let token = match (&p.token_label, p.slot) {
+                (Some(_), Some(_)) => {
+                    return Err(bad(&field, "give token_label or slot, not both"));
+                }
+                (None, None) => return Err(bad(&field, "give token_label (or slot)")),
+                (Some(l), None) if l.is_empty() || l.len() > 32 => {
+                    return Err(bad(&f("token_label"), "must be 1 to 32 bytes"));
+                }
+                (Some(l), None) => TokenSelector::Label(l.clone()),
+                (None, Some(s)) => TokenSelector::Slot(s),
+            };
+            if p.module.as_os_str().is_empty() {
+                return Err(bad(
+                    &f("module"),
+                    "must name the PKCS#11 module (a .so file)",
+                ));
+            }
+            if !(1..=256).contains(&p.sessions) {
+                return Err(bad(&f("sessions"), "must be between 1 and 256"));
+            }
+            if p.max_batch == 0 {
+                return Err(bad(&f("max_batch"), "must be at least 1"));
+            }
+            if out.iter().any(|o| o.module == p.module && o.token == token) {
+                return Err(bad(&field, format!("token {token} is configured twice")));
+            }
+            out.push(Pkcs11Config {
+                module: p.module.clone(),
+                token,
+                pin,
+                sessions: p.sessions,
+                max_batch: p.max_batch,
+                calibrate: p.calibrate,
+            });
+        }
+        Ok(out)
+    }
+
     /// Where the key-encryption key comes from, resolved against the data dir.
     pub fn kek_source(&self) -> KekSource {
         match (&self.keys.kek_env, &self.keys.kek_file) {
@@ -441,6 +593,37 @@ mod tests {
         );
         let empty = Config::parse("", "empty").unwrap();
         assert_eq!(empty.engine.max_batch, c.engine.max_batch);
+        assert!(c.pkcs11_configs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn pkcs11_one_table_or_many() {
+        let one = Config::parse(
+            "[backends.pkcs11]\ntoken_label = \"a\"\npin_file = \"pin\"\n",
+            "t",
+        )
+        .unwrap();
+        let p = one.pkcs11_configs().unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            p[0].pin,
+            PinSource::File(PathBuf::from("./sigmux-data/pin"))
+        );
+        assert_eq!(p[0].module, PathBuf::from(pkcs11::DEFAULT_MODULE));
+        let two = Config::parse(
+            "[[backends.pkcs11]]\ntoken_label = \"a\"\npin_env = \"P\"\n[[backends.pkcs11]]\nslot = 7\npin_env = \"P\"\nsessions = 2\n",
+            "t",
+        )
+        .unwrap();
+        let p = two.pkcs11_configs().unwrap();
+        assert_eq!(p[1].token, TokenSelector::Slot(7));
+        assert_eq!(p[1].sessions, 2);
+        let inline = Config::parse(
+            "[backends.pkcs11]\ntoken_label = \"a\"\npin = \"secret-1234\"\n",
+            "t",
+        );
+        let err = inline.unwrap_err().to_string();
+        assert!(!err.contains("secret-1234"), "{err}");
     }
 
     #[test]
@@ -453,6 +636,23 @@ mod tests {
             ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
             ("[keys]\nkek_file = \"a\"\nkek_env = \"B\"\n", "keys"),
             ("[backends.tpu]\n", "tpu"),
+            (
+                "[backends.pkcs11]\ntoken_label = \"t\"\npin = \"1234\"\n",
+                "backends.pkcs11.pin: a PIN is never read from the config file",
+            ),
+            (
+                "[backends.pkcs11]\ntoken_label = \"t\"\n",
+                "give pin_file or pin_env",
+            ),
+            (
+                "[[backends.pkcs11]]\ntoken_label = \"a\"\npin_env = \"P\"\n[[backends.pkcs11]]\npin_env = \"P\"\n",
+                "backends.pkcs11[1]: give token_label",
+            ),
+            (
+                "[backends.pkcs11]\ntoken_label = \"t\"\npin_env = \"P\"\nsessions = 0\n",
+                "backends.pkcs11.sessions",
+            ),
+            ("[backends.pkcs11]\ntoken_lable = \"t\"\n", "token_lable"),
             (
                 "[keyless]\ncert = \"c.pem\"\n",
                 "set all of cert, key and client_ca",

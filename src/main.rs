@@ -58,18 +58,36 @@ enum KeysCommand {
         /// rsa2048, rsa3072, rsa4096, p256, p384 or ed25519.
         #[arg(long)]
         kind: String,
-        /// soft (held by sigmux, encrypted at rest) or hsm.
+        /// soft (held by sigmux, encrypted at rest) or hsm (made inside the
+        /// configured PKCS#11 token, never leaves it).
         #[arg(long, default_value = "soft")]
         backend: String,
+        /// With --backend hsm: the token's label, when several are configured.
+        #[arg(long)]
+        token: Option<String>,
     },
-    /// Import a private key (PKCS#8, PKCS#1 or SEC1; PEM or DER).
+    /// Import a private key (PKCS#8, PKCS#1 or SEC1; PEM or DER), or with
+    /// --backend hsm register a key already in a PKCS#11 token.
     Import {
-        /// Name for the key.
+        /// Name for the key (with --backend hsm: defaults to --label).
         #[arg(long)]
-        name: String,
-        /// The key file.
+        name: Option<String>,
+        /// The key file (soft keys).
         #[arg(long)]
-        file: PathBuf,
+        file: Option<PathBuf>,
+        /// soft or hsm.
+        #[arg(long, default_value = "soft")]
+        backend: String,
+        /// With --backend hsm: the private key's CKA_LABEL.
+        #[arg(long)]
+        label: Option<String>,
+        /// With --backend hsm: the private key's CKA_ID (hex).
+        #[arg(long)]
+        id: Option<String>,
+        /// With --backend hsm: bind the key to this token; without it, and
+        /// several tokens configured, every token holding the key may use it.
+        #[arg(long)]
+        token: Option<String>,
     },
     /// List stored keys.
     List {
@@ -173,10 +191,12 @@ fn main() -> ExitCode {
     }));
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIGMUX_LOG").unwrap_or_else(|_| {
+        // cryptoki logs every mechanism number it has no name for (vendor
+        // and newer ones) at error level while listing a token's mechanisms.
         tracing_subscriber::EnvFilter::new(if matches!(cli.command, Command::Serve) {
-            "info"
+            "info,cryptoki::mechanism=off"
         } else {
-            "warn"
+            "warn,cryptoki::mechanism=off"
         })
     });
     tracing_subscriber::fmt()
@@ -231,14 +251,21 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
             name,
             kind,
             backend,
+            token,
         } => {
             let kind: KeyKind = kind.parse()?;
             match backend.as_str() {
+                "soft" if token.is_some() => {
+                    return Err(Error::Invalid("--token needs --backend hsm".into()));
+                }
                 "soft" => {}
                 "hsm" => {
-                    return Err(Error::Config(
-                        "no PKCS#11 backend is configured, so --backend hsm cannot be used".into(),
-                    ));
+                    sigmux::keys::validate_name(&name)?;
+                    app::require_hsm(cfg)?;
+                    let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
+                    let key = app::hsm_generate(cfg, &store, &name, kind, token.as_deref())?;
+                    println!("{} {} {}", key.name(), key.kind(), key.id());
+                    return Ok(());
                 }
                 other => {
                     return Err(Error::Invalid(format!(
@@ -253,7 +280,60 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
             println!("{} {} {}", key.name(), key.kind(), key.id());
             Ok(())
         }
-        KeysCommand::Import { name, file } => {
+        KeysCommand::Import {
+            name,
+            file,
+            backend,
+            label,
+            id,
+            token,
+        } => {
+            if backend == "hsm" {
+                if file.is_some() {
+                    return Err(Error::Invalid(
+                        "--file is for soft keys; an HSM key is found by --label or --id".into(),
+                    ));
+                }
+                let id = id
+                    .map(|h| {
+                        hex::decode(h.trim())
+                            .map_err(|_| Error::Invalid("--id is not valid hex".into()))
+                    })
+                    .transpose()?;
+                if label.is_none() && id.is_none() {
+                    return Err(Error::Invalid(
+                        "--backend hsm needs --label or --id to find the key".into(),
+                    ));
+                }
+                if let Some(n) = name.as_deref().or(label.as_deref()) {
+                    sigmux::keys::validate_name(n)?;
+                }
+                app::require_hsm(cfg)?;
+                let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
+                let key = app::hsm_import(
+                    cfg,
+                    &store,
+                    name.as_deref(),
+                    label.as_deref(),
+                    id.as_deref(),
+                    token.as_deref(),
+                )?;
+                println!("{} {} {}", key.name(), key.kind(), key.id());
+                return Ok(());
+            }
+            if backend != "soft" {
+                return Err(Error::Invalid(format!(
+                    "unknown key backend '{backend}' (expected soft or hsm)"
+                )));
+            }
+            if label.is_some() || id.is_some() || token.is_some() {
+                return Err(Error::Invalid(
+                    "--label, --id and --token need --backend hsm".into(),
+                ));
+            }
+            let name = name.ok_or_else(|| Error::Invalid("give --name".into()))?;
+            let file =
+                file.ok_or_else(|| Error::Invalid("give --file with the private key".into()))?;
             let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
             sigmux::keys::validate_name(&name)?;
             sigmux::keys::check_import(&bytes)?;

@@ -131,6 +131,23 @@ pub struct KeyInfo {
     pub spki: String,
     /// Creation time, seconds since the Unix epoch.
     pub created: u64,
+    /// For keys placed in an HSM: how to find the key in its token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsm: Option<HsmRef>,
+}
+
+/// Where an HSM key lives: enough to find it again, nothing secret.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HsmRef {
+    /// Label of the token that holds it; `None` when any configured token
+    /// holding the same key may use it (replicated HSM partitions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The private key object's `CKA_LABEL`.
+    pub label: String,
+    /// The private key object's `CKA_ID`, hex.
+    pub id: String,
 }
 
 impl KeyInfo {
@@ -182,8 +199,28 @@ impl Key {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            hsm: None,
         };
         Ok(Key::new(info, Some(m.secret)))
+    }
+
+    /// A reference to a key that lives in a PKCS#11 token: public facts
+    /// only, [`Placement::Hsm`].
+    pub fn from_hsm(name: &str, kind: KeyKind, spki_der: &[u8], hsm: HsmRef) -> Result<Key> {
+        let info = KeyInfo {
+            name: name.to_string(),
+            kind,
+            placement: Placement::Hsm,
+            key_id: KeyId::of_spki(spki_der),
+            ski: Ski::of_spki(spki_der)?,
+            spki: B64.encode(spki_der),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            hsm: Some(hsm),
+        };
+        Ok(Key::new(info, None))
     }
 
     /// A fresh in-memory key of `kind`, for benchmarks and tests.
@@ -409,6 +446,28 @@ impl KeyStore {
         self.store(key)
     }
 
+    /// Records a key that lives in an HSM (made by
+    /// [`Key::from_hsm`]) under its name: a key file with public facts and
+    /// the token reference, no private material, so no KEK is needed.
+    pub fn register_hsm(&self, key: Key) -> Result<Arc<Key>> {
+        validate_name(key.name())?;
+        self.ensure_absent(key.name())?;
+        if key.placement() != Placement::Hsm || key.info.hsm.is_none() || key.secret.is_some() {
+            return Err(Error::Invalid(format!(
+                "key '{}' is not an HSM key reference",
+                key.name()
+            )));
+        }
+        if let Some(other) = self.keys.read().by_id.get(&key.id()) {
+            return Err(Error::Import(format!(
+                "this key is already stored as '{}' ({})",
+                other.name(),
+                key.id()
+            )));
+        }
+        self.store(key)
+    }
+
     /// Adds a key that is not persisted (HSM references, tests).
     pub fn insert(&self, key: Arc<Key>) {
         self.keys.write().insert(key);
@@ -423,11 +482,13 @@ impl KeyStore {
 
     fn store(&self, key: Key) -> Result<Arc<Key>> {
         if let Some(dir) = &self.dir {
-            let kek = self.kek.as_ref().ok_or_else(|| {
-                Error::Kek("not loaded, so the new key cannot be encrypted".into())
-            })?;
             let sealed = match &key.secret {
-                Some(s) => Some(B64.encode(kek.seal(&key.info.name, s.pkcs8_der())?)),
+                Some(s) => {
+                    let kek = self.kek.as_ref().ok_or_else(|| {
+                        Error::Kek("not loaded, so the new key cannot be encrypted".into())
+                    })?;
+                    Some(B64.encode(kek.seal(&key.info.name, s.pkcs8_der())?))
+                }
                 None => None,
             };
             let file = KeyFile {
@@ -532,6 +593,18 @@ fn load_file(path: &Path, kek: Option<&Kek>) -> Result<Key> {
                 "soft key has no encrypted private key",
             ));
         }
+        (_, Some(_), Placement::Hsm) => {
+            return Err(Error::key_file(
+                path,
+                "an HSM key must not hold private material",
+            ));
+        }
+        (_, None, Placement::Hsm) if info.hsm.is_none() => {
+            return Err(Error::key_file(
+                path,
+                "HSM key has no hsm section (token, label, id)",
+            ));
+        }
         _ => None,
     };
     Ok(Key::new(info, secret))
@@ -570,6 +643,41 @@ mod tests {
         let dbg = format!("{key:?} {:?}", key.secret().unwrap());
         assert!(!dbg.contains(&hex::encode(key.secret().unwrap().pkcs8_der())));
         assert!(dbg.contains("SecretKey(..)"));
+    }
+
+    #[test]
+    fn hsm_references_round_trip_without_a_kek() {
+        let dir = tempfile::tempdir().unwrap();
+        let soft = Key::ephemeral("x", KeyKind::P256).unwrap();
+        let r = HsmRef {
+            token: Some("t".into()),
+            label: "h".into(),
+            id: "0102".into(),
+        };
+        let store = KeyStore::open(dir.path(), None).unwrap();
+        let k = store
+            .register_hsm(Key::from_hsm("h", KeyKind::P256, soft.spki_der(), r.clone()).unwrap())
+            .unwrap();
+        assert_eq!(k.placement(), Placement::Hsm);
+        assert!(k.secret().is_err());
+        let again = KeyStore::open(dir.path(), None).unwrap();
+        assert_eq!(again.get("h").unwrap().info().hsm, Some(r));
+        // The same public key cannot be registered twice.
+        let dup = Key::from_hsm(
+            "h2",
+            KeyKind::P256,
+            soft.spki_der(),
+            k.info().hsm.clone().unwrap(),
+        );
+        assert!(again.register_hsm(dup.unwrap()).is_err());
+        // An HSM key file without its hsm section is refused.
+        let path = dir.path().join("keys/h.key");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["info"].as_object_mut().unwrap().remove("hsm");
+        std::fs::write(&path, v.to_string()).unwrap();
+        let e = KeyStore::open(dir.path(), None).unwrap_err().to_string();
+        assert!(e.contains("no hsm section"), "{e}");
     }
 
     #[test]
