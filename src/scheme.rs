@@ -31,6 +31,12 @@ pub enum Scheme {
     EcdsaSecp384r1Sha384,
     /// Ed25519 (PureEdDSA: signs the message itself).
     Ed25519,
+    /// The raw RSA private-key operation `c^d mod n` on a modulus-length
+    /// input: RSA decryption (TLS 1.2 RSA key exchange) and signatures whose
+    /// encoding is done by the caller (legacy digests). Not a TLS signature
+    /// scheme, so not in [`Scheme::all`] and not accepted by name; the
+    /// release check is `out^e mod n = input`.
+    RsaRaw,
 }
 
 /// The family of key a scheme needs.
@@ -156,6 +162,7 @@ impl Scheme {
             Scheme::EcdsaSecp256r1Sha256 => "ecdsa_secp256r1_sha256",
             Scheme::EcdsaSecp384r1Sha384 => "ecdsa_secp384r1_sha384",
             Scheme::Ed25519 => "ed25519",
+            Scheme::RsaRaw => "rsa_raw",
         }
     }
 
@@ -167,7 +174,8 @@ impl Scheme {
             | Scheme::RsaPkcs1Sha512
             | Scheme::RsaPssRsaeSha256
             | Scheme::RsaPssRsaeSha384
-            | Scheme::RsaPssRsaeSha512 => Family::Rsa,
+            | Scheme::RsaPssRsaeSha512
+            | Scheme::RsaRaw => Family::Rsa,
             Scheme::EcdsaSecp256r1Sha256 => Family::Ecdsa(Curve::P256),
             Scheme::EcdsaSecp384r1Sha384 => Family::Ecdsa(Curve::P384),
             Scheme::Ed25519 => Family::Ed25519,
@@ -185,7 +193,7 @@ impl Scheme {
                 Some(HashAlg::Sha384)
             }
             Scheme::RsaPkcs1Sha512 | Scheme::RsaPssRsaeSha512 => Some(HashAlg::Sha512),
-            Scheme::Ed25519 => None,
+            Scheme::Ed25519 | Scheme::RsaRaw => None,
         }
     }
 

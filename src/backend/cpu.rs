@@ -136,6 +136,12 @@ impl CpuKey {
 
     /// Signs one prepared input with `engine`.
     pub fn sign(&self, engine: CpuEngine, scheme: Scheme, input: &[u8]) -> Result<Vec<u8>> {
+        if scheme == Scheme::RsaRaw {
+            // aws-lc-rs has no raw private operation; OpenSSL does it.
+            return self
+                .rsa_raw(input)
+                .map_err(|reason| Error::backend("cpu/openssl", format!("{scheme}: {reason}")));
+        }
         match engine {
             CpuEngine::AwsLc => self.sign_aws(scheme, input),
             CpuEngine::OpenSsl => self.sign_openssl(scheme, input),
@@ -209,6 +215,21 @@ impl CpuKey {
         }
     }
 
+    /// `input^d mod n` for a modulus-length input below the modulus.
+    fn rsa_raw(&self, input: &[u8]) -> Result<Vec<u8>, String> {
+        let rsa = self.ossl.rsa().map_err(|_| "not an RSA key".to_string())?;
+        let k = rsa.size() as usize;
+        if input.len() != k {
+            return Err(format!("input must be {k} bytes, got {}", input.len()));
+        }
+        let mut out = vec![0u8; k];
+        let n = rsa
+            .private_decrypt(input, &mut out, openssl::rsa::Padding::NONE)
+            .map_err(|_| "input is not below the modulus".to_string())?;
+        out.truncate(n);
+        Ok(out)
+    }
+
     /// The public key as aws-lc sees it (used by tests to cross-check).
     pub fn aws_public_key(&self) -> Vec<u8> {
         match &self.aws {
@@ -259,7 +280,11 @@ impl CpuBackend {
         Ok(CpuBackend {
             name: "cpu".into(),
             caps: Capabilities {
-                schemes: Scheme::all().to_vec(),
+                schemes: Scheme::all()
+                    .iter()
+                    .copied()
+                    .chain([Scheme::RsaRaw])
+                    .collect(),
                 placements: vec![Placement::Soft],
                 max_batch: cfg.max_batch.max(1),
                 parallelism: threads,

@@ -20,6 +20,8 @@ pub fn verification_algorithm(scheme: Scheme) -> &'static dyn VerificationAlgori
         Scheme::EcdsaSecp256r1Sha256 => &sig::ECDSA_P256_SHA256_ASN1,
         Scheme::EcdsaSecp384r1Sha384 => &sig::ECDSA_P384_SHA384_ASN1,
         Scheme::Ed25519 => &sig::ED25519,
+        // Checked by `verify_rsa_raw`; this arm is never used to verify.
+        Scheme::RsaRaw => &sig::RSA_PKCS1_2048_8192_SHA256,
     }
 }
 
@@ -32,6 +34,9 @@ pub fn must_verify(scheme: Scheme, backend_asks: bool) -> bool {
 /// Verifies one signature over a prepared input (digest, or message for
 /// Ed25519).
 pub fn verify(key: &Key, scheme: Scheme, input: &[u8], signature: &[u8]) -> bool {
+    if scheme == Scheme::RsaRaw {
+        return verify_rsa_raw(key, input, signature);
+    }
     if let (Family::Rsa, Some(h)) = (scheme.family(), scheme.hash()) {
         return verify_rsa(key, scheme.is_pss(), h, input, signature);
     }
@@ -69,4 +74,18 @@ fn verify_rsa(key: &Key, pss: bool, hash: HashAlg, digest: &[u8], signature: &[u
     } else {
         rsa_encoding::pkcs1_v15(hash, digest, k).is_some_and(|want| want == em)
     }
+}
+
+/// The raw operation's check: `out^e mod n` must give the input back.
+fn verify_rsa_raw(key: &Key, input: &[u8], out: &[u8]) -> bool {
+    let Some(rsa) = key.rsa_public() else {
+        return false;
+    };
+    let k = rsa.size() as usize;
+    if input.len() != k || out.len() != k {
+        return false;
+    }
+    let mut back = vec![0u8; k];
+    matches!(rsa.public_decrypt(out, &mut back, openssl::rsa::Padding::NONE), Ok(n) if n == k)
+        && back == input
 }

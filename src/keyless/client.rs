@@ -123,7 +123,8 @@ pub enum ClientError {
 }
 
 /// The keyless opcode that signs with `scheme`: RSA PKCS#1 and PSS and
-/// ECDSA opcodes take the digest, [`Op::Ed25519Sign`] takes the message.
+/// ECDSA opcodes take the digest, [`Op::Ed25519Sign`] takes the message,
+/// and the raw RSA operation maps to [`Op::RsaDecryptRaw`].
 pub fn op_for_scheme(scheme: Scheme) -> Op {
     match scheme {
         Scheme::RsaPkcs1Sha256 => Op::RsaSignSha256,
@@ -135,6 +136,7 @@ pub fn op_for_scheme(scheme: Scheme) -> Op {
         Scheme::EcdsaSecp256r1Sha256 => Op::EcdsaSignSha256,
         Scheme::EcdsaSecp384r1Sha384 => Op::EcdsaSignSha384,
         Scheme::Ed25519 => Op::Ed25519Sign,
+        Scheme::RsaRaw => Op::RsaDecryptRaw,
     }
 }
 
