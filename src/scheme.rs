@@ -487,10 +487,9 @@ pub mod rsa_encoding {
         out
     }
 
-    /// EMSA-PKCS1-v1_5: `00 01 FF.. 00 DigestInfo digest`, `k` bytes.
-    /// `None` when the modulus is too small for the digest.
-    pub fn pkcs1_v15(hash: HashAlg, digest: &[u8], k: usize) -> Option<Vec<u8>> {
-        let t = hash.digest_info(digest);
+    /// EMSA-PKCS1-v1_5 over an already built `T` (DigestInfo ‖ digest, or
+    /// the bare 36-byte MD5‖SHA-1 of TLS 1.0/1.1): `00 01 FF.. 00 T`.
+    pub fn pkcs1_v15_raw(t: &[u8], k: usize) -> Option<Vec<u8>> {
         if k < t.len() + 11 {
             return None;
         }
@@ -498,8 +497,41 @@ pub mod rsa_encoding {
         em[0] = 0;
         em[1] = 1;
         em[k - t.len() - 1] = 0;
-        em[k - t.len()..].copy_from_slice(&t);
+        em[k - t.len()..].copy_from_slice(t);
         Some(em)
+    }
+
+    /// Removes PKCS#1 v1.5 encryption padding (`00 02 PS 00 M`, PS at least
+    /// 8 non-zero bytes) without branching or indexing on the secret bytes
+    /// until the single valid/invalid decision, so every padding failure
+    /// looks the same (Bleichenbacher).
+    pub fn pkcs1_v15_unpad_encryption(em: &[u8]) -> Option<Vec<u8>> {
+        use subtle::{ConditionallySelectable, ConstantTimeEq, ConstantTimeGreater};
+        let k = em.len();
+        if k < 11 {
+            return None;
+        }
+        let mut good = em[0].ct_eq(&0) & em[1].ct_eq(&2);
+        let mut looking = subtle::Choice::from(1);
+        let mut sep = 0u64;
+        for (i, &b) in em.iter().enumerate().skip(2) {
+            let zero = b.ct_eq(&0);
+            sep.conditional_assign(&(i as u64), looking & zero);
+            looking &= !zero;
+        }
+        good &= !looking;
+        good &= sep.ct_gt(&9);
+        if bool::from(good) {
+            Some(em[sep as usize + 1..].to_vec())
+        } else {
+            None
+        }
+    }
+
+    /// EMSA-PKCS1-v1_5: `00 01 FF.. 00 DigestInfo digest`, `k` bytes.
+    /// `None` when the modulus is too small for the digest.
+    pub fn pkcs1_v15(hash: HashAlg, digest: &[u8], k: usize) -> Option<Vec<u8>> {
+        pkcs1_v15_raw(&hash.digest_info(digest), k)
     }
 
     fn pss_hash(hash: HashAlg, digest: &[u8], salt: &[u8]) -> Vec<u8> {
@@ -599,6 +631,39 @@ pub mod rsa_encoding {
                 assert!(!pss_verify(hash, &d, &bad, bits));
                 assert!(!pss_verify(hash, &hash.digest(b"n"), &em, bits));
             }
+        }
+
+        #[test]
+        fn encryption_unpadding_accepts_only_well_formed_blocks() {
+            let mut em = vec![0u8; 64];
+            em[1] = 2;
+            em[2..20].iter_mut().for_each(|b| *b = 0x33);
+            em[20] = 0;
+            em[21..].iter_mut().for_each(|b| *b = 0x44);
+            assert_eq!(pkcs1_v15_unpad_encryption(&em).unwrap(), vec![0x44; 43]);
+            let mut bad = em.clone();
+            bad[1] = 1;
+            assert!(pkcs1_v15_unpad_encryption(&bad).is_none());
+            let mut bad = em.clone();
+            bad[0] = 1;
+            assert!(pkcs1_v15_unpad_encryption(&bad).is_none());
+            // PS shorter than 8 bytes.
+            let mut short = em.clone();
+            short[5] = 0;
+            assert!(pkcs1_v15_unpad_encryption(&short).is_none());
+            // No separator at all.
+            let mut none = em.clone();
+            none[20] = 0x55;
+            assert!(pkcs1_v15_unpad_encryption(&none).is_none());
+            // An empty message is valid.
+            let mut empty = vec![0x66u8; 64];
+            empty[0] = 0;
+            empty[1] = 2;
+            empty[63] = 0;
+            assert_eq!(
+                pkcs1_v15_unpad_encryption(&empty).unwrap(),
+                Vec::<u8>::new()
+            );
         }
 
         #[test]

@@ -631,3 +631,120 @@ fn bench_drives_a_running_keyless_server() {
     );
     assert!(report["p99_us"].as_f64().unwrap() >= report["p50_us"].as_f64().unwrap());
 }
+
+fn rsa_public(f: &Fixture) -> openssl::rsa::Rsa<openssl::pkey::Public> {
+    openssl::pkey::PKey::public_key_from_pem(
+        &std::fs::read(f.dir.join("edge-rsa.pub.pem")).unwrap(),
+    )
+    .unwrap()
+    .rsa()
+    .unwrap()
+}
+
+#[test]
+fn rsa_decryption_and_legacy_digests_go_through_the_raw_operation() {
+    use openssl::rsa::Padding;
+    let f = fixture();
+    let rsa = rsa_public(f);
+    let k = rsa.size() as usize;
+    let premaster: Vec<u8> = (0..48u8).collect();
+    let mut c_pkcs1 = vec![0u8; k];
+    rsa.public_encrypt(&premaster, &mut c_pkcs1, Padding::PKCS1)
+        .unwrap();
+    let mut m_raw = vec![0x11u8; k];
+    m_raw[0] = 0;
+    let mut c_raw = vec![0u8; k];
+    rsa.public_encrypt(&m_raw, &mut c_raw, Padding::NONE)
+        .unwrap();
+    // Badly padded plaintexts, each encrypted raw: all must give one error.
+    let bad_blocks: Vec<Vec<u8>> = {
+        let mut v = Vec::new();
+        let mut b = vec![0x22u8; k];
+        b[0] = 0;
+        b[1] = 1; // block type 1
+        b[100] = 0;
+        v.push(b);
+        let mut b = vec![0x22u8; k];
+        b[0] = 0;
+        b[1] = 2; // no separator
+        v.push(b);
+        let mut b = vec![0x22u8; k];
+        b[0] = 0;
+        b[1] = 2;
+        b[5] = 0; // padding string too short
+        v.push(b);
+        v
+    };
+    let bad_cts: Vec<Vec<u8>> = bad_blocks
+        .iter()
+        .map(|b| {
+            let mut c = vec![0u8; k];
+            rsa.public_encrypt(b, &mut c, Padding::NONE).unwrap();
+            c
+        })
+        .collect();
+    let sha1 = openssl::sha::sha1(b"legacy").to_vec();
+    let md5sha1 = [
+        openssl::hash::hash(openssl::hash::MessageDigest::md5(), b"legacy")
+            .unwrap()
+            .to_vec(),
+        sha1.clone(),
+    ]
+    .concat();
+    rt().block_on(async {
+        let mut s = connect(f, "proxy", true).await.unwrap();
+        let mut frames = sign_request(1, f.rsa_ski, Op::RsaDecrypt, c_pkcs1.clone());
+        frames.extend(sign_request(2, f.rsa_ski, Op::RsaDecryptRaw, c_raw.clone()));
+        for (i, c) in bad_cts.iter().enumerate() {
+            frames.extend(sign_request(
+                10 + i as u32,
+                f.rsa_ski,
+                Op::RsaDecrypt,
+                c.clone(),
+            ));
+        }
+        frames.extend(sign_request(20, f.rsa_ski, Op::RsaSignSha1, sha1.clone()));
+        frames.extend(sign_request(
+            21,
+            f.rsa_ski,
+            Op::RsaSignMd5Sha1,
+            md5sha1.clone(),
+        ));
+        frames.extend(sign_request(
+            22,
+            f.rsa_ski,
+            Op::RsaDecrypt,
+            c_pkcs1[1..].to_vec(),
+        ));
+        frames.extend(sign_request(23, f.ec_ski, Op::RsaDecrypt, c_pkcs1.clone()));
+        s.write_all(&frames).await.unwrap();
+        let mut rs = read_responses(&mut s, 9).await;
+        rs.sort_by_key(|r| r.id);
+        let body = |id: u32| rs.iter().find(|r| r.id == id).unwrap().body.clone();
+        assert_eq!(body(1), ResponseBody::Payload(premaster.clone()));
+        assert_eq!(body(2), ResponseBody::Payload(m_raw.clone()));
+        for i in 0..3 {
+            assert_eq!(
+                body(10 + i),
+                ResponseBody::Error(ErrorCode::Crypto),
+                "bad block {i}"
+            );
+        }
+        let ResponseBody::Payload(sig) = body(20) else {
+            panic!("{:?}", body(20))
+        };
+        let pk = openssl::pkey::PKey::from_rsa(rsa_public(f)).unwrap();
+        let mut v =
+            openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha1(), &pk).unwrap();
+        v.update(b"legacy").unwrap();
+        assert!(v.verify(&sig).unwrap());
+        let ResponseBody::Payload(sig) = body(21) else {
+            panic!("{:?}", body(21))
+        };
+        let mut t = vec![0u8; k];
+        let n = rsa.public_decrypt(&sig, &mut t, Padding::PKCS1).unwrap();
+        assert_eq!(&t[..n], &md5sha1[..]);
+        assert_eq!(body(22), ResponseBody::Error(ErrorCode::Format));
+        assert_eq!(body(23), ResponseBody::Error(ErrorCode::Crypto));
+    });
+}

@@ -14,15 +14,18 @@ use super::protocol::{self, ErrorCode, HashAlg as OpHash, Op, OpKind, Request, R
 use crate::engine::{Engine, SignRequest, Signature};
 use crate::error::Error;
 use crate::keys::{Key, KeyId, KeyStore, Ski};
-use crate::scheme::{KeyKind, Scheme, SignInput};
+use crate::scheme::{KeyKind, Scheme, SignInput, rsa_encoding};
 
 /// The next step for a decoded request.
 #[derive(Debug)]
 pub enum Step {
     /// Answered without a signature (ping, errors).
     Done(Response),
-    /// Needs this signature from the engine.
+    /// Needs this signature (or raw RSA output) from the engine.
     Sign(u32, SignRequest),
+    /// Needs the raw RSA private operation, whose output is then stripped
+    /// of PKCS#1 v1.5 encryption padding in constant time.
+    Decrypt(u32, SignRequest),
 }
 
 /// Request handling shared by all connections of a listener.
@@ -63,6 +66,10 @@ impl Handler {
                         let result = self.engine.sign(sign).await;
                         self.finish(id, result, who)
                     }
+                    Step::Decrypt(id, sign) => {
+                        let result = self.engine.sign(sign).await;
+                        self.finish_decrypt(id, result, who)
+                    }
                 };
                 (name, response)
             }
@@ -99,8 +106,13 @@ impl Handler {
         let kind = req.op.kind();
         match kind {
             OpKind::Ping => return Step::Done(Response::pong(id, req.payload)),
-            // Digests sigmux does not sign with (MD5-SHA1, SHA-1, SHA-224).
-            OpKind::SignRsaPkcs1(h) | OpKind::SignRsaPss(h) | OpKind::SignEcdsa(h)
+            // RSA with the digests of TLS 1.0-1.2 that the signature schemes
+            // do not cover: encoded here, signed by the raw operation.
+            OpKind::SignRsaPkcs1(OpHash::Md5Sha1 | OpHash::Sha1 | OpHash::Sha224)
+            | OpKind::RsaDecrypt
+            | OpKind::RsaDecryptRaw => return self.plan_raw(req, kind, who),
+            // ECDSA and PSS only with the digests sigmux signs with.
+            OpKind::SignRsaPss(h) | OpKind::SignEcdsa(h)
                 if !matches!(h, OpHash::Sha256 | OpHash::Sha384 | OpHash::Sha512) =>
             {
                 return done(ErrorCode::BadOpcode);
@@ -124,6 +136,64 @@ impl Handler {
             Some(_) => return done(ErrorCode::Format),
         };
         Step::Sign(id, SignRequest::new(key, scheme, input))
+    }
+
+    /// Plans an operation on the raw RSA private operation: decryption, or
+    /// a PKCS#1 v1.5 signature with a legacy digest encoded here.
+    fn plan_raw(&self, req: Request, kind: OpKind, who: &ClientIdentity) -> Step {
+        let id = req.id;
+        let done = |code| Step::Done(Response::error(id, code));
+        let Some(key) = self.find_key(&req, who) else {
+            return done(ErrorCode::KeyNotFound);
+        };
+        let Some(k) = key.kind().rsa_bits().map(|b| b as usize / 8) else {
+            return done(ErrorCode::Crypto);
+        };
+        let input = match kind {
+            OpKind::RsaDecrypt | OpKind::RsaDecryptRaw => {
+                if req.payload.len() != k {
+                    return done(ErrorCode::Format);
+                }
+                req.payload
+            }
+            OpKind::SignRsaPkcs1(h) => {
+                if req.payload.len() != h.digest_len() {
+                    return done(ErrorCode::Format);
+                }
+                let t = match legacy_digest_info(h) {
+                    Some(prefix) => [prefix, &req.payload].concat(),
+                    None => req.payload,
+                };
+                match rsa_encoding::pkcs1_v15_raw(&t, k) {
+                    Some(em) => em,
+                    None => return done(ErrorCode::Crypto),
+                }
+            }
+            _ => return done(ErrorCode::BadOpcode),
+        };
+        let sign = SignRequest::new(key, Scheme::RsaRaw, SignInput::Message(input));
+        if kind == OpKind::RsaDecrypt {
+            Step::Decrypt(id, sign)
+        } else {
+            Step::Sign(id, sign)
+        }
+    }
+
+    /// The answer for a finished PKCS#1 v1.5 decryption: the plaintext, or
+    /// one error for every padding failure.
+    pub fn finish_decrypt(
+        &self,
+        id: u32,
+        result: crate::Result<Signature>,
+        who: &ClientIdentity,
+    ) -> Response {
+        match result {
+            Ok(raw) => match rsa_encoding::pkcs1_v15_unpad_encryption(&raw.bytes) {
+                Some(m) => Response::payload(id, m),
+                None => Response::error(id, ErrorCode::Crypto),
+            },
+            Err(e) => self.finish(id, Err(e), who),
+        }
     }
 
     /// The answer for a finished signature.
@@ -165,6 +235,22 @@ impl Handler {
                 None
             }
         }
+    }
+}
+
+/// The DigestInfo prefix for the legacy digests (none for MD5‖SHA-1, which
+/// TLS 1.0/1.1 sign bare).
+fn legacy_digest_info(h: OpHash) -> Option<&'static [u8]> {
+    match h {
+        OpHash::Sha1 => Some(&[
+            0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04,
+            0x14,
+        ]),
+        OpHash::Sha224 => Some(&[
+            0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+            0x04, 0x05, 0x00, 0x04, 0x1c,
+        ]),
+        _ => None,
     }
 }
 
