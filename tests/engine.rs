@@ -599,3 +599,36 @@ fn a_group_is_answered_together_in_order() {
     assert!(e.starts_with("item 2: wrong digest length"), "{e}");
     assert_eq!(engine.queue_depth(), 0);
 }
+
+#[test]
+fn callbacks_receive_answers_on_the_engine_threads() {
+    let engine = Engine::new(cfg(16, 1, 1024), vec![cpu()]).unwrap();
+    let k = key(KeyKind::Ed25519);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..50u32 {
+        let tx = tx.clone();
+        engine
+            .submit_with(req(&k, Scheme::Ed25519, i), move |r| {
+                let _ = tx.send((i, r));
+            })
+            .unwrap();
+    }
+    drop(tx);
+    let mut got: Vec<(u32, sigmux::Result<sigmux::Signature>)> = rx.iter().collect();
+    got.sort_by_key(|g| g.0);
+    assert_eq!(got.len(), 50);
+    for (i, r) in got {
+        assert!(openssl_verifies(
+            &k,
+            Scheme::Ed25519,
+            &i.to_be_bytes(),
+            &r.unwrap().bytes
+        ));
+    }
+    // Errors before queueing are returned, and the callback is not called.
+    let e = engine.submit_with(
+        SignRequest::new(k, Scheme::EcdsaSecp256r1Sha256, SignInput::Message(vec![1])),
+        |_| panic!("must not be called"),
+    );
+    assert!(e.is_err());
+}

@@ -23,7 +23,7 @@ use crate::scheme::{Scheme, SignInput};
 use batcher::Batcher;
 use dispatch::Slot;
 use reply::{Admission, Waiter};
-pub use reply::{GroupTicket, Ticket};
+pub use reply::{Callback, GroupTicket, Ticket};
 
 /// Engine limits.
 #[derive(Clone, Debug)]
@@ -170,6 +170,34 @@ impl Engine {
     /// error for a scheme that does not fit the key, a digest of the wrong
     /// length, or a key no backend can use.
     pub fn submit(&self, req: SignRequest) -> Result<Ticket> {
+        let mut ticket = None;
+        self.enqueue(req, |deadline, admission| {
+            let (waiter, t) = Waiter::one(deadline, admission);
+            ticket = Some(t);
+            waiter
+        })?;
+        ticket.ok_or(Error::ShuttingDown)
+    }
+
+    /// Queues a request whose answer is handed to `on_done` on the engine's
+    /// worker thread (keep it short: it delays that thread's next batch).
+    /// For callers that want neither a future nor a blocked thread. Errors
+    /// before queueing are returned here and `on_done` is not called.
+    pub fn submit_with(
+        &self,
+        req: SignRequest,
+        on_done: impl FnOnce(Result<Signature>) + Send + 'static,
+    ) -> Result<()> {
+        self.enqueue(req, |deadline, admission| {
+            Waiter::call(deadline, admission, Box::new(on_done))
+        })
+    }
+
+    fn enqueue(
+        &self,
+        req: SignRequest,
+        waiter: impl FnOnce(Instant, Admission) -> Waiter,
+    ) -> Result<()> {
         let inner = &self.inner;
         if inner.stopping.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
@@ -183,11 +211,11 @@ impl Engine {
         }
         inner.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + req.deadline.unwrap_or(inner.cfg.deadline);
-        let (waiter, ticket) = Waiter::one(deadline, Admission::share(&inner.admitted));
+        let waiter = waiter(deadline, Admission::share(&inner.admitted));
         inner
             .batcher
             .push(inner, req.key, req.scheme, [input], std::iter::once(waiter));
-        Ok(ticket)
+        Ok(())
     }
 
     /// Queues a group of requests for one key and scheme, answered together

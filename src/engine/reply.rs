@@ -99,9 +99,13 @@ struct Group {
     tx: Mutex<Option<oneshot::Sender<Vec<Result<Signature>>>>>,
 }
 
+/// A function that receives one answer, on the engine's worker thread.
+pub type Callback = Box<dyn FnOnce(Result<Signature>) + Send>;
+
 enum Reply {
     One(oneshot::Sender<Result<Signature>>),
     Member(Arc<Group>, usize),
+    Call(Callback),
 }
 
 /// Where one request's answer goes.
@@ -123,6 +127,15 @@ impl Waiter {
             },
             Ticket { rx },
         )
+    }
+
+    /// A waiter that hands the answer to `f`.
+    pub(crate) fn call(deadline: Instant, admission: Admission, f: Callback) -> Waiter {
+        Waiter {
+            reply: Some(Reply::Call(f)),
+            deadline,
+            admission: Some(admission),
+        }
     }
 
     /// Waiters for a group of `admissions.len()` requests and its ticket.
@@ -175,6 +188,7 @@ impl Waiter {
                     }
                 }
             }
+            Some(Reply::Call(f)) => f(result),
             None => {}
         }
     }
