@@ -1,4 +1,7 @@
-//! The SPIFFE CA front door. So far: strict SPIFFE ID parsing (`spiffe`);
-//! CSR checking, SVID profiles and the authority build on it.
+//! The SPIFFE CA front door: strict SPIFFE ID parsing (`spiffe`), PKCS#10
+//! checking (`csr`) and the X.509-SVID and JWT-SVID profiles (`svid`); the
+//! authority builds on them.
 
+pub mod csr;
 pub mod spiffe;
+pub mod svid;
