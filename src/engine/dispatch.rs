@@ -90,11 +90,12 @@ impl Slot {
         let (tx, rx) = crossbeam_channel::unbounded();
         let available = backend.availability() == Availability::Available;
         let caps = backend.capabilities();
-        // On a backend's own pool, one worker per pool thread; otherwise two
-        // at least, so one batch's hand-off overlaps another's signing.
+        // On a backend's own pool, one worker per pool thread; otherwise one
+        // per unit of parallelism (HSM sessions, GPU streams), two at least
+        // so one batch's hand-off overlaps another's signing.
         let workers = match backend.executor() {
             Some(pool) => pool.current_num_threads(),
-            None => caps.parallelism.clamp(2, 8),
+            None => caps.parallelism.clamp(2, 256),
         };
         let mut costs = HashMap::new();
         for &kind in KeyKind::all() {
