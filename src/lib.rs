@@ -3,6 +3,7 @@
 //! `DESIGN.md` for the way a request travels.
 
 pub mod app;
+pub mod audit;
 pub mod backend;
 pub mod bench;
 pub mod ca;

@@ -46,6 +46,19 @@ enum Command {
     },
     /// Load-test the engine in process.
     Bench(BenchArgs),
+    /// Work with the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of an audit log; prints the record count and
+    /// the head hash (publish it to detect truncation later).
+    Verify {
+        /// The log file (default: <data-dir>/audit.log).
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -238,6 +251,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(a) => bench_cmd(&cfg, a),
+        Command::Audit(AuditCommand::Verify { file }) => {
+            let path = file.unwrap_or_else(|| cfg.data_dir.join("audit.log"));
+            let v = sigmux::audit::verify(&path)?;
+            println!("ok: {} records, head {}", v.records, v.head);
+            Ok(())
+        }
     }
 }
 
@@ -245,7 +264,33 @@ fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
+/// Records a new key in the audit log and prints it.
+fn key_made(cfg: &Config, event: &str, key: &sigmux::Key) -> Result<()> {
+    let info = key.info();
+    sigmux::audit::AuditLog::open(&cfg.data_dir.join("audit.log"))?.append(
+        event,
+        serde_json::json!({
+            "name": info.name,
+            "kind": info.kind,
+            "placement": info.placement,
+            "key_id": info.key_id,
+        }),
+    )?;
+    println!("{} {} {}", key.name(), key.kind(), key.id());
+    Ok(())
+}
+
 fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
+    // A key must not be made when its event cannot be recorded: refuse up
+    // front if the audit log's chain is broken.
+    let audit = cfg.data_dir.join("audit.log");
+    if matches!(
+        cmd,
+        KeysCommand::Generate { .. } | KeysCommand::Import { .. }
+    ) && audit.exists()
+    {
+        sigmux::audit::verify(&audit)?;
+    }
     match cmd {
         KeysCommand::Generate {
             name,
@@ -264,7 +309,7 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
                     app::require_hsm(cfg)?;
                     let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
                     let key = app::hsm_generate(cfg, &store, &name, kind, token.as_deref())?;
-                    println!("{} {} {}", key.name(), key.kind(), key.id());
+                    key_made(cfg, "key.generate", &key)?;
                     return Ok(());
                 }
                 other => {
@@ -277,7 +322,7 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
             sigmux::keys::validate_name(&name)?;
             let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
             let key = store.generate(&name, kind)?;
-            println!("{} {} {}", key.name(), key.kind(), key.id());
+            key_made(cfg, "key.generate", &key)?;
             Ok(())
         }
         KeysCommand::Import {
@@ -318,7 +363,7 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
                     id.as_deref(),
                     token.as_deref(),
                 )?;
-                println!("{} {} {}", key.name(), key.kind(), key.id());
+                key_made(cfg, "key.import", &key)?;
                 return Ok(());
             }
             if backend != "soft" {
@@ -339,7 +384,7 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
             sigmux::keys::check_import(&bytes)?;
             let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
             let key = store.import(&name, &bytes)?;
-            println!("{} {} {}", key.name(), key.kind(), key.id());
+            key_made(cfg, "key.import", &key)?;
             Ok(())
         }
         KeysCommand::List { json } => {

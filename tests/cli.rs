@@ -2077,3 +2077,38 @@ fn trace_logs_never_show_private_keys_or_the_kek() {
         }
     }
 }
+
+#[test]
+fn key_events_are_audited_in_a_hash_chain_that_detects_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    sigmux(
+        &data,
+        None,
+        &["keys", "generate", "--name", "a", "--kind", "p256"],
+    )
+    .ok();
+    sigmux(
+        &data,
+        None,
+        &["keys", "generate", "--name", "b", "--kind", "ed25519"],
+    )
+    .ok();
+    let out = sigmux(&data, None, &["audit", "verify"]).ok().stdout_text();
+    assert!(out.starts_with("ok: 2 records, head "), "{out}");
+    let log = data.join("audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("\"event\":\"key.generate\"") && text.contains("\"name\":\"b\""));
+    assert!(!text.to_lowercase().contains("private"), "{text}");
+    std::fs::write(&log, text.replacen("\"name\":\"a\"", "\"name\":\"z\"", 1)).unwrap();
+    let path = log.display().to_string();
+    sigmux(&data, None, &["audit", "verify", &path]).fails_with(&["line 2", "hash chain broken"]);
+    // With a broken log no key is made (its event could not be recorded).
+    sigmux(
+        &data,
+        None,
+        &["keys", "generate", "--name", "c", "--kind", "p256"],
+    )
+    .fails_with(&["audit log", "line 2"]);
+    assert!(!data.join("keys/c.key").exists());
+}
