@@ -38,6 +38,11 @@ pub struct BenchOptions {
     pub compare_raw: bool,
     /// Show a progress bar.
     pub progress: bool,
+    /// Closed-loop clients take answers by callback on the engine's
+    /// workers and submit their next request from there, instead of being
+    /// async tasks woken per answer: measures the engine without an async
+    /// caller's wake-up cost.
+    pub callbacks: bool,
     /// Drive a running keyless server instead of an in-process engine.
     pub target: Option<KeylessTarget>,
 }
@@ -88,6 +93,9 @@ pub struct BenchReport {
     pub mean_batch: f64,
     /// Requests in flight (closed loop).
     pub concurrency: usize,
+    /// How load was offered: `async` (one task per client, woken per
+    /// answer), `groups`, `callbacks`, or `open-loop`.
+    pub driver: String,
     /// Offered load (open loop), requests per second.
     pub rate: Option<f64>,
     /// The engine's max_batch during the run.
@@ -113,6 +121,15 @@ pub struct BenchReport {
     pub commit: String,
     /// When the run ended (RFC 3339, UTC).
     pub timestamp: String,
+}
+
+fn driver_name(opts: &BenchOptions) -> &'static str {
+    match (opts.rate, opts.batch.unwrap_or(1) > 1, opts.callbacks) {
+        (Some(_), _, _) => "open-loop",
+        (None, true, _) => "groups",
+        (None, false, true) => "callbacks",
+        (None, false, false) => "async",
+    }
 }
 
 /// The key kind a scheme is benchmarked with unless told otherwise.
@@ -241,6 +258,7 @@ fn run_with_key(
             0.0
         },
         concurrency: opts.concurrency,
+        driver: driver_name(opts).into(),
         rate: opts.rate,
         max_batch: ecfg.max_batch,
         max_wait_us: ecfg.max_wait.as_micros() as u64,
@@ -298,6 +316,9 @@ fn run_engine(engine: &Arc<Engine>, key: &Arc<Key>, opts: &BenchOptions) -> Resu
     let measure_from = start + warmup;
     let end = measure_from + opts.duration;
     let parts = match opts.rate {
+        None if opts.callbacks && opts.batch.unwrap_or(1) <= 1 => {
+            callback_loop(engine, key, opts, measure_from, end, &done)
+        }
         None => rt.block_on(closed_loop(engine, key, opts, measure_from, end, &done)),
         Some(rate) => open_loop(engine, key, opts, rate, measure_from, end, &done),
     };
@@ -392,6 +413,82 @@ fn record(lat: &mut Vec<u32>, d: Duration) {
         });
     }
     lat.push(d.as_micros().min(u32::MAX as u128) as u32);
+}
+
+/// One closed-loop client driven by callbacks: each answer records its
+/// latency and sends the next request from the engine's worker thread.
+struct CallbackClient {
+    engine: Arc<Engine>,
+    key: Arc<Key>,
+    scheme: Scheme,
+    input: SignInput,
+    measure_from: Instant,
+    end: Instant,
+    part: Arc<parking_lot::Mutex<Part>>,
+    done: Arc<AtomicU64>,
+    stopped: Arc<AtomicU64>,
+}
+
+impl CallbackClient {
+    fn fire(self: Arc<Self>) {
+        let t0 = Instant::now();
+        if t0 >= self.end {
+            self.stopped.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
+        let me = self.clone();
+        let req = SignRequest::new(self.key.clone(), self.scheme, self.input.clone());
+        let submitted = self.engine.submit_with(req, move |r| {
+            let t1 = Instant::now();
+            me.done.fetch_add(1, Ordering::Relaxed);
+            if t0 >= me.measure_from && t1 <= me.end {
+                let mut p = me.part.lock();
+                if r.is_ok() {
+                    p.0 += 1;
+                    record(&mut p.2, t1 - t0);
+                } else {
+                    p.1 += 1;
+                }
+            }
+            me.fire();
+        });
+        if submitted.is_err() {
+            self.part.lock().1 += 1;
+            self.stopped.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn callback_loop(
+    engine: &Arc<Engine>,
+    key: &Arc<Key>,
+    opts: &BenchOptions,
+    measure_from: Instant,
+    end: Instant,
+    done: &Arc<AtomicU64>,
+) -> Vec<Part> {
+    let part: Arc<parking_lot::Mutex<Part>> = Arc::default();
+    let stopped = Arc::new(AtomicU64::new(0));
+    for i in 0..opts.concurrency {
+        Arc::new(CallbackClient {
+            engine: engine.clone(),
+            key: key.clone(),
+            scheme: opts.scheme,
+            input: bench_input(opts.scheme, i as u64),
+            measure_from,
+            end,
+            part: part.clone(),
+            done: done.clone(),
+            stopped: stopped.clone(),
+        })
+        .fire();
+    }
+    let give_up = end + Duration::from_secs(30);
+    while stopped.load(Ordering::Acquire) < opts.concurrency as u64 && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let p = std::mem::take(&mut *part.lock());
+    vec![p]
 }
 
 /// The shortest sleep of the open-loop pacer.
@@ -566,6 +663,7 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
         p999_us: m.percentile(0.999),
         mean_batch: 0.0,
         concurrency: opts.concurrency,
+        driver: "async".into(),
         rate: None,
         max_batch: 0,
         max_wait_us: 0,

@@ -49,6 +49,44 @@ enum Command {
     /// Work with the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The SPIFFE CA: chain and trust bundle.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Make the root CA, the intermediate signing CA and the JWT-SVID key.
+    Init {
+        /// The trust domain, e.g. example.org.
+        #[arg(long)]
+        trust_domain: String,
+        /// Kind of the root key.
+        #[arg(long, default_value = "p256")]
+        root_kind: String,
+        /// Kind of the intermediate key.
+        #[arg(long, default_value = "p256")]
+        intermediate_kind: String,
+        /// Kind of the JWT-SVID signing key (p256, p384 or RSA).
+        #[arg(long, default_value = "p256")]
+        jwt_kind: String,
+        /// Root certificate lifetime in days.
+        #[arg(long, default_value_t = 3650)]
+        root_days: u64,
+        /// Intermediate certificate lifetime in days.
+        #[arg(long, default_value_t = 365)]
+        intermediate_days: u64,
+        /// Write the root key here, encrypted with the passphrase in
+        /// SIGMUX_ROOT_PASSPHRASE, instead of keeping it in the key store.
+        #[arg(long)]
+        offline_root: Option<PathBuf>,
+    },
+    /// Print the trust bundle.
+    Bundle {
+        /// pem (root and intermediates) or jwks (SPIFFE bundle).
+        #[arg(long, default_value = "pem")]
+        format: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -166,6 +204,10 @@ struct BenchArgs {
     /// Also run the bare library on the same threads and report the ratio.
     #[arg(long)]
     compare_raw: bool,
+    /// Closed-loop clients take answers by callback on the engine's threads
+    /// (no async runtime between answers and the next request).
+    #[arg(long)]
+    callbacks: bool,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -251,6 +293,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(a) => bench_cmd(&cfg, a),
+        Command::Ca(c) => ca_cmd(&cfg, c),
         Command::Audit(AuditCommand::Verify { file }) => {
             let path = file.unwrap_or_else(|| cfg.data_dir.join("audit.log"));
             let v = sigmux::audit::verify(&path)?;
@@ -487,6 +530,7 @@ fn bench_cmd(cfg: &Config, a: BenchArgs) -> Result<()> {
         batch: a.batch,
         rate: a.rate,
         compare_raw: a.compare_raw,
+        callbacks: a.callbacks,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let report = bench::run(cfg, &opts)?;
@@ -495,6 +539,98 @@ fn bench_cmd(cfg: &Config, a: BenchArgs) -> Result<()> {
         report.write_json(&path)?;
     }
     Ok(())
+}
+
+fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
+    use sigmux::ca::authority::{self, CaState, InitOptions};
+    match cmd {
+        CaCommand::Init {
+            trust_domain,
+            root_kind,
+            intermediate_kind,
+            jwt_kind,
+            root_days,
+            intermediate_days,
+            offline_root,
+        } => {
+            let td = sigmux::ca::spiffe::TrustDomain::parse(&trust_domain)
+                .map_err(|e| Error::Invalid(format!("--trust-domain: {e}")))?;
+            let days = |d: u64| Duration::from_secs(d.saturating_mul(86_400));
+            let opts = InitOptions {
+                root_kind: root_kind.parse()?,
+                intermediate_kind: intermediate_kind.parse()?,
+                jwt_kind: jwt_kind.parse()?,
+                root_ttl: days(root_days),
+                intermediate_ttl: days(intermediate_days),
+                offline_root,
+                ..InitOptions::new(td)
+            };
+            // Refuse before the data dir, keys or an engine are touched.
+            if CaState::exists(&cfg.data_dir) {
+                return Err(Error::Invalid(format!(
+                    "a CA already exists in {}; refusing to make another",
+                    cfg.data_dir.display()
+                )));
+            }
+            opts.check()?;
+            let pass = match opts.offline_root {
+                Some(_) => Some(authority::root_passphrase_from_env()?),
+                None => None,
+            };
+            let audit = cfg.data_dir.join("audit.log");
+            if audit.exists() {
+                sigmux::audit::verify(&audit)?;
+            }
+            let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
+            let engine = app::start_engine(cfg, cfg.engine_config(), "auto")?;
+            let state = authority::init(
+                &cfg.data_dir,
+                &store,
+                &engine,
+                &opts,
+                pass.as_deref().map(String::as_str),
+            )?;
+            let int = &state.intermediates[0];
+            sigmux::audit::AuditLog::open(&audit)?.append(
+                "ca_init",
+                serde_json::json!({
+                    "trust_domain": state.trust_domain,
+                    "root_serial": state.root.serial,
+                    "root_key": state.root.key_name,
+                    "intermediate_serial": int.serial,
+                    "intermediate_key": int.key_name,
+                    "jwt_key": state.jwt_keys[0].key_name,
+                    "jwt_kid": state.jwt_keys[0].kid,
+                }),
+            )?;
+            println!(
+                "trust domain {}: root {} ({}), intermediate {} ({}), jwt kid {}",
+                state.trust_domain,
+                state.root.serial,
+                state.root.key_name.as_deref().unwrap_or("offline"),
+                int.serial,
+                int.key_name,
+                state.jwt_keys[0].kid
+            );
+            Ok(())
+        }
+        CaCommand::Bundle { format } => {
+            let state = CaState::require(&cfg.data_dir)?;
+            match format.as_str() {
+                "pem" => print!("{}", authority::bundle_pem(&state)?),
+                "jwks" => {
+                    let store = app::open_keys(cfg, KekUse::NotNeeded)?;
+                    println!("{}", pretty(&authority::bundle_jwks(&state, &store)?));
+                }
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "unknown bundle format '{other}' (expected pem or jwks)"
+                    )));
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 fn print_backends(report: &serde_json::Value) {

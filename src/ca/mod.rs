@@ -2,6 +2,7 @@
 //! checking (`csr`) and the X.509-SVID and JWT-SVID profiles (`svid`); the
 //! authority builds on them.
 
+pub mod authority;
 pub mod csr;
 pub mod spiffe;
 pub mod svid;

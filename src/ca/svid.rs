@@ -502,7 +502,7 @@ pub fn validate_dns_name(name: &str, allow_wildcard: bool) -> Result<(), SvidErr
     Ok(())
 }
 
-fn unix_secs(t: SystemTime) -> Result<i64, SvidError> {
+pub(crate) fn unix_secs(t: SystemTime) -> Result<i64, SvidError> {
     let d = t
         .duration_since(UNIX_EPOCH)
         .map_err(|_| SvidError::ClockBeforeEpoch)?;
@@ -704,7 +704,7 @@ pub fn signature_algorithm(scheme: Scheme) -> Option<Vec<u8>> {
     })
 }
 
-fn pem_block(der: &[u8]) -> String {
+pub(crate) fn pem_block(der: &[u8]) -> String {
     pem::encode_config(
         &pem::Pem::new("CERTIFICATE", der),
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
@@ -1005,7 +1005,7 @@ fn rfc3339(secs: i64) -> String {
 }
 
 /// UTCTime for 1950-2049, GeneralizedTime otherwise (RFC 5280 §4.1.2.5).
-fn encode_time(secs: i64) -> Vec<u8> {
+pub(crate) fn encode_time(secs: i64) -> Vec<u8> {
     let (y, mo, d, h, mi, s) = split_time(secs);
     if (1950..2050).contains(&y) {
         let text = format!("{:02}{mo:02}{d:02}{h:02}{mi:02}{s:02}Z", y % 100);
@@ -1018,7 +1018,7 @@ fn encode_time(secs: i64) -> Vec<u8> {
 }
 
 /// One DER element.
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + 6);
     out.push(tag);
     let len = content.len();
@@ -1035,12 +1035,12 @@ fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
 }
 
 /// A SEQUENCE of already-encoded elements.
-fn seq(parts: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn seq(parts: &[&[u8]]) -> Vec<u8> {
     tlv(tag::SEQUENCE, &parts.concat())
 }
 
 /// An Extension; `critical` is encoded only when true (DER default).
-fn extension(id: &[u8], critical: bool, value: &[u8]) -> Vec<u8> {
+pub(crate) fn extension(id: &[u8], critical: bool, value: &[u8]) -> Vec<u8> {
     let id = tlv(tag::OID, id);
     let value = tlv(tag::OCTET_STRING, value);
     if critical {
@@ -1051,7 +1051,7 @@ fn extension(id: &[u8], critical: bool, value: &[u8]) -> Vec<u8> {
 }
 
 /// OIDs of the certificate extensions and attributes written here.
-mod ext_oid {
+pub(crate) mod ext_oid {
     pub const ORGANIZATION: &[u8] = &[0x55, 0x04, 0x0a];
     pub const SUBJECT_KEY_ID: &[u8] = &[0x55, 0x1d, 0x0e];
     pub const KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x0f];

@@ -1,0 +1,440 @@
+//! `sigmux ca init` and `sigmux ca bundle` as an operator runs them: the
+//! real binary on a fresh data dir, with the `openssl` command-line tool as
+//! the independent party that path-validates the chain, prints the
+//! extensions and decrypts the offline root key.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use openssl::x509::X509;
+use tempfile::TempDir;
+
+const PASS_ENV: &str = "SIGMUX_ROOT_PASSPHRASE";
+
+fn sigmux(data: &Path, args: &[&str], pass: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigmux"));
+    cmd.arg("--data-dir").arg(data).args(args);
+    cmd.env_remove("SIGMUX_CONFIG")
+        .env_remove("SIGMUX_DATA_DIR");
+    match pass {
+        Some(p) => cmd.env(PASS_ENV, p),
+        None => cmd.env_remove(PASS_ENV),
+    };
+    cmd.output().expect("run sigmux")
+}
+
+fn ok(out: Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{what} failed: {:?}\n{stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panick"), "{what}: {stderr}");
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+fn openssl(dir: &Path, args: &[&str], pass: Option<&str>) -> Output {
+    let mut cmd = Command::new("openssl");
+    cmd.current_dir(dir).args(args);
+    if let Some(p) = pass {
+        cmd.env(PASS_ENV, p);
+    }
+    cmd.output().expect("run openssl")
+}
+
+fn openssl_ok(dir: &Path, args: &[&str]) -> String {
+    let out = openssl(dir, args, None);
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The certificates of a PEM bundle, in order.
+fn certs(pem_text: &str) -> Vec<X509> {
+    X509::stack_from_pem(pem_text.as_bytes()).expect("bundle parses as PEM certificates")
+}
+
+fn state(data: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(data.join("ca/state.json")).unwrap()).unwrap()
+}
+
+/// The lines of `openssl x509 -text` from the extension `name` to the next
+/// extension header.
+fn ext_block(text: &str, name: &str) -> String {
+    let start = text
+        .find(name)
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    let rest = &text[start..];
+    let end = rest[1..]
+        .find("X509v3 ")
+        .or_else(|| rest.find("Signature Algorithm"))
+        .map_or(rest.len(), |e| e + 1);
+    rest[..end].to_string()
+}
+
+fn days(cert: &X509) -> i32 {
+    cert.not_before().diff(cert.not_after()).unwrap().days
+}
+
+fn init_default() -> (TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = ok(
+        sigmux(
+            &data,
+            &["ca", "init", "--trust-domain", "example.org"],
+            None,
+        ),
+        "ca init",
+    );
+    (dir, out)
+}
+
+#[test]
+fn init_makes_a_chain_openssl_verifies_with_the_spiffe_ca_profile() {
+    let (dir, _) = init_default();
+    let data = dir.path().join("data");
+    let pem_text = ok(sigmux(&data, &["ca", "bundle"], None), "ca bundle");
+    let bundle = certs(&pem_text);
+    assert_eq!(bundle.len(), 2, "root + intermediate");
+    let (root, int) = (&bundle[0], &bundle[1]);
+    std::fs::write(dir.path().join("root.pem"), root.to_pem().unwrap()).unwrap();
+    std::fs::write(dir.path().join("int.pem"), int.to_pem().unwrap()).unwrap();
+
+    let v = openssl_ok(dir.path(), &["verify", "-CAfile", "root.pem", "int.pem"]);
+    assert_eq!(v.trim(), "int.pem: OK");
+    // The root is self-signed and verifies on its own.
+    openssl_ok(dir.path(), &["verify", "-CAfile", "root.pem", "root.pem"]);
+
+    // The intermediate, field by field.
+    let text = openssl_ok(dir.path(), &["x509", "-in", "int.pem", "-noout", "-text"]);
+    let root_text = openssl_ok(dir.path(), &["x509", "-in", "root.pem", "-noout", "-text"]);
+    assert!(text.contains("Version: 3 (0x2)"), "{text}");
+    let bc = ext_block(&text, "X509v3 Basic Constraints");
+    assert!(
+        bc.contains("critical") && bc.contains("CA:TRUE, pathlen:0"),
+        "{bc}"
+    );
+    let ku = ext_block(&text, "X509v3 Key Usage");
+    assert!(ku.contains("critical"), "{ku}");
+    assert_eq!(
+        ku.lines().nth(1).unwrap().trim(),
+        "Certificate Sign, CRL Sign"
+    );
+    let san = ext_block(&text, "X509v3 Subject Alternative Name");
+    assert_eq!(
+        san.lines().nth(1).unwrap().trim(),
+        "URI:spiffe://example.org"
+    );
+    assert!(!san.contains("critical"), "{san}");
+    assert!(!text.contains("Extended Key Usage"), "{text}");
+    let ski = ext_block(&text, "X509v3 Subject Key Identifier");
+    let aki = ext_block(&text, "X509v3 Authority Key Identifier");
+    let root_ski = ext_block(&root_text, "X509v3 Subject Key Identifier");
+    let value = |b: &str| {
+        b.lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .trim_start_matches("keyid:")
+            .to_string()
+    };
+    assert_eq!(value(&aki), value(&root_ski), "AKI names the root's SKI");
+    assert_ne!(value(&ski), value(&root_ski));
+    assert_eq!(
+        int.issuer_name().to_der().unwrap(),
+        root.subject_name().to_der().unwrap()
+    );
+    // 128-bit positive serial.
+    let serial = int.serial_number().to_bn().unwrap();
+    assert!(!serial.is_negative() && serial.num_bits() > 64 && serial.num_bits() <= 127);
+    assert!(
+        (364..=366).contains(&days(int)),
+        "intermediate lives a year"
+    );
+
+    // The root.
+    let bc = ext_block(&root_text, "X509v3 Basic Constraints");
+    assert!(
+        bc.contains("critical") && bc.contains("CA:TRUE, pathlen:1"),
+        "{bc}"
+    );
+    let ku = ext_block(&root_text, "X509v3 Key Usage");
+    assert!(ku.contains("critical") && ku.contains("Certificate Sign, CRL Sign"));
+    assert!(root_text.contains("URI:spiffe://example.org"));
+    assert_eq!(
+        root.issuer_name().to_der().unwrap(),
+        root.subject_name().to_der().unwrap()
+    );
+    assert!((3649..=3651).contains(&days(root)), "root lives ten years");
+
+    // The state names the keys, which are in the store.
+    let st = state(&data);
+    assert_eq!(st["trust_domain"], "example.org");
+    assert_eq!(st["bundle_sequence"], 1);
+    assert_eq!(st["intermediates"][0]["status"], "active");
+    let int_key = st["intermediates"][0]["key_name"].as_str().unwrap();
+    let root_key = st["root"]["key_name"].as_str().unwrap();
+    assert!(int_key.starts_with("ca-int-") && root_key.starts_with("ca-root-"));
+    let listed = ok(sigmux(&data, &["keys", "list"], None), "keys list");
+    assert!(
+        listed.contains(int_key) && listed.contains(root_key),
+        "{listed}"
+    );
+    // The store's intermediate key is the one certified.
+    let public = ok(
+        sigmux(&data, &["keys", "public", "--name", int_key], None),
+        "keys public",
+    );
+    assert_eq!(
+        public.trim(),
+        String::from_utf8(int.public_key().unwrap().public_key_to_pem().unwrap())
+            .unwrap()
+            .trim()
+    );
+}
+
+#[test]
+fn second_init_fails_with_one_clear_error() {
+    let (dir, _) = init_default();
+    let data = dir.path().join("data");
+    let before = std::fs::read(data.join("ca/state.json")).unwrap();
+    let out = sigmux(&data, &["ca", "init", "--trust-domain", "other.org"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("sigmux: error: ") && lines[0].contains("already exists"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(data.join("ca/state.json")).unwrap(), before);
+
+    // Bad input is refused before anything is made.
+    let fresh = dir.path().join("fresh");
+    for args in [
+        &["ca", "init", "--trust-domain", "Bad.Domain"][..],
+        &[
+            "ca",
+            "init",
+            "--trust-domain",
+            "a.org",
+            "--jwt-kind",
+            "ed25519",
+        ],
+        &[
+            "ca",
+            "init",
+            "--trust-domain",
+            "a.org",
+            "--root-kind",
+            "dsa",
+        ],
+    ] {
+        let out = sigmux(&fresh, args, None);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with("sigmux: error: "), "{stderr}");
+        assert!(!fresh.join("ca").exists());
+    }
+    // No CA yet: bundle says so.
+    let out = sigmux(&fresh, &["ca", "bundle"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ca init"));
+    let out = sigmux(&data, &["ca", "bundle", "--format", "xml"], None);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected pem or jwks"));
+}
+
+#[test]
+fn jwks_bundle_has_the_spiffe_members() {
+    let (dir, _) = init_default();
+    let data = dir.path().join("data");
+    let pem_text = ok(sigmux(&data, &["ca", "bundle"], None), "ca bundle");
+    let bundle = certs(&pem_text);
+    let text = ok(
+        sigmux(&data, &["ca", "bundle", "--format", "jwks"], None),
+        "ca bundle jwks",
+    );
+    let jwks: serde_json::Value = serde_json::from_str(&text).expect("JWKS is JSON");
+    assert_eq!(jwks["spiffe_sequence"], 1);
+    assert!(jwks["spiffe_refresh_hint"].as_u64().unwrap() > 0);
+    let keys = jwks["keys"].as_array().unwrap();
+    let x509: Vec<&serde_json::Value> = keys.iter().filter(|k| k["use"] == "x509-svid").collect();
+    let jwt: Vec<&serde_json::Value> = keys.iter().filter(|k| k["use"] == "jwt-svid").collect();
+    assert_eq!((x509.len(), jwt.len(), keys.len()), (2, 1, 3));
+    for (k, cert) in x509.iter().zip(&bundle) {
+        let x5c = k["x5c"].as_array().unwrap();
+        assert_eq!(x5c.len(), 1);
+        let der = B64.decode(x5c[0].as_str().unwrap()).unwrap();
+        assert_eq!(der, cert.to_der().unwrap());
+        assert_eq!(
+            (k["kty"].as_str(), k["crv"].as_str()),
+            (Some("EC"), Some("P-256"))
+        );
+        // x and y are the certificate's public key.
+        let ec = cert.public_key().unwrap().ec_key().unwrap();
+        let mut ctx = openssl::bn::BigNumContext::new().unwrap();
+        let point = ec
+            .public_key()
+            .to_bytes(
+                ec.group(),
+                openssl::ec::PointConversionForm::UNCOMPRESSED,
+                &mut ctx,
+            )
+            .unwrap();
+        let x = B64URL.decode(k["x"].as_str().unwrap()).unwrap();
+        let y = B64URL.decode(k["y"].as_str().unwrap()).unwrap();
+        assert_eq!([&[4u8][..], &x, &y].concat(), point);
+        assert!(k.get("kid").is_none());
+    }
+    let j = jwt[0];
+    let st = state(&data);
+    let name = st["jwt_keys"][0]["key_name"].as_str().unwrap();
+    assert_eq!(j["kid"], st["jwt_keys"][0]["kid"]);
+    // kid = base64url(first 16 bytes of SHA-256(SPKI)).
+    let spki_pem = ok(
+        sigmux(&data, &["keys", "public", "--name", name], None),
+        "keys public",
+    );
+    let spki = openssl::pkey::PKey::public_key_from_pem(spki_pem.as_bytes())
+        .unwrap()
+        .public_key_to_der()
+        .unwrap();
+    let kid = B64URL.encode(&openssl::sha::sha256(&spki)[..16]);
+    assert_eq!(j["kid"].as_str(), Some(kid.as_str()));
+    assert_eq!(
+        (j["kty"].as_str(), j["crv"].as_str()),
+        (Some("EC"), Some("P-256"))
+    );
+    assert!(j.get("x5c").is_none());
+}
+
+#[test]
+fn offline_root_leaves_only_the_certificate_and_an_encrypted_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("root-key.pem");
+    let file_s = file.to_str().unwrap();
+    let args = [
+        "ca",
+        "init",
+        "--trust-domain",
+        "prod.example",
+        "--root-kind",
+        "rsa2048",
+        "--intermediate-kind",
+        "p384",
+        "--offline-root",
+        file_s,
+    ];
+
+    // Without the passphrase nothing is made.
+    let out = sigmux(&data, &args, None);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(PASS_ENV), "{stderr}");
+    assert!(!file.exists() && !data.join("ca").exists());
+
+    let pass = "correct horse battery staple";
+    ok(sigmux(&data, &args, Some(pass)), "ca init --offline-root");
+
+    // The store has no root key; the state records none.
+    let st = state(&data);
+    assert!(st["root"]["key_name"].is_null());
+    for e in std::fs::read_dir(data.join("keys")).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        assert!(!name.contains("root"), "{name}");
+    }
+    let listed = ok(sigmux(&data, &["keys", "list"], None), "keys list");
+    assert!(!listed.contains("ca-root"), "{listed}");
+
+    // The file is encrypted PKCS#8 and opens with the passphrase only.
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "key file is private");
+    }
+    let out = openssl(
+        dir.path(),
+        &[
+            "pkey",
+            "-in",
+            file_s,
+            "-passin",
+            &format!("env:{PASS_ENV}"),
+            "-pubout",
+        ],
+        Some(pass),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrong = openssl(
+        dir.path(),
+        &[
+            "pkey",
+            "-in",
+            file_s,
+            "-passin",
+            &format!("env:{PASS_ENV}"),
+            "-noout",
+        ],
+        Some("wrong"),
+    );
+    assert!(!wrong.status.success());
+
+    // It is the root certificate's key, and the chain verifies.
+    let pem_text = ok(sigmux(&data, &["ca", "bundle"], None), "ca bundle");
+    let bundle = certs(&pem_text);
+    assert_eq!(bundle.len(), 2);
+    let root_pub = bundle[0].public_key().unwrap().public_key_to_pem().unwrap();
+    assert_eq!(out.stdout, root_pub);
+    std::fs::write(dir.path().join("root.pem"), bundle[0].to_pem().unwrap()).unwrap();
+    std::fs::write(dir.path().join("int.pem"), bundle[1].to_pem().unwrap()).unwrap();
+    openssl_ok(dir.path(), &["verify", "-CAfile", "root.pem", "int.pem"]);
+
+    // An existing file is never overwritten.
+    let other = dir.path().join("other");
+    let out = sigmux(
+        &other,
+        &[
+            "ca",
+            "init",
+            "--trust-domain",
+            "x.org",
+            "--offline-root",
+            file_s,
+        ],
+        Some(pass),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+
+    // The JWKS carries the RSA root as n/e.
+    let jwks: serde_json::Value = serde_json::from_str(&ok(
+        sigmux(&data, &["ca", "bundle", "--format", "jwks"], None),
+        "jwks",
+    ))
+    .unwrap();
+    let root_jwk = &jwks["keys"][0];
+    assert_eq!(root_jwk["kty"], "RSA");
+    assert_eq!(root_jwk["e"], "AQAB");
+    let rsa = bundle[0].public_key().unwrap().rsa().unwrap();
+    assert_eq!(
+        B64URL.decode(root_jwk["n"].as_str().unwrap()).unwrap(),
+        rsa.n().to_vec()
+    );
+    assert_eq!(jwks["keys"][1]["crv"], "P-384");
+}
