@@ -37,6 +37,12 @@ pub enum Scheme {
     /// scheme, so not in [`Scheme::all`] and not accepted by name; the
     /// release check is `out^e mod n = input`.
     RsaRaw,
+    /// ECDSA on P-256 over a digest the caller chose (any length up to 64
+    /// bytes: SHA-1, SHA-224, SHA-384, SHA-512, MD5‖SHA-1), as TLS 1.0-1.2
+    /// clients ask for. Not in [`Scheme::all`]; not accepted by name.
+    EcdsaP256AnyDigest,
+    /// The same on P-384.
+    EcdsaP384AnyDigest,
 }
 
 /// The family of key a scheme needs.
@@ -163,6 +169,8 @@ impl Scheme {
             Scheme::EcdsaSecp384r1Sha384 => "ecdsa_secp384r1_sha384",
             Scheme::Ed25519 => "ed25519",
             Scheme::RsaRaw => "rsa_raw",
+            Scheme::EcdsaP256AnyDigest => "ecdsa_secp256r1_any_digest",
+            Scheme::EcdsaP384AnyDigest => "ecdsa_secp384r1_any_digest",
         }
     }
 
@@ -176,8 +184,8 @@ impl Scheme {
             | Scheme::RsaPssRsaeSha384
             | Scheme::RsaPssRsaeSha512
             | Scheme::RsaRaw => Family::Rsa,
-            Scheme::EcdsaSecp256r1Sha256 => Family::Ecdsa(Curve::P256),
-            Scheme::EcdsaSecp384r1Sha384 => Family::Ecdsa(Curve::P384),
+            Scheme::EcdsaSecp256r1Sha256 | Scheme::EcdsaP256AnyDigest => Family::Ecdsa(Curve::P256),
+            Scheme::EcdsaSecp384r1Sha384 | Scheme::EcdsaP384AnyDigest => Family::Ecdsa(Curve::P384),
             Scheme::Ed25519 => Family::Ed25519,
         }
     }
@@ -193,7 +201,10 @@ impl Scheme {
                 Some(HashAlg::Sha384)
             }
             Scheme::RsaPkcs1Sha512 | Scheme::RsaPssRsaeSha512 => Some(HashAlg::Sha512),
-            Scheme::Ed25519 | Scheme::RsaRaw => None,
+            Scheme::Ed25519
+            | Scheme::RsaRaw
+            | Scheme::EcdsaP256AnyDigest
+            | Scheme::EcdsaP384AnyDigest => None,
         }
     }
 

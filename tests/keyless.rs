@@ -748,3 +748,56 @@ fn rsa_decryption_and_legacy_digests_go_through_the_raw_operation() {
         assert_eq!(body(23), ResponseBody::Error(ErrorCode::Crypto));
     });
 }
+
+#[test]
+fn ecdsa_with_the_digests_of_older_tls_versions_verifies() {
+    let f = fixture();
+    let pk = openssl::pkey::PKey::public_key_from_pem(
+        &std::fs::read(f.dir.join("edge-ec.pub.pem")).unwrap(),
+    )
+    .unwrap();
+    let ec = pk.ec_key().unwrap();
+    let msg = b"tls 1.0 handshake";
+    let digests: Vec<(Op, Vec<u8>)> = vec![
+        (Op::EcdsaSignSha1, openssl::sha::sha1(msg).to_vec()),
+        (Op::EcdsaSignSha224, openssl::sha::sha224(msg).to_vec()),
+        (Op::EcdsaSignSha384, openssl::sha::sha384(msg).to_vec()),
+        (Op::EcdsaSignSha512, openssl::sha::sha512(msg).to_vec()),
+        (
+            Op::EcdsaSignMd5Sha1,
+            [
+                openssl::hash::hash(openssl::hash::MessageDigest::md5(), msg)
+                    .unwrap()
+                    .to_vec(),
+                openssl::sha::sha1(msg).to_vec(),
+            ]
+            .concat(),
+        ),
+    ];
+    rt().block_on(async {
+        let mut s = connect(f, "proxy", true).await.unwrap();
+        let mut frames = Vec::new();
+        for (i, (op, d)) in digests.iter().enumerate() {
+            frames.extend(sign_request(i as u32, f.ec_ski, *op, d.clone()));
+        }
+        // A digest of the wrong length for its opcode.
+        frames.extend(sign_request(99, f.ec_ski, Op::EcdsaSignSha1, vec![0; 32]));
+        s.write_all(&frames).await.unwrap();
+        let rs = read_responses(&mut s, digests.len() + 1).await;
+        for r in &rs {
+            if r.id == 99 {
+                assert_eq!(r.body, ResponseBody::Error(ErrorCode::Format));
+                continue;
+            }
+            let ResponseBody::Payload(sig) = &r.body else {
+                panic!("{}: {:?}", r.id, r.body)
+            };
+            let sig = openssl::ecdsa::EcdsaSig::from_der(sig).unwrap();
+            assert!(
+                sig.verify(&digests[r.id as usize].1, &ec).unwrap(),
+                "op {:?}",
+                digests[r.id as usize].0
+            );
+        }
+    });
+}

@@ -142,6 +142,15 @@ impl CpuKey {
                 .rsa_raw(input)
                 .map_err(|reason| Error::backend("cpu/openssl", format!("{scheme}: {reason}")));
         }
+        if matches!(
+            scheme,
+            Scheme::EcdsaP256AnyDigest | Scheme::EcdsaP384AnyDigest
+        ) {
+            // aws-lc-rs signs only digests of the curve's own hash.
+            return self
+                .ecdsa_any_digest(input)
+                .map_err(|reason| Error::backend("cpu/openssl", format!("{scheme}: {reason}")));
+        }
         match engine {
             CpuEngine::AwsLc => self.sign_aws(scheme, input),
             CpuEngine::OpenSsl => self.sign_openssl(scheme, input),
@@ -230,6 +239,23 @@ impl CpuKey {
         Ok(out)
     }
 
+    /// ECDSA over a digest of any length up to 64 bytes (truncated to the
+    /// group order's size as ECDSA prescribes), DER-encoded.
+    fn ecdsa_any_digest(&self, digest: &[u8]) -> Result<Vec<u8>, String> {
+        if digest.is_empty() || digest.len() > 64 {
+            return Err(format!(
+                "digest must be 1 to 64 bytes, got {}",
+                digest.len()
+            ));
+        }
+        let e = |err: openssl::error::ErrorStack| format!("openssl: {err}");
+        let mut ctx = PkeyCtx::new(&self.ossl).map_err(e)?;
+        ctx.sign_init().map_err(e)?;
+        let mut sig = Vec::new();
+        ctx.sign_to_vec(digest, &mut sig).map_err(e)?;
+        Ok(sig)
+    }
+
     /// The public key as aws-lc sees it (used by tests to cross-check).
     pub fn aws_public_key(&self) -> Vec<u8> {
         match &self.aws {
@@ -283,7 +309,11 @@ impl CpuBackend {
                 schemes: Scheme::all()
                     .iter()
                     .copied()
-                    .chain([Scheme::RsaRaw])
+                    .chain([
+                        Scheme::RsaRaw,
+                        Scheme::EcdsaP256AnyDigest,
+                        Scheme::EcdsaP384AnyDigest,
+                    ])
                     .collect(),
                 placements: vec![Placement::Soft],
                 max_batch: cfg.max_batch.max(1),

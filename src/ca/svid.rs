@@ -672,7 +672,8 @@ pub fn assemble(tbs_der: &[u8], scheme: Scheme, signature: &[u8]) -> Result<Vec<
 /// `sha{256,384,512}WithRSAEncryption` (NULL parameters), RSASSA-PSS with
 /// full parameters (hash, MGF1 with the same hash, salt = hash length),
 /// `ecdsa-with-SHA256/384` (no parameters) or Ed25519 (no parameters);
-/// `None` for [`Scheme::RsaRaw`], which cannot sign certificates.
+/// `None` for the raw operations ([`Scheme::RsaRaw`] and the any-digest
+/// ECDSA schemes), which cannot sign certificates.
 #[must_use]
 pub fn signature_algorithm(scheme: Scheme) -> Option<Vec<u8>> {
     const NULL: &[u8] = &[tag::NULL, 0x00];
@@ -700,7 +701,9 @@ pub fn signature_algorithm(scheme: Scheme) -> Option<Vec<u8>> {
         Scheme::EcdsaSecp256r1Sha256 => seq(&[&tlv(tag::OID, oid::ECDSA_SHA256)]),
         Scheme::EcdsaSecp384r1Sha384 => seq(&[&tlv(tag::OID, oid::ECDSA_SHA384)]),
         Scheme::Ed25519 => seq(&[&tlv(tag::OID, oid::ED25519)]),
-        Scheme::RsaRaw => return None,
+        Scheme::RsaRaw | Scheme::EcdsaP256AnyDigest | Scheme::EcdsaP384AnyDigest => {
+            return None;
+        }
     })
 }
 
@@ -822,7 +825,10 @@ pub fn jwt_alg(scheme: Scheme) -> Option<&'static str> {
         Scheme::RsaPssRsaeSha512 => Some("PS512"),
         Scheme::EcdsaSecp256r1Sha256 => Some("ES256"),
         Scheme::EcdsaSecp384r1Sha384 => Some("ES384"),
-        Scheme::Ed25519 | Scheme::RsaRaw => None,
+        Scheme::Ed25519
+        | Scheme::RsaRaw
+        | Scheme::EcdsaP256AnyDigest
+        | Scheme::EcdsaP384AnyDigest => None,
     }
 }
 

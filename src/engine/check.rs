@@ -22,6 +22,9 @@ pub fn verification_algorithm(scheme: Scheme) -> &'static dyn VerificationAlgori
         Scheme::Ed25519 => &sig::ED25519,
         // Checked by `verify_rsa_raw`; this arm is never used to verify.
         Scheme::RsaRaw => &sig::RSA_PKCS1_2048_8192_SHA256,
+        // Checked by `verify_ecdsa_any`; never used to verify.
+        Scheme::EcdsaP256AnyDigest => &sig::ECDSA_P256_SHA256_ASN1,
+        Scheme::EcdsaP384AnyDigest => &sig::ECDSA_P384_SHA384_ASN1,
     }
 }
 
@@ -36,6 +39,12 @@ pub fn must_verify(scheme: Scheme, backend_asks: bool) -> bool {
 pub fn verify(key: &Key, scheme: Scheme, input: &[u8], signature: &[u8]) -> bool {
     if scheme == Scheme::RsaRaw {
         return verify_rsa_raw(key, input, signature);
+    }
+    if matches!(
+        scheme,
+        Scheme::EcdsaP256AnyDigest | Scheme::EcdsaP384AnyDigest
+    ) {
+        return verify_ecdsa_any(key, input, signature);
     }
     if let (Family::Rsa, Some(h)) = (scheme.family(), scheme.hash()) {
         return verify_rsa(key, scheme.is_pss(), h, input, signature);
@@ -88,4 +97,15 @@ fn verify_rsa_raw(key: &Key, input: &[u8], out: &[u8]) -> bool {
     let mut back = vec![0u8; k];
     matches!(rsa.public_decrypt(out, &mut back, openssl::rsa::Padding::NONE), Ok(n) if n == k)
         && back == input
+}
+
+/// ECDSA over a caller-chosen digest, verified with OpenSSL.
+fn verify_ecdsa_any(key: &Key, digest: &[u8], signature: &[u8]) -> bool {
+    let Ok(pk) = openssl::pkey::PKey::public_key_from_der(key.spki_der()) else {
+        return false;
+    };
+    let (Ok(ec), Ok(sig)) = (pk.ec_key(), openssl::ecdsa::EcdsaSig::from_der(signature)) else {
+        return false;
+    };
+    sig.verify(digest, &ec).unwrap_or(false)
 }

@@ -137,6 +137,9 @@ pub fn op_for_scheme(scheme: Scheme) -> Op {
         Scheme::EcdsaSecp384r1Sha384 => Op::EcdsaSignSha384,
         Scheme::Ed25519 => Op::Ed25519Sign,
         Scheme::RsaRaw => Op::RsaDecryptRaw,
+        // No single opcode: the caller's digest decides; SHA-512 is the
+        // one ECDSA opcode whose digest the schemes never use.
+        Scheme::EcdsaP256AnyDigest | Scheme::EcdsaP384AnyDigest => Op::EcdsaSignSha512,
     }
 }
 

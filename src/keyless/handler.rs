@@ -100,6 +100,10 @@ impl Handler {
             (OpKind::SignEcdsa(OpHash::Sha384), KeyKind::P384) => {
                 Some(Scheme::EcdsaSecp384r1Sha384)
             }
+            // Other digests (TLS 1.0-1.2 clients): ECDSA over the digest as
+            // given, on the key's curve.
+            (OpKind::SignEcdsa(_), KeyKind::P256) => Some(Scheme::EcdsaP256AnyDigest),
+            (OpKind::SignEcdsa(_), KeyKind::P384) => Some(Scheme::EcdsaP384AnyDigest),
             (OpKind::SignEd25519, _) => Some(Scheme::Ed25519),
             _ => None,
         };
@@ -112,7 +116,7 @@ impl Handler {
             | OpKind::RsaDecrypt
             | OpKind::RsaDecryptRaw => return self.plan_raw(req, kind, who),
             // ECDSA and PSS only with the digests sigmux signs with.
-            OpKind::SignRsaPss(h) | OpKind::SignEcdsa(h)
+            OpKind::SignRsaPss(h)
                 if !matches!(h, OpHash::Sha256 | OpHash::Sha384 | OpHash::Sha512) =>
             {
                 return done(ErrorCode::BadOpcode);
@@ -131,6 +135,9 @@ impl Handler {
             return done(ErrorCode::Crypto);
         };
         let input = match scheme.hash() {
+            None if matches!(kind, OpKind::SignEcdsa(h) if h.digest_len() != req.payload.len()) => {
+                return done(ErrorCode::Format);
+            }
             None => SignInput::Message(req.payload),
             Some(h) if h.len() == req.payload.len() => SignInput::Digest(req.payload),
             Some(_) => return done(ErrorCode::Format),
