@@ -87,6 +87,50 @@ enum CaCommand {
         #[arg(long, default_value = "pem")]
         format: String,
     },
+    /// Rotate the intermediate signing CA.
+    #[command(subcommand)]
+    Rotate(RotateCommand),
+    /// Revoke an SVID by serial, or (emergency) the active intermediate.
+    Revoke {
+        /// Serial number of the SVID, hex.
+        #[arg(
+            long,
+            required_unless_present = "intermediate",
+            conflicts_with = "intermediate"
+        )]
+        serial: Option<String>,
+        /// Revoke the active intermediate and activate a new one at once.
+        #[arg(long)]
+        intermediate: bool,
+        /// Lifetime of the replacement intermediate, days.
+        #[arg(long, default_value_t = 365)]
+        intermediate_days: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum RotateCommand {
+    /// Make a new intermediate and publish it in the bundle (it does not
+    /// sign yet).
+    Prepare {
+        /// Key kind (default: the active intermediate's).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Lifetime, days.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
+    /// The prepared intermediate signs from now on; the old one drains.
+    Activate,
+    /// Drop drained intermediates from the bundle once their SVIDs expired.
+    Retire {
+        /// The longest SVID lifetime the CA issues, seconds.
+        #[arg(long, default_value_t = 3600)]
+        max_svid_ttl_seconds: u64,
+        /// Retire even if SVIDs they signed may still be valid.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -614,6 +658,36 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
             );
             Ok(())
         }
+        CaCommand::Rotate(r) => ca_rotate(cfg, r),
+        CaCommand::Revoke {
+            serial,
+            intermediate,
+            intermediate_days,
+        } => {
+            use sigmux::ca::rotation;
+            let audit = ca_audit_log(cfg)?;
+            if let Some(serial) = serial {
+                let new = rotation::revoke_serial(&cfg.data_dir, &serial)?;
+                audit.append("ca_revoke_svid", serde_json::json!({ "serial": serial }))?;
+                println!("{}", if new { "revoked" } else { "already revoked" });
+                return Ok(());
+            }
+            debug_assert!(intermediate);
+            let (store, engine, pass) = ca_signer(cfg)?;
+            let (old, new) = rotation::revoke_intermediate(
+                &cfg.data_dir,
+                &store,
+                &engine,
+                pass.as_deref().map(String::as_str),
+                Duration::from_secs(intermediate_days.saturating_mul(86_400)),
+            )?;
+            audit.append(
+                "ca_revoke_intermediate",
+                serde_json::json!({ "revoked": old, "active": new }),
+            )?;
+            println!("revoked intermediate {old}; intermediate {new} is active");
+            Ok(())
+        }
         CaCommand::Bundle { format } => {
             let state = CaState::require(&cfg.data_dir)?;
             match format.as_str() {
@@ -631,6 +705,82 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The audit log, its chain checked first (a CA change must be recordable).
+fn ca_audit_log(cfg: &Config) -> Result<sigmux::audit::AuditLog> {
+    sigmux::audit::AuditLog::open(&cfg.data_dir.join("audit.log"))
+}
+
+/// What signing a new intermediate needs: the key store, an engine, and
+/// the offline root's passphrase when the root key is not in the store.
+type CaSigner = (
+    sigmux::KeyStore,
+    std::sync::Arc<sigmux::Engine>,
+    Option<zeroize::Zeroizing<String>>,
+);
+
+fn ca_signer(cfg: &Config) -> Result<CaSigner> {
+    use sigmux::ca::authority::{self, CaState};
+    let state = CaState::require(&cfg.data_dir)?;
+    let pass = match state.root.key_name {
+        Some(_) => None,
+        None => Some(authority::root_passphrase_from_env()?),
+    };
+    let store = app::open_keys(cfg, KekUse::MustExist)?;
+    let engine = app::start_engine(cfg, cfg.engine_config(), "auto")?;
+    Ok((store, engine, pass))
+}
+
+fn ca_rotate(cfg: &Config, cmd: RotateCommand) -> Result<()> {
+    use sigmux::ca::rotation;
+    let audit = ca_audit_log(cfg)?;
+    match cmd {
+        RotateCommand::Prepare { kind, days } => {
+            let kind: Option<KeyKind> = kind.map(|k| k.parse()).transpose()?;
+            let (store, engine, pass) = ca_signer(cfg)?;
+            let rec = rotation::prepare(
+                &cfg.data_dir,
+                &store,
+                &engine,
+                pass.as_deref().map(String::as_str),
+                kind,
+                Duration::from_secs(days.saturating_mul(86_400)),
+            )?;
+            audit.append(
+                "ca_rotate_prepare",
+                serde_json::json!({ "serial": rec.serial, "key": rec.key_name }),
+            )?;
+            println!(
+                "prepared intermediate {} (in the bundle, not signing)",
+                rec.serial
+            );
+        }
+        RotateCommand::Activate => {
+            let (old, new) = rotation::activate(&cfg.data_dir)?;
+            audit.append(
+                "ca_rotate_activate",
+                serde_json::json!({ "active": new, "draining": old }),
+            )?;
+            println!("intermediate {new} is active");
+        }
+        RotateCommand::Retire {
+            max_svid_ttl_seconds,
+            force,
+        } => {
+            let retired = rotation::retire(
+                &cfg.data_dir,
+                Duration::from_secs(max_svid_ttl_seconds),
+                force,
+            )?;
+            audit.append(
+                "ca_rotate_retire",
+                serde_json::json!({ "retired": retired }),
+            )?;
+            println!("retired {}", retired.join(", "));
+        }
+    }
+    Ok(())
 }
 
 fn print_backends(report: &serde_json::Value) {

@@ -438,3 +438,135 @@ fn offline_root_leaves_only_the_certificate_and_an_encrypted_key_file() {
     );
     assert_eq!(jwks["keys"][1]["crv"], "P-384");
 }
+
+#[test]
+fn rotation_publishes_before_signing_and_drains_before_retiring() {
+    let (dir, _) = init_default();
+    let data = dir.path().join("data");
+    let bundle = |d: &Path| certs(&ok(sigmux(d, &["ca", "bundle"], None), "bundle"));
+    assert_eq!(bundle(&data).len(), 2);
+    let first = state(&data)["intermediates"][0]["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    ok(sigmux(&data, &["ca", "rotate", "prepare"], None), "prepare");
+    let st = state(&data);
+    assert_eq!(st["intermediates"][1]["status"], "prepared");
+    assert_eq!(st["intermediates"][0]["status"], "active");
+    assert_eq!(st["bundle_sequence"], 2);
+    // Published before it signs: root + both intermediates.
+    let b = bundle(&data);
+    assert_eq!(b.len(), 3);
+    // The new intermediate chains to the root.
+    std::fs::write(dir.path().join("root.pem"), b[0].to_pem().unwrap()).unwrap();
+    std::fs::write(dir.path().join("int2.pem"), b[2].to_pem().unwrap()).unwrap();
+    openssl_ok(dir.path(), &["verify", "-CAfile", "root.pem", "int2.pem"]);
+    // A second prepare is refused while one is pending.
+    let out = sigmux(&data, &["ca", "rotate", "prepare"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already prepared"));
+
+    ok(
+        sigmux(&data, &["ca", "rotate", "activate"], None),
+        "activate",
+    );
+    let st = state(&data);
+    assert_eq!(st["intermediates"][0]["status"], "draining");
+    assert_eq!(st["intermediates"][1]["status"], "active");
+    assert_eq!(
+        bundle(&data).len(),
+        3,
+        "the old one stays while its SVIDs live"
+    );
+    // Its SVIDs may still be valid: retire refuses without --force.
+    let out = sigmux(&data, &["ca", "rotate", "retire"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may still be valid"));
+    ok(
+        sigmux(
+            &data,
+            &["ca", "rotate", "retire", "--max-svid-ttl-seconds", "0"],
+            None,
+        ),
+        "retire",
+    );
+    let st = state(&data);
+    assert_eq!(st["intermediates"][0]["status"], "retired");
+    assert_eq!(st["bundle_sequence"], 3);
+    let b = bundle(&data);
+    assert_eq!(b.len(), 2);
+    assert!(
+        !b.iter()
+            .any(|c| hex::encode(c.serial_number().to_bn().unwrap().to_vec()) == first)
+    );
+
+    // Revocation: an SVID serial is recorded once; the emergency path
+    // replaces the active intermediate at once.
+    assert_eq!(
+        ok(
+            sigmux(&data, &["ca", "revoke", "--serial", "0A1b"], None),
+            "revoke"
+        )
+        .trim(),
+        "revoked"
+    );
+    assert_eq!(
+        ok(
+            sigmux(&data, &["ca", "revoke", "--serial", "0a1b"], None),
+            "revoke"
+        )
+        .trim(),
+        "already revoked"
+    );
+    assert_eq!(state(&data)["revoked"][0]["serial"], "0a1b");
+    let out = sigmux(&data, &["ca", "revoke", "--serial", "xyz"], None);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a hex serial"));
+    ok(
+        sigmux(&data, &["ca", "revoke", "--intermediate"], None),
+        "revoke intermediate",
+    );
+    let st = state(&data);
+    assert_eq!(st["intermediates"][1]["status"], "revoked");
+    assert_eq!(st["intermediates"][2]["status"], "active");
+    assert_eq!(bundle(&data).len(), 2);
+    let log = ok(sigmux(&data, &["audit", "verify"], None), "audit");
+    assert!(log.starts_with("ok: "), "{log}");
+    let events = std::fs::read_to_string(data.join("audit.log")).unwrap();
+    for e in [
+        "ca_rotate_prepare",
+        "ca_rotate_activate",
+        "ca_rotate_retire",
+        "ca_revoke_svid",
+        "ca_revoke_intermediate",
+    ] {
+        assert!(events.contains(e), "missing {e}");
+    }
+}
+
+#[test]
+fn rotating_under_an_offline_root_asks_for_its_file_and_passphrase() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("root-key.pem");
+    let pass = "offline root pass";
+    let init = [
+        "ca",
+        "init",
+        "--trust-domain",
+        "td.example",
+        "--offline-root",
+        file.to_str().unwrap(),
+    ];
+    ok(sigmux(&data, &init, Some(pass)), "init");
+    let out = sigmux(&data, &["ca", "rotate", "prepare"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(PASS_ENV));
+    let out = sigmux(&data, &["ca", "rotate", "prepare"], Some("wrong"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
+    ok(
+        sigmux(&data, &["ca", "rotate", "prepare"], Some(pass)),
+        "prepare with the offline root",
+    );
+    assert_eq!(state(&data)["intermediates"][1]["status"], "prepared");
+}

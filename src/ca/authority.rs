@@ -82,8 +82,13 @@ pub enum CaStatus {
     Prepared,
     /// Signs new SVIDs (and is in the bundle).
     Active,
+    /// No longer signs; stays in the bundle until the last SVID it signed
+    /// has expired.
+    Draining,
     /// No longer signs and is no longer in the bundle.
     Retired,
+    /// Revoked in an emergency: out of the bundle at once.
+    Revoked,
 }
 
 /// The root CA as recorded in the state.
@@ -127,6 +132,19 @@ pub struct IntermediateRecord {
     pub not_after: i64,
     /// Where it is in its life.
     pub status: CaStatus,
+    /// When it stopped signing (Unix seconds), once draining.
+    #[serde(default)]
+    pub draining_since: Option<i64>,
+}
+
+/// One revoked SVID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokedSvid {
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    /// When it was revoked, Unix seconds.
+    pub revoked_at: i64,
 }
 
 /// A JWT-SVID signing key as recorded in the state.
@@ -161,6 +179,9 @@ pub struct CaState {
     pub bundle_sequence: u64,
     /// The bundle's `spiffe_refresh_hint`, seconds.
     pub refresh_hint_secs: u64,
+    /// Revoked SVID serials.
+    #[serde(default)]
+    pub revoked: Vec<RevokedSvid>,
 }
 
 /// What `ca init` is asked to make.
@@ -306,7 +327,7 @@ impl CaState {
     pub fn bundle_certs(&self) -> Result<Vec<Vec<u8>>> {
         let mut out = vec![pem_to_der(&self.root.cert_pem)?];
         for i in &self.intermediates {
-            if i.status != CaStatus::Retired {
+            if !matches!(i.status, CaStatus::Retired | CaStatus::Revoked) {
                 out.push(pem_to_der(&i.cert_pem)?);
             }
         }
@@ -314,7 +335,7 @@ impl CaState {
     }
 }
 
-fn pem_to_der(text: &str) -> Result<Vec<u8>> {
+pub(crate) fn pem_to_der(text: &str) -> Result<Vec<u8>> {
     let p = pem::parse(text)
         .map_err(|e| Error::Invalid(format!("CA state holds an unreadable certificate: {e}")))?;
     if p.tag() != "CERTIFICATE" {
@@ -351,24 +372,24 @@ pub fn jwt_kid(key: &Key) -> String {
 }
 
 /// What one CA certificate should say.
-struct CaCertSpec<'a> {
-    serial: Serial,
+pub(crate) struct CaCertSpec<'a> {
+    pub(crate) serial: Serial,
     /// Subject (and, for the root, issuer) Name, DER.
-    subject: Vec<u8>,
+    pub(crate) subject: Vec<u8>,
     /// Issuer Name, DER.
-    issuer: Vec<u8>,
+    pub(crate) issuer: Vec<u8>,
     /// The issuer's SKI, for the AKI.
-    issuer_ski: Vec<u8>,
-    not_before: i64,
-    not_after: i64,
-    path_len: u8,
+    pub(crate) issuer_ski: Vec<u8>,
+    pub(crate) not_before: i64,
+    pub(crate) not_after: i64,
+    pub(crate) path_len: u8,
     /// The certified key's SPKI, DER.
-    spki: &'a [u8],
-    trust_domain: &'a TrustDomain,
+    pub(crate) spki: &'a [u8],
+    pub(crate) trust_domain: &'a TrustDomain,
 }
 
 /// `O=SPIFFE, CN=<cn>` as a DER Name.
-fn ca_name(cn: &str) -> Vec<u8> {
+pub(crate) fn ca_name(cn: &str) -> Vec<u8> {
     let o = seq(&[&tlv(tag::OID, ext_oid::ORGANIZATION), &tlv(0x0c, b"SPIFFE")]);
     let cn = seq(&[
         &tlv(tag::OID, &[0x55, 0x04, 0x03]),
@@ -419,7 +440,11 @@ fn ca_tbs(spec: &CaCertSpec<'_>, scheme: Scheme) -> Result<Vec<u8>> {
 }
 
 /// Builds a CA certificate and has the engine sign it with `signer`.
-fn sign_ca_cert(engine: &Engine, spec: &CaCertSpec<'_>, signer: &Arc<Key>) -> Result<Vec<u8>> {
+pub(crate) fn sign_ca_cert(
+    engine: &Engine,
+    spec: &CaCertSpec<'_>,
+    signer: &Arc<Key>,
+) -> Result<Vec<u8>> {
     let scheme = Scheme::default_for(signer.kind());
     let tbs = ca_tbs(spec, scheme)?;
     let sig = engine.sign_blocking(SignRequest::new(
@@ -430,7 +455,7 @@ fn sign_ca_cert(engine: &Engine, spec: &CaCertSpec<'_>, signer: &Arc<Key>) -> Re
     assemble(&tbs, scheme, &sig.bytes).map_err(|e| Error::Invalid(e.to_string()))
 }
 
-fn secs(d: Duration) -> i64 {
+pub(crate) fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
 }
 
@@ -540,6 +565,7 @@ pub fn init(
             not_before,
             not_after: int_not_after,
             status: CaStatus::Active,
+            draining_since: None,
         }],
         jwt_keys: vec![JwtKeyRecord {
             key_name: jwt_key.name().to_string(),
@@ -549,6 +575,7 @@ pub fn init(
         }],
         bundle_sequence: 1,
         refresh_hint_secs: DEFAULT_REFRESH_HINT_SECS,
+        revoked: Vec::new(),
     };
 
     if let (Some(path), Some(pass)) = (&opts.offline_root, root_passphrase) {

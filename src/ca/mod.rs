@@ -4,5 +4,6 @@
 
 pub mod authority;
 pub mod csr;
+pub mod rotation;
 pub mod spiffe;
 pub mod svid;

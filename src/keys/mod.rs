@@ -20,6 +20,15 @@ use serde::{Deserialize, Serialize};
 pub use kek::{Kek, KekSource};
 pub use material::{Material, SecretKey};
 
+/// A key held only in memory, from an OpenSSL private key (an offline CA
+/// root read back from its encrypted file).
+pub(crate) fn key_from_openssl(
+    name: &str,
+    pkey: &openssl::pkey::PKey<openssl::pkey::Private>,
+) -> Result<Key> {
+    Key::from_material(name, material::from_openssl(pkey)?, Placement::Soft)
+}
+
 /// Parses private-key material for import without storing it, so that a
 /// command can refuse bad input before it touches the data dir.
 pub fn check_import(bytes: &[u8]) -> Result<KeyKind> {
