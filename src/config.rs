@@ -38,6 +38,9 @@ pub struct Config {
     /// Keyless TLS listener.
     #[serde(default)]
     pub keyless: KeylessSection,
+    /// SPIFFE issuance HTTPS API.
+    #[serde(default)]
+    pub issuance: IssuanceSection,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -278,6 +281,64 @@ impl Default for KeylessSection {
     }
 }
 
+/// `[issuance]`: the SPIFFE issuance HTTPS API (mutual TLS).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuanceSection {
+    /// Listen address.
+    #[serde(default = "default_issuance_listen")]
+    pub listen: String,
+    /// Server certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// The server certificate's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// CA certificates that issue caller certificates (PEM).
+    pub client_ca: Option<PathBuf>,
+    /// Most items in one batch request.
+    #[serde(default = "default_max_items")]
+    pub max_items: usize,
+    /// Upper bound on an SVID's lifetime, seconds (unset: the CA default).
+    pub max_ttl_seconds: Option<u64>,
+    /// Which caller may request which SPIFFE IDs.
+    #[serde(default)]
+    pub callers: Vec<IssuanceCallerRule>,
+}
+
+/// `[[issuance.callers]]`: one caller and the SPIFFE ID prefixes it may
+/// request.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuanceCallerRule {
+    /// The SPIFFE ID in the caller certificate's URI SAN.
+    pub id: Option<String>,
+    /// SHA-256 of the caller certificate DER, hex (colons allowed).
+    pub fingerprint: Option<String>,
+    /// SPIFFE ID prefixes (path-segment aligned) it may request.
+    pub allowed_prefixes: Vec<String>,
+}
+
+fn default_issuance_listen() -> String {
+    "127.0.0.1:8443".into()
+}
+
+fn default_max_items() -> usize {
+    1000
+}
+
+impl Default for IssuanceSection {
+    fn default() -> Self {
+        IssuanceSection {
+            listen: default_issuance_listen(),
+            cert: None,
+            key: None,
+            client_ca: None,
+            max_items: default_max_items(),
+            max_ttl_seconds: None,
+            callers: Vec::new(),
+        }
+    }
+}
+
 fn bad(field: &str, why: impl std::fmt::Display) -> Error {
     Error::Config(format!("{field}: {why}"))
 }
@@ -294,6 +355,7 @@ impl Config {
             backends: BackendsSection::default(),
             http: HttpSection::default(),
             keyless: KeylessSection::default(),
+            issuance: IssuanceSection::default(),
         })
     }
 
@@ -362,6 +424,7 @@ impl Config {
         self.pkcs11_configs()?;
         self.http_listen()?;
         self.keyless_settings()?;
+        self.issuance_settings()?;
         match (&self.keys.kek_file, &self.keys.kek_env) {
             (Some(_), Some(_)) => {
                 return Err(bad("keys", "give kek_file or kek_env, not both"));
@@ -472,6 +535,88 @@ impl Config {
                 policy: Policy::new(rules),
             },
         )))
+    }
+
+    /// The issuance listener's settings, or `None` when it is not
+    /// configured (cert, key and client_ca all unset).
+    pub fn issuance_settings(&self) -> Result<Option<crate::api::IssuanceSettings>> {
+        use crate::api::{CallerRule, IssuanceSettings};
+        use crate::ca::spiffe::SpiffeIdPrefix;
+        use crate::keyless::auth::ClientMatch;
+        let s = &self.issuance;
+        let (cert, key, ca) = match (&s.cert, &s.key, &s.client_ca) {
+            (None, None, None) => return Ok(None),
+            (Some(c), Some(k), Some(a)) => (c.clone(), k.clone(), a.clone()),
+            _ => {
+                return Err(bad(
+                    "issuance",
+                    "set all of cert, key and client_ca (mutual TLS is required), or none",
+                ));
+            }
+        };
+        let listen: SocketAddr = s.listen.parse().map_err(|_| {
+            bad(
+                "issuance.listen",
+                format!("'{}' is not an address like 127.0.0.1:8443", s.listen),
+            )
+        })?;
+        if !(1..=100_000).contains(&s.max_items) {
+            return Err(bad("issuance.max_items", "must be between 1 and 100000"));
+        }
+        let max_ttl = match s.max_ttl_seconds {
+            None => None,
+            Some(0) => return Err(bad("issuance.max_ttl_seconds", "must be at least 1")),
+            Some(n) => Some(Duration::from_secs(n)),
+        };
+        let mut callers = Vec::new();
+        for (i, r) in s.callers.iter().enumerate() {
+            let field = format!("issuance.callers[{i}]");
+            let client = match (&r.id, &r.fingerprint) {
+                (Some(id), None) => {
+                    crate::ca::spiffe::SpiffeId::parse(id)
+                        .map_err(|e| bad(&format!("{field}.id"), e))?;
+                    ClientMatch::SpiffeId(id.clone())
+                }
+                (None, Some(fp)) => {
+                    let hexed: String = fp.chars().filter(|c| *c != ':').collect();
+                    let mut out = [0u8; 32];
+                    hex::decode_to_slice(&hexed, &mut out).map_err(|_| {
+                        bad(
+                            &format!("{field}.fingerprint"),
+                            "must be the SHA-256 of the certificate: 64 hex characters",
+                        )
+                    })?;
+                    ClientMatch::Fingerprint(out)
+                }
+                _ => return Err(bad(&field, "give exactly one of id or fingerprint")),
+            };
+            if r.allowed_prefixes.is_empty() {
+                return Err(bad(
+                    &format!("{field}.allowed_prefixes"),
+                    "list at least one SPIFFE ID prefix",
+                ));
+            }
+            let mut prefixes = Vec::new();
+            for (j, p) in r.allowed_prefixes.iter().enumerate() {
+                prefixes.push(
+                    SpiffeIdPrefix::parse(p)
+                        .map_err(|e| bad(&format!("{field}.allowed_prefixes[{j}]"), e))?,
+                );
+            }
+            callers.push(CallerRule {
+                client,
+                allowed_prefixes: prefixes,
+            });
+        }
+        Ok(Some(IssuanceSettings {
+            listen,
+            cert,
+            key,
+            client_ca: ca,
+            max_items: s.max_items,
+            max_ttl,
+            callers,
+        }))
     }
 
     /// The engine's limits.
@@ -670,6 +815,39 @@ mod tests {
             let err = Config::parse(text, "t.toml").unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");
             assert!(err.starts_with("config: t.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn issuance_section_parses_and_checks() {
+        let c = Config::parse("", "t").unwrap();
+        assert!(c.issuance_settings().unwrap().is_none());
+        let c = Config::parse(
+            "[issuance]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n[[issuance.callers]]\nid = \"spiffe://td/issuer\"\nallowed_prefixes = [\"spiffe://td/ns/prod\"]\n",
+            "t",
+        )
+        .unwrap();
+        let s = c.issuance_settings().unwrap().unwrap();
+        assert_eq!(s.max_items, 1000);
+        assert_eq!(s.max_ttl, None);
+        assert_eq!(s.callers.len(), 1);
+        for (text, want) in [
+            ("[issuance]\ncert = \"c\"\n", "issuance: set all of"),
+            (
+                "[issuance]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\nmax_items = 0\n",
+                "issuance.max_items",
+            ),
+            (
+                "[issuance]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n[[issuance.callers]]\nid = \"spiffe://td/x\"\nallowed_prefixes = [\"http://td\"]\n",
+                "issuance.callers[0].allowed_prefixes[0]",
+            ),
+            (
+                "[issuance]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n[[issuance.callers]]\nallowed_prefixes = [\"spiffe://td\"]\n",
+                "issuance.callers[0]: give exactly one",
+            ),
+        ] {
+            let err = Config::parse(text, "t").unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
         }
     }
 }

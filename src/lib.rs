@@ -2,6 +2,7 @@
 //! private-key operations across CPU, GPU and HSM backends; see
 //! `DESIGN.md` for the way a request travels.
 
+pub mod api;
 pub mod app;
 pub mod audit;
 pub mod backend;

@@ -126,6 +126,21 @@ pub async fn serve(cfg: Config) -> Result<()> {
             Some(metrics)
         }
     };
+    match cfg.issuance_settings()? {
+        None => say(format_args!(
+            "sigmux: issuance listener off (set issuance.cert, issuance.key and issuance.client_ca to start it)"
+        )),
+        Some(settings) => {
+            let bound = crate::api::start(
+                &settings,
+                cfg.data_dir.clone(),
+                engine.clone(),
+                keys.clone(),
+            )
+            .await?;
+            say(format_args!("sigmux: issuance listening on {bound}"));
+        }
+    }
     let shared = Shared {
         engine: engine.clone(),
         keys,

@@ -1,0 +1,427 @@
+//! The issuance endpoints: `POST /v1/x509svids:batch`, `POST /v1/jwtsvids`,
+//! `GET /v1/bundle` (PEM, also at `/v1/bundle.pem`) and
+//! `GET /v1/bundle.jwks` (the SPIFFE bundle as a JWK Set).
+//!
+//! Request bodies are parsed strictly (unknown fields are refused) and a
+//! malformed one gets 400 with a JSON error. In a batch, a bad item fails
+//! alone; every valid item is signed in one engine group.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{IssuanceSettings, Peer, caller_allows};
+use crate::ca::authority::{self, CaState, CaStatus};
+use crate::ca::csr;
+use crate::ca::spiffe::{SpiffeId, TrustDomain};
+use crate::ca::svid::{self, Issuer, SvidPolicy, SvidRequest};
+use crate::engine::Engine;
+use crate::keys::KeyStore;
+
+/// Body bytes allowed per batch item (a CSR is at most 64 KiB).
+const BODY_PER_ITEM: usize = 16 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The data directory holding the CA state.
+    pub data_dir: PathBuf,
+    /// The signing engine.
+    pub engine: Arc<Engine>,
+    /// The key store holding the CA keys.
+    pub keys: Arc<KeyStore>,
+    /// Listener settings and caller rules.
+    pub settings: Arc<IssuanceSettings>,
+    /// Every issued SVID and refused item is recorded here, on disk,
+    /// before the response carrying it leaves.
+    pub audit: Arc<crate::audit::AuditLog>,
+}
+
+/// The issuance router.
+pub fn router(state: ApiState) -> Router {
+    let limit = state
+        .settings
+        .max_items
+        .saturating_mul(BODY_PER_ITEM)
+        .saturating_add(64 * 1024);
+    Router::new()
+        .route("/v1/x509svids:batch", post(x509_batch))
+        .route("/v1/jwtsvids", post(jwt_svid))
+        .route("/v1/bundle", get(bundle_jwks))
+        .route("/v1/bundle.pem", get(bundle_pem))
+        .route("/v1/bundle.jwks", get(bundle_jwks))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// `POST /v1/x509svids:batch` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The SVIDs to issue.
+    pub items: Vec<BatchItem>,
+}
+
+/// One X.509-SVID request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchItem {
+    /// PKCS#10 CSR, PEM or base64 DER.
+    pub csr: String,
+    /// The SPIFFE ID to put in the URI SAN.
+    pub spiffe_id: String,
+    /// DNS SANs.
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    /// Requested lifetime (capped by the policy; unset: the maximum).
+    pub ttl_seconds: Option<u64>,
+}
+
+/// `POST /v1/jwtsvids` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtRequest {
+    /// The subject SPIFFE ID.
+    pub spiffe_id: String,
+    /// The audiences (at least one).
+    pub audience: Vec<String>,
+    /// Requested lifetime (capped by the policy; unset: the maximum).
+    pub ttl_seconds: Option<u64>,
+}
+
+/// An error answer: HTTP status, a stable code and a message, sent as
+/// `{"error":{"code","message"}}` (an overload also carries `Retry-After`).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            axum::Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response();
+        if self.code == "overloaded" {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+fn overloaded() -> ApiError {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "the signing engine is overloaded; retry later",
+    )
+}
+
+fn internal(message: impl Into<String>) -> ApiError {
+    error(StatusCode::INTERNAL_SERVER_ERROR, "ca_internal", message)
+}
+
+/// Parses a JSON body strictly, or answers 400 naming the problem.
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("malformed request body: {e}"),
+        )
+    })
+}
+
+/// Loads the CA state (a file read, off the async threads).
+async fn load_state(s: &ApiState) -> Result<CaState, ApiError> {
+    let dir = s.data_dir.clone();
+    match tokio::task::spawn_blocking(move || CaState::require(&dir)).await {
+        Ok(Ok(st)) => Ok(st),
+        Ok(Err(e)) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_ca",
+            e.to_string(),
+        )),
+        Err(e) => Err(internal(format!("loading CA state: {e}"))),
+    }
+}
+
+/// The signing policy of this listener for the CA's trust domain.
+fn policy(s: &ApiState, td: TrustDomain) -> SvidPolicy {
+    let mut p = SvidPolicy {
+        trust_domain: Some(td),
+        ..SvidPolicy::default()
+    };
+    if let Some(t) = s.settings.max_ttl {
+        p.max_ttl = t;
+    }
+    p
+}
+
+/// The active intermediate as an [`Issuer`].
+fn active_issuer(s: &ApiState, st: &CaState) -> Result<Issuer, ApiError> {
+    let rec = st
+        .intermediates
+        .iter()
+        .rev()
+        .find(|i| i.status == CaStatus::Active)
+        .ok_or_else(|| internal("the CA has no active intermediate"))?;
+    let cert = pem::parse(&rec.cert_pem)
+        .map_err(|e| internal(format!("active intermediate certificate: {e}")))?;
+    let key = s
+        .keys
+        .get(&rec.key_name)
+        .map_err(|e| internal(format!("active intermediate key: {e}")))?;
+    Ok(Issuer {
+        cert_der: cert.contents().to_vec(),
+        key,
+        scheme: rec.scheme,
+        chain_der: Vec::new(),
+    })
+}
+
+/// Checks a requested SPIFFE ID: syntax, trust domain, then the caller's
+/// rules. Errors are `(code, message)`.
+fn check_id(
+    s: &ApiState,
+    td: &TrustDomain,
+    peer: &Peer,
+    raw: &str,
+) -> Result<SpiffeId, (&'static str, String)> {
+    let id = SpiffeId::parse(raw).map_err(|e| ("spiffe_id", format!("invalid SPIFFE ID: {e}")))?;
+    if !id.is_member_of(td) {
+        return Err(("spiffe_id", format!("{id} is not in the trust domain {td}")));
+    }
+    if !caller_allows(&s.settings.callers, &peer.identity, &id) {
+        return Err((
+            "forbidden",
+            format!("caller {} may not request {id}", peer.identity.label()),
+        ));
+    }
+    Ok(id)
+}
+
+fn ttl(requested: Option<u64>, max: Duration) -> Duration {
+    requested.map_or(max, Duration::from_secs)
+}
+
+fn item_error(code: &str, message: impl Into<String>) -> Value {
+    json!({"status": "error", "code": code, "message": message.into()})
+}
+
+async fn x509_batch(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: BatchRequest = parse_body(&body)?;
+    if req.items.len() > s.settings.max_items {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_items",
+            format!(
+                "{} items in one batch; the most is {}",
+                req.items.len(),
+                s.settings.max_items
+            ),
+        ));
+    }
+    let st = load_state(&s).await?;
+    let td = TrustDomain::parse(&st.trust_domain)
+        .map_err(|e| internal(format!("CA trust domain: {e}")))?;
+    let issuer = active_issuer(&s, &st)?;
+    let policy = policy(&s, td.clone());
+    // Per item: either an error already, or an index into `reqs`.
+    let mut slots: Vec<Result<usize, Value>> = Vec::with_capacity(req.items.len());
+    let mut reqs = Vec::new();
+    for item in &req.items {
+        let id = match check_id(&s, &td, &peer, &item.spiffe_id) {
+            Ok(id) => id,
+            Err((code, msg)) => {
+                slots.push(Err(item_error(code, msg)));
+                continue;
+            }
+        };
+        let csr = match csr::parse_and_verify(item.csr.as_bytes()) {
+            Ok(c) => c,
+            Err(e) => {
+                slots.push(Err(item_error(e.code(), e.to_string())));
+                continue;
+            }
+        };
+        slots.push(Ok(reqs.len()));
+        reqs.push(SvidRequest {
+            public_key_spki: csr.spki_der,
+            spiffe_id: id,
+            dns_names: item.dns_names.clone(),
+            ttl: ttl(item.ttl_seconds, policy.max_ttl),
+        });
+    }
+    let issued = svid::issue_batch(&s.engine, &reqs, &issuer, &policy).await;
+    if issued
+        .iter()
+        .any(|r| matches!(r, Err(e) if e.code() == "overloaded"))
+    {
+        return Err(overloaded());
+    }
+    let mut issued: Vec<Option<Result<svid::IssuedSvid, svid::SvidError>>> =
+        issued.into_iter().map(Some).collect();
+    let caller = peer.identity.label();
+    let ca_key_id = issuer.key.id().to_string();
+    let mut records = Vec::with_capacity(slots.len());
+    let results: Vec<Value> = slots
+        .into_iter()
+        .zip(&req.items)
+        .map(|(slot, item)| match slot {
+            Err(v) => v,
+            Ok(i) => match issued.get_mut(i).and_then(Option::take) {
+                Some(Ok(svid)) => {
+                    let expires_at = svid
+                        .expires_at
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    records.push((
+                        "svid_issue".to_string(),
+                        json!({
+                            "caller": caller,
+                            "spiffe_id": item.spiffe_id,
+                            "serial": svid.serial_hex,
+                            "not_after": expires_at,
+                            "ca_key_id": ca_key_id,
+                            "backend": &*svid.backend,
+                        }),
+                    ));
+                    tracing::info!(
+                        caller = %peer.identity.label(),
+                        serial = %svid.serial_hex,
+                        "issued X.509-SVID"
+                    );
+                    json!({
+                        "status": "ok",
+                        "svid_chain_pem": svid.chain_pem,
+                        "serial": svid.serial_hex,
+                        "expires_at": expires_at,
+                    })
+                }
+                Some(Err(e)) => item_error(e.code(), e.to_string()),
+                None => item_error("ca_internal", "no result for this item"),
+            },
+        })
+        .collect();
+    for (r, item) in results.iter().zip(&req.items) {
+        if r["status"] == "error" {
+            records.push((
+                "svid_refused".to_string(),
+                json!({"caller": caller, "spiffe_id": item.spiffe_id, "code": r["code"]}),
+            ));
+        }
+    }
+    // Group commit: the certificates leave only once their records are on
+    // disk; a failure to record fails the request.
+    let audit = s.audit.clone();
+    tokio::task::spawn_blocking(move || audit.append_many(records))
+        .await
+        .map_err(|e| internal(format!("audit log: {e}")))?
+        .map_err(|e| internal(format!("audit log: {e}")))?;
+    Ok(axum::Json(json!({ "results": results })).into_response())
+}
+
+async fn jwt_svid(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: JwtRequest = parse_body(&body)?;
+    let st = load_state(&s).await?;
+    let td = TrustDomain::parse(&st.trust_domain)
+        .map_err(|e| internal(format!("CA trust domain: {e}")))?;
+    let id = match check_id(&s, &td, &peer, &req.spiffe_id) {
+        Ok(id) => id,
+        Err((code, msg)) => {
+            let status = if code == "forbidden" {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return Err(error(status, code, msg));
+        }
+    };
+    let Some(rec) = st
+        .jwt_keys
+        .iter()
+        .rev()
+        .find(|k| k.status == CaStatus::Active)
+    else {
+        return Err(internal("the CA has no active JWT signing key"));
+    };
+    let key = s
+        .keys
+        .get(&rec.key_name)
+        .map_err(|e| internal(format!("JWT signing key: {e}")))?;
+    let max = policy(&s, td).max_ttl;
+    let ttl = ttl(req.ttl_seconds, max).min(max);
+    match svid::mint_jwt(
+        &s.engine,
+        key,
+        Some(&rec.kid),
+        rec.scheme,
+        &id,
+        &req.audience,
+        ttl,
+    )
+    .await
+    {
+        Ok(token) => {
+            let audit = s.audit.clone();
+            let record = json!({
+                "caller": peer.identity.label(),
+                "spiffe_id": req.spiffe_id,
+                "audience": req.audience,
+                "kid": rec.kid,
+            });
+            tokio::task::spawn_blocking(move || audit.append("jwt_svid_issue", record))
+                .await
+                .map_err(|e| internal(format!("audit log: {e}")))?
+                .map_err(|e| internal(format!("audit log: {e}")))?;
+            Ok(axum::Json(json!({ "token": token })).into_response())
+        }
+        Err(e) if e.code() == "overloaded" => Err(overloaded()),
+        Err(e) if matches!(e.code(), "jwt" | "ttl") => {
+            Err(error(StatusCode::BAD_REQUEST, e.code(), e.to_string()))
+        }
+        Err(e) => Err(internal(e.to_string())),
+    }
+}
+
+async fn bundle_pem(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let st = load_state(&s).await?;
+    let pem = authority::bundle_pem(&st).map_err(|e| internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())
+}
+
+async fn bundle_jwks(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let st = load_state(&s).await?;
+    let v = authority::bundle_jwks(&st, &s.keys).map_err(|e| internal(e.to_string()))?;
+    Ok(axum::Json(v).into_response())
+}

@@ -1,0 +1,446 @@
+//! The issuance HTTPS API end to end: `sigmux ca init`, then `sigmux serve`
+//! with an `[issuance]` listener whose PKI comes from the openssl CLI, driven
+//! with curl.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(dir: &Path, prog: &str, args: &[&str]) -> Output {
+    Command::new(prog)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, "openssl", args);
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn sigmux(dir: &Path, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sigmux"))
+        .current_dir(dir)
+        .args(["--config", "sigmux.toml"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sigmux {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ec_key(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            name,
+        ],
+    );
+}
+
+/// A self-signed CA `name.pem`/`name.key`.
+fn ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-subj",
+            &format!("/CN={name}"),
+            "-days",
+            "2",
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+/// A leaf `name.pem`/`name.key` signed by `ca` with the given SAN.
+fn leaf(dir: &Path, ca: &str, name: &str, san: &str) {
+    ec_key(dir, &format!("{name}.key"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}.key"),
+            "-subj",
+            &format!("/CN={name}"),
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!("subjectAltName={san}\n"),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+/// A workload CSR (`name.csr`), PEM text.
+fn workload_csr(dir: &Path, name: &str) -> String {
+    ec_key(dir, &format!("{name}.key"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}.key"),
+            "-subj",
+            "/CN=ignored",
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    std::fs::read_to_string(dir.join(format!("{name}.csr"))).unwrap()
+}
+
+/// Starts `sigmux serve` and returns it with the issuance address.
+fn start_server(dir: &Path) -> (ServerProcess, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigmux"))
+        .current_dir(dir)
+        .args(["--config", "sigmux.toml", "serve"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let server = ServerProcess(child);
+    let (mut issuance, mut http) = (None, false);
+    while !http {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("serve exited before listening");
+        };
+        if let Some(a) = line.split("issuance listening on ").nth(1) {
+            assert!(!http, "issuance line must come before the serving line");
+            issuance = Some(a.trim().to_string());
+        }
+        if line.contains("on http://") {
+            http = true;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (server, issuance.expect("issuance listener line"))
+}
+
+/// curl with the test CA; `who` is the client certificate, if any.
+/// Returns (HTTP status, body); status 0 when curl itself failed.
+fn curl(
+    dir: &Path,
+    who: Option<&str>,
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut args: Vec<String> = vec![
+        "-sS".into(),
+        "--cacert".into(),
+        "ca.pem".into(),
+        "-X".into(),
+        method.into(),
+        "-o".into(),
+        "body.out".into(),
+        "-w".into(),
+        "%{http_code}".into(),
+    ];
+    if let Some(w) = who {
+        args.extend([
+            "--cert".into(),
+            format!("{w}.pem"),
+            "--key".into(),
+            format!("{w}.key"),
+        ]);
+    }
+    if let Some(b) = body {
+        std::fs::write(dir.join("req.json"), b).unwrap();
+        args.extend([
+            "-H".into(),
+            "content-type: application/json".into(),
+            "--data-binary".into(),
+            "@req.json".into(),
+        ]);
+    }
+    args.push(url.into());
+    let _ = std::fs::remove_file(dir.join("body.out"));
+    let out = Command::new("curl")
+        .current_dir(dir)
+        .args(&args)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return (0, String::from_utf8_lossy(&out.stderr).to_string());
+    }
+    let code = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    (
+        code,
+        std::fs::read_to_string(dir.join("body.out")).unwrap_or_default(),
+    )
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn issuance_api_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ca(dir, "ca");
+    leaf(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
+    leaf(dir, "ca", "caller", "URI:spiffe://example.org/issuer");
+    leaf(dir, "ca", "nobody", "URI:spiffe://example.org/nobody");
+    std::fs::write(
+        dir.join("sigmux.toml"),
+        "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [issuance]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         client_ca = \"ca.pem\"\nmax_items = 4\nmax_ttl_seconds = 600\n\
+         [[issuance.callers]]\nid = \"spiffe://example.org/issuer\"\n\
+         allowed_prefixes = [\"spiffe://example.org/ns/prod\"]\n",
+    )
+    .unwrap();
+    sigmux(dir, &["ca", "init", "--trust-domain", "example.org"]);
+    let (_server, addr) = start_server(dir);
+    let base = format!("https://localhost:{}", addr.rsplit(':').next().unwrap());
+    let url = |p: &str| format!("{base}{p}");
+
+    // A batch of three: good, bad CSR, forbidden ID.
+    let good = workload_csr(dir, "w1");
+    let other = workload_csr(dir, "w2");
+    let body = serde_json::json!({"items": [
+        {"csr": good, "spiffe_id": "spiffe://example.org/ns/prod/sa/web",
+         "dns_names": ["web.prod.svc"], "ttl_seconds": 300},
+        {"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+         "spiffe_id": "spiffe://example.org/ns/prod/sa/bad"},
+        {"csr": other, "spiffe_id": "spiffe://example.org/ns/dev/sa/web"},
+    ]})
+    .to_string();
+    let (code, text) = curl(
+        dir,
+        Some("caller"),
+        "POST",
+        &url("/v1/x509svids:batch"),
+        Some(&body),
+    );
+    assert_eq!(code, 200, "{text}");
+    let v = json(&text);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{text}");
+    assert_eq!(results[0]["status"], "ok", "{text}");
+    let serial = results[0]["serial"].as_str().unwrap();
+    assert_eq!(serial.len(), 32, "{serial}");
+    let expires = results[0]["expires_at"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(expires > now && expires <= now + 301, "{expires} vs {now}");
+    let chain = results[0]["svid_chain_pem"].as_str().unwrap();
+    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "{chain}");
+    assert_eq!(results[1]["status"], "error", "{text}");
+    assert_eq!(results[1]["code"], "csr_malformed", "{text}");
+    assert!(!results[1]["message"].as_str().unwrap().is_empty());
+    assert_eq!(results[2]["status"], "error", "{text}");
+    assert_eq!(results[2]["code"], "forbidden", "{text}");
+
+    // Every issued SVID and refused item is in the audit log, whose chain
+    // holds.
+    let log = std::fs::read_to_string(dir.join("data/audit.log")).unwrap();
+    assert!(log.contains(&format!("\"serial\":\"{serial}\"")), "{log}");
+    assert!(log.contains("\"event\":\"svid_issue\""));
+    assert_eq!(
+        log.matches("\"event\":\"svid_refused\"").count(),
+        2,
+        "{log}"
+    );
+    sigmux::audit::verify(&dir.join("data/audit.log")).unwrap();
+
+    // The chain verifies against the bundle, and names the workload.
+    let (code, bundle) = curl(dir, Some("caller"), "GET", &url("/v1/bundle.pem"), None);
+    assert_eq!(code, 200, "{bundle}");
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "{bundle}");
+    std::fs::write(dir.join("bundle.pem"), &bundle).unwrap();
+    let end =
+        chain.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----\n".len();
+    std::fs::write(dir.join("svid.pem"), &chain[..end]).unwrap();
+    std::fs::write(dir.join("chain.pem"), chain).unwrap();
+    let out = openssl(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            "bundle.pem",
+            "-untrusted",
+            "chain.pem",
+            "svid.pem",
+        ],
+    );
+    assert!(out.contains("svid.pem: OK"), "{out}");
+    let text = openssl(dir, &["x509", "-in", "svid.pem", "-noout", "-text"]);
+    assert!(
+        text.contains("URI:spiffe://example.org/ns/prod/sa/web"),
+        "{text}"
+    );
+    assert!(text.contains("DNS:web.prod.svc"), "{text}");
+    let got = openssl(dir, &["x509", "-in", "svid.pem", "-noout", "-serial"]);
+    assert_eq!(
+        got.trim().trim_start_matches("serial=").to_lowercase(),
+        serial.to_lowercase()
+    );
+
+    // JWKS bundle.
+    let (code, jwks) = curl(dir, Some("caller"), "GET", &url("/v1/bundle"), None);
+    assert_eq!(code, 200, "{jwks}");
+    let jwks = json(&jwks);
+    let keys = jwks["keys"].as_array().unwrap();
+    assert!(keys.iter().any(|k| k["use"] == "x509-svid"));
+    let jwt_kid = keys
+        .iter()
+        .find(|k| k["use"] == "jwt-svid")
+        .and_then(|k| k["kid"].as_str())
+        .unwrap()
+        .to_string();
+
+    // JWT-SVIDs: allowed and forbidden.
+    let (code, text) = curl(
+        dir,
+        Some("caller"),
+        "POST",
+        &url("/v1/jwtsvids"),
+        Some(
+            r#"{"spiffe_id":"spiffe://example.org/ns/prod/sa/web","audience":["db"],"ttl_seconds":60}"#,
+        ),
+    );
+    assert_eq!(code, 200, "{text}");
+    let token = json(&text)["token"].as_str().unwrap().to_string();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    use base64::Engine as _;
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.split('.').next().unwrap())
+        .unwrap();
+    assert_eq!(
+        json(&String::from_utf8(header).unwrap())["kid"],
+        jwt_kid.as_str()
+    );
+    let (code, text) = curl(
+        dir,
+        Some("caller"),
+        "POST",
+        &url("/v1/jwtsvids"),
+        Some(r#"{"spiffe_id":"spiffe://example.org/ns/dev/x","audience":["db"]}"#),
+    );
+    assert_eq!(code, 403, "{text}");
+    assert_eq!(json(&text)["error"]["code"], "forbidden");
+
+    // A caller that no rule names may request nothing.
+    let one = serde_json::json!({"items": [{"csr": workload_csr(dir, "w3"),
+        "spiffe_id": "spiffe://example.org/ns/prod/sa/web"}]})
+    .to_string();
+    let (code, text) = curl(
+        dir,
+        Some("nobody"),
+        "POST",
+        &url("/v1/x509svids:batch"),
+        Some(&one),
+    );
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(json(&text)["results"][0]["code"], "forbidden", "{text}");
+
+    // Malformed JSON, unknown fields, too many items.
+    let (code, text) = curl(
+        dir,
+        Some("caller"),
+        "POST",
+        &url("/v1/x509svids:batch"),
+        Some("{\"items\": ["),
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        json(&text)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("malformed")
+    );
+    let (code, text) = curl(
+        dir,
+        Some("caller"),
+        "POST",
+        &url("/v1/x509svids:batch"),
+        Some(r#"{"items":[],"extra":1}"#),
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        json(&text)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("extra"),
+        "{text}"
+    );
+    let item = r#"{"csr":"x","spiffe_id":"spiffe://example.org/ns/prod/a"}"#;
+    let five = format!("{{\"items\":[{}]}}", [item; 5].join(","));
+    let (code, text) = curl(
+        dir,
+        Some("caller"),
+        "POST",
+        &url("/v1/x509svids:batch"),
+        Some(&five),
+    );
+    assert_eq!(code, 413, "{text}");
+    assert_eq!(json(&text)["error"]["code"], "too_many_items");
+
+    // No client certificate: refused in the handshake.
+    let (code, _) = curl(dir, None, "GET", &url("/v1/bundle"), None);
+    assert_eq!(code, 0);
+}
