@@ -340,6 +340,57 @@ fn issuance_api_end_to_end() {
         serial.to_lowercase()
     );
 
+    // Revoke the SVID: the active intermediate's CRL, fetched fresh, is
+    // signed by it (openssl checks against the bundle) and lists the serial.
+    sigmux(dir, &["ca", "revoke", "--serial", serial]);
+    let state: serde_json::Value =
+        json(&std::fs::read_to_string(dir.join("data/ca/state.json")).unwrap());
+    let int_serial = state["intermediates"][0]["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, _) = curl(
+        dir,
+        Some("caller"),
+        "GET",
+        &url(&format!("/v1/crl/{int_serial}")),
+        None,
+    );
+    assert_eq!(code, 200);
+    std::fs::copy(dir.join("body.out"), dir.join("crl.der")).unwrap();
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            "crl.der",
+            "-CAfile",
+            "bundle.pem",
+            "-noout",
+            "-text",
+        ])
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && all.contains("verify OK"), "{all}");
+    assert!(
+        all.to_lowercase()
+            .contains(&format!("serial number: {}", serial.to_lowercase())),
+        "{all}"
+    );
+    assert!(
+        all.contains("X509v3 CRL Number") && all.contains("Next Update"),
+        "{all}"
+    );
+    let (code, body) = curl(dir, Some("caller"), "GET", &url("/v1/crl/00ff"), None);
+    assert_eq!(code, 404, "{body}");
+
     // JWKS bundle.
     let (code, jwks) = curl(dir, Some("caller"), "GET", &url("/v1/bundle"), None);
     assert_eq!(code, 200, "{jwks}");

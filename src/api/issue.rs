@@ -59,6 +59,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/bundle", get(bundle_jwks))
         .route("/v1/bundle.pem", get(bundle_pem))
         .route("/v1/bundle.jwks", get(bundle_jwks))
+        .route("/v1/crl/{serial}", get(crl))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -424,4 +425,23 @@ async fn bundle_jwks(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let st = load_state(&s).await?;
     let v = authority::bundle_jwks(&st, &s.keys).map_err(|e| internal(e.to_string()))?;
     Ok(axum::Json(v).into_response())
+}
+
+/// `GET /v1/crl/{serial}`: the intermediate's current CRL, DER, made fresh.
+async fn crl(
+    State(s): State<ApiState>,
+    axum::extract::Path(serial): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let st = load_state(&s).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    match crate::ca::crl::crl_der(&s.engine, &s.keys, &st, &serial, now).await {
+        Ok(der) => Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response()),
+        Err(crate::Error::Overloaded) => Err(overloaded()),
+        Err(e @ crate::Error::Invalid(_)) => {
+            Err(error(StatusCode::NOT_FOUND, "no_crl", e.to_string()))
+        }
+        Err(e) => Err(internal(e.to_string())),
+    }
 }

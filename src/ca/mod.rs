@@ -3,6 +3,7 @@
 //! authority builds on them.
 
 pub mod authority;
+pub mod crl;
 pub mod csr;
 pub mod rotation;
 pub mod spiffe;
