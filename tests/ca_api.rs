@@ -391,6 +391,52 @@ fn issuance_api_end_to_end() {
     let (code, body) = curl(dir, Some("caller"), "GET", &url("/v1/crl/00ff"), None);
     assert_eq!(code, 404, "{body}");
 
+    // A rotation next to the running server: after prepare + activate, new
+    // SVIDs come from the new intermediate, and SVIDs from both verify
+    // against the bundle.
+    sigmux(dir, &["ca", "rotate", "prepare"]);
+    sigmux(dir, &["ca", "rotate", "activate"]);
+    let body = serde_json::json!({"items": [
+        {"csr": workload_csr(dir, "w3"), "spiffe_id": "spiffe://example.org/ns/prod/sa/api", "ttl_seconds": 300},
+    ]})
+    .to_string();
+    let (code, text) = curl(
+        dir,
+        Some("caller"),
+        "POST",
+        &url("/v1/x509svids:batch"),
+        Some(&body),
+    );
+    assert_eq!(code, 200, "{text}");
+    let r = json(&text);
+    assert_eq!(r["results"][0]["status"], "ok", "{text}");
+    std::fs::write(
+        dir.join("svid2.pem"),
+        r["results"][0]["svid_chain_pem"].as_str().unwrap(),
+    )
+    .unwrap();
+    let (code, bundle2) = curl(dir, Some("caller"), "GET", &url("/v1/bundle.pem"), None);
+    assert_eq!(code, 200);
+    assert_eq!(bundle2.matches("BEGIN CERTIFICATE").count(), 3, "{bundle2}");
+    std::fs::write(dir.join("bundle2.pem"), &bundle2).unwrap();
+    for svid in ["svid.pem", "svid2.pem"] {
+        let out = openssl(
+            dir,
+            &[
+                "verify",
+                "-CAfile",
+                "bundle2.pem",
+                "-purpose",
+                "sslclient",
+                svid,
+            ],
+        );
+        assert!(out.contains(": OK"), "{svid}: {out}");
+    }
+    let old_issuer = openssl(dir, &["x509", "-in", "svid.pem", "-noout", "-issuer"]);
+    let new_issuer = openssl(dir, &["x509", "-in", "svid2.pem", "-noout", "-issuer"]);
+    assert_ne!(old_issuer, new_issuer);
+
     // JWKS bundle.
     let (code, jwks) = curl(dir, Some("caller"), "GET", &url("/v1/bundle"), None);
     assert_eq!(code, 200, "{jwks}");

@@ -515,13 +515,28 @@ impl KeyStore {
     }
 
     /// The key named `name`.
+    ///
+    /// A key another process added to the data dir since this store was
+    /// opened (a `sigmux ca rotate` next to a running `serve`) is loaded
+    /// from its file on first use.
     pub fn get(&self, name: &str) -> Result<Arc<Key>> {
-        self.keys
-            .read()
-            .by_name
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::UnknownKey(name.to_string()))
+        if let Some(k) = self.keys.read().by_name.get(name) {
+            return Ok(k.clone());
+        }
+        let path = match &self.dir {
+            Some(dir) if validate_name(name).is_ok() => dir.join(format!("{name}.key")),
+            _ => return Err(Error::UnknownKey(name.to_string())),
+        };
+        if !path.exists() {
+            return Err(Error::UnknownKey(name.to_string()));
+        }
+        let key = Arc::new(load_file(&path, self.kek.as_ref())?);
+        let mut index = self.keys.write();
+        if let Some(k) = index.by_name.get(name) {
+            return Ok(k.clone());
+        }
+        index.insert(key.clone());
+        Ok(key)
     }
 
     /// The key with this id.
