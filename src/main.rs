@@ -52,6 +52,51 @@ enum Command {
     /// The SPIFFE CA: chain and trust bundle.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Request X.509-SVIDs from a sigmux issuance API for CSR files.
+    Issue(IssueArgs),
+}
+
+/// `sigmux issue`: CSR files or a directory in, SVID chain files out.
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("csrs").required(true))]
+#[command(group = clap::ArgGroup::new("ids").required(true))]
+struct IssueArgs {
+    /// The issuance API: https://HOST:PORT.
+    #[arg(long)]
+    server: String,
+    /// CA certificates for the server (PEM).
+    #[arg(long)]
+    ca: PathBuf,
+    /// Caller certificate chain (PEM).
+    #[arg(long)]
+    cert: PathBuf,
+    /// Caller private key (PEM).
+    #[arg(long)]
+    key: PathBuf,
+    /// One CSR file (PEM or DER).
+    #[arg(long, group = "csrs")]
+    csr: Option<PathBuf>,
+    /// A directory: every *.csr and *.pem file in it, sorted by name.
+    #[arg(long, group = "csrs")]
+    csr_dir: Option<PathBuf>,
+    /// The SPIFFE ID of every SVID.
+    #[arg(long, group = "ids")]
+    spiffe_id: Option<String>,
+    /// A SPIFFE ID template; {stem} becomes the CSR file's stem.
+    #[arg(long, group = "ids")]
+    spiffe_id_template: Option<String>,
+    /// DNS SAN for every SVID (repeatable).
+    #[arg(long = "dns")]
+    dns: Vec<String>,
+    /// Requested lifetime in seconds (default: the server's maximum).
+    #[arg(long)]
+    ttl: Option<u64>,
+    /// Output directory: <stem>.pem holds each SVID chain.
+    #[arg(long)]
+    out: PathBuf,
+    /// CSRs per request.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    batch: u64,
 }
 
 #[derive(Subcommand)]
@@ -306,8 +351,17 @@ fn main() -> ExitCode {
         // report the failed write with eprintln!, which panics.
         .log_internal_errors(false)
         .init();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = match cli.command {
+        Command::Issue(a) => issue_cmd(a),
+        command => run(Cli {
+            command,
+            config: cli.config,
+            data_dir: cli.data_dir,
+        })
+        .map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("sigmux: error: {e}");
             ExitCode::FAILURE
@@ -338,6 +392,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(a) => bench_cmd(&cfg, a),
         Command::Ca(c) => ca_cmd(&cfg, c),
+        Command::Issue(a) => issue_cmd(a).map(|_| ()),
         Command::Audit(AuditCommand::Verify { file }) => {
             let path = file.unwrap_or_else(|| cfg.data_dir.join("audit.log"));
             let v = sigmux::audit::verify(&path)?;
@@ -345,6 +400,45 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `sigmux issue`; fails (exit 1) when any CSR got no SVID.
+fn issue_cmd(a: IssueArgs) -> Result<ExitCode> {
+    use sigmux::api::client::{CsrSource, IdChoice, IssueOptions};
+    let csrs = match (a.csr, a.csr_dir) {
+        (Some(f), _) => CsrSource::File(f),
+        (None, Some(d)) => CsrSource::Dir(d),
+        (None, None) => return Err(Error::Invalid("give --csr or --csr-dir".into())),
+    };
+    let id = match (a.spiffe_id, a.spiffe_id_template) {
+        (Some(id), _) => IdChoice::Fixed(id),
+        (None, Some(t)) => IdChoice::Template(t),
+        (None, None) => {
+            return Err(Error::Invalid(
+                "give --spiffe-id or --spiffe-id-template".into(),
+            ));
+        }
+    };
+    let opts = IssueOptions {
+        server: a.server,
+        ca: a.ca,
+        cert: a.cert,
+        key: a.key,
+        csrs,
+        id,
+        dns_names: a.dns,
+        ttl_seconds: a.ttl,
+        out: a.out,
+        batch: usize::try_from(a.batch).unwrap_or(usize::MAX),
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let s = sigmux::api::client::issue(&opts)?;
+    println!("issued {}, failed {}", s.issued, s.failed);
+    Ok(if s.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn pretty(v: &serde_json::Value) -> String {

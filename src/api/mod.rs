@@ -4,6 +4,7 @@
 //! ([`ClientIdentity`]), and `[[issuance.callers]]` rules say which SPIFFE
 //! IDs each may request.
 
+pub mod client;
 pub mod issue;
 
 use std::net::SocketAddr;
