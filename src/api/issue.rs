@@ -12,6 +12,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -48,11 +49,10 @@ pub struct ApiState {
 
 /// The issuance router.
 pub fn router(state: ApiState) -> Router {
-    let limit = state
-        .settings
-        .max_items
-        .saturating_mul(BODY_PER_ITEM)
-        .saturating_add(64 * 1024);
+    // Bodies up to twice the limit are read in full and refused by
+    // `body_bytes`, so the client gets its JSON error on a connection that
+    // is still whole; past that the connection is cut after the answer.
+    let hard_limit = body_limit(&state.settings).saturating_mul(2);
     Router::new()
         .route("/v1/x509svids:batch", post(x509_batch))
         .route("/v1/jwtsvids", post(jwt_svid))
@@ -60,8 +60,36 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/bundle.pem", get(bundle_pem))
         .route("/v1/bundle.jwks", get(bundle_jwks))
         .route("/v1/crl/{serial}", get(crl))
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(DefaultBodyLimit::max(hard_limit))
         .with_state(state)
+}
+
+/// The most body bytes a request may carry.
+fn body_limit(settings: &IssuanceSettings) -> usize {
+    settings
+        .max_items
+        .saturating_mul(BODY_PER_ITEM)
+        .saturating_add(64 * 1024)
+}
+
+/// The body, or a JSON error: one over [`body_limit`] gets 413
+/// `body_too_large` (also when axum's [`DefaultBodyLimit`] refused it, rather
+/// than its plain-text answer).
+fn body_bytes(s: &ApiState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    let limit = body_limit(&s.settings);
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body exceeds {limit} bytes"),
+        )
+    };
+    match body {
+        Ok(b) if b.len() > limit => Err(too_large()),
+        Ok(b) => Ok(b),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(too_large()),
+        Err(e) => Err(error(e.status(), "bad_request", e.body_text())),
+    }
 }
 
 /// `POST /v1/x509svids:batch` body.
@@ -234,9 +262,9 @@ fn item_error(code: &str, message: impl Into<String>) -> Value {
 async fn x509_batch(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: BatchRequest = parse_body(&body)?;
+    let req: BatchRequest = parse_body(&body_bytes(&s, body)?)?;
     if req.items.len() > s.settings.max_items {
         return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -351,9 +379,9 @@ async fn x509_batch(
 async fn jwt_svid(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: JwtRequest = parse_body(&body)?;
+    let req: JwtRequest = parse_body(&body_bytes(&s, body)?)?;
     let st = load_state(&s).await?;
     let td = TrustDomain::parse(&st.trust_domain)
         .map_err(|e| internal(format!("CA trust domain: {e}")))?;
