@@ -2,10 +2,25 @@
 //! line before it, so that removing, reordering or editing any record breaks
 //! the chain at that point (`sigmux audit verify`). Records never hold key
 //! material.
+//!
+//! The log is split into segments by size: when appending would take the
+//! current file (`audit.log`) past the segment limit, it is renamed to
+//! `audit.log.<N>` (`N` counting up from 1, zero-padded to six digits so the
+//! names sort) and a fresh `audit.log` starts. The chain does not restart:
+//! the first record of the new file carries the hash of the last line of the
+//! previous segment as its `prev`, and `seq` keeps counting. [`verify`] reads
+//! `audit.log.000001`, `audit.log.000002`, … and then `audit.log` as one
+//! chain.
+//!
+//! Every [`AuditLog`] opened on the same path in one process shares one
+//! tail, so the issuance API and the rotation scheduler extend the same
+//! chain.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
@@ -20,25 +35,42 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 /// Longest line `verify` reads; a longer one is reported, not loaded.
 const MAX_LINE: usize = 1 << 20;
 
+/// Default size at which the current file becomes a segment: 64 MiB.
+pub const DEFAULT_MAX_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// Digits of a segment number in its file name.
+const SEGMENT_DIGITS: usize = 6;
+
 /// An open audit log, appended to by many threads.
 pub struct AuditLog {
     path: PathBuf,
-    state: Mutex<Tail>,
+    state: Arc<Mutex<Tail>>,
 }
 
 struct Tail {
     file: File,
     seq: u64,
     last: String,
+    /// Bytes in the current file.
+    size: u64,
+    /// Number the current file gets when it becomes a segment.
+    next_segment: u64,
+    max_segment_bytes: u64,
 }
+
+/// Tails of the logs open in this process, by canonical path.
+static OPEN: LazyLock<Mutex<HashMap<PathBuf, Weak<Mutex<Tail>>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// What `verify` found in a log whose chain is intact.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
-    /// Records in the file.
+    /// Records in all segments together.
     pub records: u64,
     /// SHA-256 (hex) of the last line: publish it to detect truncation.
     pub head: String,
+    /// Older segments read before the current file.
+    pub segments: u64,
 }
 
 fn sha256_hex(line: &[u8]) -> String {
@@ -52,30 +84,124 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-impl AuditLog {
-    /// Opens (or creates) the log at `path`, checking the whole chain first
-    /// so that new records never extend a broken one.
-    pub fn open(path: &Path) -> Result<AuditLog> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+/// The file name of segment `n` of the log at `path`.
+pub fn segment_path(path: &Path, n: u64) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{n:0SEGMENT_DIGITS$}"));
+    path.with_file_name(name)
+}
+
+/// The older segments of the log at `path`, by number, oldest first.
+pub fn segments(path: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Some(base) = path.file_name().and_then(|n| n.to_str()) else {
+        return Err(Error::Invalid(format!(
+            "audit log path {} has no usable file name",
+            path.display()
+        )));
+    };
+    let prefix = format!("{base}.");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(&dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(&dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(num) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if num.len() < SEGMENT_DIGITS || !num.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
         }
-        let (seq, last) = if path.exists() {
+        if let Ok(n) = num.parse::<u64>() {
+            out.push((n, path.with_file_name(name)));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn open_append(path: &Path) -> Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path).map_err(|e| Error::io(path, e))
+}
+
+/// Makes a rename or a new file in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(dir, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log at `path` with segments of
+    /// [`DEFAULT_MAX_SEGMENT_BYTES`]; see [`AuditLog::open_with`].
+    pub fn open(path: &Path) -> Result<AuditLog> {
+        AuditLog::open_with(path, DEFAULT_MAX_SEGMENT_BYTES)
+    }
+
+    /// Opens (or creates) the log at `path`, checking the whole chain
+    /// (every segment) first so that new records never extend a broken one.
+    /// The current file becomes a segment when an append would take it past
+    /// `max_segment_bytes`. A log already open in this process is shared
+    /// (and keeps the limit it was first opened with).
+    pub fn open_with(path: &Path, max_segment_bytes: u64) -> Result<AuditLog> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let canonical = std::fs::canonicalize(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .join(path.file_name().unwrap_or_default());
+        let mut open = OPEN.lock();
+        open.retain(|_, w| w.strong_count() > 0);
+        if let Some(state) = open.get(&canonical).and_then(Weak::upgrade) {
+            return Ok(AuditLog {
+                path: path.to_path_buf(),
+                state,
+            });
+        }
+        let segs = segments(path)?;
+        let (seq, last) = if path.exists() || !segs.is_empty() {
             let v = verify(path)?;
             (v.records, v.head)
         } else {
             (0, GENESIS.to_string())
         };
-        let mut opts = OpenOptions::new();
-        opts.append(true).create(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let file = opts.open(path).map_err(|e| Error::io(path, e))?;
+        let file = open_append(path)?;
+        let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let state = Arc::new(Mutex::new(Tail {
+            file,
+            seq,
+            last,
+            size,
+            next_segment: segs.last().map_or(1, |(n, _)| n + 1),
+            max_segment_bytes: max_segment_bytes.max(1),
+        }));
+        open.insert(canonical, Arc::downgrade(&state));
         Ok(AuditLog {
             path: path.to_path_buf(),
-            state: Mutex::new(Tail { file, seq, last }),
+            state,
         })
     }
 
@@ -92,7 +218,7 @@ impl AuditLog {
 
     /// Appends several records with one write and one sync (group commit):
     /// for a batch whose answer must not leave before its records are on
-    /// disk.
+    /// disk. A batch is never split between segments.
     pub fn append_many(&self, records: Vec<(String, Value)>) -> Result<()> {
         if records.is_empty() {
             return Ok(());
@@ -107,12 +233,41 @@ impl AuditLog {
             line.push(b'\n');
             out.extend_from_slice(&line);
         }
+        if tail.size > 0 && tail.size.saturating_add(out.len() as u64) > tail.max_segment_bytes {
+            self.rotate(&mut tail)?;
+        }
         tail.file
             .write_all(&out)
             .and_then(|_| tail.file.sync_data())
             .map_err(|e| Error::io(&self.path, e))?;
         tail.seq = seq;
         tail.last = last;
+        tail.size += out.len() as u64;
+        Ok(())
+    }
+
+    /// Turns the current file into the next segment and starts a new one.
+    fn rotate(&self, tail: &mut Tail) -> Result<()> {
+        let seg = segment_path(&self.path, tail.next_segment);
+        if seg.exists() {
+            return Err(Error::Invalid(format!(
+                "audit log segment {} already exists; not overwriting it",
+                seg.display()
+            )));
+        }
+        tail.file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        std::fs::rename(&self.path, &seg).map_err(|e| Error::io(&seg, e))?;
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        // A crash here leaves the segments and no current file: `open`
+        // continues the chain from the last segment.
+        sync_dir(&dir)?;
+        tail.file = open_append(&self.path)?;
+        sync_dir(&dir)?;
+        tail.next_segment += 1;
+        tail.size = 0;
         Ok(())
     }
 }
@@ -140,12 +295,41 @@ fn record_line(seq: u64, event: &str, fields: Value, prev: &str) -> Result<Vec<u
         .map_err(|e| Error::Invalid(format!("audit record: {e}")))
 }
 
-/// Checks every link of the chain; the error names the first bad line.
+/// Checks every link of the chain across all segments (oldest first, then
+/// the current file); the error names the first bad file and line, or the
+/// missing segment.
 pub fn verify(path: &Path) -> Result<Verified> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::new(file);
+    let segs = segments(path)?;
     let mut prev = GENESIS.to_string();
     let mut n: u64 = 0;
+    for (expected, (num, seg)) in (1..).zip(&segs) {
+        if *num != expected {
+            let missing = segment_path(path, expected);
+            return Err(Error::Invalid(format!(
+                "audit log segment {} is missing: {} line 1 does not continue the chain (records {}.. are gone)",
+                missing.display(),
+                seg.display(),
+                n + 1
+            )));
+        }
+        verify_file(seg, &mut prev, &mut n)?;
+    }
+    if segs.is_empty() || path.exists() {
+        verify_file(path, &mut prev, &mut n)?;
+    }
+    Ok(Verified {
+        records: n,
+        head: prev,
+        segments: segs.len() as u64,
+    })
+}
+
+/// Checks one file of the chain: `prev` is the hash before its first line
+/// and `n` the records before it; both are advanced.
+fn verify_file(path: &Path, prev: &mut String, n: &mut u64) -> Result<()> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = BufReader::new(file);
+    let mut line_no: u64 = 0;
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -155,9 +339,15 @@ pub fn verify(path: &Path) -> Result<Verified> {
         if read == 0 {
             break;
         }
-        n += 1;
-        let bad =
-            |why: String| Error::Invalid(format!("audit log {} line {n}: {why}", path.display()));
+        line_no += 1;
+        *n += 1;
+        let seq = *n;
+        let bad = |why: String| {
+            Error::Invalid(format!(
+                "audit log {} line {line_no}: {why}",
+                path.display()
+            ))
+        };
         if buf.last() != Some(&b'\n') {
             return Err(bad(if buf.len() > MAX_LINE {
                 "line too long".into()
@@ -167,8 +357,8 @@ pub fn verify(path: &Path) -> Result<Verified> {
         }
         let line = &buf[..buf.len() - 1];
         let v: Value = serde_json::from_slice(line).map_err(|e| bad(format!("not JSON: {e}")))?;
-        if v["seq"].as_u64() != Some(n) {
-            return Err(bad(format!("sequence is {}, expected {n}", v["seq"])));
+        if v["seq"].as_u64() != Some(seq) {
+            return Err(bad(format!("sequence is {}, expected {seq}", v["seq"])));
         }
         if v["prev"].as_str() != Some(prev.as_str()) {
             return Err(bad(
@@ -176,12 +366,9 @@ pub fn verify(path: &Path) -> Result<Verified> {
                     .into(),
             ));
         }
-        prev = sha256_hex(line);
+        *prev = sha256_hex(line);
     }
-    Ok(Verified {
-        records: n,
-        head: prev,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -250,5 +437,115 @@ mod tests {
         assert!(e.contains("line 5") && e.contains("truncated"), "{e}");
         // A log with a broken chain is not extended.
         assert!(AuditLog::open(&p).is_err());
+    }
+
+    #[test]
+    fn segments_rotate_by_size_and_chain_across_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        let log = AuditLog::open_with(&p, 400).unwrap();
+        for i in 0..12 {
+            log.append("e", json!({ "i": i, "pad": "x".repeat(40) }))
+                .unwrap();
+        }
+        // A second handle in the same process shares the tail.
+        let other = AuditLog::open(&p).unwrap();
+        other.append("e", json!({ "i": 12 })).unwrap();
+        log.append_many(vec![
+            ("e".into(), json!({ "i": 13 })),
+            ("e".into(), json!({ "i": 14 })),
+        ])
+        .unwrap();
+        let segs = segments(&p).unwrap();
+        assert!(segs.len() >= 3, "{segs:?}");
+        for (k, (n, path)) in segs.iter().enumerate() {
+            assert_eq!(*n, k as u64 + 1);
+            assert_eq!(*path, segment_path(&p, *n));
+            assert!(std::fs::metadata(path).unwrap().len() <= 400);
+        }
+        assert!(
+            segment_path(&p, 1)
+                .to_string_lossy()
+                .ends_with("audit.log.000001")
+        );
+        // The new file's first record continues the chain of the segment
+        // before it.
+        let last_seg = lines(&segs.last().unwrap().1).pop().unwrap();
+        let first: Value = serde_json::from_str(&lines(&p)[0]).unwrap();
+        assert_eq!(first["prev"], sha256_hex(last_seg.as_bytes()));
+        let before: Value = serde_json::from_str(&last_seg).unwrap();
+        assert_eq!(first["seq"].as_u64(), before["seq"].as_u64().map(|s| s + 1));
+
+        let v = verify(&p).unwrap();
+        assert_eq!(v.records, 15);
+        assert_eq!(v.segments, segs.len() as u64);
+        assert_eq!(v.head, sha256_hex(lines(&p).pop().unwrap().as_bytes()));
+        drop((log, other));
+
+        // Reopened: verified across segments, and numbering goes on.
+        let log = AuditLog::open_with(&p, 400).unwrap();
+        for i in 15..20 {
+            log.append("e", json!({ "i": i, "pad": "y".repeat(40) }))
+                .unwrap();
+        }
+        let v = verify(&p).unwrap();
+        assert_eq!(v.records, 20);
+        assert!(segments(&p).unwrap().len() > segs.len());
+        drop(log);
+
+        // A crash between the rename and the new file: the chain goes on.
+        let seg_n = segments(&p).unwrap().len() as u64 + 1;
+        std::fs::rename(&p, segment_path(&p, seg_n)).unwrap();
+        assert_eq!(verify(&p).unwrap().records, 20);
+        let log = AuditLog::open_with(&p, 400).unwrap();
+        log.append("e", json!({ "i": 20 })).unwrap();
+        assert_eq!(verify(&p).unwrap().records, 21);
+    }
+
+    #[test]
+    fn tampered_old_segment_and_missing_segment_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        let log = AuditLog::open_with(&p, 400).unwrap();
+        for i in 0..12 {
+            log.append("e", json!({ "i": i, "pad": "z".repeat(10) }))
+                .unwrap();
+        }
+        drop(log);
+        let segs = segments(&p).unwrap();
+        assert!(segs.len() >= 3, "{segs:?}");
+
+        // Edit the first line of segment 2: the chain breaks at its line 2.
+        let seg2 = &segs[1].1;
+        let good = std::fs::read_to_string(seg2).unwrap();
+        let mut ls = lines(seg2);
+        let edited = ls[0].replace("\"pad\":\"z", "\"pad\":\"Z");
+        assert_ne!(edited, ls[0]);
+        ls[0] = edited;
+        std::fs::write(seg2, ls.join("\n") + "\n").unwrap();
+        let e = verify(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("audit.log.000002 line 2") && e.contains("chain broken"),
+            "{e}"
+        );
+        assert!(AuditLog::open(&p).is_err());
+        std::fs::write(seg2, good).unwrap();
+        verify(&p).unwrap();
+
+        // Delete a middle segment.
+        std::fs::remove_file(seg2).unwrap();
+        let e = verify(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("audit.log.000002 is missing") && e.contains("audit.log.000003 line 1"),
+            "{e}"
+        );
+        assert!(AuditLog::open(&p).is_err());
+
+        // Renumbering the rest to hide the gap is still found.
+        for (n, path) in &segs[2..] {
+            std::fs::rename(path, segment_path(&p, n - 1)).unwrap();
+        }
+        let e = verify(&p).unwrap_err().to_string();
+        assert!(e.contains("audit.log.000002 line 1"), "{e}");
     }
 }

@@ -41,6 +41,9 @@ pub struct Config {
     /// SPIFFE issuance HTTPS API.
     #[serde(default)]
     pub issuance: IssuanceSection,
+    /// The SPIFFE CA's scheduled rotation.
+    #[serde(default)]
+    pub ca: CaSection,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -339,6 +342,35 @@ impl Default for IssuanceSection {
     }
 }
 
+/// `[ca]`: scheduled rotation of the intermediate signing CA in `serve`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaSection {
+    /// Prepare, activate and retire intermediates on schedule.
+    pub auto_rotate: bool,
+    /// Seconds between two checks of the schedule.
+    pub rotation_check_seconds: u64,
+}
+
+impl Default for CaSection {
+    fn default() -> Self {
+        CaSection {
+            auto_rotate: true,
+            rotation_check_seconds: 60,
+        }
+    }
+}
+
+/// How `serve` runs the rotation schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RotationSettings {
+    /// Time between two checks.
+    pub check_every: Duration,
+    /// The longest SVID lifetime the CA issues: how long a drained
+    /// intermediate stays in the bundle.
+    pub max_svid_ttl: Duration,
+}
+
 fn bad(field: &str, why: impl std::fmt::Display) -> Error {
     Error::Config(format!("{field}: {why}"))
 }
@@ -356,6 +388,7 @@ impl Config {
             http: HttpSection::default(),
             keyless: KeylessSection::default(),
             issuance: IssuanceSection::default(),
+            ca: CaSection::default(),
         })
     }
 
@@ -425,6 +458,7 @@ impl Config {
         self.http_listen()?;
         self.keyless_settings()?;
         self.issuance_settings()?;
+        self.rotation_settings()?;
         match (&self.keys.kek_file, &self.keys.kek_env) {
             (Some(_), Some(_)) => {
                 return Err(bad("keys", "give kek_file or kek_env, not both"));
@@ -619,6 +653,30 @@ impl Config {
         }))
     }
 
+    /// The rotation schedule, or `None` when `ca.auto_rotate` is off. An
+    /// intermediate drains for the longest SVID lifetime:
+    /// `issuance.max_ttl_seconds`, or the CA's default of one hour.
+    pub fn rotation_settings(&self) -> Result<Option<RotationSettings>> {
+        let c = &self.ca;
+        if !(1..=86_400).contains(&c.rotation_check_seconds) {
+            return Err(bad(
+                "ca.rotation_check_seconds",
+                "must be between 1 and 86400",
+            ));
+        }
+        if !c.auto_rotate {
+            return Ok(None);
+        }
+        let max_svid_ttl = self
+            .issuance
+            .max_ttl_seconds
+            .map_or(crate::ca::svid::DEFAULT_MAX_TTL, Duration::from_secs);
+        Ok(Some(RotationSettings {
+            check_every: Duration::from_secs(c.rotation_check_seconds),
+            max_svid_ttl,
+        }))
+    }
+
     /// The engine's limits.
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
@@ -739,6 +797,30 @@ mod tests {
         let empty = Config::parse("", "empty").unwrap();
         assert_eq!(empty.engine.max_batch, c.engine.max_batch);
         assert!(c.pkcs11_configs().unwrap().is_empty());
+        let d = CaSection::default();
+        assert_eq!(c.ca.auto_rotate, d.auto_rotate);
+        assert_eq!(c.ca.rotation_check_seconds, d.rotation_check_seconds);
+        assert_eq!(
+            c.rotation_settings().unwrap(),
+            Some(RotationSettings {
+                check_every: Duration::from_secs(60),
+                max_svid_ttl: Duration::from_secs(3600),
+            })
+        );
+        let off = Config::parse(
+            "[ca]\nauto_rotate = false\n[issuance]\nmax_ttl_seconds = 600\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(off.rotation_settings().unwrap(), None);
+        let short = Config::parse(
+            "[ca]\nrotation_check_seconds = 5\n[issuance]\nmax_ttl_seconds = 600\n",
+            "t",
+        )
+        .unwrap();
+        let r = short.rotation_settings().unwrap().unwrap();
+        assert_eq!(r.check_every, Duration::from_secs(5));
+        assert_eq!(r.max_svid_ttl, Duration::from_secs(600));
     }
 
     #[test]
@@ -781,6 +863,12 @@ mod tests {
             ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
             ("[keys]\nkek_file = \"a\"\nkek_env = \"B\"\n", "keys"),
             ("[backends.tpu]\n", "tpu"),
+            ("[ca]\nauto_rotat = true\n", "auto_rotat"),
+            (
+                "[ca]\nrotation_check_seconds = 0\n",
+                "ca.rotation_check_seconds: must be between",
+            ),
+            ("[ca]\nauto_rotate = \"yes\"\n", "line 2"),
             (
                 "[backends.pkcs11]\ntoken_label = \"t\"\npin = \"1234\"\n",
                 "backends.pkcs11.pin: a PIN is never read from the config file",

@@ -3,7 +3,9 @@
 //! their own listeners here.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State;
@@ -12,7 +14,10 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::app::{self, KekUse};
-use crate::config::Config;
+use crate::audit::AuditLog;
+use crate::ca::authority::CaState;
+use crate::ca::rotation::{self, TickAction};
+use crate::config::{Config, RotationSettings};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::keyless::metrics::KeylessMetrics;
@@ -141,6 +146,14 @@ pub async fn serve(cfg: Config) -> Result<()> {
             say(format_args!("sigmux: issuance listening on {bound}"));
         }
     }
+    match cfg.rotation_settings()? {
+        None => say(format_args!(
+            "sigmux: scheduled CA rotation off (ca.auto_rotate = false)"
+        )),
+        Some(r) => {
+            spawn_rotation(r, cfg.data_dir.clone(), engine.clone(), keys.clone());
+        }
+    }
     let shared = Shared {
         engine: engine.clone(),
         keys,
@@ -156,6 +169,91 @@ pub async fn serve(cfg: Config) -> Result<()> {
         .map_err(|e| Error::Invalid(format!("http server failed: {e}")))?;
     say(format_args!("sigmux: shutting down"));
     Ok(())
+}
+
+/// Starts the rotation schedule: every `check_every`, [`rotation_step`] on
+/// a blocking thread (it signs through the engine and writes files).
+fn spawn_rotation(
+    r: RotationSettings,
+    data_dir: std::path::PathBuf,
+    engine: Arc<Engine>,
+    keys: Arc<KeyStore>,
+) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(r.check_every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut audit: Option<Arc<AuditLog>> = None;
+        let mut last_problem: Option<String> = None;
+        loop {
+            every.tick().await;
+            let (dir, e, k, a) = (
+                data_dir.clone(),
+                engine.clone(),
+                keys.clone(),
+                audit.clone(),
+            );
+            let max_ttl = r.max_svid_ttl;
+            let step = tokio::task::spawn_blocking(move || {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                rotation_step(&dir, &k, &e, a, max_ttl, now)
+            })
+            .await;
+            let problem = match step {
+                Ok(Ok((log, done))) => {
+                    audit = log;
+                    let mut problem = None;
+                    for action in done {
+                        match &action {
+                            TickAction::Skipped { why } => problem = Some(why.clone()),
+                            _ => {
+                                tracing::info!(action = %action, "scheduled CA rotation");
+                                say(format_args!("sigmux: {action}"));
+                            }
+                        }
+                    }
+                    problem
+                }
+                Ok(Err(e)) => Some(format!("scheduled CA rotation failed: {e}")),
+                Err(e) => Some(format!("scheduled CA rotation panicked: {e}")),
+            };
+            // A standing problem is reported when it starts, not every check.
+            if let Some(p) = &problem
+                && last_problem.as_ref() != Some(p)
+            {
+                tracing::warn!("{p}");
+                say(format_args!("sigmux: warning: {p}"));
+            }
+            last_problem = problem;
+        }
+    });
+}
+
+/// One check of the rotation schedule at `now` (Unix seconds): nothing
+/// without a CA; otherwise [`rotation::tick`], with an audit record for
+/// each thing done. The audit log is opened (its chain checked) before
+/// anything changes, and handed back to be reused by the next check.
+fn rotation_step(
+    data_dir: &Path,
+    keys: &KeyStore,
+    engine: &Engine,
+    audit: Option<Arc<AuditLog>>,
+    max_svid_ttl: Duration,
+    now: i64,
+) -> Result<(Option<Arc<AuditLog>>, Vec<TickAction>)> {
+    if !CaState::exists(data_dir) {
+        return Ok((audit, Vec::new()));
+    }
+    let audit = match audit {
+        Some(a) => a,
+        None => Arc::new(AuditLog::open(&data_dir.join("audit.log"))?),
+    };
+    // Offline roots are never unlocked by the server: preparing is skipped.
+    let done = rotation::tick(data_dir, keys, engine, None, max_svid_ttl, now)?;
+    let records: Vec<_> = done.iter().filter_map(TickAction::audit_record).collect();
+    audit.append_many(records)?;
+    Ok((Some(audit), done))
 }
 
 async fn shutdown_signal() {
@@ -186,4 +284,65 @@ async fn shutdown_signal() {
 fn say(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{args}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::{CpuBackend, CpuConfig, CpuEngine, EngineChoice};
+    use crate::ca::authority::{InitOptions, init};
+    use crate::ca::spiffe::TrustDomain;
+    use crate::engine::EngineConfig;
+
+    #[test]
+    fn rotation_step_records_what_it_did_in_the_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = crate::keys::Kek::from_bytes(&[7u8; 32]).unwrap();
+        let store = KeyStore::open(dir.path(), Some(kek)).unwrap();
+        let cpu = CpuBackend::new(&CpuConfig {
+            threads: 1,
+            engine: EngineChoice::Fixed(CpuEngine::AwsLc),
+            max_batch: 16,
+        })
+        .unwrap();
+        let engine = Engine::new(EngineConfig::default(), vec![Arc::new(cpu)]).unwrap();
+        let hour = Duration::from_secs(3600);
+
+        // No CA yet: nothing, and no audit log is made.
+        let (a, done) = rotation_step(dir.path(), &store, &engine, None, hour, 0).unwrap();
+        assert!(a.is_none() && done.is_empty());
+        assert!(!dir.path().join("audit.log").exists());
+
+        let td = TrustDomain::parse("example.org").unwrap();
+        let st = init(dir.path(), &store, &engine, &InitOptions::new(td), None).unwrap();
+        let int = &st.intermediates[0];
+        let life = int.not_after - int.not_before;
+        let (a, done) =
+            rotation_step(dir.path(), &store, &engine, None, hour, int.not_before + 1).unwrap();
+        assert!(done.is_empty());
+        let half = int.not_before + life / 2;
+        let (a, done) = rotation_step(dir.path(), &store, &engine, a, hour, half).unwrap();
+        assert!(matches!(done.as_slice(), [TickAction::Prepared { .. }]));
+        let switch = int.not_before + life * 5 / 6;
+        let (a, _) = rotation_step(dir.path(), &store, &engine, a, hour, switch).unwrap();
+        let (_, done) = rotation_step(dir.path(), &store, &engine, a, hour, switch + 3600).unwrap();
+        assert!(matches!(done.as_slice(), [TickAction::Retired { .. }]));
+
+        let log = dir.path().join("audit.log");
+        let v = crate::audit::verify(&log).unwrap();
+        assert_eq!(v.records, 3);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let events: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].to_string())
+            .collect();
+        assert_eq!(
+            events,
+            [
+                "\"ca_rotate_prepare\"",
+                "\"ca_rotate_activate\"",
+                "\"ca_rotate_retire\""
+            ]
+        );
+    }
 }

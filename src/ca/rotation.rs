@@ -66,7 +66,8 @@ fn root_spki(state: &CaState) -> Result<Vec<u8>> {
         .map_err(|e| Error::Invalid(format!("root certificate key: {e}")))
 }
 
-/// Makes and signs a new intermediate with `status`.
+/// Makes and signs a new intermediate with `status`, valid from `now`.
+#[allow(clippy::too_many_arguments)]
 fn new_intermediate(
     state: &CaState,
     store: &KeyStore,
@@ -75,10 +76,10 @@ fn new_intermediate(
     kind: KeyKind,
     ttl: Duration,
     status: CaStatus,
+    now: i64,
 ) -> Result<IntermediateRecord> {
     let td = TrustDomain::parse(&state.trust_domain)
         .map_err(|e| Error::Invalid(format!("CA state trust domain: {e}")))?;
-    let now = now()?;
     let serial = Serial::random().map_err(|e| Error::Invalid(e.to_string()))?;
     let tag = &serial.to_hex()[..8];
     let key = store.generate(&format!("ca-int-{tag}"), kind)?;
@@ -131,6 +132,19 @@ pub fn prepare(
     kind: Option<KeyKind>,
     ttl: Duration,
 ) -> Result<IntermediateRecord> {
+    prepare_at(data_dir, store, engine, passphrase, kind, ttl, now()?)
+}
+
+/// [`prepare`] at the time `now` (Unix seconds).
+fn prepare_at(
+    data_dir: &Path,
+    store: &KeyStore,
+    engine: &Engine,
+    passphrase: Option<&str>,
+    kind: Option<KeyKind>,
+    ttl: Duration,
+    now: i64,
+) -> Result<IntermediateRecord> {
     let mut state = CaState::require(data_dir)?;
     if let Some(p) = state
         .intermediates
@@ -144,7 +158,16 @@ pub fn prepare(
     }
     let root = root_key(&state, store, passphrase)?;
     let kind = kind.unwrap_or_else(|| active_kind(&state));
-    let rec = new_intermediate(&state, store, engine, &root, kind, ttl, CaStatus::Prepared)?;
+    let rec = new_intermediate(
+        &state,
+        store,
+        engine,
+        &root,
+        kind,
+        ttl,
+        CaStatus::Prepared,
+        now,
+    )?;
     state.intermediates.push(rec.clone());
     state.bundle_sequence += 1;
     state.save(data_dir)?;
@@ -154,8 +177,12 @@ pub fn prepare(
 /// `ca rotate activate`: the prepared intermediate signs from now on; the
 /// previous one drains. Returns (previous serial, new serial).
 pub fn activate(data_dir: &Path) -> Result<(Option<String>, String)> {
+    activate_at(data_dir, now()?)
+}
+
+/// [`activate`] at the time `now` (Unix seconds).
+fn activate_at(data_dir: &Path, now: i64) -> Result<(Option<String>, String)> {
     let mut state = CaState::require(data_dir)?;
-    let now = now()?;
     let Some(next) = state
         .intermediates
         .iter()
@@ -185,8 +212,17 @@ pub fn activate(data_dir: &Path) -> Result<(Option<String>, String)> {
 /// (drained for at least `max_svid_ttl`) leave the bundle; `force` retires
 /// them anyway. Returns the retired serials.
 pub fn retire(data_dir: &Path, max_svid_ttl: Duration, force: bool) -> Result<Vec<String>> {
+    retire_at(data_dir, max_svid_ttl, force, now()?)
+}
+
+/// [`retire`] at the time `now` (Unix seconds).
+fn retire_at(
+    data_dir: &Path,
+    max_svid_ttl: Duration,
+    force: bool,
+    now: i64,
+) -> Result<Vec<String>> {
     let mut state = CaState::require(data_dir)?;
-    let now = now()?;
     let mut retired = Vec::new();
     let mut waiting = Vec::new();
     for i in state.intermediates.iter_mut() {
@@ -217,6 +253,187 @@ pub fn retire(data_dir: &Path, max_svid_ttl: Duration, force: bool) -> Result<Ve
     state.bundle_sequence += 1;
     state.save(data_dir)?;
     Ok(retired)
+}
+
+/// Fraction of the active intermediate's life after which [`tick`] prepares
+/// its successor (SPIRE's default: half).
+pub const PREPARE_AT: (i64, i64) = (1, 2);
+
+/// Fraction of the active intermediate's life after which [`tick`] activates
+/// the prepared one (SPIRE's default: five sixths).
+pub const ACTIVATE_AT: (i64, i64) = (5, 6);
+
+/// What one [`tick`] of the rotation schedule did (or could not do).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TickAction {
+    /// A new intermediate was prepared (in the bundle, not signing).
+    Prepared {
+        /// Its serial.
+        serial: String,
+        /// Its key's name in the store.
+        key: String,
+    },
+    /// The prepared intermediate now signs; the previous one drains.
+    Activated {
+        /// The one that drains now.
+        previous: Option<String>,
+        /// The one that signs now.
+        active: String,
+    },
+    /// Drained intermediates left the bundle.
+    Retired {
+        /// Their serials.
+        serials: Vec<String>,
+    },
+    /// A step was due but cannot be done here (a warning, not recorded).
+    Skipped {
+        /// Why.
+        why: String,
+    },
+}
+
+impl TickAction {
+    /// The audit record of this action (`None` for a skipped step).
+    #[must_use]
+    pub fn audit_record(&self) -> Option<(String, serde_json::Value)> {
+        use serde_json::json;
+        match self {
+            TickAction::Prepared { serial, key } => Some((
+                "ca_rotate_prepare".into(),
+                json!({ "serial": serial, "key": key, "scheduled": true }),
+            )),
+            TickAction::Activated { previous, active } => Some((
+                "ca_rotate_activate".into(),
+                json!({ "active": active, "draining": previous, "scheduled": true }),
+            )),
+            TickAction::Retired { serials } => Some((
+                "ca_rotate_retire".into(),
+                json!({ "retired": serials, "scheduled": true }),
+            )),
+            TickAction::Skipped { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for TickAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TickAction::Prepared { serial, .. } => write!(
+                f,
+                "prepared intermediate {serial} (in the bundle, not signing)"
+            ),
+            TickAction::Activated {
+                previous: Some(p),
+                active,
+            } => write!(f, "intermediate {active} is active; {p} drains"),
+            TickAction::Activated {
+                previous: None,
+                active,
+            } => write!(f, "intermediate {active} is active"),
+            TickAction::Retired { serials } => write!(f, "retired {}", serials.join(", ")),
+            TickAction::Skipped { why } => write!(f, "rotation skipped: {why}"),
+        }
+    }
+}
+
+/// `now` is at least `frac` of the way from `not_before` to `not_after`.
+fn past(rec: &IntermediateRecord, frac: (i64, i64), now: i64) -> bool {
+    let life = i128::from(rec.not_after) - i128::from(rec.not_before);
+    let at = i128::from(rec.not_before) + life * i128::from(frac.0) / i128::from(frac.1);
+    i128::from(now) >= at
+}
+
+/// One step of the rotation schedule at time `now` (Unix seconds), as
+/// `serve` runs it every few seconds:
+///
+/// * draining intermediates that stopped signing at least `max_svid_ttl`
+///   ago (their last SVID has expired) are retired;
+/// * the prepared intermediate is activated once the active one has passed
+///   [`ACTIVATE_AT`] (5/6) of its life;
+/// * a new intermediate (same key kind, same lifetime as the active one,
+///   capped at the root's) is prepared once the active one has passed
+///   [`PREPARE_AT`] (1/2) of its life and none is prepared. This needs the
+///   root key: with an offline root and no `passphrase` the step is
+///   returned as [`TickAction::Skipped`].
+///
+/// Preparing and activating never happen in the same step, so the new
+/// intermediate is in the bundle for a while before it signs. Returns what
+/// was done; nothing when nothing was due.
+///
+/// # Errors
+///
+/// CA state, key store, engine and I/O errors.
+pub fn tick(
+    data_dir: &Path,
+    store: &KeyStore,
+    engine: &Engine,
+    passphrase: Option<&str>,
+    max_svid_ttl: Duration,
+    now: i64,
+) -> Result<Vec<TickAction>> {
+    let mut done = Vec::new();
+    let state = CaState::require(data_dir)?;
+    let drained = state.intermediates.iter().any(|i| {
+        i.status == CaStatus::Draining
+            && now
+                >= i.draining_since
+                    .unwrap_or(now)
+                    .saturating_add(secs(max_svid_ttl))
+    });
+    if drained {
+        let serials = retire_at(data_dir, max_svid_ttl, false, now)?;
+        done.push(TickAction::Retired { serials });
+    }
+    let active = state
+        .intermediates
+        .iter()
+        .rev()
+        .find(|i| i.status == CaStatus::Active)
+        .cloned();
+    let prepared = state
+        .intermediates
+        .iter()
+        .any(|i| i.status == CaStatus::Prepared);
+    if prepared {
+        if active.as_ref().is_none_or(|a| past(a, ACTIVATE_AT, now)) {
+            let (previous, active) = activate_at(data_dir, now)?;
+            done.push(TickAction::Activated { previous, active });
+        }
+        return Ok(done);
+    }
+    let Some(active) = active else {
+        return Ok(done);
+    };
+    if !past(&active, PREPARE_AT, now) {
+        return Ok(done);
+    }
+    if state.root.key_name.is_none() && passphrase.is_none() {
+        done.push(TickAction::Skipped {
+            why: format!(
+                "intermediate {} is past half its life but the root key is offline; run `sigmux ca rotate prepare` with {} set",
+                active.serial,
+                super::authority::ROOT_PASSPHRASE_ENV
+            ),
+        });
+        return Ok(done);
+    }
+    let life = active.not_after - active.not_before - secs(CA_BACKDATE);
+    if now.saturating_add(life).min(state.root.not_after) <= active.not_after {
+        done.push(TickAction::Skipped {
+            why: format!(
+                "the root CA expires at {}: a new intermediate would not outlive {}; renew the root",
+                state.root.not_after, active.serial
+            ),
+        });
+        return Ok(done);
+    }
+    let ttl = Duration::from_secs(u64::try_from(life.max(3600)).unwrap_or(3600));
+    let rec = prepare_at(data_dir, store, engine, passphrase, None, ttl, now)?;
+    done.push(TickAction::Prepared {
+        serial: rec.serial,
+        key: rec.key_name,
+    });
+    Ok(done)
 }
 
 /// `ca revoke --serial HEX`: records a revoked SVID.
@@ -259,7 +476,16 @@ pub fn revoke_intermediate(
     };
     let root = root_key(&state, store, passphrase)?;
     let kind = state.intermediates[old].kind;
-    let rec = new_intermediate(&state, store, engine, &root, kind, ttl, CaStatus::Active)?;
+    let rec = new_intermediate(
+        &state,
+        store,
+        engine,
+        &root,
+        kind,
+        ttl,
+        CaStatus::Active,
+        now()?,
+    )?;
     state.intermediates[old].status = CaStatus::Revoked;
     let revoked = state.intermediates[old].serial.clone();
     let serial = rec.serial.clone();
@@ -267,4 +493,143 @@ pub fn revoke_intermediate(
     state.bundle_sequence += 1;
     state.save(data_dir)?;
     Ok((revoked, serial))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::{CpuBackend, CpuConfig, CpuEngine, EngineChoice};
+    use crate::ca::authority::{InitOptions, init};
+    use crate::engine::EngineConfig;
+
+    fn engine() -> Engine {
+        let cpu = CpuBackend::new(&CpuConfig {
+            threads: 1,
+            engine: EngineChoice::Fixed(CpuEngine::AwsLc),
+            max_batch: 16,
+        })
+        .unwrap();
+        Engine::new(EngineConfig::default(), vec![Arc::new(cpu)]).unwrap()
+    }
+
+    fn store(dir: &Path) -> KeyStore {
+        let kek = crate::keys::Kek::from_bytes(&[7u8; 32]).unwrap();
+        KeyStore::open(dir, Some(kek)).unwrap()
+    }
+
+    fn statuses(dir: &Path) -> Vec<CaStatus> {
+        CaState::require(dir)
+            .unwrap()
+            .intermediates
+            .iter()
+            .map(|i| i.status)
+            .collect()
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn tick_prepares_at_half_activates_at_five_sixths_retires_after_drain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let engine = engine();
+        let td = TrustDomain::parse("example.org").unwrap();
+        let state = init(dir.path(), &store, &engine, &InitOptions::new(td), None).unwrap();
+        let first = state.intermediates[0].clone();
+        let life = first.not_after - first.not_before;
+        let at = |num: i64, den: i64| first.not_before + life * num / den;
+        let t = |now: i64| tick(dir.path(), &store, &engine, None, HOUR, now).unwrap();
+
+        // Young: nothing.
+        assert!(t(first.not_before).is_empty());
+        assert!(t(at(1, 2) - 1).is_empty());
+        assert_eq!(statuses(dir.path()), [CaStatus::Active]);
+
+        // Half its life: a successor is prepared, published, not signing.
+        let done = t(at(1, 2));
+        let [TickAction::Prepared { serial, key }] = done.as_slice() else {
+            panic!("{done:?}");
+        };
+        let st = CaState::require(dir.path()).unwrap();
+        assert_eq!(statuses(dir.path()), [CaStatus::Active, CaStatus::Prepared]);
+        let next = st.intermediates[1].clone();
+        assert_eq!(&next.serial, serial);
+        assert_eq!(&next.key_name, key);
+        assert_eq!(next.kind, first.kind);
+        assert_eq!(next.not_before, at(1, 2) - secs(CA_BACKDATE));
+        assert_eq!(next.not_after - next.not_before, life);
+        assert_eq!(st.bundle_sequence, state.bundle_sequence + 1);
+        assert!(store.get(key).is_ok());
+        let (event, fields) = done[0].audit_record().unwrap();
+        assert_eq!(event, "ca_rotate_prepare");
+        assert_eq!(fields["serial"], serial.as_str());
+
+        // Between 1/2 and 5/6: nothing more.
+        assert!(t(at(1, 2) + 1).is_empty());
+        assert!(t(at(5, 6) - 1).is_empty());
+        assert_eq!(statuses(dir.path()), [CaStatus::Active, CaStatus::Prepared]);
+
+        // 5/6: the prepared one signs, the old one drains.
+        let switch = at(5, 6);
+        let done = t(switch);
+        assert_eq!(
+            done,
+            [TickAction::Activated {
+                previous: Some(first.serial.clone()),
+                active: next.serial.clone(),
+            }]
+        );
+        assert_eq!(done[0].audit_record().unwrap().0, "ca_rotate_activate");
+        let st = CaState::require(dir.path()).unwrap();
+        assert_eq!(st.intermediates[0].status, CaStatus::Draining);
+        assert_eq!(st.intermediates[0].draining_since, Some(switch));
+        assert_eq!(st.intermediates[1].status, CaStatus::Active);
+
+        // Draining until the longest SVID it signed has expired.
+        assert!(t(switch + 1).is_empty());
+        assert!(t(switch + secs(HOUR) - 1).is_empty());
+        assert_eq!(statuses(dir.path()), [CaStatus::Draining, CaStatus::Active]);
+        let done = t(switch + secs(HOUR));
+        assert_eq!(
+            done,
+            [TickAction::Retired {
+                serials: vec![first.serial.clone()],
+            }]
+        );
+        assert_eq!(done[0].audit_record().unwrap().0, "ca_rotate_retire");
+        assert_eq!(statuses(dir.path()), [CaStatus::Retired, CaStatus::Active]);
+        assert!(t(switch + secs(HOUR) + 1).is_empty());
+
+        // The next cycle follows the new intermediate's own life.
+        let life2 = next.not_after - next.not_before;
+        let half2 = next.not_before + life2 / 2;
+        assert!(t(half2 - 1).is_empty());
+        assert!(matches!(t(half2).as_slice(), [TickAction::Prepared { .. }]));
+        assert_eq!(
+            statuses(dir.path()),
+            [CaStatus::Retired, CaStatus::Active, CaStatus::Prepared]
+        );
+    }
+
+    #[test]
+    fn tick_skips_preparing_with_an_offline_root_and_no_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let engine = engine();
+        let td = TrustDomain::parse("example.org").unwrap();
+        let mut opts = InitOptions::new(td);
+        opts.offline_root = Some(dir.path().join("root.pem"));
+        let state = init(dir.path(), &store, &engine, &opts, Some("pass-1234")).unwrap();
+        let first = &state.intermediates[0];
+        let half = first.not_before + (first.not_after - first.not_before) / 2;
+        let done = tick(dir.path(), &store, &engine, None, HOUR, half).unwrap();
+        let [TickAction::Skipped { why }] = done.as_slice() else {
+            panic!("{done:?}");
+        };
+        assert!(why.contains("offline"), "{why}");
+        assert!(done[0].audit_record().is_none());
+        assert_eq!(statuses(dir.path()), [CaStatus::Active]);
+        let done = tick(dir.path(), &store, &engine, Some("pass-1234"), HOUR, half).unwrap();
+        assert!(matches!(done.as_slice(), [TickAction::Prepared { .. }]));
+    }
 }
