@@ -45,6 +45,8 @@ pub struct BenchOptions {
     pub callbacks: bool,
     /// Drive a running keyless server instead of an in-process engine.
     pub target: Option<KeylessTarget>,
+    /// Drive a running issuance API instead.
+    pub issue_target: Option<crate::bench_issue::IssueTarget>,
 }
 
 /// A keyless server to load, and how to reach it.
@@ -158,6 +160,10 @@ pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<BenchReport> {
     opts.scheme.check_fits(kind)?;
     if let Some(t) = &opts.target {
         return run_keyless(t, kind, opts);
+    }
+    if let Some(t) = &opts.issue_target {
+        let cpu = app::start_backends(cfg, "cpu")?.cpu;
+        return crate::bench_issue::run(t, opts, cpu);
     }
     if opts.concurrency == 0 {
         return Err(Error::Invalid("--concurrency must be at least 1".into()));
@@ -777,7 +783,8 @@ pub fn device_description() -> String {
     format!("{model} x{cores}")
 }
 
-fn now_rfc3339() -> String {
+/// The current time as RFC 3339 UTC, for reports.
+pub fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

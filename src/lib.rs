@@ -7,6 +7,7 @@ pub mod app;
 pub mod audit;
 pub mod backend;
 pub mod bench;
+pub mod bench_issue;
 pub mod ca;
 pub mod config;
 pub mod der;

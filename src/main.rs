@@ -300,7 +300,8 @@ struct BenchArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Load a running keyless server instead: keyless://HOST:PORT.
+    /// Load a running server instead: keyless://HOST:PORT, or the issuance
+    /// API at https://HOST:PORT.
     #[arg(long)]
     target: Option<String>,
     /// With --target: SKI (hex) of the key to sign with.
@@ -321,6 +322,16 @@ struct BenchArgs {
     /// With --target: connections in the client pool.
     #[arg(long, default_value_t = 8)]
     connections: usize,
+    /// With --target https://...: key kind of the CSRs' workload keys.
+    #[arg(long, default_value = "p256")]
+    csr_kind: String,
+    /// With --target https://...: key kind of the server's intermediate
+    /// (for the raw-crypto bound).
+    #[arg(long, default_value = "p256")]
+    ca_kind: String,
+    /// With --target https://...: SPIFFE ID prefix the caller may request.
+    #[arg(long, default_value = "spiffe://example.org/bench")]
+    spiffe_prefix: String,
 }
 
 fn main() -> ExitCode {
@@ -632,8 +643,27 @@ fn bench_cmd(cfg: &Config, a: BenchArgs) -> Result<()> {
             "--duration must be a positive number of seconds".into(),
         ));
     }
+    let issue_target = match &a.target {
+        Some(t) if t.starts_with("https://") => {
+            let need = |v: &Option<PathBuf>, flag: &str| {
+                v.clone()
+                    .ok_or_else(|| Error::Invalid(format!("--target needs {flag}")))
+            };
+            Some(sigmux::bench_issue::IssueTarget {
+                url: t.clone(),
+                ca: need(&a.ca, "--ca")?,
+                cert: need(&a.client_cert, "--client-cert")?,
+                key: need(&a.client_key, "--client-key")?,
+                csr_kind: a.csr_kind.parse()?,
+                ca_kind: a.ca_kind.parse()?,
+                id_prefix: a.spiffe_prefix.trim_end_matches('/').to_string(),
+            })
+        }
+        _ => None,
+    };
     let target = match &a.target {
         None => None,
+        Some(t) if t.starts_with("https://") => None,
         Some(t) => {
             let addr = t.strip_prefix("keyless://").ok_or_else(|| {
                 Error::Invalid(format!("--target '{t}' must look like keyless://HOST:PORT"))
@@ -660,6 +690,7 @@ fn bench_cmd(cfg: &Config, a: BenchArgs) -> Result<()> {
     };
     let opts = BenchOptions {
         target,
+        issue_target,
         backend: a.backend,
         scheme: a.scheme.parse()?,
         kind: a.kind.map(|k| k.parse()).transpose()?,

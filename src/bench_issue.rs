@@ -1,0 +1,260 @@
+//! `sigmux bench --target https://HOST:PORT` against the issuance API:
+//! end-to-end X.509-SVIDs per second from CSRs, beside the raw-crypto bound
+//! measured in the same run on the same cores (CSR verification plus the CA
+//! signature, straight through the library).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
+use openssl::x509::X509ReqBuilder;
+
+use crate::api::client::{ApiClient, ServerUrl};
+use crate::backend::cpu::{CpuBackend, CpuKey};
+use crate::bench::{BenchOptions, BenchReport, device_description};
+use crate::error::{Error, Result};
+use crate::keys::Key;
+use crate::scheme::{KeyKind, Scheme, SignInput};
+
+/// An issuance API to load.
+#[derive(Clone, Debug)]
+pub struct IssueTarget {
+    /// `https://host:port`.
+    pub url: String,
+    /// CA certificates for the server (PEM file).
+    pub ca: std::path::PathBuf,
+    /// Caller certificate (PEM file).
+    pub cert: std::path::PathBuf,
+    /// Caller key (PEM file).
+    pub key: std::path::PathBuf,
+    /// Kind of the workload keys in the CSRs.
+    pub csr_kind: KeyKind,
+    /// Kind of the server's intermediate (for the raw bound).
+    pub ca_kind: KeyKind,
+    /// SPIFFE ID prefix the caller may request, e.g. `spiffe://td/bench`.
+    pub id_prefix: String,
+}
+
+/// How many distinct CSRs are cycled through.
+const CSR_POOL: usize = 64;
+
+fn make_key(kind: KeyKind) -> Result<PKey<Private>> {
+    let e = |err: openssl::error::ErrorStack| Error::Invalid(format!("key generation: {err}"));
+    Ok(match kind {
+        KeyKind::Rsa2048 | KeyKind::Rsa3072 | KeyKind::Rsa4096 => {
+            PKey::from_rsa(openssl::rsa::Rsa::generate(kind.rsa_bits().unwrap_or(2048)).map_err(e)?)
+                .map_err(e)?
+        }
+        KeyKind::P256 | KeyKind::P384 => {
+            let nid = if kind == KeyKind::P256 {
+                openssl::nid::Nid::X9_62_PRIME256V1
+            } else {
+                openssl::nid::Nid::SECP384R1
+            };
+            let group = openssl::ec::EcGroup::from_curve_name(nid).map_err(e)?;
+            PKey::from_ec_key(openssl::ec::EcKey::generate(&group).map_err(e)?).map_err(e)?
+        }
+        KeyKind::Ed25519 => PKey::generate_ed25519().map_err(e)?,
+    })
+}
+
+/// A CSR (PEM) for a fresh key of `kind`, as `openssl req` would make it.
+fn make_csr(kind: KeyKind) -> Result<String> {
+    let e = |err: openssl::error::ErrorStack| Error::Invalid(format!("CSR: {err}"));
+    let key = make_key(kind)?;
+    let mut b = X509ReqBuilder::new().map_err(e)?;
+    b.set_pubkey(&key).map_err(e)?;
+    let md = if kind == KeyKind::Ed25519 {
+        MessageDigest::null()
+    } else {
+        MessageDigest::sha256()
+    };
+    b.sign(&key, md).map_err(e)?;
+    let pem = b.build().to_pem().map_err(e)?;
+    String::from_utf8(pem).map_err(|_| Error::Invalid("CSR PEM is not UTF-8".into()))
+}
+
+/// Runs the benchmark: `opts.concurrency` requests in flight, each a batch
+/// of `opts.batch` items.
+pub fn run(
+    t: &IssueTarget,
+    opts: &BenchOptions,
+    cpu: Option<Arc<CpuBackend>>,
+) -> Result<BenchReport> {
+    let batch = opts.batch.unwrap_or(500).max(1);
+    let csrs: Arc<Vec<String>> = Arc::new(
+        (0..CSR_POOL)
+            .map(|_| make_csr(t.csr_kind))
+            .collect::<Result<_>>()?,
+    );
+    let client = Arc::new(ApiClient::new(
+        ServerUrl::parse(&t.url)?,
+        &t.ca,
+        &t.cert,
+        &t.key,
+    )?);
+    // The raw bound: verify a CSR and make the CA's signature over a
+    // TBSCertificate-sized message, on the CPU backend's threads.
+    let ca_key = Key::ephemeral("bench-ca", t.ca_kind)?;
+    let ca_scheme = Scheme::default_for(t.ca_kind);
+    let raw_half = opts.duration / 2;
+    let mut raw = (0u64, Duration::ZERO);
+    let cpu_key = match (&cpu, opts.compare_raw) {
+        (Some(c), true) => Some(c.cpu_key(&ca_key)?),
+        _ => None,
+    };
+    if let (Some(c), Some(k)) = (&cpu, &cpu_key) {
+        let r = raw_bound(c, k, ca_scheme, &csrs, raw_half)?;
+        raw = (raw.0 + r.0, raw.1 + r.1);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start runtime: {e}")))?;
+    let warmup = (opts.duration / 5).min(Duration::from_secs(1));
+    let measured = rt.block_on(async {
+        let start = Instant::now();
+        let (from, end) = (start + warmup, start + warmup + opts.duration);
+        let mut tasks = Vec::new();
+        for task in 0..opts.concurrency.max(1) {
+            let (client, csrs, prefix) = (client.clone(), csrs.clone(), t.id_prefix.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+                let mut n = task * batch;
+                loop {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    let items: Vec<serde_json::Value> = (0..batch)
+                        .map(|i| {
+                            n += 1;
+                            serde_json::json!({
+                                "csr": csrs[(n + i) % csrs.len()],
+                                "spiffe_id": format!("{prefix}/w{}", n % 100_000),
+                                "ttl_seconds": 3600,
+                            })
+                        })
+                        .collect();
+                    let body = serde_json::json!({ "items": items }).to_string();
+                    let r = client
+                        .request("POST", "/v1/x509svids:batch", Some(body.as_bytes()))
+                        .await;
+                    let t1 = Instant::now();
+                    let (good, bad) = match &r {
+                        Ok(resp) if resp.status == 200 => {
+                            let v: serde_json::Value =
+                                serde_json::from_slice(&resp.body).unwrap_or_default();
+                            let results = v["results"].as_array().cloned().unwrap_or_default();
+                            let good =
+                                results.iter().filter(|x| x["status"] == "ok").count() as u64;
+                            (good, results.len() as u64 - good)
+                        }
+                        _ => (0, batch as u64),
+                    };
+                    if t0 >= from && t1 <= end {
+                        ok += good;
+                        failed += bad;
+                        lat.push((t1 - t0).as_micros().min(u32::MAX as u128) as u32);
+                    }
+                }
+                (ok, failed, lat)
+            }));
+        }
+        let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+        for task in tasks {
+            if let Ok((o, f, l)) = task.await {
+                ok += o;
+                failed += f;
+                lat.extend(l);
+            }
+        }
+        lat.sort_unstable();
+        (ok, failed, lat)
+    });
+    drop(rt);
+    if let (Some(c), Some(k)) = (&cpu, &cpu_key) {
+        let r = raw_bound(c, k, ca_scheme, &csrs, opts.duration - raw_half)?;
+        raw = (raw.0 + r.0, raw.1 + r.1);
+    }
+    let (ok, failed, lat) = measured;
+    let pct = |q: f64| {
+        if lat.is_empty() {
+            0.0
+        } else {
+            lat[((lat.len() - 1) as f64 * q).round() as usize] as f64
+        }
+    };
+    let secs = opts.duration.as_secs_f64();
+    let ops_per_sec = ok as f64 / secs;
+    let raw_ops_per_sec = (raw.0 > 0).then(|| raw.0 as f64 / raw.1.as_secs_f64().max(1e-9));
+    Ok(BenchReport {
+        backend: t.url.replacen("https://", "issue://", 1),
+        scheme: ca_scheme.name().into(),
+        kind: format!("csr {} / intermediate {}", t.csr_kind, t.ca_kind),
+        ops: ok,
+        errors: failed,
+        seconds: secs,
+        ops_per_sec,
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+        p999_us: pct(0.999),
+        mean_batch: batch as f64,
+        concurrency: opts.concurrency,
+        driver: "issuance-api".into(),
+        rate: None,
+        max_batch: batch,
+        max_wait_us: 0,
+        engine: cpu
+            .as_ref()
+            .map(|c| c.engine_for(ca_scheme).name().to_string()),
+        threads: cpu.as_ref().map(|c| c.threads()),
+        single_op_us: None,
+        latency_budget_us: None,
+        raw_ops_per_sec,
+        ratio: raw_ops_per_sec.map(|r| ops_per_sec / r),
+        device: device_description(),
+        commit: crate::COMMIT.into(),
+        timestamp: crate::bench::now_rfc3339(),
+    })
+}
+
+/// CSR verification plus one CA signature per item, on the CPU backend's
+/// thread count, for `duration`.
+fn raw_bound(
+    cpu: &CpuBackend,
+    key: &Arc<CpuKey>,
+    scheme: Scheme,
+    csrs: &[String],
+    duration: Duration,
+) -> Result<(u64, Duration)> {
+    let engine = cpu.engine_for(scheme);
+    // A TBSCertificate of an SVID is about 600 bytes.
+    let tbs = scheme.prepare(SignInput::Message(vec![0x5a; 600]))?;
+    let stop = AtomicBool::new(false);
+    let total = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..cpu.threads() {
+            let (stop, total, tbs) = (&stop, &total, &tbs);
+            s.spawn(move || {
+                let mut n = 0u64;
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = crate::ca::csr::parse_and_verify(csrs[i % csrs.len()].as_bytes())
+                        .is_ok()
+                        && key.sign(engine, scheme, tbs).is_ok();
+                    n += ok as u64;
+                    i += 1;
+                }
+                total.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+        std::thread::sleep(duration);
+        stop.store(true, Ordering::Relaxed);
+    });
+    Ok((total.load(Ordering::Relaxed), start.elapsed()))
+}
