@@ -28,8 +28,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use aws_lc_rs::signature::{self as aws_sig, VerificationAlgorithm};
 use openssl::hash::MessageDigest;
-use openssl::pkey::{Id, PKey, Public};
+use openssl::pkey::{PKey, Public};
 use openssl::rsa::Padding;
 use openssl::sign::{RsaPssSaltlen, Verifier};
 
@@ -367,7 +368,7 @@ fn verify_der(der: &[u8]) -> Result<VerifiedCsr, CsrError> {
             key: key_type.to_string(),
         });
     }
-    if !verify_signature(&pkey, alg, info.raw, signature) {
+    if !verify_signature(&pkey, key_type, alg, info.raw, signature) {
         return Err(CsrError::BadSignature);
     }
     Ok(VerifiedCsr {
@@ -385,18 +386,50 @@ fn openssl_md(h: HashAlg) -> MessageDigest {
     }
 }
 
-/// Verifies `signature` over `data`; any OpenSSL error counts as a bad
+/// Verifies `signature` over `data` with aws-lc-rs; RSA-PSS (whose salt
+/// length varies between CSR makers) and the rare ECDSA pairings aws-lc-rs
+/// has no verifier for go through OpenSSL. Any failure counts as a bad
 /// signature.
 fn verify_signature(
-    pkey: &PKey<Public>,
+    key: &PublicKeyRef<'_>,
+    key_type: SubjectKeyType,
     alg: CsrSignatureAlgorithm,
     data: &[u8],
     signature: &[u8],
 ) -> bool {
+    let aws: Option<&'static dyn VerificationAlgorithm> = match (alg, key_type) {
+        (CsrSignatureAlgorithm::RsaPkcs1(HashAlg::Sha256), _) => {
+            Some(&aws_sig::RSA_PKCS1_2048_8192_SHA256)
+        }
+        (CsrSignatureAlgorithm::RsaPkcs1(HashAlg::Sha384), _) => {
+            Some(&aws_sig::RSA_PKCS1_2048_8192_SHA384)
+        }
+        (CsrSignatureAlgorithm::RsaPkcs1(HashAlg::Sha512), _) => {
+            Some(&aws_sig::RSA_PKCS1_2048_8192_SHA512)
+        }
+        (CsrSignatureAlgorithm::Ecdsa(h), SubjectKeyType::P256) => Some(match h {
+            HashAlg::Sha256 => &aws_sig::ECDSA_P256_SHA256_ASN1,
+            HashAlg::Sha384 => &aws_sig::ECDSA_P256_SHA384_ASN1,
+            HashAlg::Sha512 => &aws_sig::ECDSA_P256_SHA512_ASN1,
+        }),
+        (CsrSignatureAlgorithm::Ecdsa(h), SubjectKeyType::P384) => Some(match h {
+            HashAlg::Sha256 => &aws_sig::ECDSA_P384_SHA256_ASN1,
+            HashAlg::Sha384 => &aws_sig::ECDSA_P384_SHA384_ASN1,
+            HashAlg::Sha512 => &aws_sig::ECDSA_P384_SHA512_ASN1,
+        }),
+        (CsrSignatureAlgorithm::Ed25519, _) => Some(&aws_sig::ED25519),
+        _ => None,
+    };
+    if let Some(a) = aws {
+        return aws_sig::UnparsedPublicKey::new(a, key.bits)
+            .verify(data, signature)
+            .is_ok();
+    }
     let run = || -> Result<bool, openssl::error::ErrorStack> {
+        let pkey: PKey<Public> = PKey::public_key_from_der(key.spki)?;
         match alg {
             CsrSignatureAlgorithm::RsaPkcs1(h) | CsrSignatureAlgorithm::Ecdsa(h) => {
-                let mut v = Verifier::new(openssl_md(h), pkey)?;
+                let mut v = Verifier::new(openssl_md(h), &pkey)?;
                 if alg == CsrSignatureAlgorithm::RsaPkcs1(h) {
                     v.set_rsa_padding(Padding::PKCS1)?;
                 }
@@ -404,7 +437,7 @@ fn verify_signature(
                 v.verify(signature)
             }
             CsrSignatureAlgorithm::RsaPss { hash, salt_len } => {
-                let mut v = Verifier::new(openssl_md(hash), pkey)?;
+                let mut v = Verifier::new(openssl_md(hash), &pkey)?;
                 v.set_rsa_padding(Padding::PKCS1_PSS)?;
                 v.set_rsa_mgf1_md(openssl_md(hash))?;
                 let salt = i32::try_from(salt_len).unwrap_or(i32::MAX);
@@ -413,7 +446,7 @@ fn verify_signature(
                 v.verify(signature)
             }
             CsrSignatureAlgorithm::Ed25519 => {
-                let mut v = Verifier::new_without_digest(pkey)?;
+                let mut v = Verifier::new_without_digest(&pkey)?;
                 v.verify_oneshot(signature, data)
             }
         }
@@ -581,8 +614,26 @@ pub fn check_public_key(spki_der: &[u8]) -> Result<SubjectKeyType, CsrError> {
     parse_public_key(spki_der).map(|(t, _)| t)
 }
 
+/// A policy-checked public key, still in its DER form: verification goes
+/// through aws-lc-rs on the key bits. (OpenSSL 3.0's key decoder takes a
+/// global lock per call and was the bottleneck of bulk issuance.)
+struct PublicKeyRef<'a> {
+    spki: &'a [u8],
+    bits: &'a [u8],
+}
+
+/// The length in bits of a DER INTEGER's magnitude; `None` if negative.
+fn uint_bits(v: &[u8]) -> Option<u32> {
+    if v.first().is_some_and(|b| b & 0x80 != 0) {
+        return None;
+    }
+    let start = v.iter().position(|&b| b != 0)?;
+    let lead = v[start];
+    Some((v.len() - start - 1) as u32 * 8 + (8 - lead.leading_zeros()))
+}
+
 /// Checks the key policy and parses the key for verification.
-fn parse_public_key(spki_der: &[u8]) -> Result<(SubjectKeyType, PKey<Public>), CsrError> {
+fn parse_public_key(spki_der: &[u8]) -> Result<(SubjectKeyType, PublicKeyRef<'_>), CsrError> {
     let invalid = |m: String| CsrError::InvalidPublicKey(m);
     let mut top = DerReader::new(spki_der);
     let spki = top
@@ -607,32 +658,56 @@ fn parse_public_key(spki_der: &[u8]) -> Result<(SubjectKeyType, PKey<Public>), C
     };
     let (alg_oid, params) =
         split_algorithm(alg.value).map_err(|e| invalid(format!("algorithm: {e}")))?;
-    let parse = || {
-        PKey::public_key_from_der(spki_der).map_err(|_| invalid("the key does not decode".into()))
+    let key = PublicKeyRef {
+        spki: spki_der,
+        bits: key_bits,
     };
     match alg_oid {
         oid::RSA_ENCRYPTION => {
             if !params_null_or_absent(&params) {
                 return Err(invalid("rsaEncryption parameters must be NULL".into()));
             }
-            let pkey = parse()?;
-            let rsa = pkey.rsa().map_err(|_| invalid("not an RSA key".into()))?;
-            let n_bits = u32::try_from(rsa.n().num_bits()).unwrap_or(0);
+            let mut seq_r = DerReader::new(key_bits);
+            let rsa_key = seq_r
+                .expect(tag::SEQUENCE)
+                .map_err(|e| invalid(format!("RSAPublicKey: {e}")))?;
+            let mut ints = DerReader::new(rsa_key.value);
+            let n = ints
+                .expect(tag::INTEGER)
+                .map_err(|e| invalid(format!("RSA modulus: {e}")))?;
+            let e_int = ints
+                .expect(tag::INTEGER)
+                .map_err(|e| invalid(format!("RSA exponent: {e}")))?;
+            if !ints.is_empty() || !seq_r.is_empty() {
+                return Err(invalid("trailing data in RSAPublicKey".into()));
+            }
+            let n_bits =
+                uint_bits(n.value).ok_or_else(|| invalid("RSA modulus is not positive".into()))?;
+            if n.value.last().is_some_and(|b| b & 1 == 0) {
+                return Err(invalid("RSA modulus is even".into()));
+            }
             if n_bits < MIN_RSA_BITS {
                 return Err(CsrError::RsaKeyTooSmall { bits: n_bits });
             }
             if n_bits > MAX_RSA_BITS {
                 return Err(CsrError::RsaKeyTooLarge { bits: n_bits });
             }
-            let e = rsa.e().to_vec();
-            if e.len() > 4 {
+            let e_digits: Vec<u8> = e_int
+                .value
+                .iter()
+                .copied()
+                .skip_while(|&b| b == 0)
+                .collect();
+            if e_int.value.first().is_some_and(|b| b & 0x80 != 0) || e_digits.len() > 4 {
                 return Err(CsrError::BadRsaExponent);
             }
-            let e = e.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+            let e = e_digits
+                .iter()
+                .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
             if e < 3 || e % 2 == 0 || e > 0x7fff_ffff {
                 return Err(CsrError::BadRsaExponent);
             }
-            Ok((SubjectKeyType::Rsa { bits: n_bits }, pkey))
+            Ok((SubjectKeyType::Rsa { bits: n_bits }, key))
         }
         oid::EC_PUBLIC_KEY => {
             let curve = match params {
@@ -656,14 +731,17 @@ fn parse_public_key(spki_der: &[u8]) -> Result<(SubjectKeyType, PKey<Public>), C
                 Some(4) if key_bits.len() == point_len => {}
                 _ => return Err(invalid("EC point has the wrong form or length".into())),
             }
-            // OpenSSL's decoder refuses a point that is not on the curve;
-            // P-256 and P-384 have cofactor 1, so that is the whole check
-            // (no costly order check as in EC_KEY_check_key).
-            let pkey = parse()?;
-            if pkey.id() != Id::EC {
-                return Err(invalid("not an EC key".into()));
-            }
-            Ok((kind, pkey))
+            // aws-lc refuses a point that is not on the curve; P-256 and
+            // P-384 have cofactor 1, so that is the whole check.
+            let check: &'static dyn VerificationAlgorithm = if kind == SubjectKeyType::P256 {
+                &aws_sig::ECDSA_P256_SHA256_ASN1
+            } else {
+                &aws_sig::ECDSA_P384_SHA384_ASN1
+            };
+            aws_sig::UnparsedPublicKey::new(check, key_bits)
+                .parse()
+                .map_err(|_| invalid("the EC point is not on the curve".into()))?;
+            Ok((kind, key))
         }
         oid::ED25519 => {
             if params.is_some() {
@@ -672,11 +750,10 @@ fn parse_public_key(spki_der: &[u8]) -> Result<(SubjectKeyType, PKey<Public>), C
             if key_bits.len() != 32 {
                 return Err(invalid("Ed25519 key must be 32 bytes".into()));
             }
-            let pkey = parse()?;
-            if pkey.id() != Id::ED25519 {
-                return Err(invalid("not an Ed25519 key".into()));
-            }
-            Ok((SubjectKeyType::Ed25519, pkey))
+            aws_sig::UnparsedPublicKey::new(&aws_sig::ED25519, key_bits)
+                .parse()
+                .map_err(|_| invalid("the key does not decode".into()))?;
+            Ok((SubjectKeyType::Ed25519, key))
         }
         other => Err(CsrError::UnsupportedKeyType(oid_name(other))),
     }
