@@ -238,9 +238,12 @@ fn check_id(
     peer: &Peer,
     raw: &str,
 ) -> Result<SpiffeId, (&'static str, String)> {
-    let id = SpiffeId::parse(raw).map_err(|e| ("spiffe_id", format!("invalid SPIFFE ID: {e}")))?;
+    let id = SpiffeId::parse(raw).map_err(|e| (e.code(), format!("invalid SPIFFE ID: {e}")))?;
     if !id.is_member_of(td) {
-        return Err(("spiffe_id", format!("{id} is not in the trust domain {td}")));
+        return Err((
+            "spiffe_id_trust_domain",
+            format!("{id} is not in the trust domain {td}"),
+        ));
     }
     if !caller_allows(&s.settings.callers, &peer.identity, &id) {
         return Err((

@@ -190,6 +190,33 @@ pub enum SpiffeIdError {
     },
 }
 
+impl SpiffeIdError {
+    /// A short machine-readable code for the rule that was broken, for
+    /// APIs that answer per item (`spiffe_id_<rule>`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            SpiffeIdError::Empty => "spiffe_id_empty",
+            SpiffeIdError::TooLong { .. } => "spiffe_id_too_long",
+            SpiffeIdError::MissingScheme => "spiffe_id_missing_scheme",
+            SpiffeIdError::WrongScheme { .. } => "spiffe_id_wrong_scheme",
+            SpiffeIdError::MissingAuthority => "spiffe_id_missing_authority",
+            SpiffeIdError::MissingTrustDomain => "spiffe_id_missing_trust_domain",
+            SpiffeIdError::TrustDomainTooLong { .. } => "spiffe_id_trust_domain_too_long",
+            SpiffeIdError::UserInfo { .. } => "spiffe_id_userinfo",
+            SpiffeIdError::Port { .. } => "spiffe_id_port",
+            SpiffeIdError::PercentEncoded { .. } => "spiffe_id_percent_encoded",
+            SpiffeIdError::InvalidTrustDomainChar { .. } => "spiffe_id_trust_domain_char",
+            SpiffeIdError::InvalidPathChar { .. } => "spiffe_id_path_char",
+            SpiffeIdError::EmptySegment { .. } => "spiffe_id_empty_segment",
+            SpiffeIdError::DotSegment { .. } => "spiffe_id_dot_segment",
+            SpiffeIdError::TrailingSlash => "spiffe_id_trailing_slash",
+            SpiffeIdError::Query { .. } => "spiffe_id_query",
+            SpiffeIdError::Fragment { .. } => "spiffe_id_fragment",
+            SpiffeIdError::UnexpectedPath { .. } => "spiffe_id_unexpected_path",
+        }
+    }
+}
+
 /// Returns at most [`MAX_EXCERPT_CHARS`] characters of `s`, with `...`
 /// appended when truncated. Works on char boundaries, so never panics.
 fn excerpt(s: &str) -> String {
