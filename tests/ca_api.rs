@@ -541,3 +541,80 @@ fn issuance_api_end_to_end() {
     let (code, _) = curl(dir, None, "GET", &url("/v1/bundle"), None);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn sigkill_during_bulk_issuance_loses_nothing_a_client_received() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ca(dir, "ca");
+    leaf(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
+    leaf(dir, "ca", "caller", "URI:spiffe://example.org/issuer");
+    std::fs::write(
+        dir.join("sigmux.toml"),
+        "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [issuance]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         client_ca = \"ca.pem\"\nmax_items = 50\n\
+         [[issuance.callers]]\nid = \"spiffe://example.org/issuer\"\n\
+         allowed_prefixes = [\"spiffe://example.org/ns\"]\n",
+    )
+    .unwrap();
+    sigmux(dir, &["ca", "init", "--trust-domain", "example.org"]);
+    let (mut server, addr) = start_server(dir);
+    let base = format!("https://localhost:{}", addr.rsplit(':').next().unwrap());
+    let csr = workload_csr(dir, "bulk");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A client issuing batches of 20 as fast as it can, keeping every serial
+    // it received, until the server is gone.
+    let client = {
+        let (dir, stop) = (dir.to_path_buf(), stop.clone());
+        std::thread::spawn(move || {
+            let mut received = Vec::new();
+            for round in 0..10_000 {
+                let items: Vec<serde_json::Value> = (0..20)
+                    .map(|i| serde_json::json!({"csr": csr, "spiffe_id": format!("spiffe://example.org/ns/w{round}-{i}")}))
+                    .collect();
+                let body = serde_json::json!({ "items": items }).to_string();
+                let (code, text) = curl(
+                    &dir,
+                    Some("caller"),
+                    "POST",
+                    &format!("{base}/v1/x509svids:batch"),
+                    Some(&body),
+                );
+                if code != 200 {
+                    break;
+                }
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                for r in v["results"].as_array().into_iter().flatten() {
+                    if r["status"] == "ok" {
+                        received.push(r["serial"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+                if stop.load(std::sync::atomic::Ordering::Relaxed) && round > 200 {
+                    break;
+                }
+            }
+            received
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    server.0.kill().unwrap(); // SIGKILL: no shutdown path runs.
+    let _ = server.0.wait();
+    let received = client.join().unwrap();
+    assert!(
+        received.len() >= 20,
+        "the client got {} SVIDs",
+        received.len()
+    );
+    let log = dir.join("data/audit.log");
+    let v = sigmux::audit::verify(&log).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    for serial in &received {
+        assert!(
+            text.contains(&format!("\"serial\":\"{serial}\"")),
+            "SVID {serial} reached the client but is not in the audit log"
+        );
+    }
+    assert!(v.records as usize >= received.len());
+}
