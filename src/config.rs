@@ -371,6 +371,34 @@ pub struct RotationSettings {
     pub max_svid_ttl: Duration,
 }
 
+/// A client named in a `[[keyless.clients]]` or `[[issuance.callers]]`
+/// rule: by SPIFFE ID or by certificate fingerprint, exactly one.
+fn client_match(
+    field: &str,
+    id: Option<&str>,
+    fingerprint: Option<&str>,
+) -> Result<crate::keyless::auth::ClientMatch> {
+    use crate::keyless::auth::ClientMatch;
+    match (id, fingerprint) {
+        (Some(id), None) => {
+            crate::ca::spiffe::SpiffeId::parse(id).map_err(|e| bad(&format!("{field}.id"), e))?;
+            Ok(ClientMatch::SpiffeId(id.to_string()))
+        }
+        (None, Some(fp)) => {
+            let hexed: String = fp.chars().filter(|c| *c != ':').collect();
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(&hexed, &mut out).map_err(|_| {
+                bad(
+                    &format!("{field}.fingerprint"),
+                    "must be the SHA-256 of the certificate: 64 hex characters",
+                )
+            })?;
+            Ok(ClientMatch::Fingerprint(out))
+        }
+        _ => Err(bad(field, "give exactly one of id or fingerprint")),
+    }
+}
+
 fn bad(field: &str, why: impl std::fmt::Display) -> Error {
     Error::Config(format!("{field}: {why}"))
 }
@@ -505,7 +533,7 @@ impl Config {
     pub fn keyless_settings(
         &self,
     ) -> Result<Option<(SocketAddr, crate::keyless::server::KeylessSettings)>> {
-        use crate::keyless::auth::{ClientMatch, Policy, Rule};
+        use crate::keyless::auth::{Policy, Rule};
         let k = &self.keyless;
         let (cert, key, ca) = match (&k.cert, &k.key, &k.client_ca) {
             (None, None, None) => return Ok(None),
@@ -529,25 +557,7 @@ impl Config {
         let mut rules = Vec::new();
         for (i, r) in k.clients.iter().enumerate() {
             let field = format!("keyless.clients[{i}]");
-            let client = match (&r.id, &r.fingerprint) {
-                (Some(id), None) => {
-                    crate::ca::spiffe::SpiffeId::parse(id)
-                        .map_err(|e| bad(&format!("{field}.id"), e))?;
-                    ClientMatch::SpiffeId(id.clone())
-                }
-                (None, Some(fp)) => {
-                    let hexed: String = fp.chars().filter(|c| *c != ':').collect();
-                    let mut out = [0u8; 32];
-                    hex::decode_to_slice(&hexed, &mut out).map_err(|_| {
-                        bad(
-                            &format!("{field}.fingerprint"),
-                            "must be the SHA-256 of the certificate: 64 hex characters",
-                        )
-                    })?;
-                    ClientMatch::Fingerprint(out)
-                }
-                _ => return Err(bad(&field, "give exactly one of id or fingerprint")),
-            };
+            let client = client_match(&field, r.id.as_deref(), r.fingerprint.as_deref())?;
             if r.keys.is_empty() {
                 return Err(bad(
                     &format!("{field}.keys"),
@@ -576,7 +586,6 @@ impl Config {
     pub fn issuance_settings(&self) -> Result<Option<crate::api::IssuanceSettings>> {
         use crate::api::{CallerRule, IssuanceSettings};
         use crate::ca::spiffe::SpiffeIdPrefix;
-        use crate::keyless::auth::ClientMatch;
         let s = &self.issuance;
         let (cert, key, ca) = match (&s.cert, &s.key, &s.client_ca) {
             (None, None, None) => return Ok(None),
@@ -605,25 +614,7 @@ impl Config {
         let mut callers = Vec::new();
         for (i, r) in s.callers.iter().enumerate() {
             let field = format!("issuance.callers[{i}]");
-            let client = match (&r.id, &r.fingerprint) {
-                (Some(id), None) => {
-                    crate::ca::spiffe::SpiffeId::parse(id)
-                        .map_err(|e| bad(&format!("{field}.id"), e))?;
-                    ClientMatch::SpiffeId(id.clone())
-                }
-                (None, Some(fp)) => {
-                    let hexed: String = fp.chars().filter(|c| *c != ':').collect();
-                    let mut out = [0u8; 32];
-                    hex::decode_to_slice(&hexed, &mut out).map_err(|_| {
-                        bad(
-                            &format!("{field}.fingerprint"),
-                            "must be the SHA-256 of the certificate: 64 hex characters",
-                        )
-                    })?;
-                    ClientMatch::Fingerprint(out)
-                }
-                _ => return Err(bad(&field, "give exactly one of id or fingerprint")),
-            };
+            let client = client_match(&field, r.id.as_deref(), r.fingerprint.as_deref())?;
             if r.allowed_prefixes.is_empty() {
                 return Err(bad(
                     &format!("{field}.allowed_prefixes"),
