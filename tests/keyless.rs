@@ -139,6 +139,19 @@ fn ca(dir: &Path, name: &str) {
     );
 }
 
+/// The pid of the server the static fixture started.
+static SHARED_SERVER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn kill_shared_server() {
+    let pid = SHARED_SERVER.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill(2) on a pid this process spawned and still owns.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
@@ -170,6 +183,14 @@ fn fixture() -> &'static Fixture {
             std::fs::write(dir.join(format!("{name}.pub.pem")), pem).unwrap();
         }
         let (child, keyless, http, lines) = start_server(&dir, "sigmux.toml");
+        // The fixture is a static, which is never dropped: kill the shared
+        // server when the test process exits instead.
+        SHARED_SERVER.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: registers a plain `extern "C"` function that only reads an
+        // atomic and sends a signal.
+        unsafe {
+            libc::atexit(kill_shared_server);
+        }
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Fixture {
