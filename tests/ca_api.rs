@@ -2,9 +2,8 @@
 //! with an `[issuance]` listener whose PKI comes from the openssl CLI, driven
 //! with curl.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 mod common;
 use common::*;
@@ -26,88 +25,6 @@ fn workload_csr(dir: &Path, name: &str) -> String {
         ],
     );
     std::fs::read_to_string(dir.join(format!("{name}.csr"))).unwrap()
-}
-
-/// Starts `sigmux serve` and returns it with the issuance address.
-fn start_server(dir: &Path) -> (ServerProcess, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sigmux"))
-        .current_dir(dir)
-        .args(["--config", "sigmux.toml", "serve"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let server = ServerProcess(child);
-    let (mut issuance, mut http) = (None, false);
-    while !http {
-        let Some(Ok(line)) = lines.next() else {
-            panic!("serve exited before listening");
-        };
-        if let Some(a) = line.split("issuance listening on ").nth(1) {
-            assert!(!http, "issuance line must come before the serving line");
-            issuance = Some(a.trim().to_string());
-        }
-        if line.contains("on http://") {
-            http = true;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (server, issuance.expect("issuance listener line"))
-}
-
-/// curl with the test CA; `who` is the client certificate, if any.
-/// Returns (HTTP status, body); status 0 when curl itself failed.
-fn curl(
-    dir: &Path,
-    who: Option<&str>,
-    method: &str,
-    url: &str,
-    body: Option<&str>,
-) -> (u16, String) {
-    let mut args: Vec<String> = vec![
-        "-sS".into(),
-        "--cacert".into(),
-        "ca.pem".into(),
-        "-X".into(),
-        method.into(),
-        "-o".into(),
-        "body.out".into(),
-        "-w".into(),
-        "%{http_code}".into(),
-    ];
-    if let Some(w) = who {
-        args.extend([
-            "--cert".into(),
-            format!("{w}.pem"),
-            "--key".into(),
-            format!("{w}.key"),
-        ]);
-    }
-    if let Some(b) = body {
-        std::fs::write(dir.join("req.json"), b).unwrap();
-        args.extend([
-            "-H".into(),
-            "content-type: application/json".into(),
-            "--data-binary".into(),
-            "@req.json".into(),
-        ]);
-    }
-    args.push(url.into());
-    let _ = std::fs::remove_file(dir.join("body.out"));
-    let out = Command::new("curl")
-        .current_dir(dir)
-        .args(&args)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return (0, String::from_utf8_lossy(&out.stderr).to_string());
-    }
-    let code = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    (
-        code,
-        std::fs::read_to_string(dir.join("body.out")).unwrap_or_default(),
-    )
 }
 
 fn json(s: &str) -> serde_json::Value {

@@ -2,40 +2,11 @@
 //! whose PKI comes from the openssl CLI, a directory of CSRs in, SVID chain
 //! files out.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 mod common;
 use common::*;
-
-/// Starts `sigmux serve` and returns it with the issuance address.
-fn start_server(dir: &Path) -> (ServerProcess, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sigmux"))
-        .current_dir(dir)
-        .args(["--config", "sigmux.toml", "serve"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let server = ServerProcess(child);
-    let (mut issuance, mut http) = (None, false);
-    while !http {
-        let Some(Ok(line)) = lines.next() else {
-            panic!("serve exited before listening");
-        };
-        if let Some(a) = line.split("issuance listening on ").nth(1) {
-            assert!(!http, "issuance line must come before the serving line");
-            issuance = Some(a.trim().to_string());
-        }
-        if line.contains("on http://") {
-            http = true;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (server, issuance.expect("issuance listener line"))
-}
 
 /// Runs `sigmux issue` with the test PKI; returns (success, stdout, stderr).
 fn issue(dir: &Path, extra: &[&str]) -> (bool, String, String) {
