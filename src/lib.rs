@@ -13,6 +13,7 @@ pub mod config;
 pub mod der;
 pub mod engine;
 pub mod error;
+pub mod kernels;
 pub mod keyless;
 pub mod keys;
 pub mod scheme;

@@ -3,6 +3,7 @@
 //! front door a request came from.
 
 pub mod cpu;
+pub mod cuda;
 pub mod pkcs11;
 
 use std::sync::Arc;

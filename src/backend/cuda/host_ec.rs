@@ -1,0 +1,1 @@
+//! Host build of the ECDSA kernels (`kernels/host/ec_host.cpp`), for tests.
