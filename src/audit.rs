@@ -25,7 +25,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
 use parking_lot::Mutex;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 
@@ -213,22 +214,33 @@ impl AuditLog {
     /// Appends one record (`fields` must be a JSON object; `seq`, `time`,
     /// `event` and `prev` are added) and syncs it to disk before returning.
     pub fn append(&self, event: &str, fields: Value) -> Result<()> {
-        self.append_many(vec![(event.to_string(), fields)])
+        self.append_many(vec![(event, fields)])
     }
 
     /// Appends several records with one write and one sync (group commit):
     /// for a batch whose answer must not leave before its records are on
     /// disk. A batch is never split between segments.
-    pub fn append_many(&self, records: Vec<(String, Value)>) -> Result<()> {
+    ///
+    /// Each record's fields are any JSON object (`serde_json::Value` or a
+    /// typed struct, which skips building a JSON tree per record); they must
+    /// not use the names `event`, `prev`, `seq` or `time`.
+    pub fn append_many<E: AsRef<str>, T: Serialize>(&self, records: Vec<(E, T)>) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
+        // Serialized before taking the lock: only the chaining is serial.
+        let time = now_secs();
+        let bodies = records
+            .iter()
+            .map(|(event, fields)| record_body(event.as_ref(), fields, time))
+            .collect::<Result<Vec<_>>>()?;
         let mut tail = self.state.lock();
         let (mut seq, mut last) = (tail.seq, tail.last.clone());
-        let mut out = Vec::new();
-        for (event, fields) in records {
+        let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len() + 100).sum());
+        for body in bodies {
             seq += 1;
-            let mut line = record_line(seq, &event, fields, &last)?;
+            let mut line = body;
+            finish_line(&mut line, seq, &last);
             last = sha256_hex(&line);
             line.push(b'\n');
             out.extend_from_slice(&line);
@@ -272,27 +284,35 @@ impl AuditLog {
     }
 }
 
-/// One record's JSON line (without the newline).
-fn record_line(seq: u64, event: &str, fields: Value, prev: &str) -> Result<Vec<u8>> {
-    let mut record = match fields {
-        Value::Object(m) => m,
-        Value::Null => Map::new(),
-        other => {
-            let mut m = Map::new();
-            m.insert("value".into(), other);
-            m
+/// A record's line up to its chain fields: `{<fields>,"event":..,"time":..,`
+/// (`finish_line` adds `prev` and `seq`). The reserved keys come after the
+/// fields, so a reader that keeps the last of duplicate keys sees them.
+fn record_body<T: Serialize>(event: &str, fields: &T, time: u64) -> Result<Vec<u8>> {
+    let bad = |e: serde_json::Error| Error::Invalid(format!("audit record: {e}"));
+    let mut line = serde_json::to_vec(fields).map_err(bad)?;
+    if line.first() == Some(&b'{') && line.last() == Some(&b'}') {
+        line.pop();
+        if line.len() > 1 {
+            line.push(b',');
         }
-    };
-    for (k, v) in [
-        ("seq", json!(seq)),
-        ("time", json!(now_secs())),
-        ("event", json!(event)),
-        ("prev", json!(prev)),
-    ] {
-        record.insert(k.into(), v);
+    } else if line == b"null" {
+        line.clear();
+        line.push(b'{');
+    } else {
+        let mut wrapped = b"{\"value\":".to_vec();
+        wrapped.extend_from_slice(&line);
+        wrapped.push(b',');
+        line = wrapped;
     }
-    serde_json::to_vec(&Value::Object(record))
-        .map_err(|e| Error::Invalid(format!("audit record: {e}")))
+    line.extend_from_slice(b"\"event\":");
+    serde_json::to_writer(&mut line, event).map_err(bad)?;
+    line.extend_from_slice(format!(",\"time\":{time},").as_bytes());
+    Ok(line)
+}
+
+/// Completes a line from [`record_body`] with its place in the chain.
+fn finish_line(line: &mut Vec<u8>, seq: u64, prev: &str) {
+    line.extend_from_slice(format!("\"prev\":\"{prev}\",\"seq\":{seq}}}").as_bytes());
 }
 
 /// Checks every link of the chain across all segments (oldest first, then
@@ -374,6 +394,7 @@ fn verify_file(path: &Path, prev: &mut String, n: &mut u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn lines(p: &Path) -> Vec<String> {
         std::fs::read_to_string(p)
@@ -451,11 +472,8 @@ mod tests {
         // A second handle in the same process shares the tail.
         let other = AuditLog::open(&p).unwrap();
         other.append("e", json!({ "i": 12 })).unwrap();
-        log.append_many(vec![
-            ("e".into(), json!({ "i": 13 })),
-            ("e".into(), json!({ "i": 14 })),
-        ])
-        .unwrap();
+        log.append_many(vec![("e", json!({ "i": 13 })), ("e", json!({ "i": 14 }))])
+            .unwrap();
         let segs = segments(&p).unwrap();
         assert!(segs.len() >= 3, "{segs:?}");
         for (k, (n, path)) in segs.iter().enumerate() {

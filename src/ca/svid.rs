@@ -714,19 +714,27 @@ pub(crate) fn pem_block(der: &[u8]) -> String {
     )
 }
 
+/// The PEM of the issuer's certificate and its chain, which follows every
+/// SVID it signs (made once per batch, not per SVID).
+fn issuer_chain_pem(issuer: &Issuer) -> String {
+    let mut pem = pem_block(&issuer.cert_der);
+    for c in &issuer.chain_der {
+        pem.push_str(&pem_block(c));
+    }
+    pem
+}
+
 fn finish(
     tbs: &[u8],
     serial: Serial,
     not_after: SystemTime,
     issuer: &Issuer,
+    issuer_pem: &str,
     sig: Signature,
 ) -> Result<IssuedSvid, SvidError> {
     let cert_der = assemble(tbs, issuer.scheme, &sig.bytes)?;
     let mut chain_pem = pem_block(&cert_der);
-    chain_pem.push_str(&pem_block(&issuer.cert_der));
-    for c in &issuer.chain_der {
-        chain_pem.push_str(&pem_block(c));
-    }
+    chain_pem.push_str(issuer_pem);
     Ok(IssuedSvid {
         cert_der,
         chain_pem,
@@ -757,7 +765,14 @@ pub async fn issue(
             SignInput::Message(tbs.clone()),
         ))
         .await?;
-    finish(&tbs, serial, not_after, issuer, sig)
+    finish(
+        &tbs,
+        serial,
+        not_after,
+        issuer,
+        &issuer_chain_pem(issuer),
+        sig,
+    )
 }
 
 /// Issues many X.509-SVIDs at once (one HTTP batch): every certificate that
@@ -798,6 +813,7 @@ pub async fn issue_batch(
         }
     };
     signatures.reverse();
+    let issuer_pem = issuer_chain_pem(issuer);
     built
         .into_iter()
         .map(|b| {
@@ -807,7 +823,7 @@ pub async fn issue_batch(
                     "engine answered fewer signatures than requested".into(),
                 ))))
             })?;
-            finish(&tbs, serial, not_after, issuer, sig)
+            finish(&tbs, serial, not_after, issuer, &issuer_pem, sig)
         })
         .collect()
 }
