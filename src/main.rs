@@ -12,6 +12,12 @@ use sigmux::bench::{self, BenchOptions};
 use sigmux::config::Config;
 use sigmux::{Error, KeyKind, Result, Scheme, SignInput, SignRequest};
 
+/// The server allocates and frees many small buffers per request (JSON,
+/// PEM, DER) from several threads; mimalloc's thread-local heaps keep that
+/// off the signing threads' path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sigmux",

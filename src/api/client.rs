@@ -126,7 +126,15 @@ pub struct ApiClient {
     url: ServerUrl,
     server_name: ServerName<'static>,
     connector: tokio_rustls::TlsConnector,
+    /// Kept-alive connections, reused so a bulk run does not pay a TLS
+    /// handshake per request.
+    idle: parking_lot::Mutex<Vec<Conn>>,
 }
+
+type Conn = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Most kept-alive connections a client holds.
+const MAX_IDLE: usize = 32;
 
 fn read_file(path: &Path, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path)
@@ -182,6 +190,7 @@ impl ApiClient {
             url,
             server_name,
             connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            idle: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
@@ -198,7 +207,18 @@ impl ApiClient {
         body: Option<&[u8]>,
     ) -> Result<HttpResponse> {
         let fail = |what: String| Error::Invalid(format!("{}: {what}", self.url));
-        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        // A kept-alive connection the server has since closed fails before
+        // any answer arrives: then the request goes once more on a new one
+        // (the server cannot have acted on it).
+        let reused = self.idle.lock().pop();
+        if let Some(conn) = reused {
+            match self.exchange(conn, method, path, body).await {
+                Ok(r) => return Ok(r),
+                Err(Exchange::NotAnswered(_)) => {}
+                Err(Exchange::Failed(e)) => return Err(fail(e)),
+            }
+        }
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, async {
             let tcp = tokio::net::TcpStream::connect((self.url.host.as_str(), self.url.port))
                 .await
                 .map_err(|e| fail(format!("cannot connect: {e}")))?;
@@ -210,14 +230,28 @@ impl ApiClient {
         })
         .await
         .map_err(|_| fail("connect timed out".into()))??;
+        match self.exchange(conn, method, path, body).await {
+            Ok(r) => Ok(r),
+            Err(Exchange::NotAnswered(e) | Exchange::Failed(e)) => Err(fail(e)),
+        }
+    }
 
+    /// One request and its answer on `conn`, which goes back to the idle
+    /// list when the answer was complete and the server keeps it open.
+    async fn exchange(
+        &self,
+        mut conn: Conn,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> std::result::Result<HttpResponse, Exchange> {
         let host = if self.url.host.contains(':') {
             format!("[{}]:{}", self.url.host, self.url.port)
         } else {
             format!("{}:{}", self.url.host, self.url.port)
         };
         let mut head = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
+            "{method} {}{path} HTTP/1.1\r\nHost: {host}\r\n\
              Accept: application/json\r\nUser-Agent: sigmux/{}\r\n",
             self.url.prefix,
             env!("CARGO_PKG_VERSION")
@@ -230,26 +264,36 @@ impl ApiClient {
         }
         head.push_str("\r\n");
         let exchange = async {
-            stream
-                .write_all(head.as_bytes())
-                .await
-                .map_err(|e| fail(format!("send failed: {e}")))?;
-            if let Some(b) = body {
-                stream
-                    .write_all(b)
-                    .await
-                    .map_err(|e| fail(format!("send failed: {e}")))?;
-            }
-            stream
-                .flush()
-                .await
-                .map_err(|e| fail(format!("send failed: {e}")))?;
-            read_response(&mut stream).await.map_err(fail)
+            let sent = async {
+                conn.write_all(head.as_bytes()).await?;
+                if let Some(b) = body {
+                    conn.write_all(b).await?;
+                }
+                conn.flush().await
+            };
+            sent.await
+                .map_err(|e| Exchange::NotAnswered(format!("send failed: {e}")))?;
+            read_response(&mut conn).await
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        let (resp, keep) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .map_err(|_| fail("no answer in time".into()))?
+            .map_err(|_| Exchange::Failed("no answer in time".into()))??;
+        if keep {
+            let mut idle = self.idle.lock();
+            if idle.len() < MAX_IDLE {
+                idle.push(conn);
+            }
+        }
+        Ok(resp)
     }
+}
+
+/// How an exchange failed.
+enum Exchange {
+    /// Nothing came back: on a reused connection, worth one more try.
+    NotAnswered(String),
+    /// It failed after the server started answering.
+    Failed(String),
 }
 
 /// Parsed response head.
@@ -260,6 +304,8 @@ struct Head {
     content_length: Option<usize>,
     chunked: bool,
     retry_after: Option<u64>,
+    /// The server said `Connection: close`.
+    close: bool,
 }
 
 fn parse_head(buf: &[u8]) -> std::result::Result<Option<Head>, String> {
@@ -286,6 +332,7 @@ fn parse_head(buf: &[u8]) -> std::result::Result<Option<Head>, String> {
         content_length: None,
         chunked: false,
         retry_after: None,
+        close: false,
     };
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -302,6 +349,7 @@ fn parse_head(buf: &[u8]) -> std::result::Result<Option<Head>, String> {
             }
             "transfer-encoding" => head.chunked = value.to_ascii_lowercase().contains("chunked"),
             "retry-after" => head.retry_after = value.parse().ok(),
+            "connection" => head.close = value.eq_ignore_ascii_case("close"),
             _ => {}
         }
     }
@@ -330,56 +378,85 @@ fn dechunk(mut data: &[u8]) -> std::result::Result<Vec<u8>, String> {
     }
 }
 
+/// Reads one answer; the flag says whether the connection may carry another
+/// request (the answer's end was known from its framing and the server did
+/// not ask to close).
 async fn read_response<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
-) -> std::result::Result<HttpResponse, String> {
+) -> std::result::Result<(HttpResponse, bool), Exchange> {
+    let failed = Exchange::Failed;
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut head: Option<Head> = None;
+    // Whether the answer's end is known from its framing (so the
+    // connection can carry another request).
+    let mut framed = false;
     loop {
         if head.is_none() {
-            head = parse_head(&buf)?;
+            head = parse_head(&buf).map_err(failed)?;
         }
-        if let Some(h) = &head
-            && let Some(n) = h.content_length
-            && buf.len() >= h.len + n
-        {
-            buf.truncate(h.len + n);
-            break;
+        if let Some(h) = &head {
+            if let Some(n) = h.content_length
+                && buf.len() >= h.len + n
+            {
+                buf.truncate(h.len + n);
+                framed = true;
+                break;
+            }
+            if h.chunked && buf.ends_with(b"\r\n\r\n") && dechunk(&buf[h.len..]).is_ok() {
+                framed = true;
+                break;
+            }
         }
         if buf.len() > MAX_RESPONSE {
-            return Err("answer too large".into());
+            return Err(failed("answer too large".into()));
         }
-        match stream.read(&mut chunk).await {
+        let got = stream.read(&mut chunk).await;
+        match got {
+            Ok(0) if buf.is_empty() => {
+                return Err(Exchange::NotAnswered(
+                    "connection closed before an HTTP answer".into(),
+                ));
+            }
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             // A peer that closes without close_notify after a complete
             // answer is fine; before one, the checks below catch it.
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && head.is_some() => break,
-            Err(e) => return Err(format!("receive failed: {e}")),
+            Err(e) if buf.is_empty() => {
+                return Err(Exchange::NotAnswered(format!("receive failed: {e}")));
+            }
+            Err(e) => return Err(failed(format!("receive failed: {e}"))),
         }
     }
     let h = match head {
         Some(h) => h,
-        None => parse_head(&buf)?.ok_or("connection closed before an HTTP answer")?,
+        None => parse_head(&buf)
+            .map_err(failed)?
+            .ok_or_else(|| failed("connection closed before an HTTP answer".into()))?,
     };
     let raw = &buf[h.len.min(buf.len())..];
     let body = if let Some(n) = h.content_length {
         if raw.len() < n {
-            return Err("connection closed in the middle of the answer".into());
+            return Err(failed(
+                "connection closed in the middle of the answer".into(),
+            ));
         }
         raw[..n].to_vec()
     } else if h.chunked {
-        dechunk(raw)?
+        dechunk(raw).map_err(failed)?
     } else {
         raw.to_vec()
     };
-    Ok(HttpResponse {
-        status: h.status,
-        reason: h.reason,
-        body,
-        retry_after: h.retry_after,
-    })
+    Ok((
+        HttpResponse {
+            status: h.status,
+            reason: h.reason,
+            body,
+            retry_after: h.retry_after,
+        },
+        framed && !h.close,
+    ))
 }
 
 /// `code: message` from a JSON error body (`{"error":{"code","message"}}`),
@@ -738,6 +815,47 @@ async fn send_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read(raw: &[u8]) -> std::result::Result<(HttpResponse, bool), Exchange> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut r = raw;
+            read_response(&mut r).await
+        })
+    }
+
+    #[test]
+    fn answers_are_framed_for_keep_alive() {
+        // Content-Length: complete, reusable, trailing bytes not taken.
+        let (r, keep) = read(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA")
+            .ok()
+            .unwrap();
+        assert_eq!((r.status, r.body.as_slice(), keep), (200, &b"ok"[..], true));
+        // The server asks to close.
+        let (_, keep) = read(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            .ok()
+            .unwrap();
+        assert!(!keep);
+        // Chunked: the end is known from the last chunk.
+        let (r, keep) = read(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n",
+        )
+        .ok()
+        .unwrap();
+        assert_eq!((r.body.as_slice(), keep), (&b"abc"[..], true));
+        // No framing: read to the end, not reusable.
+        let (r, keep) = read(b"HTTP/1.1 200 OK\r\n\r\nall of it").ok().unwrap();
+        assert_eq!((r.body.as_slice(), keep), (&b"all of it"[..], false));
+        // Nothing at all: a closed kept-alive connection, worth a retry.
+        assert!(matches!(read(b""), Err(Exchange::NotAnswered(_))));
+        // Cut short after the head: a failure, not retried.
+        assert!(matches!(
+            read(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"),
+            Err(Exchange::Failed(_))
+        ));
+    }
 
     #[test]
     fn urls() {
