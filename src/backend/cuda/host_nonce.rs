@@ -540,15 +540,9 @@ mod tests {
                     let k: Vec<u32> = (0..l).map(|j| out.k[j * count + i]).collect();
                     let kb = limbs_to_be(&k);
                     assert!(kb.iter().any(|&b| b != 0) && kb < order, "k out of range");
-                    let (want, _) = reference_k(
-                        hmac_alg(curve),
-                        &order,
-                        &d,
-                        zi,
-                        &adata(&seed, i as u32),
-                        8,
-                    )
-                    .unwrap();
+                    let (want, _) =
+                        reference_k(hmac_alg(curve), &order, &d, zi, &adata(&seed, i as u32), 8)
+                            .unwrap();
                     assert_eq!(kb, want, "{curve:?} item {i}");
                     assert!(seen.insert(kb), "repeated k");
                 }
@@ -664,8 +658,12 @@ mod tests {
                         &ad,
                         candidates,
                     );
-                    let want = reference_k(hmac_alg(curve), &small, &d, &z, &ad, candidates as usize);
-                    assert_eq!(got.map(|k| limbs_to_be(&k)), want.as_ref().map(|w| w.0.clone()));
+                    let want =
+                        reference_k(hmac_alg(curve), &small, &d, &z, &ad, candidates as usize);
+                    assert_eq!(
+                        got.map(|k| limbs_to_be(&k)),
+                        want.as_ref().map(|w| w.0.clone())
+                    );
                     match want {
                         Some((_, tries)) if tries > 1 => retried += 1,
                         None => failed += 1,
