@@ -7,7 +7,7 @@
 // data and no data-dependent branch; every length and position is public.
 #pragma once
 
-#include "../common.cuh"
+#include "common.cuh"
 
 #if defined(__CUDACC_RTC__) || defined(__CUDACC__)
 #define SMX_UNROLL _Pragma("unroll")

@@ -17,7 +17,7 @@
 // additional data is seed (32 bytes, per batch) || be32(i).
 #pragma once
 
-#include "../hash/hmac.cuh"
+#include "hash/hmac.cuh"
 
 namespace smx {
 namespace nonce {
