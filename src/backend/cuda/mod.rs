@@ -4,4 +4,5 @@
 //! `unavailable: <reason>`).
 
 pub mod host_ec;
+pub mod host_nonce;
 pub mod host_rsa;
