@@ -44,7 +44,16 @@ pub fn open_keys(cfg: &Config, kek_use: KekUse) -> Result<KeyStore> {
     if kek_use != KekUse::NotNeeded {
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::io(&cfg.data_dir, e))?;
     }
-    KeyStore::open(&cfg.data_dir, kek)
+    let store = KeyStore::open(&cfg.data_dir, kek)?;
+    // Keys asked to live in a token (a CA intermediate and its successors)
+    // are made there through the configured tokens.
+    if !cfg.backends.pkcs11.is_empty() {
+        let cfg = cfg.clone();
+        store.set_hsm_maker(Arc::new(move |store, name, kind, token| {
+            hsm_generate(&cfg, store, name, kind, token)
+        }));
+    }
+    Ok(store)
 }
 
 /// The started backends; the CPU one is also kept by its own type, for the

@@ -118,6 +118,15 @@ enum CaCommand {
         /// Kind of the intermediate key.
         #[arg(long, default_value = "p256")]
         intermediate_kind: String,
+        /// Where the intermediate's key (and its successors') is made: soft
+        /// (the key store; signs on CPU or GPU) or hsm (inside the PKCS#11
+        /// token, not extractable).
+        #[arg(long, default_value = "soft")]
+        intermediate_backend: String,
+        /// With --intermediate-backend hsm: the token's label, when several
+        /// are configured.
+        #[arg(long)]
+        intermediate_token: Option<String>,
         /// Kind of the JWT-SVID signing key (p256, p384 or RSA).
         #[arg(long, default_value = "p256")]
         jwt_kind: String,
@@ -723,11 +732,30 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
             trust_domain,
             root_kind,
             intermediate_kind,
+            intermediate_backend,
+            intermediate_token,
             jwt_kind,
             root_days,
             intermediate_days,
             offline_root,
         } => {
+            let intermediate_home = match (intermediate_backend.as_str(), intermediate_token) {
+                ("soft", None) => sigmux::keys::KeyHome::Soft,
+                ("soft", Some(_)) => {
+                    return Err(Error::Invalid(
+                        "--intermediate-token needs --intermediate-backend hsm".into(),
+                    ));
+                }
+                ("hsm", token) => {
+                    app::require_hsm(cfg)?;
+                    sigmux::keys::KeyHome::Hsm { token }
+                }
+                (other, _) => {
+                    return Err(Error::Invalid(format!(
+                        "unknown --intermediate-backend '{other}' (expected soft or hsm)"
+                    )));
+                }
+            };
             let td = sigmux::ca::spiffe::TrustDomain::parse(&trust_domain)
                 .map_err(|e| Error::Invalid(format!("--trust-domain: {e}")))?;
             let days = |d: u64| Duration::from_secs(d.saturating_mul(86_400));
@@ -738,6 +766,7 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
                 root_ttl: days(root_days),
                 intermediate_ttl: days(intermediate_days),
                 offline_root,
+                intermediate_home,
                 ..InitOptions::new(td)
             };
             // Refuse before the data dir, keys or an engine are touched.
@@ -774,17 +803,19 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
                     "root_key": state.root.key_name,
                     "intermediate_serial": int.serial,
                     "intermediate_key": int.key_name,
+                    "intermediate_home": int.home.to_string(),
                     "jwt_key": state.jwt_keys[0].key_name,
                     "jwt_kid": state.jwt_keys[0].kid,
                 }),
             )?;
             println!(
-                "trust domain {}: root {} ({}), intermediate {} ({}), jwt kid {}",
+                "trust domain {}: root {} ({}), intermediate {} ({}, {}), jwt kid {}",
                 state.trust_domain,
                 state.root.serial,
                 state.root.key_name.as_deref().unwrap_or("offline"),
                 int.serial,
                 int.key_name,
+                int.home,
                 state.jwt_keys[0].kid
             );
             Ok(())

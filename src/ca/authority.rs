@@ -49,7 +49,7 @@ use super::svid::{
 };
 use crate::engine::{Engine, SignRequest};
 use crate::error::{Error, Result};
-use crate::keys::{Key, KeyStore, Ski, write_atomic};
+use crate::keys::{Key, KeyHome, KeyStore, Ski, write_atomic};
 use crate::scheme::{KeyKind, Scheme, SignInput};
 
 /// Default lifetime of the root CA certificate: 10 years.
@@ -135,6 +135,9 @@ pub struct IntermediateRecord {
     /// When it stopped signing (Unix seconds), once draining.
     #[serde(default)]
     pub draining_since: Option<i64>,
+    /// Where its key lives; successors are made in the same place.
+    #[serde(default)]
+    pub home: KeyHome,
 }
 
 /// One revoked SVID.
@@ -202,6 +205,8 @@ pub struct InitOptions {
     pub intermediate_ttl: Duration,
     /// Write the root key encrypted here instead of keeping it in the store.
     pub offline_root: Option<PathBuf>,
+    /// Where the intermediate's key is made (and its successors').
+    pub intermediate_home: KeyHome,
 }
 
 impl InitOptions {
@@ -217,6 +222,7 @@ impl InitOptions {
             root_ttl: DEFAULT_ROOT_TTL,
             intermediate_ttl: DEFAULT_INTERMEDIATE_TTL,
             offline_root: None,
+            intermediate_home: KeyHome::Soft,
         }
     }
 
@@ -518,7 +524,11 @@ pub fn init(
     // Intermediate.
     let int_serial = Serial::random().map_err(|e| Error::Invalid(e.to_string()))?;
     let int_tag = &int_serial.to_hex()[..8];
-    let int_key = store.generate(&format!("ca-int-{int_tag}"), opts.intermediate_kind)?;
+    let int_key = store.generate_in(
+        &format!("ca-int-{int_tag}"),
+        opts.intermediate_kind,
+        &opts.intermediate_home,
+    )?;
     let int_not_after = now
         .saturating_add(secs(opts.intermediate_ttl))
         .min(root_not_after);
@@ -566,6 +576,7 @@ pub fn init(
             not_after: int_not_after,
             status: CaStatus::Active,
             draining_since: None,
+            home: opts.intermediate_home.clone(),
         }],
         jwt_keys: vec![JwtKeyRecord {
             key_name: jwt_key.name().to_string(),

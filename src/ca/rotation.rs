@@ -17,7 +17,7 @@ use super::spiffe::TrustDomain;
 use super::svid::{Serial, pem_block, unix_secs};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::keys::{Key, KeyStore, Ski};
+use crate::keys::{Key, KeyHome, KeyStore, Ski};
 use crate::scheme::{KeyKind, Scheme};
 
 fn now() -> Result<i64> {
@@ -74,6 +74,7 @@ fn new_intermediate(
     engine: &Engine,
     root: &Arc<Key>,
     kind: KeyKind,
+    home: &KeyHome,
     ttl: Duration,
     status: CaStatus,
     now: i64,
@@ -82,7 +83,7 @@ fn new_intermediate(
         .map_err(|e| Error::Invalid(format!("CA state trust domain: {e}")))?;
     let serial = Serial::random().map_err(|e| Error::Invalid(e.to_string()))?;
     let tag = &serial.to_hex()[..8];
-    let key = store.generate(&format!("ca-int-{tag}"), kind)?;
+    let key = store.generate_in(&format!("ca-int-{tag}"), kind, home)?;
     let not_before = now - secs(CA_BACKDATE);
     let not_after = now.saturating_add(secs(ttl)).min(state.root.not_after);
     let der = sign_ca_cert(
@@ -110,16 +111,19 @@ fn new_intermediate(
         not_after,
         status,
         draining_since: None,
+        home: home.clone(),
     })
 }
 
-fn active_kind(state: &CaState) -> KeyKind {
+/// The kind and home of the active intermediate's key (a successor is made
+/// alike unless told otherwise).
+fn active_key(state: &CaState) -> (KeyKind, KeyHome) {
     state
         .intermediates
         .iter()
         .rev()
         .find(|i| i.status == CaStatus::Active)
-        .map_or(KeyKind::P256, |i| i.kind)
+        .map_or((KeyKind::P256, KeyHome::Soft), |i| (i.kind, i.home.clone()))
 }
 
 /// `ca rotate prepare`: a new intermediate, published in the bundle but
@@ -157,13 +161,15 @@ fn prepare_at(
         )));
     }
     let root = root_key(&state, store, passphrase)?;
-    let kind = kind.unwrap_or_else(|| active_kind(&state));
+    let (active_kind, home) = active_key(&state);
+    let kind = kind.unwrap_or(active_kind);
     let rec = new_intermediate(
         &state,
         store,
         engine,
         &root,
         kind,
+        &home,
         ttl,
         CaStatus::Prepared,
         now,
@@ -476,12 +482,14 @@ pub fn revoke_intermediate(
     };
     let root = root_key(&state, store, passphrase)?;
     let kind = state.intermediates[old].kind;
+    let home = state.intermediates[old].home.clone();
     let rec = new_intermediate(
         &state,
         store,
         engine,
         &root,
         kind,
+        &home,
         ttl,
         CaStatus::Active,
         now()?,

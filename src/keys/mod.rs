@@ -328,11 +328,43 @@ impl Key {
     }
 }
 
+/// Where a new key is made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
+pub enum KeyHome {
+    /// In the key store: encrypted at rest, signs on the CPU or a GPU.
+    #[default]
+    Soft,
+    /// Inside a PKCS#11 token (sensitive, never extractable).
+    Hsm {
+        /// The token's label, when several are configured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+}
+
+impl fmt::Display for KeyHome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyHome::Soft => f.write_str("soft"),
+            KeyHome::Hsm { token: None } => f.write_str("hsm"),
+            KeyHome::Hsm { token: Some(t) } => write!(f, "hsm (token {t})"),
+        }
+    }
+}
+
+/// Makes a key of a kind, under a name, inside a PKCS#11 token (the token's
+/// label when given) and registers it in the store. Installed by the
+/// application, which knows the configured tokens.
+pub type HsmMaker =
+    dyn Fn(&KeyStore, &str, KeyKind, Option<&str>) -> Result<Arc<Key>> + Send + Sync;
+
 /// The set of keys sigmux holds, backed by `<data-dir>/keys/`.
 pub struct KeyStore {
     dir: Option<PathBuf>,
     kek: Option<Kek>,
     keys: RwLock<Index>,
+    hsm_maker: RwLock<Option<Arc<HsmMaker>>>,
 }
 
 impl fmt::Debug for KeyStore {
@@ -393,6 +425,7 @@ impl KeyStore {
             dir: None,
             kek: None,
             keys: RwLock::new(Index::default()),
+            hsm_maker: RwLock::new(None),
         }
     }
 
@@ -417,6 +450,7 @@ impl KeyStore {
             dir: Some(dir),
             kek,
             keys: RwLock::new(index),
+            hsm_maker: RwLock::new(None),
         })
     }
 
@@ -439,6 +473,33 @@ impl KeyStore {
         self.ensure_absent(name)?;
         let key = Key::from_material(name, material::generate(kind)?, Placement::Soft)?;
         self.store(key)
+    }
+
+    /// Lets [`KeyStore::generate_in`] make keys in PKCS#11 tokens.
+    pub fn set_hsm_maker(&self, maker: Arc<HsmMaker>) {
+        *self.hsm_maker.write() = Some(maker);
+    }
+
+    /// Generates a key of `kind` as `name` where `home` says: in the store,
+    /// or inside a PKCS#11 token (then only its public half and a reference
+    /// are stored).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `hsm` when no token is configured; otherwise
+    /// what [`KeyStore::generate`] or the token reports.
+    pub fn generate_in(&self, name: &str, kind: KeyKind, home: &KeyHome) -> Result<Arc<Key>> {
+        match home {
+            KeyHome::Soft => self.generate(name, kind),
+            KeyHome::Hsm { token } => {
+                let maker = self.hsm_maker.read().clone().ok_or_else(|| {
+                    Error::Config(format!(
+                        "key {name} is to be made in a PKCS#11 token, but no token is configured ([backends.pkcs11])"
+                    ))
+                })?;
+                maker(self, name, kind, token.as_deref())
+            }
+        }
     }
 
     /// Imports a private key (PKCS#8, PKCS#1 or SEC1; PEM or DER) as `name`.

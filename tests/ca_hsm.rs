@@ -1,0 +1,214 @@
+//! A SPIFFE CA whose intermediate key lives in a PKCS#11 token: `ca init
+//! --intermediate-backend hsm` makes it inside a SoftHSM2 token (made by
+//! `scripts/softhsm-token.sh`), `sigmux serve` signs SVIDs with it through
+//! the PKCS#11 backend (the audit log names the backend), the SVIDs verify
+//! with `openssl verify` against the bundle, and `ca rotate prepare` makes
+//! the successor in the token too. Needs softhsm2 and opensc (pkcs11-tool),
+//! which scripts/deps.sh installs.
+
+use std::path::Path;
+use std::process::Command;
+
+mod common;
+use common::*;
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Private-key labels in the token, by pkcs11-tool (an independent PKCS#11
+/// client).
+fn token_private_keys(dir: &Path) -> Vec<String> {
+    let out = Command::new("pkcs11-tool")
+        .current_dir(dir)
+        .env("SOFTHSM2_CONF", dir.join("hsm/softhsm2.conf"))
+        .args([
+            "--module",
+            MODULE,
+            "--token-label",
+            "ca-token",
+            "--login",
+            "--pin",
+            "1234",
+            "--list-objects",
+            "--type",
+            "privkey",
+        ])
+        .output()
+        .expect("pkcs11-tool (opensc) is needed: run scripts/deps.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("label:")
+                .map(|s| s.trim().to_string())
+        })
+        .collect()
+}
+
+fn state(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("data/ca/state.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn intermediate_key_in_a_pkcs11_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/softhsm-token.sh");
+    let made = Command::new("bash")
+        .arg(&script)
+        .arg(dir.join("hsm"))
+        .arg("ca-token")
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    // Every sigmux process below (and the server) reads this.
+    // SAFETY: set once, before any thread of this test process starts.
+    unsafe { std::env::set_var("SOFTHSM2_CONF", dir.join("hsm/softhsm2.conf")) };
+    ca(dir, "ca");
+    leaf(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
+    leaf(dir, "ca", "caller", "URI:spiffe://example.org/issuer");
+    let base_cfg = "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [issuance]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         client_ca = \"ca.pem\"\nmax_items = 8\nmax_ttl_seconds = 600\n\
+         [[issuance.callers]]\nid = \"spiffe://example.org/issuer\"\n\
+         allowed_prefixes = [\"spiffe://example.org/ns\"]\n";
+
+    // Without a token configured, asking for one is a clear error.
+    std::fs::write(dir.join("sigmux.toml"), base_cfg).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sigmux"))
+        .current_dir(dir)
+        .args(["--config", "sigmux.toml", "ca", "init", "--trust-domain"])
+        .args(["example.org", "--intermediate-backend", "hsm"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("backends.pkcs11"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sigmux"))
+        .current_dir(dir)
+        .args(["--config", "sigmux.toml", "ca", "init", "--trust-domain"])
+        .args(["example.org", "--intermediate-backend", "tpm"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--intermediate-backend 'tpm'"),
+        "{err}"
+    );
+    assert!(!dir.join("data/ca").exists(), "a refused init leaves no CA");
+
+    std::fs::write(
+        dir.join("sigmux.toml"),
+        format!(
+            "{base_cfg}[backends.pkcs11]\ntoken_label = \"ca-token\"\npin_file = \"{}\"\n",
+            dir.join("hsm/user.pin").display()
+        ),
+    )
+    .unwrap();
+    sigmux(
+        dir,
+        &[
+            "ca",
+            "init",
+            "--trust-domain",
+            "example.org",
+            "--intermediate-backend",
+            "hsm",
+        ],
+    );
+    let st = state(dir);
+    let int = &st["intermediates"][0];
+    assert_eq!(int["home"]["backend"], "hsm", "{st}");
+    let int_key = int["key_name"].as_str().unwrap().to_string();
+    assert_eq!(token_private_keys(dir), vec![int_key.clone()]);
+    // Only the public half and a token reference are on disk.
+    let key_file: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join(format!("data/keys/{int_key}.key"))).unwrap(),
+    )
+    .unwrap();
+    assert!(key_file["sealed"].is_null(), "{key_file}");
+
+    // SVIDs signed by the token verify against the bundle.
+    let (server, addr) = start_server(dir);
+    let url = format!(
+        "https://localhost:{}/v1/x509svids:batch",
+        addr.rsplit(':').next().unwrap()
+    );
+    ec_key(dir, "w.key");
+    openssl(
+        dir,
+        &[
+            "req", "-new", "-key", "w.key", "-subj", "/CN=w", "-out", "w.csr",
+        ],
+    );
+    let body = serde_json::json!({"items": [{
+        "csr": std::fs::read_to_string(dir.join("w.csr")).unwrap(),
+        "spiffe_id": "spiffe://example.org/ns/w",
+    }]});
+    let (code, text) = curl(dir, Some("caller"), "POST", &url, Some(&body.to_string()));
+    assert_eq!(code, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["results"][0]["status"], "ok", "{text}");
+    let chain = v["results"][0]["svid_chain_pem"].as_str().unwrap();
+    std::fs::write(dir.join("svid.pem"), chain).unwrap();
+    let (code, bundle) = curl(
+        dir,
+        Some("caller"),
+        "GET",
+        &url.replace("x509svids:batch", "bundle.pem"),
+        None,
+    );
+    assert_eq!(code, 200);
+    std::fs::write(dir.join("bundle.pem"), bundle).unwrap();
+    // The chain's first certificate is the leaf; the intermediate is
+    // untrusted input, the root comes from the bundle.
+    let leaf_pem = chain
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap();
+    std::fs::write(dir.join("leaf.pem"), leaf_pem).unwrap();
+    std::fs::write(dir.join("untrusted.pem"), &chain[leaf_pem.len()..]).unwrap();
+    let verified = openssl(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            "bundle.pem",
+            "-untrusted",
+            "untrusted.pem",
+            "leaf.pem",
+        ],
+    );
+    assert!(verified.contains("leaf.pem: OK"), "{verified}");
+    drop(server);
+    let audit = std::fs::read_to_string(dir.join("data/audit.log")).unwrap();
+    let issued = audit
+        .lines()
+        .find(|l| l.contains("\"svid_issue\""))
+        .expect("an svid_issue record");
+    assert!(
+        issued.contains("\"backend\":\"pkcs11:ca-token\""),
+        "{issued}"
+    );
+
+    // The successor is made in the token as well.
+    sigmux(dir, &["ca", "rotate", "prepare"]);
+    let st = state(dir);
+    let next = &st["intermediates"][1];
+    assert_eq!(next["home"]["backend"], "hsm", "{st}");
+    let mut labels = token_private_keys(dir);
+    labels.sort();
+    let mut want = vec![int_key, next["key_name"].as_str().unwrap().to_string()];
+    want.sort();
+    assert_eq!(labels, want);
+}
