@@ -267,7 +267,48 @@ pub fn state_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("ca")
 }
 
+/// An exclusive lock on the CA state, held while it is read, changed and
+/// written: `sigmux ca rotate` or `ca revoke` beside a running `serve`
+/// (whose scheduled rotation writes the same file) then cannot lose the
+/// other's change. Released on drop (or when the process dies).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
 impl CaState {
+    /// Takes the state lock of the CA in `data_dir`, waiting for another
+    /// holder (another process, or another thread of this one).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the lock file cannot be opened or locked.
+    pub fn lock(data_dir: &Path) -> Result<StateLock> {
+        use std::os::fd::AsRawFd as _;
+        let dir = state_dir(data_dir);
+        if !dir.exists() {
+            // The usual "no CA here" error, without making the folder.
+            CaState::require(data_dir)?;
+        }
+        let path = dir.join("state.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(StateLock { _file: file });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::io(&path, e));
+            }
+        }
+    }
+
     /// Whether a CA has been initialised in `data_dir`.
     #[must_use]
     pub fn exists(data_dir: &Path) -> bool {
@@ -739,6 +780,29 @@ mod tests {
         })
         .unwrap();
         Engine::new(EngineConfig::default(), vec![Arc::new(cpu)]).unwrap()
+    }
+
+    #[test]
+    fn state_lock_excludes_another_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(CaState::lock(tmp.path()).is_err(), "no CA, no lock");
+        assert!(!tmp.path().join("ca").exists());
+        std::fs::create_dir_all(tmp.path().join("ca")).unwrap();
+        let held = CaState::lock(tmp.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = tmp.path().to_path_buf();
+        let waiter = std::thread::spawn(move || {
+            let _second = CaState::lock(&dir).unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "a second holder got the lock while the first held it"
+        );
+        drop(held);
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the lock passes on once released");
+        waiter.join().unwrap();
     }
 
     #[test]

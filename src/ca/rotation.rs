@@ -136,6 +136,7 @@ pub fn prepare(
     kind: Option<KeyKind>,
     ttl: Duration,
 ) -> Result<IntermediateRecord> {
+    let _lock = CaState::lock(data_dir)?;
     prepare_at(data_dir, store, engine, passphrase, kind, ttl, now()?)
 }
 
@@ -183,6 +184,7 @@ fn prepare_at(
 /// `ca rotate activate`: the prepared intermediate signs from now on; the
 /// previous one drains. Returns (previous serial, new serial).
 pub fn activate(data_dir: &Path) -> Result<(Option<String>, String)> {
+    let _lock = CaState::lock(data_dir)?;
     activate_at(data_dir, now()?)
 }
 
@@ -218,6 +220,7 @@ fn activate_at(data_dir: &Path, now: i64) -> Result<(Option<String>, String)> {
 /// (drained for at least `max_svid_ttl`) leave the bundle; `force` retires
 /// them anyway. Returns the retired serials.
 pub fn retire(data_dir: &Path, max_svid_ttl: Duration, force: bool) -> Result<Vec<String>> {
+    let _lock = CaState::lock(data_dir)?;
     retire_at(data_dir, max_svid_ttl, force, now()?)
 }
 
@@ -377,6 +380,7 @@ pub fn tick(
     max_svid_ttl: Duration,
     now: i64,
 ) -> Result<Vec<TickAction>> {
+    let _lock = CaState::lock(data_dir)?;
     let mut done = Vec::new();
     let state = CaState::require(data_dir)?;
     let drained = state.intermediates.iter().any(|i| {
@@ -444,6 +448,7 @@ pub fn tick(
 
 /// `ca revoke --serial HEX`: records a revoked SVID.
 pub fn revoke_serial(data_dir: &Path, serial: &str) -> Result<bool> {
+    let _lock = CaState::lock(data_dir)?;
     let serial = serial.trim().trim_start_matches("0x").to_ascii_lowercase();
     if serial.is_empty() || serial.len() > 40 || hex::decode(&serial).is_err() {
         return Err(Error::Invalid(format!(
@@ -472,6 +477,7 @@ pub fn revoke_intermediate(
     passphrase: Option<&str>,
     ttl: Duration,
 ) -> Result<(String, String)> {
+    let _lock = CaState::lock(data_dir)?;
     let mut state = CaState::require(data_dir)?;
     let Some(old) = state
         .intermediates
