@@ -5,3 +5,4 @@
 
 pub mod host_ec;
 pub mod host_rsa;
+pub mod rsa_layout;
