@@ -61,7 +61,8 @@ SMX_HD mont_t<N> reduce_to_mont(const Field<N> &F, const u32 *x) {
     return F.to_mont(lo);
 }
 
-// out[i] = in[i]^d mod n, by CRT:
+// out[i] = in[i]^d mod n, by CRT (any 2N-limb input works: both halves are
+// reduced first, so an input >= n signs in mod n):
 //   sp = in^dp mod p,  sq = in^dq mod q,
 //   s  = sq + q * ((sp - sq) * qinv mod p)   (Garner).
 template <int N>

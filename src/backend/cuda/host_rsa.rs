@@ -354,6 +354,44 @@ mod tests {
         }
     }
 
+    /// Small and large public exponents (the check's square-and-multiply).
+    #[test]
+    fn other_public_exponents() {
+        for e in [3u32, 17, 4_294_967_291] {
+            // A pool key whose primes allow e (p-1 and q-1 prime to e).
+            let (p, q) = keys(2048)
+                .iter()
+                .map(|k| (k.p().unwrap(), k.q().unwrap()))
+                .find(|(p, q)| p.mod_word(e).unwrap() != 1 && q.mod_word(e).unwrap() != 1)
+                .expect("a key that allows e");
+            let key = rsa_from_primes(p, q, e);
+            let rsa = key.rsa().unwrap();
+            let blob = pack_key(&key).unwrap();
+            assert_eq!(blob[1], e);
+            let msgs: Vec<Vec<u8>> = (0..4).map(|_| bytes(&random_below(rsa.n()), 256)).collect();
+            let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
+            let input = to_soa(&refs, 64);
+            let sig = sign(&blob, &input, 4).unwrap();
+            for (m, s) in msgs.iter().zip(from_soa(&sig, 4, 64)) {
+                let mut want = vec![0u8; 256];
+                rsa.private_encrypt(m, &mut want, Padding::NONE).unwrap();
+                assert_eq!(s, want, "e = {e}");
+            }
+            assert_eq!(
+                check(&blob, &sig, &input, 4).unwrap(),
+                vec![1; 4],
+                "e = {e}"
+            );
+            let mut bad = sig.clone();
+            bad[7 * 4] ^= 1; // limb 7 of item 0
+            assert_eq!(
+                check(&blob, &bad, &input, 4).unwrap(),
+                vec![0, 1, 1, 1],
+                "e = {e}"
+            );
+        }
+    }
+
     fn limbs_of(x: &BigNumRef, limbs: usize) -> Vec<u32> {
         let mut v = vec![0u32; limbs];
         put_limbs(&mut v, x).unwrap();

@@ -328,12 +328,12 @@ mod tests {
             }
             let m = invalid(pack_key(&rsa_from_primes(&p, &q, 65537)));
             assert!(m.contains("exactly 1024 bits"), "{m}");
-            let text = format!("{m}");
+            // No key material in the message.
+            assert!(m.len() < 200, "{m}");
             for x in [&p, &q] {
-                assert!(!text.contains(&x.to_dec_str().unwrap().to_string()));
+                assert!(!m.contains(&x.to_dec_str().unwrap().to_string()));
                 assert!(
-                    !text
-                        .to_lowercase()
+                    !m.to_lowercase()
                         .contains(&x.to_hex_str().unwrap().to_lowercase())
                 );
             }
