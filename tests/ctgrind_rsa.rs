@@ -5,12 +5,16 @@
 //! depends on it. A negative control (the same driver, branching on or
 //! indexing by a secret) must make valgrind fail, proving the method sees
 //! such leaks.
+//!
+//! The same driver, built with `-DSMX_RSA_PTX_EMU`, runs the device's PTX
+//! carry-chain code with each instruction emulated on the host, so the
+//! chains (not only the portable fallbacks) are checked without a GPU.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use openssl::bn::BigNum;
-use openssl::pkey::PKey;
+use openssl::pkey::{PKey, Private};
 use openssl::rsa::{Padding, Rsa};
 use sigmux::backend::cuda::rsa_layout::pack_key;
 
@@ -26,11 +30,13 @@ fn valgrind_present() {
     );
 }
 
-fn build_driver(dir: &Path) -> PathBuf {
+fn build_driver(dir: &Path, name: &str, defines: &[&str]) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = dir.join("rsa-ctgrind");
+    let exe = dir.join(name);
     let out = Command::new("c++")
-        .args(["-std=c++17", "-O2", "-g", "-I"])
+        .args(["-std=c++17", "-O2", "-g"])
+        .args(defines)
+        .arg("-I")
         .arg(root.join("kernels"))
         .arg(root.join("kernels/ctgrind/rsa.cpp"))
         .arg("-o")
@@ -54,34 +60,68 @@ fn valgrind(exe: &Path, input: &Path, mode: &str, first_error_exits: bool) -> Ou
     cmd.arg(exe).arg(input).arg(mode).output().unwrap()
 }
 
+/// Keys, messages (big-endian) and the driver's input records.
+type Records = (Vec<Rsa<Private>>, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// One key of each size and `per_key` random messages for each.
+fn records(per_key: usize) -> Records {
+    static KEYS: std::sync::OnceLock<Vec<Rsa<Private>>> = std::sync::OnceLock::new();
+    let keys = KEYS
+        .get_or_init(|| {
+            [2048, 3072, 4096]
+                .iter()
+                .map(|&b| Rsa::generate(b).unwrap())
+                .collect()
+        })
+        .clone();
+    let mut records = Vec::new();
+    let mut msgs = Vec::new();
+    for rsa in &keys {
+        let blob = pack_key(&PKey::from_rsa(rsa.clone()).unwrap()).unwrap();
+        for _ in 0..per_key {
+            let k = rsa.size() as usize;
+            let mut m = BigNum::new().unwrap();
+            rsa.n().rand_range(&mut m).unwrap();
+            let m = m.to_vec_padded(k as i32).unwrap();
+            let mut rec: Vec<u8> = blob.iter().flat_map(|w| w.to_le_bytes()).collect();
+            // The message as little-endian limbs.
+            rec.extend(
+                m.chunks(4)
+                    .rev()
+                    .flat_map(|c| u32::from_be_bytes(c.try_into().unwrap()).to_le_bytes()),
+            );
+            records.push(rec);
+            msgs.push(m);
+        }
+    }
+    (keys, msgs, records)
+}
+
+/// Checks the driver's output lines against OpenSSL's raw private op.
+fn check_output(stdout: &str, keys: &[Rsa<Private>], msgs: &[Vec<u8>]) {
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), msgs.len(), "{stdout}");
+    let per_key = msgs.len() / keys.len();
+    for (i, (m, line)) in msgs.iter().zip(lines).enumerate() {
+        let rsa = &keys[i / per_key];
+        let mut want = vec![0u8; m.len()];
+        rsa.private_encrypt(m, &mut want, Padding::NONE).unwrap();
+        assert_eq!(
+            line,
+            format!("ok {}", hex::encode(&want)),
+            "{}-bit signature from the driver is wrong",
+            rsa.size() * 8
+        );
+    }
+}
+
 #[test]
 fn rsa_sign_is_constant_time_under_memcheck() {
     valgrind_present();
     let dir = tempfile::tempdir().unwrap();
-    let exe = build_driver(dir.path());
+    let exe = build_driver(dir.path(), "rsa-ctgrind", &[]);
 
-    let keys: Vec<Rsa<_>> = [2048, 3072, 4096]
-        .iter()
-        .map(|&b| Rsa::generate(b).unwrap())
-        .collect();
-    let mut records: Vec<Vec<u8>> = Vec::new();
-    let mut msgs = Vec::new();
-    for rsa in &keys {
-        let blob = pack_key(&PKey::from_rsa(rsa.clone()).unwrap()).unwrap();
-        let k = rsa.size() as usize;
-        let mut m = BigNum::new().unwrap();
-        rsa.n().rand_range(&mut m).unwrap();
-        let m = m.to_vec_padded(k as i32).unwrap();
-        let mut rec: Vec<u8> = blob.iter().flat_map(|w| w.to_le_bytes()).collect();
-        // The message as little-endian limbs.
-        rec.extend(
-            m.chunks(4)
-                .rev()
-                .flat_map(|c| u32::from_be_bytes(c.try_into().unwrap()).to_le_bytes()),
-        );
-        records.push(rec);
-        msgs.push(m);
-    }
+    let (keys, msgs, records) = records(1);
     let all = dir.path().join("all.bin");
     std::fs::write(&all, records.concat()).unwrap();
     let first = dir.path().join("first.bin");
@@ -95,18 +135,7 @@ fn rsa_sign_is_constant_time_under_memcheck() {
         out.status.code(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), keys.len(), "{stdout}");
-    for ((rsa, m), line) in keys.iter().zip(&msgs).zip(lines) {
-        let mut want = vec![0u8; m.len()];
-        rsa.private_encrypt(m, &mut want, Padding::NONE).unwrap();
-        assert_eq!(
-            line,
-            format!("ok {}", hex::encode(&want)),
-            "{}-bit signature from the driver is wrong",
-            rsa.size() * 8
-        );
-    }
+    check_output(&stdout, &keys, &msgs);
 
     // Negative controls: the same driver with a deliberate leak must fail.
     for (mode, what) in [
@@ -125,4 +154,20 @@ fn rsa_sign_is_constant_time_under_memcheck() {
         );
         assert!(stderr.contains(what), "{mode}: {stderr}");
     }
+}
+
+#[test]
+fn ptx_chains_emulated_on_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_driver(dir.path(), "rsa-ptx-emu", &["-DSMX_RSA_PTX_EMU"]);
+    let (keys, msgs, records) = records(8);
+    let input = dir.path().join("in.bin");
+    std::fs::write(&input, records.concat()).unwrap();
+    let out = Command::new(&exe).arg(&input).arg("ct").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_output(&String::from_utf8_lossy(&out.stdout), &keys, &msgs);
 }

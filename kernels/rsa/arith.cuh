@@ -9,6 +9,11 @@
 // the compiler places between two statements of a chain writes the carry
 // flag (only .cc instructions do). The host build computes the same values
 // with the portable 64-bit helpers of common.cuh.
+//
+// The chains are written with one macro per PTX instruction (SMX_RSA_*
+// below). Defining SMX_RSA_PTX_EMU on the host makes those macros emulate
+// the instructions (a carry flag in a static variable), so a host test
+// (tests/ctgrind_rsa.rs) runs the device's chain code without a GPU.
 #pragma once
 
 #include "../common.cuh"
@@ -25,6 +30,62 @@
 #define SMX_RSA_NO_UNROLL
 #endif
 
+#if defined(SMX_PTX)
+#define SMX_RSA_CHAINS 1
+#define SMX_RSA_ADD_CC(d, a, b) asm volatile("add.cc.u32 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b))
+#define SMX_RSA_ADDC_CC(d, a, b) asm volatile("addc.cc.u32 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b))
+#define SMX_RSA_ADDC(d, a, b) asm volatile("addc.u32 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b))
+#define SMX_RSA_SUB_CC(d, a, b) asm volatile("sub.cc.u32 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b))
+#define SMX_RSA_SUBC_CC(d, a, b) asm volatile("subc.cc.u32 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b))
+#define SMX_RSA_SUBC(d, a, b) asm volatile("subc.u32 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b))
+// d = lo/hi(a * b) + c (+ carry in), with or without carry out.
+#define SMX_RSA_MAD_LO_CC(d, a, b, c) \
+    asm volatile("mad.lo.cc.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c))
+#define SMX_RSA_MADC_LO_CC(d, a, b, c) \
+    asm volatile("madc.lo.cc.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c))
+#define SMX_RSA_MAD_HI_CC(d, a, b, c) \
+    asm volatile("mad.hi.cc.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c))
+#define SMX_RSA_MADC_HI_CC(d, a, b, c) \
+    asm volatile("madc.hi.cc.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c))
+#elif defined(SMX_RSA_PTX_EMU)
+#define SMX_RSA_CHAINS 1
+namespace smx {
+namespace rsa {
+namespace emu {
+// The PTX carry flag; single-threaded emulation only.
+static u32 cf;
+// d = x + y + cin, setting the flag when `set`.
+static inline u32 add(u32 x, u32 y, u32 cin, bool set) {
+    u64 t = (u64)x + y + cin;
+    if (set) cf = (u32)(t >> 32);
+    return (u32)t;
+}
+static inline u32 sub(u32 x, u32 y, u32 bin, bool set) {
+    u64 t = (u64)x - y - bin;
+    if (set) cf = (u32)(t >> 63);
+    return (u32)t;
+}
+static inline u32 lo(u32 a, u32 b) { return (u32)((u64)a * b); }
+static inline u32 hi(u32 a, u32 b) { return (u32)(((u64)a * b) >> 32); }
+}  // namespace emu
+}  // namespace rsa
+}  // namespace smx
+#define SMX_RSA_ADD_CC(d, a, b) ((d) = smx::rsa::emu::add((a), (b), 0, true))
+#define SMX_RSA_ADDC_CC(d, a, b) ((d) = smx::rsa::emu::add((a), (b), smx::rsa::emu::cf, true))
+#define SMX_RSA_ADDC(d, a, b) ((d) = smx::rsa::emu::add((a), (b), smx::rsa::emu::cf, false))
+#define SMX_RSA_SUB_CC(d, a, b) ((d) = smx::rsa::emu::sub((a), (b), 0, true))
+#define SMX_RSA_SUBC_CC(d, a, b) ((d) = smx::rsa::emu::sub((a), (b), smx::rsa::emu::cf, true))
+#define SMX_RSA_SUBC(d, a, b) ((d) = smx::rsa::emu::sub((a), (b), smx::rsa::emu::cf, false))
+#define SMX_RSA_MAD_LO_CC(d, a, b, c) \
+    ((d) = smx::rsa::emu::add(smx::rsa::emu::lo((a), (b)), (c), 0, true))
+#define SMX_RSA_MADC_LO_CC(d, a, b, c) \
+    ((d) = smx::rsa::emu::add(smx::rsa::emu::lo((a), (b)), (c), smx::rsa::emu::cf, true))
+#define SMX_RSA_MAD_HI_CC(d, a, b, c) \
+    ((d) = smx::rsa::emu::add(smx::rsa::emu::hi((a), (b)), (c), 0, true))
+#define SMX_RSA_MADC_HI_CC(d, a, b, c) \
+    ((d) = smx::rsa::emu::add(smx::rsa::emu::hi((a), (b)), (c), smx::rsa::emu::cf, true))
+#endif
+
 namespace smx {
 namespace rsa {
 
@@ -39,12 +100,11 @@ SMX_HD void copy_n(u32 *r, const u32 *a) {
 template <int N>
 SMX_HD u32 add_n(u32 *r, const u32 *a, const u32 *b) {
     u32 c;
-#ifdef SMX_PTX
-    asm volatile("add.cc.u32 %0, %1, %2;" : "=r"(r[0]) : "r"(a[0]), "r"(b[0]));
+#ifdef SMX_RSA_CHAINS
+    SMX_RSA_ADD_CC(r[0], a[0], b[0]);
     SMX_RSA_UNROLL
-    for (int j = 1; j < N; j++)
-        asm volatile("addc.cc.u32 %0, %1, %2;" : "=r"(r[j]) : "r"(a[j]), "r"(b[j]));
-    asm volatile("addc.u32 %0, 0, 0;" : "=r"(c));
+    for (int j = 1; j < N; j++) SMX_RSA_ADDC_CC(r[j], a[j], b[j]);
+    SMX_RSA_ADDC(c, 0u, 0u);
 #else
     c = 0;
     for (int j = 0; j < N; j++) r[j] = add_carry(a[j], b[j], c);
@@ -57,12 +117,11 @@ SMX_HD u32 add_n(u32 *r, const u32 *a, const u32 *b) {
 template <int N>
 SMX_HD u32 sub_n(u32 *r, const u32 *a, const u32 *b) {
     u32 m;
-#ifdef SMX_PTX
-    asm volatile("sub.cc.u32 %0, %1, %2;" : "=r"(r[0]) : "r"(a[0]), "r"(b[0]));
+#ifdef SMX_RSA_CHAINS
+    SMX_RSA_SUB_CC(r[0], a[0], b[0]);
     SMX_RSA_UNROLL
-    for (int j = 1; j < N; j++)
-        asm volatile("subc.cc.u32 %0, %1, %2;" : "=r"(r[j]) : "r"(a[j]), "r"(b[j]));
-    asm volatile("subc.u32 %0, 0, 0;" : "=r"(m));
+    for (int j = 1; j < N; j++) SMX_RSA_SUBC_CC(r[j], a[j], b[j]);
+    SMX_RSA_SUBC(m, 0u, 0u);  // 0 - 0 - borrow: the mask
 #else
     u32 br = 0;
     for (int j = 0; j < N; j++) r[j] = sub_borrow(a[j], b[j], br);
@@ -83,11 +142,11 @@ SMX_HD u32 add_masked_n(u32 *r, const u32 *a, const u32 *b, u32 mask) {
 // r += c (a single word), carrying through all N limbs; returns the carry.
 template <int N>
 SMX_HD u32 add_word_n(u32 *r, u32 c) {
-#ifdef SMX_PTX
-    asm volatile("add.cc.u32 %0, %0, %1;" : "+r"(r[0]) : "r"(c));
+#ifdef SMX_RSA_CHAINS
+    SMX_RSA_ADD_CC(r[0], r[0], c);
     SMX_RSA_UNROLL
-    for (int j = 1; j < N; j++) asm volatile("addc.cc.u32 %0, %0, 0;" : "+r"(r[j]));
-    asm volatile("addc.u32 %0, 0, 0;" : "=r"(c));
+    for (int j = 1; j < N; j++) SMX_RSA_ADDC_CC(r[j], r[j], 0u);
+    SMX_RSA_ADDC(c, 0u, 0u);
 #else
     for (int j = 0; j < N; j++) r[j] = add_carry(r[j], 0, c);
 #endif
@@ -106,18 +165,16 @@ SMX_HD void select_n(u32 *r, u32 mask, const u32 *a, const u32 *b) {
 // and a hi chain (mad.hi/madc.hi into t[1..N], carry into t[N+1]).
 template <int N>
 SMX_HD void mac_row(u32 *t, const u32 *a, u32 b) {
-#ifdef SMX_PTX
-    asm volatile("mad.lo.cc.u32 %0, %1, %2, %0;" : "+r"(t[0]) : "r"(a[0]), "r"(b));
+#ifdef SMX_RSA_CHAINS
+    SMX_RSA_MAD_LO_CC(t[0], a[0], b, t[0]);
     SMX_RSA_UNROLL
-    for (int j = 1; j < N; j++)
-        asm volatile("madc.lo.cc.u32 %0, %1, %2, %0;" : "+r"(t[j]) : "r"(a[j]), "r"(b));
-    asm volatile("addc.cc.u32 %0, %0, 0;" : "+r"(t[N]));
-    asm volatile("addc.u32 %0, %0, 0;" : "+r"(t[N + 1]));
-    asm volatile("mad.hi.cc.u32 %0, %1, %2, %0;" : "+r"(t[1]) : "r"(a[0]), "r"(b));
+    for (int j = 1; j < N; j++) SMX_RSA_MADC_LO_CC(t[j], a[j], b, t[j]);
+    SMX_RSA_ADDC_CC(t[N], t[N], 0u);
+    SMX_RSA_ADDC(t[N + 1], t[N + 1], 0u);
+    SMX_RSA_MAD_HI_CC(t[1], a[0], b, t[1]);
     SMX_RSA_UNROLL
-    for (int j = 1; j < N; j++)
-        asm volatile("madc.hi.cc.u32 %0, %1, %2, %0;" : "+r"(t[j + 1]) : "r"(a[j]), "r"(b));
-    asm volatile("addc.u32 %0, %0, 0;" : "+r"(t[N + 1]));
+    for (int j = 1; j < N; j++) SMX_RSA_MADC_HI_CC(t[j + 1], a[j], b, t[j + 1]);
+    SMX_RSA_ADDC(t[N + 1], t[N + 1], 0u);
 #else
     u32 c = 0;
     for (int j = 0; j < N; j++) t[j] = mul_add(a[j], b, t[j], c);
