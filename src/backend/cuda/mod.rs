@@ -6,3 +6,4 @@
 pub mod host_ec;
 pub mod host_nonce;
 pub mod host_rsa;
+pub mod rsa_layout;

@@ -1,0 +1,268 @@
+// Multi-limb arithmetic on 32-bit little-endian limbs, the building blocks
+// of the RSA kernels. Every function here runs in time independent of the
+// limb values: loop bounds are template constants, there is no branch on
+// data, and carries/borrows come back as values (or all-ones masks).
+//
+// On the device (SMX_PTX) the chains are PTX carry chains (add.cc, addc.cc,
+// mad.lo.cc, madc.hi.cc, ...): one asm statement per instruction inside
+// fully unrolled loops, the way sppark's ff/mont_t.cuh writes them. Nothing
+// the compiler places between two statements of a chain writes the carry
+// flag (only .cc instructions do). The host build computes the same values
+// with the portable 64-bit helpers of common.cuh.
+//
+// The chains are written with one macro per PTX instruction (SMX_RSA_*
+// below). Defining SMX_RSA_PTX_EMU on the host makes those macros emulate
+// the instructions (a carry flag in a static variable), so a host test
+// (tests/ctgrind_rsa.rs) runs the device's chain code without a GPU.
+#pragma once
+
+#include "../common.cuh"
+
+// Inline member functions (SMX_HD is `static inline` on the host, which
+// would turn a member function into a static one).
+#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
+#define SMX_RSA_HDM __host__ __device__ __forceinline__
+#define SMX_RSA_UNROLL _Pragma("unroll")
+#define SMX_RSA_NO_UNROLL _Pragma("unroll 1")
+#else
+#define SMX_RSA_HDM inline
+#define SMX_RSA_UNROLL
+#define SMX_RSA_NO_UNROLL
+#endif
+
+#if defined(SMX_PTX)
+#define SMX_RSA_CHAINS 1
+#define SMX_RSA_ADD_CC(d, a, b) asm volatile("add.cc.u32 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b))
+#define SMX_RSA_ADDC_CC(d, a, b) asm volatile("addc.cc.u32 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b))
+#define SMX_RSA_ADDC(d, a, b) asm volatile("addc.u32 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b))
+#define SMX_RSA_SUB_CC(d, a, b) asm volatile("sub.cc.u32 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b))
+#define SMX_RSA_SUBC_CC(d, a, b) asm volatile("subc.cc.u32 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b))
+#define SMX_RSA_SUBC(d, a, b) asm volatile("subc.u32 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b))
+// d = lo/hi(a * b) + c (+ carry in), with or without carry out.
+#define SMX_RSA_MAD_LO_CC(d, a, b, c) \
+    asm volatile("mad.lo.cc.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c))
+#define SMX_RSA_MADC_LO_CC(d, a, b, c) \
+    asm volatile("madc.lo.cc.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c))
+#define SMX_RSA_MAD_HI_CC(d, a, b, c) \
+    asm volatile("mad.hi.cc.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c))
+#define SMX_RSA_MADC_HI_CC(d, a, b, c) \
+    asm volatile("madc.hi.cc.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c))
+#elif defined(SMX_RSA_PTX_EMU)
+#define SMX_RSA_CHAINS 1
+namespace smx {
+namespace rsa {
+namespace emu {
+// The PTX carry flag; single-threaded emulation only.
+static u32 cf;
+// d = x + y + cin, setting the flag when `set`.
+static inline u32 add(u32 x, u32 y, u32 cin, bool set) {
+    u64 t = (u64)x + y + cin;
+    if (set) cf = (u32)(t >> 32);
+    return (u32)t;
+}
+static inline u32 sub(u32 x, u32 y, u32 bin, bool set) {
+    u64 t = (u64)x - y - bin;
+    if (set) cf = (u32)(t >> 63);
+    return (u32)t;
+}
+static inline u32 lo(u32 a, u32 b) { return (u32)((u64)a * b); }
+static inline u32 hi(u32 a, u32 b) { return (u32)(((u64)a * b) >> 32); }
+}  // namespace emu
+}  // namespace rsa
+}  // namespace smx
+#define SMX_RSA_ADD_CC(d, a, b) ((d) = smx::rsa::emu::add((a), (b), 0, true))
+#define SMX_RSA_ADDC_CC(d, a, b) ((d) = smx::rsa::emu::add((a), (b), smx::rsa::emu::cf, true))
+#define SMX_RSA_ADDC(d, a, b) ((d) = smx::rsa::emu::add((a), (b), smx::rsa::emu::cf, false))
+#define SMX_RSA_SUB_CC(d, a, b) ((d) = smx::rsa::emu::sub((a), (b), 0, true))
+#define SMX_RSA_SUBC_CC(d, a, b) ((d) = smx::rsa::emu::sub((a), (b), smx::rsa::emu::cf, true))
+#define SMX_RSA_SUBC(d, a, b) ((d) = smx::rsa::emu::sub((a), (b), smx::rsa::emu::cf, false))
+#define SMX_RSA_MAD_LO_CC(d, a, b, c) \
+    ((d) = smx::rsa::emu::add(smx::rsa::emu::lo((a), (b)), (c), 0, true))
+#define SMX_RSA_MADC_LO_CC(d, a, b, c) \
+    ((d) = smx::rsa::emu::add(smx::rsa::emu::lo((a), (b)), (c), smx::rsa::emu::cf, true))
+#define SMX_RSA_MAD_HI_CC(d, a, b, c) \
+    ((d) = smx::rsa::emu::add(smx::rsa::emu::hi((a), (b)), (c), 0, true))
+#define SMX_RSA_MADC_HI_CC(d, a, b, c) \
+    ((d) = smx::rsa::emu::add(smx::rsa::emu::hi((a), (b)), (c), smx::rsa::emu::cf, true))
+#endif
+
+namespace smx {
+namespace rsa {
+
+// r = a; N limbs.
+template <int N>
+SMX_HD void copy_n(u32 *r, const u32 *a) {
+    SMX_RSA_UNROLL
+    for (int j = 0; j < N; j++) r[j] = a[j];
+}
+
+// r = a + b; returns the carry out (0 or 1). r may alias a or b.
+template <int N>
+SMX_HD u32 add_n(u32 *r, const u32 *a, const u32 *b) {
+    u32 c;
+#ifdef SMX_RSA_CHAINS
+    SMX_RSA_ADD_CC(r[0], a[0], b[0]);
+    SMX_RSA_UNROLL
+    for (int j = 1; j < N; j++) SMX_RSA_ADDC_CC(r[j], a[j], b[j]);
+    SMX_RSA_ADDC(c, 0u, 0u);
+#else
+    c = 0;
+    for (int j = 0; j < N; j++) r[j] = add_carry(a[j], b[j], c);
+#endif
+    return c;
+}
+
+// r = a - b mod 2^(32N); returns all-ones when a < b (a borrow out), else
+// zero. r may alias a or b.
+template <int N>
+SMX_HD u32 sub_n(u32 *r, const u32 *a, const u32 *b) {
+    u32 m;
+#ifdef SMX_RSA_CHAINS
+    SMX_RSA_SUB_CC(r[0], a[0], b[0]);
+    SMX_RSA_UNROLL
+    for (int j = 1; j < N; j++) SMX_RSA_SUBC_CC(r[j], a[j], b[j]);
+    SMX_RSA_SUBC(m, 0u, 0u);  // 0 - 0 - borrow: the mask
+#else
+    u32 br = 0;
+    for (int j = 0; j < N; j++) r[j] = sub_borrow(a[j], b[j], br);
+    m = 0u - br;
+#endif
+    return m;
+}
+
+// r = a + (b & mask); returns the carry out. Adds b or zero, in constant time.
+template <int N>
+SMX_HD u32 add_masked_n(u32 *r, const u32 *a, const u32 *b, u32 mask) {
+    u32 bm[N];
+    SMX_RSA_UNROLL
+    for (int j = 0; j < N; j++) bm[j] = b[j] & mask;
+    return add_n<N>(r, a, bm);
+}
+
+// r += c (a single word), carrying through all N limbs; returns the carry.
+template <int N>
+SMX_HD u32 add_word_n(u32 *r, u32 c) {
+#ifdef SMX_RSA_CHAINS
+    SMX_RSA_ADD_CC(r[0], r[0], c);
+    SMX_RSA_UNROLL
+    for (int j = 1; j < N; j++) SMX_RSA_ADDC_CC(r[j], r[j], 0u);
+    SMX_RSA_ADDC(c, 0u, 0u);
+#else
+    for (int j = 0; j < N; j++) r[j] = add_carry(r[j], 0, c);
+#endif
+    return c;
+}
+
+// r = select(mask, a, b) limb by limb: a where mask is all-ones.
+template <int N>
+SMX_HD void select_n(u32 *r, u32 mask, const u32 *a, const u32 *b) {
+    SMX_RSA_UNROLL
+    for (int j = 0; j < N; j++) r[j] = select(mask, a[j], b[j]);
+}
+
+// t[0..N+2) += a[0..N) * b. The caller guarantees the sum fits in N+2 limbs.
+// Device: a lo chain (mad.lo/madc.lo into t[0..N], carry into t[N], t[N+1])
+// and a hi chain (mad.hi/madc.hi into t[1..N], carry into t[N+1]).
+template <int N>
+SMX_HD void mac_row(u32 *t, const u32 *a, u32 b) {
+#ifdef SMX_RSA_CHAINS
+    SMX_RSA_MAD_LO_CC(t[0], a[0], b, t[0]);
+    SMX_RSA_UNROLL
+    for (int j = 1; j < N; j++) SMX_RSA_MADC_LO_CC(t[j], a[j], b, t[j]);
+    SMX_RSA_ADDC_CC(t[N], t[N], 0u);
+    SMX_RSA_ADDC(t[N + 1], t[N + 1], 0u);
+    SMX_RSA_MAD_HI_CC(t[1], a[0], b, t[1]);
+    SMX_RSA_UNROLL
+    for (int j = 1; j < N; j++) SMX_RSA_MADC_HI_CC(t[j + 1], a[j], b, t[j + 1]);
+    SMX_RSA_ADDC(t[N + 1], t[N + 1], 0u);
+#else
+    u32 c = 0;
+    for (int j = 0; j < N; j++) t[j] = mul_add(a[j], b, t[j], c);
+    u32 c2 = 0;
+    t[N] = add_carry(t[N], c, c2);
+    t[N + 1] += c2;
+#endif
+}
+
+// Montgomery multiplication (CIOS): r = a * b * 2^(-32N) mod m, for a, b < m,
+// m odd with its top bit set (2^(32N-1) <= m < 2^(32N)), m0 = -m^-1 mod 2^32.
+// r may alias a or b. The final subtraction is computed always and selected
+// by mask.
+template <int N>
+SMX_HD void mont_mul(u32 *r, const u32 *a, const u32 *b, const u32 *m, u32 m0) {
+    // t < 2m throughout, so N limbs plus one bit; t[N+1] takes the
+    // transient overflow of an iteration.
+    u32 t[N + 2];
+    SMX_RSA_UNROLL
+    for (int j = 0; j < N + 2; j++) t[j] = 0;
+    SMX_RSA_NO_UNROLL
+    for (int i = 0; i < N; i++) {
+        mac_row<N>(t, a, b[i]);
+        u32 q = t[0] * m0;
+        mac_row<N>(t, m, q);  // t[0] becomes 0
+        SMX_RSA_UNROLL
+        for (int j = 0; j < N + 1; j++) t[j] = t[j + 1];
+        t[N + 1] = 0;
+    }
+    u32 s[N];
+    u32 borrow = sub_n<N>(s, t, m);
+    // Keep t when t < m: no borrow from t - m and no top bit set.
+    u32 keep = borrow & ~mask_from(t[N]);
+    select_n<N>(r, keep, t, s);
+}
+
+// r = a mod m for a < 2m with a < 2^(32N) (e.g. any N-limb a when m has its
+// top bit set): one subtraction, selected by mask.
+template <int N>
+SMX_HD void reduce_once(u32 *r, const u32 *a, const u32 *m) {
+    u32 s[N];
+    u32 borrow = sub_n<N>(s, a, m);
+    select_n<N>(r, borrow, a, s);
+}
+
+// r = (a + b) mod m for a, b < m.
+template <int N>
+SMX_HD void mod_add(u32 *r, const u32 *a, const u32 *b, const u32 *m) {
+    u32 s[N], d[N];
+    u32 carry = add_n<N>(s, a, b);
+    u32 borrow = sub_n<N>(d, s, m);
+    select_n<N>(r, borrow & ~mask_from(carry), s, d);
+}
+
+// r = (a - b) mod m for a, b < m.
+template <int N>
+SMX_HD void mod_sub(u32 *r, const u32 *a, const u32 *b, const u32 *m) {
+    u32 d[N];
+    u32 borrow = sub_n<N>(d, a, b);
+    add_masked_n<N>(r, d, m, borrow);
+}
+
+// r[0..2N) = a[0..N) * b[0..N), schoolbook, row by row: each row's lowest
+// limb is final once the row is added.
+template <int N>
+SMX_HD void mul_wide(u32 *r, const u32 *a, const u32 *b) {
+    u32 t[N + 2];
+    SMX_RSA_UNROLL
+    for (int j = 0; j < N + 2; j++) t[j] = 0;
+    SMX_RSA_NO_UNROLL
+    for (int i = 0; i < N; i++) {
+        mac_row<N>(t, a, b[i]);
+        r[i] = t[0];
+        SMX_RSA_UNROLL
+        for (int j = 0; j < N + 1; j++) t[j] = t[j + 1];
+        t[N + 1] = 0;
+    }
+    copy_n<N>(r + N, t);
+}
+
+// All-ones when a == b (N limbs), in constant time.
+template <int N>
+SMX_HD u32 eq_n(const u32 *a, const u32 *b) {
+    u32 d = 0;
+    SMX_RSA_UNROLL
+    for (int j = 0; j < N; j++) d |= a[j] ^ b[j];
+    return mask_is_zero(d);
+}
+
+}  // namespace rsa
+}  // namespace smx
