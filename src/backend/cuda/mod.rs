@@ -3,5 +3,6 @@
 //! and runs on machines without CUDA (the backend then reports
 //! `unavailable: <reason>`).
 
+pub mod ec_layout;
 pub mod host_ec;
 pub mod host_rsa;
