@@ -35,8 +35,10 @@
 // minutes; one call per point operation costs a few local-memory words
 // against ~11 inlined field multiplications in its body.
 #define EC_CALL __host__ __device__ __noinline__
+#define EC_UNROLL _Pragma("unroll")
 #else
 #define EC_CALL inline
+#define EC_UNROLL
 #define EC_FN inline
 #define EC_CONST static const
 #endif
@@ -75,6 +77,41 @@ template <int L> EC_FN bool limbs_lt_public(const u32 *a, const u32 *b) {
     u32 t[L];
     return limbs_sub<L>(t, a, b) != 0;
 }
+
+// PTX carry-chain steps, d += a * b (low or high half) with the carry flag
+// CC.CF in / out as the mnemonic says. On the device each is one instruction
+// (consecutive asm volatile statements keep CC.CF between them, as sppark
+// relies on); EC_EMULATE_PTX builds a host model of the flag so CI can run
+// this exact chain (tests/ctgrind_ec.rs); the normal host build does not use
+// them.
+#if defined(SMX_PTX)
+namespace cc {
+EC_FN void mad_lo_cc(u32 &d, u32 a, u32 b) { asm volatile("mad.lo.cc.u32 %0, %1, %2, %0;" : "+r"(d) : "r"(a), "r"(b)); }
+EC_FN void madc_lo_cc(u32 &d, u32 a, u32 b) { asm volatile("madc.lo.cc.u32 %0, %1, %2, %0;" : "+r"(d) : "r"(a), "r"(b)); }
+EC_FN void mad_hi_cc(u32 &d, u32 a, u32 b) { asm volatile("mad.hi.cc.u32 %0, %1, %2, %0;" : "+r"(d) : "r"(a), "r"(b)); }
+EC_FN void madc_hi_cc(u32 &d, u32 a, u32 b) { asm volatile("madc.hi.cc.u32 %0, %1, %2, %0;" : "+r"(d) : "r"(a), "r"(b)); }
+EC_FN void addc_cc(u32 &d) { asm volatile("addc.cc.u32 %0, %0, 0;" : "+r"(d)); }
+EC_FN void addc(u32 &d) { asm volatile("addc.u32 %0, %0, 0;" : "+r"(d)); }
+}  // namespace cc
+#elif defined(EC_EMULATE_PTX)
+namespace cc {
+inline u32 &flag() {
+    static thread_local u32 cf;
+    return cf;
+}
+inline void step(u32 &d, u64 add, u32 cin) {
+    u64 t = (u64)d + add + cin;
+    d = (u32)t;
+    flag() = (u32)(t >> 32);
+}
+inline void mad_lo_cc(u32 &d, u32 a, u32 b) { step(d, (u32)(a * b), 0); }
+inline void madc_lo_cc(u32 &d, u32 a, u32 b) { step(d, (u32)(a * b), flag()); }
+inline void mad_hi_cc(u32 &d, u32 a, u32 b) { step(d, (u32)((u64)a * b >> 32), 0); }
+inline void madc_hi_cc(u32 &d, u32 a, u32 b) { step(d, (u32)((u64)a * b >> 32), flag()); }
+inline void addc_cc(u32 &d) { step(d, 0, flag()); }
+inline void addc(u32 &d) { d += flag(); }
+}  // namespace cc
+#endif
 
 // P describes the modulus: P::L limbs, P::mod() the modulus, P::m0() =
 // -mod^-1 mod 2^32, P::rr() = R^2 mod m, P::one() = R mod m, P::exp_inv() =
@@ -157,36 +194,32 @@ template <class P> struct mont_t {
         const u32 m0 = P::m0();
         u32 t[L + 2];
         for (int j = 0; j < L + 2; j++) t[j] = 0;
-#if defined(SMX_PTX)
-#pragma unroll
+#if defined(SMX_PTX) || defined(EC_EMULATE_PTX)
+EC_UNROLL
         for (int i = 0; i < L; i++) {
             u32 bi = b.v[i];
             // t += a * b_i: low halves at j, high halves at j + 1
-            asm volatile("mad.lo.cc.u32 %0, %1, %2, %0;" : "+r"(t[0]) : "r"(v[0]), "r"(bi));
-#pragma unroll
-            for (int j = 1; j < L; j++)
-                asm volatile("madc.lo.cc.u32 %0, %1, %2, %0;" : "+r"(t[j]) : "r"(v[j]), "r"(bi));
-            asm volatile("addc.cc.u32 %0, %0, 0;" : "+r"(t[L]));
-            asm volatile("addc.u32 %0, %0, 0;" : "+r"(t[L + 1]));
-            asm volatile("mad.hi.cc.u32 %0, %1, %2, %0;" : "+r"(t[1]) : "r"(v[0]), "r"(bi));
-#pragma unroll
-            for (int j = 1; j < L; j++)
-                asm volatile("madc.hi.cc.u32 %0, %1, %2, %0;" : "+r"(t[j + 1]) : "r"(v[j]), "r"(bi));
-            asm volatile("addc.u32 %0, %0, 0;" : "+r"(t[L + 1]));
+            cc::mad_lo_cc(t[0], v[0], bi);
+EC_UNROLL
+            for (int j = 1; j < L; j++) cc::madc_lo_cc(t[j], v[j], bi);
+            cc::addc_cc(t[L]);
+            cc::addc(t[L + 1]);
+            cc::mad_hi_cc(t[1], v[0], bi);
+EC_UNROLL
+            for (int j = 1; j < L; j++) cc::madc_hi_cc(t[j + 1], v[j], bi);
+            cc::addc(t[L + 1]);
             // t += (t_0 * m0 mod 2^32) * m, which clears t_0; then t >>= 32
             u32 q = t[0] * m0;
-            asm volatile("mad.lo.cc.u32 %0, %1, %2, %0;" : "+r"(t[0]) : "r"(q), "r"(m[0]));
-#pragma unroll
-            for (int j = 1; j < L; j++)
-                asm volatile("madc.lo.cc.u32 %0, %1, %2, %0;" : "+r"(t[j]) : "r"(q), "r"(m[j]));
-            asm volatile("addc.cc.u32 %0, %0, 0;" : "+r"(t[L]));
-            asm volatile("addc.u32 %0, %0, 0;" : "+r"(t[L + 1]));
-            asm volatile("mad.hi.cc.u32 %0, %1, %2, %0;" : "+r"(t[1]) : "r"(q), "r"(m[0]));
-#pragma unroll
-            for (int j = 1; j < L; j++)
-                asm volatile("madc.hi.cc.u32 %0, %1, %2, %0;" : "+r"(t[j + 1]) : "r"(q), "r"(m[j]));
-            asm volatile("addc.u32 %0, %0, 0;" : "+r"(t[L + 1]));
-#pragma unroll
+            cc::mad_lo_cc(t[0], q, m[0]);
+EC_UNROLL
+            for (int j = 1; j < L; j++) cc::madc_lo_cc(t[j], q, m[j]);
+            cc::addc_cc(t[L]);
+            cc::addc(t[L + 1]);
+            cc::mad_hi_cc(t[1], q, m[0]);
+EC_UNROLL
+            for (int j = 1; j < L; j++) cc::madc_hi_cc(t[j + 1], q, m[j]);
+            cc::addc(t[L + 1]);
+EC_UNROLL
             for (int j = 0; j <= L; j++) t[j] = t[j + 1];
             t[L + 1] = 0;
         }
