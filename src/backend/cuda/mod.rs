@@ -3,6 +3,7 @@
 //! and runs on machines without CUDA (the backend then reports
 //! `unavailable: <reason>`).
 
+pub mod ec_layout;
 pub mod host_ec;
 pub mod host_nonce;
 pub mod host_rsa;
