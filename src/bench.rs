@@ -221,6 +221,8 @@ pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<BenchReport> {
     result
 }
 
+// The run's pieces, each a different backend kind or the engine over them.
+#[allow(clippy::too_many_arguments)]
 fn run_with_key(
     opts: &BenchOptions,
     kind: KeyKind,

@@ -39,11 +39,11 @@ use crate::error::{Error, Result};
 use crate::keys::{Key, KeyId, Placement};
 use crate::scheme::{Family, KeyKind, Scheme, rsa_encoding};
 
-/// Threads per block; the kernels stride over the grid, so any geometry is
-/// correct and this only tunes occupancy.
+/// Threads per block. The grid always has a thread per item: most kernels
+/// stride over the grid and would accept fewer, but `{C}_nonce` handles
+/// exactly item `blockIdx.x * blockDim.x + threadIdx.x`, so a capped grid
+/// would leave nonces unset.
 const THREADS: u32 = 128;
-/// Blocks per SM at most; the grid-stride loop covers the rest.
-const BLOCKS_PER_SM: u32 = 16;
 /// Most `holds` answers remembered.
 const HELD_LIMIT: usize = 4096;
 
@@ -438,9 +438,7 @@ impl CudaBackend {
     }
 
     fn launch_config(&self, n: usize) -> LaunchConfig {
-        let blocks = (n as u32)
-            .div_ceil(THREADS)
-            .clamp(1, self.gpu.sms * BLOCKS_PER_SM);
+        let blocks = (n as u32).div_ceil(THREADS).max(1);
         LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (THREADS, 1, 1),
