@@ -1,1 +1,472 @@
-//! Host build of the RSA kernels (`kernels/host/rsa_host.cpp`), for tests.
+//! Host build of the RSA kernels (`kernels/host/rsa_host.cpp`), for tests:
+//! the same per-item functions the CUDA kernels run (`kernels/rsa/crt.cuh`),
+//! compiled as plain C++ and called item by item. Layouts: [`super::rsa_layout`].
+
+use crate::error::{Error, Result};
+
+use super::rsa_layout::{SIZES, key_words};
+
+unsafe extern "C" {
+    fn smx_rsa_sign_host(
+        bits: u32,
+        key: *const u32,
+        input: *const u32,
+        out: *mut u32,
+        count: u32,
+    ) -> i32;
+    fn smx_rsa_check_host(
+        bits: u32,
+        key: *const u32,
+        sig: *const u32,
+        expected: *const u32,
+        ok: *mut u32,
+        count: u32,
+    ) -> i32;
+    fn smx_rsa_modexp_host(
+        limbs: u32,
+        m: *const u32,
+        m0: u32,
+        rr: *const u32,
+        base: *const u32,
+        exp: *const u32,
+        out: *mut u32,
+    ) -> i32;
+}
+
+/// The key size a packed key blob is for, after checking its length.
+fn key_bits(key: &[u32]) -> Result<usize> {
+    let bits = *key
+        .first()
+        .ok_or_else(|| Error::Invalid("empty RSA key blob".into()))? as usize;
+    if !SIZES.contains(&bits) || key.len() != key_words(bits) {
+        return Err(Error::Invalid(format!(
+            "RSA key blob of {} words is not a packed 2048/3072/4096-bit key",
+            key.len()
+        )));
+    }
+    Ok(bits)
+}
+
+fn batch_len(what: &str, words: &[u32], count: usize, limbs: usize) -> Result<u32> {
+    if words.len() != count * limbs {
+        return Err(Error::Invalid(format!(
+            "{what}: {} words for {count} items of {limbs} limbs",
+            words.len()
+        )));
+    }
+    u32::try_from(count).map_err(|_| Error::Invalid(format!("{what}: too many items")))
+}
+
+/// `rsa{B}_sign` on the host: `count` items, structure-of-arrays, each < n.
+pub fn sign(key: &[u32], input: &[u32], count: usize) -> Result<Vec<u32>> {
+    let bits = key_bits(key)?;
+    let n = batch_len("input", input, count, bits / 32)?;
+    let mut out = vec![0u32; input.len()];
+    // SAFETY: the key has the length its size needs, input and out hold
+    // count items of bits/32 limbs.
+    let rc = unsafe {
+        smx_rsa_sign_host(
+            bits as u32,
+            key.as_ptr(),
+            input.as_ptr(),
+            out.as_mut_ptr(),
+            n,
+        )
+    };
+    assert_eq!(rc, 0);
+    Ok(out)
+}
+
+/// `rsa{B}_check` on the host: 1 where sig < n and sig^e mod n == expected.
+pub fn check(key: &[u32], sig: &[u32], expected: &[u32], count: usize) -> Result<Vec<u32>> {
+    let bits = key_bits(key)?;
+    let n = batch_len("signatures", sig, count, bits / 32)?;
+    batch_len("expected", expected, count, bits / 32)?;
+    let mut ok = vec![0u32; count];
+    // SAFETY: lengths checked above.
+    let rc = unsafe {
+        smx_rsa_check_host(
+            bits as u32,
+            key.as_ptr(),
+            sig.as_ptr(),
+            expected.as_ptr(),
+            ok.as_mut_ptr(),
+            n,
+        )
+    };
+    assert_eq!(rc, 0);
+    Ok(ok)
+}
+
+/// The constant-time exponentiation of the CRT halves on its own:
+/// base^exp mod m, all little-endian limbs of the same count (32, 48 or
+/// 64). m must be odd with its top bit set, m0 = -m^-1 mod 2^32, rr =
+/// 2^(64 * limbs) mod m; base may be any value of that many limbs.
+pub fn modexp(m: &[u32], m0: u32, rr: &[u32], base: &[u32], exp: &[u32]) -> Result<Vec<u32>> {
+    let limbs = m.len();
+    if ![32, 48, 64].contains(&limbs)
+        || [rr.len(), base.len(), exp.len()] != [limbs; 3]
+        || m[0] & 1 == 0
+        || m[limbs - 1] >> 31 == 0
+    {
+        return Err(Error::Invalid(
+            "modexp: needs 32, 48 or 64 limbs everywhere and an odd modulus with its top bit set"
+                .into(),
+        ));
+    }
+    let mut out = vec![0u32; limbs];
+    // SAFETY: every buffer holds `limbs` words.
+    let rc = unsafe {
+        smx_rsa_modexp_host(
+            limbs as u32,
+            m.as_ptr(),
+            m0,
+            rr.as_ptr(),
+            base.as_ptr(),
+            exp.as_ptr(),
+            out.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use openssl::bn::{BigNum, BigNumContext, BigNumRef};
+    use openssl::pkey::{PKey, Private};
+    use openssl::rsa::{Padding, Rsa};
+
+    use super::super::rsa_layout::{
+        from_soa, mont_m0, mont_rr, pack_key, put_limbs, rsa_from_primes, to_soa,
+    };
+    use super::*;
+    use crate::scheme::HashAlg;
+    use crate::scheme::rsa_encoding::pkcs1_v15;
+
+    /// For each size: distinct random primes, keys (distinct pairs of
+    /// them) and random messages per key. Generating primes is the slow
+    /// part, so keys share primes: every prime is the modulus of a CRT half
+    /// in several keys, once as p and once as q.
+    fn plan(bits: usize) -> (usize, usize, usize) {
+        match bits {
+            2048 => (20, 60, 40),
+            3072 => (10, 30, 12),
+            _ => (8, 20, 8),
+        }
+    }
+
+    fn keys(bits: usize) -> &'static [Rsa<Private>] {
+        static K: [OnceLock<Vec<Rsa<Private>>>; 3] =
+            [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        let i = SIZES.iter().position(|&b| b == bits).unwrap();
+        K[i].get_or_init(|| {
+            let (primes, keys, _) = plan(bits);
+            let primes: Vec<BigNum> = (0..primes)
+                .map(|_| {
+                    loop {
+                        let mut p = BigNum::new().unwrap();
+                        // Top two bits set: every product has exactly `bits` bits.
+                        p.generate_prime(bits as i32 / 2, false, None, None)
+                            .unwrap();
+                        if p.mod_word(65537).unwrap() != 1 {
+                            break p;
+                        }
+                    }
+                })
+                .collect();
+            let pairs = (0..primes.len()).flat_map(|i| (0..i).map(move |j| (i, j)));
+            pairs
+                .take(keys)
+                .enumerate()
+                .map(|(k, (i, j))| {
+                    // Alternate which of the two is p (so both p > q and p < q occur).
+                    let (p, q) = if k % 2 == 0 { (i, j) } else { (j, i) };
+                    rsa_from_primes(&primes[p], &primes[q], 65537)
+                        .rsa()
+                        .unwrap()
+                })
+                .collect()
+        })
+    }
+
+    fn pkey(rsa: &Rsa<Private>) -> PKey<Private> {
+        PKey::from_rsa(rsa.clone()).unwrap()
+    }
+
+    fn bytes(x: &BigNumRef, len: usize) -> Vec<u8> {
+        x.to_vec_padded(len as i32).unwrap()
+    }
+
+    fn random_below(n: &BigNumRef) -> BigNum {
+        let mut r = BigNum::new().unwrap();
+        n.rand_range(&mut r).unwrap();
+        r
+    }
+
+    /// Signs with the host build, compares with OpenSSL's raw private op,
+    /// checks with the host build, and verifies PKCS#1 v1.5 encoded digests
+    /// with aws-lc-rs.
+    fn sign_matches_openssl(bits: usize) {
+        let k = bits / 8;
+        let limbs = bits / 32;
+        let (_, _, per_key) = plan(bits);
+        for (ki, rsa) in keys(bits).iter().enumerate() {
+            let blob = pack_key(&pkey(rsa)).unwrap();
+            // Message 0 is an EMSA-PKCS1-v1_5 encoded SHA-256 digest.
+            let digest = HashAlg::Sha256.digest(format!("message {ki}").as_bytes());
+            let mut msgs = vec![pkcs1_v15(HashAlg::Sha256, &digest, k).unwrap()];
+            msgs.extend((1..per_key).map(|_| bytes(&random_below(rsa.n()), k)));
+            let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
+            let input = to_soa(&refs, limbs);
+            let sig = sign(&blob, &input, msgs.len()).unwrap();
+            let sigs = from_soa(&sig, msgs.len(), limbs);
+            for (m, s) in msgs.iter().zip(&sigs) {
+                let mut want = vec![0u8; k];
+                assert_eq!(rsa.private_encrypt(m, &mut want, Padding::NONE).unwrap(), k);
+                assert_eq!(
+                    s, &want,
+                    "{bits}-bit key {ki}: signature differs from OpenSSL"
+                );
+            }
+            let spki = rsa.public_key_to_der_pkcs1().unwrap();
+            aws_lc_rs::signature::UnparsedPublicKey::new(
+                &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+                &spki,
+            )
+            .verify(format!("message {ki}").as_bytes(), &sigs[0])
+            .expect("aws-lc-rs verifies the PKCS#1 v1.5 signature");
+
+            // The check accepts every signature...
+            let ok = check(&blob, &sig, &input, msgs.len()).unwrap();
+            assert!(
+                ok.iter().all(|&x| x == 1),
+                "{bits}-bit key {ki}: check rejected a good signature"
+            );
+            // ... and rejects a flipped bit, sig = n, and sig + n (same
+            // residue, but not < n) where it fits.
+            let mut bad: Vec<Vec<u8>> = Vec::new();
+            let mut flipped = sigs[1].clone();
+            flipped[k / 3] ^= 0x10;
+            bad.push(flipped);
+            bad.push(rsa.n().to_vec());
+            let mut plus_n = BigNum::new().unwrap();
+            let s2 = BigNum::from_slice(&sigs[2]).unwrap();
+            plus_n.checked_add(&s2, rsa.n()).unwrap();
+            let plus_n_fits = plus_n.num_bits() as usize <= bits;
+            if plus_n_fits {
+                bad.push(bytes(&plus_n, k));
+            }
+            let bad_refs: Vec<&[u8]> = bad.iter().map(|m| m.as_slice()).collect();
+            let exp_refs: Vec<&[u8]> = [&msgs[1], &msgs[0], &msgs[2]][..bad.len()]
+                .iter()
+                .map(|m| m.as_slice())
+                .collect();
+            let ok = check(
+                &blob,
+                &to_soa(&bad_refs, limbs),
+                &to_soa(&exp_refs, limbs),
+                bad.len(),
+            )
+            .unwrap();
+            assert!(
+                ok.iter().all(|&x| x == 0),
+                "{bits}-bit key {ki}: check accepted {ok:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sign_matches_openssl_2048() {
+        sign_matches_openssl(2048);
+    }
+
+    #[test]
+    fn sign_matches_openssl_3072() {
+        sign_matches_openssl(3072);
+    }
+
+    #[test]
+    fn sign_matches_openssl_4096() {
+        sign_matches_openssl(4096);
+    }
+
+    fn mod_exp(b: &BigNumRef, e: &BigNumRef, m: &BigNumRef) -> BigNum {
+        let mut ctx = BigNumContext::new().unwrap();
+        let mut r = BigNum::new().unwrap();
+        r.mod_exp(b, e, m, &mut ctx).unwrap();
+        r
+    }
+
+    #[test]
+    fn sign_edge_messages() {
+        for bits in SIZES {
+            let k = bits / 8;
+            let limbs = bits / 32;
+            let rsa = &keys(bits)[0];
+            let n = rsa.n();
+            let one = BigNum::from_u32(1).unwrap();
+            let mut n1 = BigNum::new().unwrap();
+            n1.checked_sub(n, &one).unwrap();
+            // All limbs ones but the top one, which is below n's top limb.
+            let mut ones = vec![0xffu8; k];
+            ones[..4].copy_from_slice(
+                &(n.to_vec()[0..4]
+                    .iter()
+                    .fold(0u32, |a, &b| a << 8 | b as u32)
+                    - 1)
+                .to_be_bytes(),
+            );
+            let mut half = BigNum::new().unwrap();
+            half.lshift(&one, (bits / 2) as i32).unwrap();
+            let mut n_p = BigNum::new().unwrap();
+            n_p.checked_sub(n, rsa.p().unwrap()).unwrap();
+            let msgs: Vec<Vec<u8>> = vec![
+                vec![0u8; k],
+                bytes(&one, k),
+                bytes(&n1, k),
+                ones,
+                bytes(rsa.p().unwrap(), k),
+                bytes(rsa.q().unwrap(), k),
+                bytes(&half, k),
+                bytes(&n_p, k),
+            ];
+            let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
+            let input = to_soa(&refs, limbs);
+            let blob = pack_key(&pkey(rsa)).unwrap();
+            let sig = sign(&blob, &input, msgs.len()).unwrap();
+            for (i, (m, s)) in msgs
+                .iter()
+                .zip(from_soa(&sig, msgs.len(), limbs))
+                .enumerate()
+            {
+                let want = mod_exp(&BigNum::from_slice(m).unwrap(), rsa.d(), n);
+                assert_eq!(s, bytes(&want, k), "{bits}-bit edge message {i}");
+            }
+            assert!(
+                check(&blob, &sig, &input, msgs.len())
+                    .unwrap()
+                    .iter()
+                    .all(|&x| x == 1)
+            );
+        }
+    }
+
+    fn limbs_of(x: &BigNumRef, limbs: usize) -> Vec<u32> {
+        let mut v = vec![0u32; limbs];
+        put_limbs(&mut v, x).unwrap();
+        v
+    }
+
+    fn from_limbs(v: &[u32]) -> BigNum {
+        let be: Vec<u8> = v.iter().rev().flat_map(|w| w.to_be_bytes()).collect();
+        BigNum::from_slice(&be).unwrap()
+    }
+
+    #[test]
+    fn modexp_edge_values() {
+        for limbs in [32usize, 48, 64] {
+            let top = 1u32 << 31;
+            let mut moduli: Vec<Vec<u32>> = vec![
+                vec![u32::MAX; limbs],
+                {
+                    let mut m = vec![0u32; limbs];
+                    m[0] = 1;
+                    m[limbs - 1] = top;
+                    m
+                },
+                {
+                    let mut m = vec![u32::MAX; limbs];
+                    m[0] = 0xffff_fffd;
+                    m
+                },
+            ];
+            // Random odd moduli with the top bit set, one with a run of
+            // all-ones limbs and one with a run of zero limbs.
+            for fill in [None, Some(u32::MAX), Some(0)] {
+                let mut r = BigNum::new().unwrap();
+                r.rand((32 * limbs) as i32, openssl::bn::MsbOption::ONE, true)
+                    .unwrap();
+                let mut m = limbs_of(&r, limbs);
+                if let Some(f) = fill {
+                    m[3..limbs - 3].iter_mut().for_each(|w| *w = f);
+                }
+                moduli.push(m);
+            }
+            let mut exps: Vec<Vec<u32>> = vec![
+                vec![0; limbs],
+                {
+                    let mut e = vec![0; limbs];
+                    e[0] = 1;
+                    e
+                },
+                vec![u32::MAX; limbs],
+                {
+                    let mut e = vec![0; limbs];
+                    e[limbs - 1] = top;
+                    e
+                },
+                // Long runs: ones over the top half, zeros below; then
+                // alternating 37-bit runs.
+                (0..limbs)
+                    .map(|j| if j >= limbs / 2 { u32::MAX } else { 0 })
+                    .collect(),
+                {
+                    let mut e = vec![0u32; limbs];
+                    for b in 0..32 * limbs {
+                        if (b / 37) % 2 == 0 {
+                            e[b / 32] |= 1 << (b % 32);
+                        }
+                    }
+                    e
+                },
+            ];
+            let mut r = BigNum::new().unwrap();
+            r.rand(
+                (32 * limbs) as i32,
+                openssl::bn::MsbOption::MAYBE_ZERO,
+                false,
+            )
+            .unwrap();
+            exps.push(limbs_of(&r, limbs));
+            for m in &moduli {
+                let mb = from_limbs(m);
+                let rr = limbs_of(&mont_rr(&mb, limbs).unwrap(), limbs);
+                let m0 = mont_m0(m[0]);
+                let mut m1 = mb.to_owned().unwrap();
+                m1.sub_word(1).unwrap();
+                let bases: Vec<Vec<u32>> = vec![
+                    vec![0; limbs],
+                    limbs_of(&BigNum::from_u32(1).unwrap(), limbs),
+                    limbs_of(&m1, limbs),
+                    vec![u32::MAX; limbs],
+                    m.clone(),
+                    limbs_of(&random_below(&mb), limbs),
+                ];
+                for e in &exps {
+                    for b in &bases {
+                        let got = modexp(m, m0, &rr, b, e).unwrap();
+                        let want = mod_exp(&from_limbs(b), &from_limbs(e), &mb);
+                        assert_eq!(
+                            from_limbs(&got),
+                            want,
+                            "{limbs} limbs: modexp differs from OpenSSL"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_buffers() {
+        assert!(sign(&[2048, 1, 2], &[], 0).is_err());
+        let blob = vec![0u32; key_words(2048)];
+        let mut blob = blob;
+        blob[0] = 2048;
+        assert!(sign(&blob, &[0; 63], 1).is_err());
+        assert!(modexp(&[2; 32], 1, &[0; 32], &[0; 32], &[0; 32]).is_err());
+    }
+}

@@ -1,0 +1,36 @@
+// Batched RSA private operations (CRT) and public checks, one NVRTC program.
+//
+// Exports, for B in 2048, 3072, 4096:
+//   rsa{B}_sign (const u32* key, const u32* in, u32* out, u32 count)
+//       out[i] = in[i]^d mod n (in[i] < n), constant time in the key.
+//   rsa{B}_check(const u32* key, const u32* sig, const u32* expected,
+//                u32* ok, u32 count)
+//       ok[i] = 1 when sig[i] < n and sig[i]^e mod n == expected[i].
+// key: the blob of Rust rsa_layout::pack_key (layout in rsa/crt.cuh).
+// in/out/sig/expected are structure-of-arrays of B/32 little-endian 32-bit
+// limbs: limb j of item i at [j*count + i].
+//
+// Mapping: one thread per item, grid-stride loop, so any grid and block
+// size is correct (threads past count do nothing). Each thread keeps its
+// numbers and its 16-entry window table in registers and local memory.
+#include "rsa/crt.cuh"
+
+#define SMX_RSA_KERNELS(B)                                                                  \
+    SMX_KERNEL void rsa##B##_sign(const smx::u32 *key, const smx::u32 *in, smx::u32 *out,   \
+                                  smx::u32 count) {                                         \
+        const smx::u64 stride = (smx::u64)gridDim.x * blockDim.x;                           \
+        for (smx::u64 i = (smx::u64)blockIdx.x * blockDim.x + threadIdx.x; i < count;       \
+             i += stride)                                                                   \
+            smx::rsa::sign_item<(B) / 64>(key, in, out, count, i);                          \
+    }                                                                                       \
+    SMX_KERNEL void rsa##B##_check(const smx::u32 *key, const smx::u32 *sig,                \
+                                   const smx::u32 *expected, smx::u32 *ok, smx::u32 count) { \
+        const smx::u64 stride = (smx::u64)gridDim.x * blockDim.x;                           \
+        for (smx::u64 i = (smx::u64)blockIdx.x * blockDim.x + threadIdx.x; i < count;       \
+             i += stride)                                                                   \
+            smx::rsa::check_item<(B) / 64>(key, sig, expected, ok, count, i);               \
+    }
+
+SMX_RSA_KERNELS(2048)
+SMX_RSA_KERNELS(3072)
+SMX_RSA_KERNELS(4096)
