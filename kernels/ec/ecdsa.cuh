@@ -1,0 +1,190 @@
+// ECDSA sign and check, one item (signature) at a time; the kernels
+// (ecdsa.cu) and the host build (host/ec_host.cpp) both call these, so the
+// code CI tests is the code the GPU runs.
+//
+// Buffers (ABI, see src/backend/cuda/ec_layout.rs): big numbers are L 32-bit
+// little-endian limbs; batches are structure-of-arrays, limb j of item i at
+// [j * count + i]; the key blob is d, Qx, Qy (plain integers, L limbs each).
+//
+// k*G uses a fixed-base Lim-Lee comb with TEETH = 4 teeth and COMBS = 4
+// combs (see curves.cuh): the scalar's bit (c*TEETH + t)*SPACING + j is
+// tooth t of comb c in column j. Table entry [c][digit] (digit = 0..15) is
+// sum over set bits t of digit of 2^((c*TEETH + t)*SPACING) G, affine,
+// Montgomery form: x limbs then y limbs (2L words), entries in order
+// c*16 + digit; entry 0 of each comb is all zeros and never used. k*G then
+// takes SPACING doublings and SPACING*COMBS mixed additions (P-256: 16 and
+// 64; P-384: 24 and 96). Every lookup reads all 16 entries of its comb and
+// keeps the wanted one by mask; a zero digit keeps the old point by mask.
+// More teeth would save doublings but double the scan per addition (8 teeth:
+// 256 entries, 16x the loads for half the doublings); COMBS trades doublings
+// for table size, and the 4 KiB / 6 KiB table stays cache resident.
+#pragma once
+
+#include "ec/point.cuh"
+
+namespace smx {
+namespace ec {
+
+template <class C> struct comb_t {
+    enum {
+        L = C::L,
+        ENTRIES = 1 << C::TEETH,
+        ENTRY_WORDS = 2 * C::L,
+        COMB_WORDS = ENTRIES * 2 * C::L,
+        TABLE_WORDS = C::COMBS * ENTRIES * 2 * C::L,
+    };
+};
+
+// The comb table for G (public; run once on the host, ~64 inversions).
+template <class C> inline void comb_table_build(u32 *table) {
+    typedef typename C::fp fp;
+    typedef point_t<C> pt;
+    const int n = C::TEETH * C::COMBS, L = C::L;
+    pt base[C::TEETH * C::COMBS];
+    affine_t<C> g;
+    g.x = fp::from_int(C::gx());
+    g.y = fp::from_int(C::gy());
+    base[0] = pt::from_affine(g);
+    for (int i = 1; i < n; i++) {
+        base[i] = base[i - 1];
+        for (int j = 0; j < C::SPACING; j++) base[i] = base[i].dbl();
+    }
+    for (int c = 0; c < C::COMBS; c++) {
+        for (int digit = 0; digit < comb_t<C>::ENTRIES; digit++) {
+            u32 *e = table + (c * comb_t<C>::ENTRIES + digit) * 2 * L;
+            pt acc = pt::infinity();
+            for (int t = 0; t < C::TEETH; t++)
+                if (digit >> t & 1) acc = acc.add(base[c * C::TEETH + t]);
+            fp ax, ay;
+            acc.to_affine(ax, ay);  // digit 0: O, stored as zeros
+            for (int j = 0; j < L; j++) {
+                e[j] = ax.v[j];
+                e[L + j] = ay.v[j];
+            }
+        }
+    }
+}
+
+// The entry `digit` of one comb (comb_t::ENTRIES entries at `tab`), read by a
+// masked scan over all entries: the addresses do not depend on the digit.
+template <class C> EC_FN affine_t<C> comb_lookup(const u32 *tab, u32 digit) {
+    const int L = C::L;
+    affine_t<C> r;
+    for (int j = 0; j < L; j++) r.x.v[j] = r.y.v[j] = 0;
+    for (int e = 0; e < comb_t<C>::ENTRIES; e++) {
+        u32 m = mask_eq((u32)e, digit);
+        const u32 *p = tab + e * 2 * L;
+        for (int j = 0; j < L; j++) {
+            r.x.v[j] |= m & p[j];
+            r.y.v[j] |= m & p[L + j];
+        }
+    }
+    return r;
+}
+
+// k*G for a secret k (L limbs, any value below 2^BITS), constant time.
+template <class C> EC_FN point_t<C> mul_base(const u32 *table, const u32 *k) {
+    typedef point_t<C> pt;
+    pt r = pt::infinity();
+    for (int j = C::SPACING - 1; j >= 0; j--) {
+        r = r.dbl();
+        for (int c = 0; c < C::COMBS; c++) {
+            u32 digit = 0;
+            for (int t = 0; t < C::TEETH; t++) {
+                int pos = (c * C::TEETH + t) * C::SPACING + j;  // public
+                digit |= ((k[pos >> 5] >> (pos & 31)) & 1) << t;
+            }
+            affine_t<C> e = comb_lookup<C>(table + c * comb_t<C>::COMB_WORDS, digit);
+            pt s = r.madd(e);
+            r = pt::csel(mask_is_zero(digit), r, s);
+        }
+    }
+    return r;
+}
+
+// k*Q for PUBLIC k and Q (check kernel only): fixed 4-bit windows with a
+// directly indexed table of 0..15 Q, complete additions.
+template <class C> EC_FN point_t<C> mul_var_public(const affine_t<C> &q, const u32 *k) {
+    typedef point_t<C> pt;
+    pt tab[16];
+    tab[0] = pt::infinity();
+    tab[1] = pt::from_affine(q);
+    for (int i = 2; i < 16; i++) tab[i] = tab[i - 1].add(tab[1]);
+    pt r = pt::infinity();
+    for (int w = 8 * C::L - 1; w >= 0; w--) {
+        r = r.dbl().dbl().dbl().dbl();
+        r = r.add(tab[(k[w >> 3] >> ((w & 7) * 4)) & 15]);
+    }
+    return r;
+}
+
+// One signature: r = x(k G) mod n, s = k^-1 (z + r d) mod n; ok = 0 when r
+// or s is zero (the host redoes the item). Constant time in d and k.
+template <class C>
+EC_FN void sign_item(const u32 *table, const u32 *key, const u32 *z, const u32 *k, u32 *r,
+                     u32 *s, u32 *ok, u32 count, u32 i) {
+    typedef typename C::fp fp;
+    typedef typename C::fn fn;
+    const int L = C::L;
+    u32 kk[L], zz[L], xr[L], sr[L];
+    for (int j = 0; j < L; j++) {
+        kk[j] = k[j * count + i];
+        zz[j] = z[j * count + i];
+    }
+    point_t<C> R = mul_base<C>(table, kk);
+    fp ax, ay;
+    R.to_affine(ax, ay);  // O only for k = 0 mod n: then r = 0, ok = 0
+    ax.to_int(xr);
+    limbs_reduce_once<L>(xr, C::fn_mod());  // x < p < 2n
+    // z < 2^(32 L) and d, k < n: from_int reduces mod n on the way in
+    fn sM = fn::from_int(kk).inv() * (fn::from_int(zz) + fn::from_int(xr) * fn::from_int(key));
+    sM.to_int(sr);
+    u32 bad = limbs_zero_mask<L>(xr) | limbs_zero_mask<L>(sr);
+    for (int j = 0; j < L; j++) {
+        r[j * count + i] = xr[j];
+        s[j * count + i] = sr[j];
+    }
+    ok[i] = ~bad & 1u;
+}
+
+// One check: ok = 1 when 1 <= r, s < n and x(u1 G + u2 Q) mod n = r with
+// w = s^-1, u1 = z w, u2 = r w. Public inputs: variable time.
+template <class C>
+EC_FN void check_item(const u32 *table, const u32 *key, const u32 *z, const u32 *r, const u32 *s,
+                      u32 *ok, u32 count, u32 i) {
+    typedef typename C::fp fp;
+    typedef typename C::fn fn;
+    const int L = C::L;
+    u32 rr[L], ss[L], zz[L], u1[L], u2[L], x[L];
+    for (int j = 0; j < L; j++) {
+        rr[j] = r[j * count + i];
+        ss[j] = s[j * count + i];
+        zz[j] = z[j * count + i];
+    }
+    const u32 *n = C::fn_mod();
+    if (limbs_zero_mask<L>(rr) || limbs_zero_mask<L>(ss) || !limbs_lt_public<L>(rr, n) ||
+        !limbs_lt_public<L>(ss, n)) {
+        ok[i] = 0;
+        return;
+    }
+    fn w = fn::from_int(ss).inv();
+    (fn::from_int(zz) * w).to_int(u1);
+    (fn::from_int(rr) * w).to_int(u2);
+    affine_t<C> q;
+    q.x = fp::from_int(key + L);
+    q.y = fp::from_int(key + 2 * L);
+    point_t<C> sum = mul_base<C>(table, u1).add(mul_var_public<C>(q, u2));
+    fp ax, ay;
+    if (sum.to_affine(ax, ay)) {
+        ok[i] = 0;
+        return;
+    }
+    ax.to_int(x);
+    limbs_reduce_once<L>(x, n);
+    u32 diff = 0;
+    for (int j = 0; j < L; j++) diff |= x[j] ^ rr[j];
+    ok[i] = diff == 0;
+}
+
+}  // namespace ec
+}  // namespace smx
