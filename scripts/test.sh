@@ -15,6 +15,7 @@ step "lint"
 cargo clippy --locked --all-targets -- -D warnings
 
 step "tests (unit, integration against real processes and the openssl CLI)"
+export SIGMUX_REQUIRE_NVRTC=1   # tests/nvrtc.rs: a missing NVRTC fails, not skips
 cargo test --locked --all-targets
 
 step "doc tests"

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::{self, CudaBackend, UnavailableCuda};
 use crate::backend::pkcs11::{Pkcs11Backend, Token};
+use crate::backend::{Availability, Backend};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
@@ -65,6 +66,8 @@ pub struct Backends {
     pub cpu: Option<Arc<CpuBackend>>,
     /// The PKCS#11 backends, one per configured token.
     pub pkcs11: Vec<Arc<Pkcs11Backend>>,
+    /// The CUDA backends that started, one per GPU.
+    pub cuda: Vec<Arc<CudaBackend>>,
 }
 
 /// Starts the enabled backends. `only` restricts to one backend kind
@@ -73,13 +76,9 @@ pub fn start_backends(cfg: &Config, only: &str) -> Result<Backends> {
     let mut out: Vec<Arc<dyn Backend>> = Vec::new();
     let mut cpu = None;
     let mut pkcs11 = Vec::new();
+    let mut gpus = Vec::new();
     match only {
-        "auto" | "cpu" | "pkcs11" => {}
-        "cuda" => {
-            return Err(Error::Invalid(format!(
-                "backend '{only}' is not available in this build yet"
-            )));
-        }
+        "auto" | "cpu" | "pkcs11" | "cuda" => {}
         other => {
             return Err(Error::Invalid(format!(
                 "unknown backend '{other}' (expected cpu, cuda, pkcs11 or auto)"
@@ -110,9 +109,41 @@ pub fn start_backends(cfg: &Config, only: &str) -> Result<Backends> {
             pkcs11.push(b);
         }
     }
-    if out.is_empty() {
+    if (cfg.backends.cuda.enabled && only == "auto") || only == "cuda" {
+        let ccfg = cfg.cuda_config()?;
+        let mut reasons = Vec::new();
+        match cuda::discover(&ccfg) {
+            Ok(found) => {
+                for f in found {
+                    match f {
+                        Ok(b) => {
+                            let b = Arc::new(b);
+                            out.push(b.clone());
+                            gpus.push(b);
+                        }
+                        Err((name, reason)) => {
+                            tracing::warn!(backend = %name, %reason, "GPU not used");
+                            reasons.push(format!("{name}: {reason}"));
+                            out.push(Arc::new(UnavailableCuda::new(name, reason)));
+                        }
+                    }
+                }
+            }
+            Err(reason) => {
+                reasons.push(reason.clone());
+                out.push(Arc::new(UnavailableCuda::new("cuda", reason)));
+            }
+        }
+        if only == "cuda" && gpus.is_empty() {
+            return Err(Error::backend("cuda", reasons.join("; ")));
+        }
+    }
+    if !out
+        .iter()
+        .any(|b| b.availability() == Availability::Available)
+    {
         return Err(Error::Config(
-            "no backend is enabled (backends.cpu.enabled = false and no [backends.pkcs11] token)"
+            "no backend is enabled (backends.cpu.enabled = false, no [backends.pkcs11] token and no usable GPU)"
                 .into(),
         ));
     }
@@ -120,6 +151,7 @@ pub fn start_backends(cfg: &Config, only: &str) -> Result<Backends> {
         all: out,
         cpu,
         pkcs11,
+        cuda: gpus,
     })
 }
 

@@ -47,6 +47,9 @@ pub struct BenchOptions {
     pub target: Option<KeylessTarget>,
     /// Drive a running issuance API instead.
     pub issue_target: Option<crate::bench_issue::IssueTarget>,
+    /// Overrides `backends.cuda.check` for this run (ECDSA on the GPU:
+    /// every signature checked, or a sample).
+    pub cuda_check: Option<crate::backend::cuda::CheckPolicy>,
 }
 
 /// A keyless server to load, and how to reach it.
@@ -123,6 +126,12 @@ pub struct BenchReport {
     pub commit: String,
     /// When the run ended (RFC 3339, UTC).
     pub timestamp: String,
+    /// The GPU(s) of a `--backend cuda` run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
+    /// The GPU's ECDSA check policy during the run (`all` or `sample:N`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuda_check: Option<String>,
 }
 
 fn driver_name(opts: &BenchOptions) -> &'static str {
@@ -178,11 +187,22 @@ pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<BenchReport> {
         }
         ecfg.max_batch = b;
     }
-    // Room for the whole offered load: the bench measures speed, not the
-    // overload path.
-    ecfg.queue_capacity = ecfg.queue_capacity.max(opts.concurrency * 2);
-    let backends = app::start_backends(cfg, &opts.backend)?;
+    // Room for the whole offered load (a group is admitted whole): the
+    // bench measures speed, not the overload path.
+    ecfg.queue_capacity = ecfg
+        .queue_capacity
+        .max(opts.concurrency.max(opts.batch.unwrap_or(1)) * 2);
+    let mut cfg = cfg.clone();
+    if let Some(c) = opts.cuda_check {
+        cfg.backends.cuda.check = c.to_string();
+    }
+    let backends = app::start_backends(&cfg, &opts.backend)?;
     let cpu = backends.cpu.clone();
+    let gpus = if opts.backend == "cuda" {
+        backends.cuda.clone()
+    } else {
+        Vec::new()
+    };
     // The key lives where the chosen backend can use it: in the token for
     // pkcs11 (made for this run and removed after), in memory otherwise.
     let token = (opts.backend == "pkcs11")
@@ -193,7 +213,7 @@ pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<BenchReport> {
         None => Key::ephemeral("bench", kind)?,
     };
     let engine = Arc::new(Engine::new(ecfg.clone(), backends.all)?);
-    let result = run_with_key(opts, kind, &ecfg, cpu, token.as_ref(), &key, &engine);
+    let result = run_with_key(opts, kind, &ecfg, cpu, token.as_ref(), &gpus, &key, &engine);
     drop(engine);
     if let Some(t) = &token {
         t.drop_bench_key(&key)?;
@@ -201,12 +221,15 @@ pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<BenchReport> {
     result
 }
 
+// The run's pieces, each a different backend kind or the engine over them.
+#[allow(clippy::too_many_arguments)]
 fn run_with_key(
     opts: &BenchOptions,
     kind: KeyKind,
     ecfg: &crate::engine::EngineConfig,
     cpu: Option<Arc<CpuBackend>>,
     token: Option<&Arc<crate::backend::pkcs11::Pkcs11Backend>>,
+    gpus: &[Arc<crate::backend::cuda::CudaBackend>],
     key: &Arc<Key>,
     engine: &Arc<Engine>,
 ) -> Result<BenchReport> {
@@ -221,9 +244,33 @@ fn run_with_key(
     };
     let half = opts.duration / 2;
     let mut raw = (0u64, Duration::ZERO);
+    // The GPU's bare loop calls its own batch method with the run's batch
+    // size, on one thread per stream, on every GPU at once.
+    let raw_gpu = |d: Duration| -> Result<(u64, Duration)> {
+        let batch = opts.batch.unwrap_or(ecfg.max_batch);
+        let results: Vec<Result<(u64, Duration)>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = gpus
+                .iter()
+                .map(|g| sc.spawn(|| g.raw_sign_loop(key, opts.scheme, &raw_input, batch, d)))
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Invalid("raw GPU loop panicked".into())))
+                })
+                .collect()
+        });
+        let mut total = (0u64, Duration::ZERO);
+        for r in results {
+            let (n, t) = r?;
+            total = (total.0 + n, total.1.max(t));
+        }
+        Ok(total)
+    };
     if opts.compare_raw {
         let (n, d) = match (token, &cpu, &raw_key) {
             (Some(t), _, _) => t.raw_sign_loop(key, opts.scheme, &raw_input, half)?,
+            _ if !gpus.is_empty() => raw_gpu(half)?,
             (None, Some(c), Some(k)) => run_raw(c, k, opts.scheme, half)?,
             _ => (0, Duration::ZERO),
         };
@@ -238,6 +285,7 @@ fn run_with_key(
         let rest = opts.duration - half;
         let (n, d) = match (token, &cpu, &raw_key) {
             (Some(t), _, _) => t.raw_sign_loop(key, opts.scheme, &raw_input, rest)?,
+            _ if !gpus.is_empty() => raw_gpu(rest)?,
             (None, Some(c), Some(k)) => run_raw(c, k, opts.scheme, rest)?,
             _ => (0, Duration::ZERO),
         };
@@ -279,10 +327,25 @@ fn run_with_key(
             .map(|t| t + ecfg.max_wait.as_micros() as f64 + 200.0),
         raw_ops_per_sec,
         ratio: raw_ops_per_sec.map(|r| ops_per_sec / r),
-        device: device_description(),
+        device: if gpus.is_empty() {
+            device_description()
+        } else {
+            format!("{} + {}", device_description(), gpu_names(gpus))
+        },
         commit: crate::COMMIT.into(),
         timestamp: now_rfc3339(),
+        gpu: (!gpus.is_empty()).then(|| gpu_names(gpus)),
+        cuda_check: gpus.first().map(|g| g.check_policy().to_string()),
     })
+}
+
+/// `NVIDIA H100 80GB HBM3 (cuda:0)`, comma-separated.
+fn gpu_names(gpus: &[Arc<crate::backend::cuda::CudaBackend>]) -> String {
+    use crate::backend::Backend;
+    gpus.iter()
+        .map(|g| format!("{} ({})", g.device_name(), g.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 struct Measured {
@@ -682,6 +745,8 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
         device: device_description(),
         commit: crate::COMMIT.into(),
         timestamp: now_rfc3339(),
+        gpu: None,
+        cuda_check: None,
     })
 }
 
@@ -828,6 +893,9 @@ impl BenchReport {
         );
         if self.errors > 0 {
             s.push_str(&format!(", {} errors", self.errors));
+        }
+        if let Some(c) = &self.cuda_check {
+            s.push_str(&format!("\n  GPU ECDSA check: {c}"));
         }
         if let Some(e) = &self.engine {
             s.push_str(&format!("\n  library: {e}"));

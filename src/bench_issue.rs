@@ -228,6 +228,8 @@ pub fn run(
         device: device_description(),
         commit: crate::COMMIT.into(),
         timestamp: crate::bench::now_rfc3339(),
+        gpu: None,
+        cuda_check: None,
     })
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backend::cpu::{CpuConfig, CpuEngine, EngineChoice};
+use crate::backend::cuda::{CheckPolicy, CudaConfig};
 use crate::backend::pkcs11::{self, PinSource, Pkcs11Config, TokenSelector};
 use crate::engine::EngineConfig;
 use crate::error::{Error, Result};
@@ -105,6 +106,86 @@ pub struct BackendsSection {
     /// `[backends.pkcs11]` (one token) or `[[backends.pkcs11]]` (several).
     #[serde(default, deserialize_with = "one_or_many")]
     pub pkcs11: Vec<Pkcs11Section>,
+    /// `[backends.cuda]`.
+    #[serde(default)]
+    pub cuda: CudaSection,
+}
+
+/// `[backends.cuda]`: the GPUs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CudaSection {
+    /// Use the GPUs when present.
+    pub enabled: bool,
+    /// `"all"` or a list of device ordinals.
+    pub devices: CudaDevices,
+    /// Streams (batches in flight) per device.
+    pub streams: usize,
+    /// Largest batch per call.
+    pub max_batch: usize,
+    /// Device memory for cached keys, per device, in bytes.
+    pub key_cache_bytes: u64,
+    /// The NVRTC library (a path).
+    pub nvrtc: Option<PathBuf>,
+    /// Compiled-kernel cache folder, relative to data_dir unless absolute.
+    pub cache_dir: PathBuf,
+    /// `"all"` or `"sample:N"`: which ECDSA signatures the GPU checks.
+    pub check: String,
+}
+
+impl Default for CudaSection {
+    fn default() -> Self {
+        let d = CudaConfig::default();
+        CudaSection {
+            enabled: d.enabled,
+            devices: CudaDevices::All,
+            streams: d.streams,
+            max_batch: d.max_batch,
+            key_cache_bytes: d.key_cache_bytes as u64,
+            nvrtc: None,
+            cache_dir: PathBuf::from("kernel-cache"),
+            check: d.check.to_string(),
+        }
+    }
+}
+
+/// `backends.cuda.devices`: every visible device, or these ordinals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CudaDevices {
+    /// `"all"`.
+    All,
+    /// `[0, 2]`.
+    List(Vec<usize>),
+}
+
+impl<'de> Deserialize<'de> for CudaDevices {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CudaDevices;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("backends.cuda.devices: \"all\" or a list of device ordinals")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CudaDevices, E> {
+                if v == "all" {
+                    Ok(CudaDevices::All)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<CudaDevices, A::Error> {
+                let mut out = Vec::new();
+                while let Some(n) = seq.next_element::<usize>()? {
+                    out.push(n);
+                }
+                Ok(CudaDevices::List(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `[backends.pkcs11]`: one PKCS#11 token.
@@ -483,6 +564,7 @@ impl Config {
             return Err(bad("backends.cpu.max_batch", "must be at least 1"));
         }
         self.pkcs11_configs()?;
+        self.cuda_config()?;
         self.http_listen()?;
         self.keyless_settings()?;
         self.issuance_settings()?;
@@ -685,6 +767,75 @@ impl Config {
             engine: self.cpu_engine().unwrap_or(EngineChoice::Auto),
             max_batch: self.backends.cpu.max_batch,
         }
+    }
+
+    /// The CUDA backends' settings, checked; `cache_dir` resolved against
+    /// the data dir.
+    pub fn cuda_config(&self) -> Result<CudaConfig> {
+        let c = &self.backends.cuda;
+        let devices = match &c.devices {
+            CudaDevices::All => None,
+            CudaDevices::List(l) if l.is_empty() => {
+                return Err(bad(
+                    "backends.cuda.devices",
+                    "list at least one device, or \"all\" (to turn the GPUs off: enabled = false)",
+                ));
+            }
+            CudaDevices::List(l) => {
+                let mut seen = std::collections::HashSet::new();
+                if let Some(d) = l.iter().find(|d| !seen.insert(**d)) {
+                    return Err(bad(
+                        "backends.cuda.devices",
+                        format!("device {d} is listed twice"),
+                    ));
+                }
+                Some(l.clone())
+            }
+        };
+        if !(1..=64).contains(&c.streams) {
+            return Err(bad("backends.cuda.streams", "must be between 1 and 64"));
+        }
+        if !(1..=1_048_576).contains(&c.max_batch) {
+            return Err(bad(
+                "backends.cuda.max_batch",
+                "must be between 1 and 1048576",
+            ));
+        }
+        if c.key_cache_bytes < 1 << 20 {
+            return Err(bad(
+                "backends.cuda.key_cache_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        let key_cache_bytes = usize::try_from(c.key_cache_bytes)
+            .map_err(|_| bad("backends.cuda.key_cache_bytes", "is too large"))?;
+        if c.nvrtc.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(bad(
+                "backends.cuda.nvrtc",
+                "must name the NVRTC library (e.g. /usr/local/cuda/lib64/libnvrtc.so.13)",
+            ));
+        }
+        let check: CheckPolicy = c
+            .check
+            .parse()
+            .map_err(|e: String| bad("backends.cuda.check", e))?;
+        let cache_dir = if c.cache_dir.as_os_str().is_empty() {
+            None
+        } else if c.cache_dir.is_absolute() {
+            Some(c.cache_dir.clone())
+        } else {
+            Some(self.data_dir.join(&c.cache_dir))
+        };
+        Ok(CudaConfig {
+            enabled: c.enabled,
+            devices,
+            streams: c.streams,
+            max_batch: c.max_batch,
+            key_cache_bytes,
+            nvrtc: c.nvrtc.clone(),
+            cache_dir,
+            check,
+        })
     }
 
     /// The PKCS#11 backends' settings, one per configured token, checked:
@@ -894,6 +1045,65 @@ mod tests {
             let err = Config::parse(text, "t.toml").unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");
             assert!(err.starts_with("config: t.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn cuda_section_parses_and_checks() {
+        let c = Config::parse(DEFAULT_TOML, "embedded").unwrap();
+        let d = CudaConfig::default();
+        let got = c.cuda_config().unwrap();
+        assert_eq!(
+            (got.enabled, got.devices, got.streams, got.max_batch),
+            (d.enabled, None, d.streams, d.max_batch)
+        );
+        assert_eq!(got.key_cache_bytes, d.key_cache_bytes);
+        assert_eq!(got.check, CheckPolicy::All);
+        assert_eq!(
+            got.cache_dir,
+            Some(PathBuf::from("./sigmux-data/kernel-cache"))
+        );
+        let c = Config::parse(
+            "[backends.cuda]\ndevices = [1, 0]\nstreams = 2\ncheck = \"sample:64\"\nnvrtc = \"/opt/libnvrtc.so.13\"\ncache_dir = \"\"\n",
+            "t",
+        )
+        .unwrap()
+        .cuda_config()
+        .unwrap();
+        assert_eq!(c.devices, Some(vec![1, 0]));
+        assert_eq!(c.check, CheckPolicy::Sample(64));
+        assert_eq!(c.cache_dir, None);
+        assert_eq!(c.nvrtc, Some(PathBuf::from("/opt/libnvrtc.so.13")));
+        for (text, want) in [
+            ("[backends.cuda]\nstreams = 0\n", "backends.cuda.streams"),
+            (
+                "[backends.cuda]\nmax_batch = 0\n",
+                "backends.cuda.max_batch",
+            ),
+            (
+                "[backends.cuda]\nkey_cache_bytes = 10\n",
+                "backends.cuda.key_cache_bytes",
+            ),
+            ("[backends.cuda]\ncheck = \"some\"\n", "backends.cuda.check"),
+            (
+                "[backends.cuda]\ncheck = \"sample:0\"\n",
+                "backends.cuda.check",
+            ),
+            (
+                "[backends.cuda]\ndevices = \"first\"\n",
+                "backends.cuda.devices",
+            ),
+            ("[backends.cuda]\ndevices = []\n", "backends.cuda.devices"),
+            (
+                "[backends.cuda]\ndevices = [0, 0]\n",
+                "backends.cuda.devices",
+            ),
+            ("[backends.cuda]\nnvrtc = \"\"\n", "backends.cuda.nvrtc"),
+            ("[backends.cuda]\nstream = 2\n", "stream"),
+            ("[backends.cuda]\nenabled = \"yes\"\n", "line 2"),
+        ] {
+            let err = Config::parse(text, "t").unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
         }
     }
 

@@ -93,6 +93,19 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A backend's own check, an independent computation run before
+    /// release (e.g. `s^e mod n` on the GPU), found wrong results. The
+    /// engine treats it like a wrong signature it caught itself: the
+    /// backend is quarantined and the batch redone elsewhere.
+    #[error("backend {backend}: {count} result(s) failed its own check: {reason}")]
+    WrongResult {
+        /// The backend's name.
+        backend: String,
+        /// How many results were wrong.
+        count: usize,
+        /// What the check found.
+        reason: String,
+    },
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,

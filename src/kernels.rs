@@ -44,6 +44,22 @@ pub fn source_hash(name: &str) -> Result<String> {
     )))
 }
 
+/// `nonce/../hash/hmac.cuh` -> `hash/hmac.cuh`: embedded files are keyed
+/// by their path under kernels/, so `..` and `.` must be resolved.
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in path.split('/') {
+        match seg {
+            ".." => {
+                parts.pop();
+            }
+            "." | "" => {}
+            s => parts.push(s),
+        }
+    }
+    parts.join("/")
+}
+
 fn expand(name: &str, out: &mut String, seen: &mut HashSet<String>, depth: usize) -> Result<()> {
     if depth > 16 {
         return Err(Error::Invalid(format!(
@@ -73,11 +89,11 @@ fn expand(name: &str, out: &mut String, seen: &mut HashSet<String>, depth: usize
                     ))
                 })?;
             // Relative to the including file first, then to kernels/.
-            let local = if dir.is_empty() {
+            let local = normalize(&if dir.is_empty() {
                 inc.to_string()
             } else {
                 format!("{dir}/{inc}")
-            };
+            });
             let target = if file(&local).is_some() {
                 local
             } else {
@@ -110,6 +126,13 @@ mod tests {
             assert!(!s.contains("#include"), "{p} still includes something");
             assert!(!s.contains("#pragma once"));
         }
+    }
+
+    #[test]
+    fn parent_relative_includes_resolve() {
+        assert_eq!(normalize("nonce/../hash/hmac.cuh"), "hash/hmac.cuh");
+        assert_eq!(normalize("rsa/../common.cuh"), "common.cuh");
+        assert_eq!(normalize("./a//b.cuh"), "a/b.cuh");
     }
 
     #[test]

@@ -312,6 +312,10 @@ struct BenchArgs {
     /// (no async runtime between answers and the next request).
     #[arg(long)]
     callbacks: bool,
+    /// With --backend cuda: how many ECDSA signatures the GPU checks
+    /// ("all" or "sample:N"), overriding backends.cuda.check.
+    #[arg(long)]
+    cuda_check: Option<String>,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -716,6 +720,14 @@ fn bench_cmd(cfg: &Config, a: BenchArgs) -> Result<()> {
         compare_raw: a.compare_raw,
         callbacks: a.callbacks,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        cuda_check: a
+            .cuda_check
+            .as_deref()
+            .map(|c| {
+                c.parse::<sigmux::backend::cuda::CheckPolicy>()
+                    .map_err(|e| Error::Invalid(format!("--cuda-check: {e}")))
+            })
+            .transpose()?,
     };
     let report = bench::run(cfg, &opts)?;
     println!("{}", report.summary());
@@ -965,6 +977,18 @@ fn print_backends(report: &serde_json::Value) {
             b["in_flight_ops"],
             b["queued_us"]
         );
+        let d = &b["details"];
+        if let Some(dev) = d["device"].as_str() {
+            println!(
+                "  device {dev}, compute capability {}, {}, driver {}, NVRTC {}, {} streams, ECDSA check {}",
+                d["compute_capability"].as_str().unwrap_or("?"),
+                d["arch"].as_str().unwrap_or("?"),
+                d["driver"].as_str().unwrap_or("?"),
+                d["nvrtc"].as_str().unwrap_or("?"),
+                d["streams"],
+                d["check"].as_str().unwrap_or("?"),
+            );
+        }
         let engines = &b["details"]["engines"];
         println!(
             "  {:<24} {:<8} {:<9} {:>12} {:>12}",

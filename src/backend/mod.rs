@@ -86,6 +86,17 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// Whether this backend checks every signature of `scheme` itself,
+    /// with an independent computation (e.g. `s^e mod n` for RSA, ECDSA
+    /// verification for ECDSA), before it returns them, and reports a
+    /// mismatch as [`Error::WrongResult`](crate::error::Error::WrongResult)
+    /// instead of returning it. The engine then skips its own CPU check of
+    /// those signatures, which at GPU rates would be the bottleneck. Only
+    /// a backend that really does this may answer `true`.
+    fn verifies_on_device(&self, _scheme: Scheme) -> bool {
+        false
+    }
+
     /// Calibration results at start, for seeding the scheduler's cost model.
     fn cost_seed(&self, kind: KeyKind, scheme: Scheme) -> Option<CostSeed>;
 

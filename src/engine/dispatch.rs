@@ -455,6 +455,17 @@ fn run_job(inner: &Inner, slot: &Slot, job: Job) {
             slot.mark_failed(reason.clone(), true);
             reason
         }
+        Ok(Err(Error::WrongResult { count, reason, .. })) => {
+            // The backend's own check caught wrong results: the same path as
+            // when the engine's check catches them.
+            slot.counters
+                .bad_signatures
+                .fetch_add(count as u64, Ordering::Relaxed);
+            slot.counters.quarantines.fetch_add(1, Ordering::Relaxed);
+            let reason = format!("its own check rejected {count} result(s): {reason}");
+            slot.mark_failed(reason.clone(), true);
+            reason
+        }
         Ok(Err(e)) => {
             slot.counters.errors.fetch_add(1, Ordering::Relaxed);
             let reason = e.to_string();
@@ -512,7 +523,11 @@ fn drop_expired(inner: &Inner, batch: Batch) -> Batch {
 /// Counts the signatures in `sigs` that do not verify, where the rules
 /// require checking.
 fn verify(slot: &Slot, batch: &Batch, sigs: &[Vec<u8>]) -> usize {
-    if !check::must_verify(batch.scheme, slot.backend.needs_check(batch.scheme)) {
+    // A backend that verifies every signature on its own device (and fails
+    // the batch with `WrongResult` on a mismatch) already did this check.
+    if slot.backend.verifies_on_device(batch.scheme)
+        || !check::must_verify(batch.scheme, slot.backend.needs_check(batch.scheme))
+    {
         return 0;
     }
     batch

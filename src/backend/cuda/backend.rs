@@ -1,0 +1,1153 @@
+//! One GPU as a [`Backend`]: key upload and cache, batches over several
+//! streams, host-side encodings, and the device check of every result.
+//!
+//! A batch call is blocking and may come from several engine workers at
+//! once: each takes a free *lane* (a stream with its own pinned host and
+//! device buffers, grown on demand), so one batch's copies overlap another's
+//! kernels. Within a lane everything is issued on its stream and the stream
+//! is synchronised before the call returns; that is what makes it safe to
+//! run with cudarc's event tracking off (see [`super::device::Gpu::open`]).
+//!
+//! Nothing wrong leaves: every RSA result goes through `rsa{B}_check`
+//! (`sig^e mod n == expected`) and every ECDSA result through `{C}_check`
+//! (or a sample of them when `check = "sample:N"`) before it is returned.
+//! A mismatch fails the whole call with [`Error::WrongResult`], which the
+//! engine treats like a wrong signature it caught itself: quarantine, and
+//! the batch redone elsewhere.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cudarc::driver::{
+    CudaSlice, CudaStream, DriverError, LaunchConfig, PinnedHostSlice, PushKernelArg,
+};
+use parking_lot::{Condvar, Mutex, RwLock};
+use serde_json::json;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::device::{Gpu, driver_error, version_text};
+use super::ec_layout::{self, Curve as EcCurve};
+use super::key_cache::KeyCache;
+use super::nvrtc::{KernelCache, Nvrtc};
+use super::rsa_layout;
+use super::{CheckPolicy, CudaConfig};
+use crate::backend::cpu::{CpuEngine, CpuKey};
+use crate::backend::{Backend, Capabilities, CostSeed};
+use crate::error::{Error, Result};
+use crate::keys::{Key, KeyId, Placement};
+use crate::scheme::{Family, KeyKind, Scheme, rsa_encoding};
+
+/// Threads per block. The grid always has a thread per item: most kernels
+/// stride over the grid and would accept fewer, but `{C}_nonce` handles
+/// exactly item `blockIdx.x * blockDim.x + threadIdx.x`, so a capped grid
+/// would leave nonces unset.
+const THREADS: u32 = 128;
+/// Most `holds` answers remembered.
+const HELD_LIMIT: usize = 4096;
+
+/// A key's blob in device memory. Dropping it zeroes the device copy on
+/// the admin stream, waits, and only then frees it.
+struct DeviceKey {
+    words: Option<CudaSlice<u32>>,
+    gpu: Arc<Gpu>,
+}
+
+impl Drop for DeviceKey {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.words.take()
+            && let Err(e) = self.gpu.wipe(&mut w)
+        {
+            tracing::error!(device = self.gpu.ordinal, error = %driver_error(&e),
+                "could not wipe a key's device copy");
+        }
+    }
+}
+
+impl DeviceKey {
+    fn slice(&self) -> Result<&CudaSlice<u32>> {
+        self.words
+            .as_ref()
+            .ok_or_else(|| Error::backend(format!("cuda:{}", self.gpu.ordinal), "key wiped"))
+    }
+}
+
+/// A device buffer and (optionally) its pinned host mirror, grown to the
+/// largest batch seen. Grown only while the lane's stream is idle.
+struct Grow {
+    dev: Option<CudaSlice<u32>>,
+    host: Option<PinnedHostSlice<u32>>,
+    cap: usize,
+    pinned: bool,
+}
+
+impl Grow {
+    fn new(pinned: bool) -> Grow {
+        Grow {
+            dev: None,
+            host: None,
+            cap: 0,
+            pinned,
+        }
+    }
+
+    fn ensure(&mut self, stream: &Arc<CudaStream>, len: usize) -> Result<(), DriverError> {
+        if len <= self.cap && self.dev.is_some() {
+            return Ok(());
+        }
+        let cap = len.max(1).next_power_of_two().max(1024);
+        self.dev = None;
+        self.host = None;
+        self.cap = 0;
+        // SAFETY: device memory is written (copy or kernel) before it is
+        // read; every read covers only what this batch wrote.
+        self.dev = Some(unsafe { stream.alloc::<u32>(cap) }?);
+        if self.pinned {
+            // Not write-combined: the host reads results back from it.
+            // SAFETY: as above, the host writes before the device reads.
+            self.host = Some(unsafe { stream.context().alloc_pinned_with_flags::<u32>(cap, 0) }?);
+        }
+        self.cap = cap;
+        Ok(())
+    }
+
+    fn dev(&self) -> &CudaSlice<u32> {
+        // `ensure` runs first on every path; a missing buffer would be a
+        // bug, reported by the caller as a driver error would be.
+        self.dev.as_ref().expect("buffer allocated by ensure")
+    }
+
+    fn dev_mut(&mut self) -> &mut CudaSlice<u32> {
+        self.dev.as_mut().expect("buffer allocated by ensure")
+    }
+
+    fn host(&mut self) -> Result<&mut [u32], DriverError> {
+        self.host
+            .as_mut()
+            .expect("pinned buffer allocated by ensure")
+            .as_mut_slice()
+    }
+
+    fn upload(&mut self, stream: &Arc<CudaStream>, words: &[u32]) -> Result<(), DriverError> {
+        self.ensure(stream, words.len())?;
+        let n = words.len();
+        self.host()?[..n].copy_from_slice(words);
+        let (host, dev) = (
+            self.host
+                .as_mut()
+                .expect("pinned buffer allocated by ensure"),
+            self.dev.as_mut().expect("buffer allocated by ensure"),
+        );
+        let src = &host.as_mut_slice()?[..n];
+        stream.memcpy_htod(src, &mut dev.slice_mut(0..n))
+    }
+
+    /// Queues a copy of the first `n` words back to the pinned mirror.
+    fn download(&mut self, stream: &Arc<CudaStream>, n: usize) -> Result<(), DriverError> {
+        let (host, dev) = (
+            self.host
+                .as_mut()
+                .expect("pinned buffer allocated by ensure"),
+            self.dev.as_ref().expect("buffer allocated by ensure"),
+        );
+        let dst = &mut host.as_mut_slice()?[..n];
+        stream.memcpy_dtoh(&dev.slice(0..n), dst)
+    }
+}
+
+/// One stream with its buffers; used by one batch at a time.
+struct Lane {
+    stream: Arc<CudaStream>,
+    /// RSA: encoded messages / raw inputs; ECDSA: z.
+    input: Grow,
+    /// RSA: signatures; ECDSA: r.
+    out_a: Grow,
+    /// ECDSA: s.
+    out_b: Grow,
+    /// Per-item flags: nonce, sign, check (ECDSA) or check (RSA).
+    ok: Grow,
+    /// ECDSA nonces: device only, zeroed after every batch.
+    nonce: Grow,
+    /// The nonce kernel's per-batch seed (32 bytes).
+    seed: Grow,
+    /// Sampled checks: z, r, s of the sample.
+    chk_z: Grow,
+    chk_r: Grow,
+    chk_s: Grow,
+    chk_ok: Grow,
+}
+
+impl Lane {
+    fn new(stream: Arc<CudaStream>) -> Lane {
+        Lane {
+            stream,
+            input: Grow::new(true),
+            out_a: Grow::new(true),
+            out_b: Grow::new(true),
+            ok: Grow::new(true),
+            nonce: Grow::new(false),
+            seed: Grow::new(true),
+            chk_z: Grow::new(true),
+            chk_r: Grow::new(true),
+            chk_s: Grow::new(true),
+            chk_ok: Grow::new(true),
+        }
+    }
+}
+
+/// The free lanes; a batch call waits for one.
+struct Lanes {
+    free: Mutex<Vec<Lane>>,
+    ready: Condvar,
+}
+
+/// A lane on loan; handed back on drop.
+struct LaneGuard<'a> {
+    lanes: &'a Lanes,
+    lane: Option<Lane>,
+}
+
+impl Lanes {
+    fn take(&self) -> LaneGuard<'_> {
+        let mut free = self.free.lock();
+        loop {
+            if let Some(l) = free.pop() {
+                return LaneGuard {
+                    lanes: self,
+                    lane: Some(l),
+                };
+            }
+            self.ready.wait(&mut free);
+        }
+    }
+}
+
+impl LaneGuard<'_> {
+    fn lane(&mut self) -> &mut Lane {
+        self.lane.as_mut().expect("lane present until drop")
+    }
+}
+
+impl Drop for LaneGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(l) = self.lane.take() {
+            self.lanes.free.lock().push(l);
+            self.lanes.ready.notify_one();
+        }
+    }
+}
+
+/// The precomputed comb tables of the base point, one per curve, uploaded
+/// once at start (public data).
+struct Tables {
+    p256: CudaSlice<u32>,
+    p384: CudaSlice<u32>,
+}
+
+/// Counters for `sigmux backends`.
+#[derive(Default)]
+struct Counters {
+    key_uploads: AtomicU64,
+    redone_on_cpu: AtomicU64,
+    device_check_faults: AtomicU64,
+    checked: AtomicU64,
+}
+
+/// The CUDA backend for one GPU.
+pub struct CudaBackend {
+    name: String,
+    caps: Capabilities,
+    gpu: Arc<Gpu>,
+    lanes: Lanes,
+    keys: Mutex<KeyCache<DeviceKey>>,
+    held: RwLock<HashMap<KeyId, bool>>,
+    tables: Tables,
+    check: CheckPolicy,
+    streams: usize,
+    nvrtc: Nvrtc,
+    driver_version: i32,
+    counters: Counters,
+    /// Test hook: batches left to corrupt on the device before the check.
+    inject_faults: AtomicU64,
+}
+
+impl fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("name", &self.name)
+            .field("device", &self.gpu.name)
+            .field("streams", &self.streams)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // Wipe every cached key now (each `DeviceKey` zeroes its copy);
+        // batches cannot be running: they borrow the backend.
+        self.keys.lock().clear();
+        let _ = self.gpu.admin.synchronize();
+    }
+}
+
+fn rsa_bits(kind: KeyKind) -> Option<usize> {
+    kind.rsa_bits().map(|b| b as usize)
+}
+
+fn ec_curve(kind: KeyKind) -> Option<EcCurve> {
+    match kind {
+        KeyKind::P256 => Some(EcCurve::P256),
+        KeyKind::P384 => Some(EcCurve::P384),
+        _ => None,
+    }
+}
+
+fn curve_prefix(c: EcCurve) -> &'static str {
+    match c {
+        EcCurve::P256 => "p256",
+        EcCurve::P384 => "p384",
+    }
+}
+
+/// The schemes this backend signs: every RSA scheme (raw included) and
+/// ECDSA on P-256 and P-384 (any-digest variants included); not Ed25519.
+fn schemes() -> Vec<Scheme> {
+    Scheme::all()
+        .iter()
+        .copied()
+        .filter(|s| s.family() != Family::Ed25519)
+        .chain([
+            Scheme::RsaRaw,
+            Scheme::EcdsaP256AnyDigest,
+            Scheme::EcdsaP384AnyDigest,
+        ])
+        .collect()
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`: kernels compiled (or from the cache), comb
+    /// tables uploaded, `cfg.streams` lanes created.
+    pub fn start(
+        ordinal: usize,
+        cfg: &CudaConfig,
+        nvrtc: &Nvrtc,
+        driver_version: i32,
+    ) -> Result<CudaBackend> {
+        let name = format!("cuda:{ordinal}");
+        let fail = |what: &str, e: DriverError| {
+            Error::backend(name.clone(), format!("{what}: {}", driver_error(&e)))
+        };
+        let cache = cfg.cache_dir.as_ref().map(|dir| KernelCache {
+            dir: dir.clone(),
+            driver_version,
+        });
+        let gpu = Arc::new(Gpu::open(ordinal, nvrtc, cache.as_ref())?);
+        let tables = Tables {
+            p256: gpu
+                .upload(&ec_layout::comb_table(EcCurve::P256))
+                .map_err(|e| fail("cannot upload the P-256 table", e))?,
+            p384: gpu
+                .upload(&ec_layout::comb_table(EcCurve::P384))
+                .map_err(|e| fail("cannot upload the P-384 table", e))?,
+        };
+        let streams = cfg.streams.max(1);
+        let mut free = Vec::with_capacity(streams);
+        for _ in 0..streams {
+            free.push(Lane::new(
+                gpu.ctx
+                    .new_stream()
+                    .map_err(|e| fail("cannot create a stream", e))?,
+            ));
+        }
+        Ok(CudaBackend {
+            caps: Capabilities {
+                schemes: schemes(),
+                placements: vec![Placement::Soft],
+                max_batch: cfg.max_batch.max(1),
+                parallelism: streams,
+            },
+            name,
+            gpu,
+            lanes: Lanes {
+                free: Mutex::new(free),
+                ready: Condvar::new(),
+            },
+            keys: Mutex::new(KeyCache::new(cfg.key_cache_bytes)),
+            held: RwLock::new(HashMap::new()),
+            tables,
+            check: cfg.check,
+            streams,
+            nvrtc: nvrtc.clone(),
+            driver_version,
+            counters: Counters::default(),
+            inject_faults: AtomicU64::new(0),
+        })
+    }
+
+    /// The device's name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub fn device_name(&self) -> &str {
+        &self.gpu.name
+    }
+
+    /// The ECDSA check policy in force.
+    pub fn check_policy(&self) -> CheckPolicy {
+        self.check
+    }
+
+    /// Changes the ECDSA check policy (the bench's `--cuda-check`).
+    pub fn set_check_policy(&mut self, check: CheckPolicy) {
+        self.check = check;
+    }
+
+    /// Keys cached on the device, their bytes, and evictions so far.
+    pub fn key_cache_stats(&self) -> (usize, usize, u64) {
+        let c = self.keys.lock();
+        (c.len(), c.used(), c.evictions())
+    }
+
+    /// Operations redone on the CPU because a kernel flagged them (a nonce
+    /// or signature of negligible probability it does not handle).
+    pub fn redone_on_cpu(&self) -> u64 {
+        self.counters.redone_on_cpu.load(Ordering::Relaxed)
+    }
+
+    /// Batches whose device check found a wrong result.
+    pub fn device_check_faults(&self) -> u64 {
+        self.counters.device_check_faults.load(Ordering::Relaxed)
+    }
+
+    /// Test hook, not reachable from any configuration: the next `batches`
+    /// batches get one result corrupted in device memory between the sign
+    /// and the check kernel, so tests can watch the device check, the
+    /// quarantine and the redo elsewhere.
+    #[doc(hidden)]
+    pub fn inject_faults_for_test(&self, batches: u64) {
+        self.inject_faults.store(batches, Ordering::SeqCst);
+    }
+
+    fn take_fault(&self) -> bool {
+        self.inject_faults
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn drv(&self, what: &str) -> impl Fn(DriverError) -> Error + '_ {
+        let what = what.to_string();
+        move |e| Error::backend(self.name.clone(), format!("{what}: {}", driver_error(&e)))
+    }
+
+    fn launch_config(&self, n: usize) -> LaunchConfig {
+        let blocks = (n as u32).div_ceil(THREADS).max(1);
+        LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// The key's blob as the kernels take it; fails for keys the layouts
+    /// do not accept.
+    fn pack(&self, key: &Key) -> Result<Zeroizing<Vec<u32>>> {
+        let pkey = key.secret()?.to_openssl()?;
+        let bad =
+            |e: String| Error::backend(self.name.clone(), format!("key '{}': {e}", key.name()));
+        match (rsa_bits(key.kind()), ec_curve(key.kind())) {
+            (Some(_), _) => rsa_layout::pack_key(&pkey).map_err(|e| bad(e.to_string())),
+            (_, Some(c)) => ec_layout::pack_key(c, &pkey).map_err(|e| bad(e.to_string())),
+            _ => Err(bad(format!("{} keys do not run on the GPU", key.kind()))),
+        }
+    }
+
+    /// The key's device copy: from the cache, or packed, uploaded and
+    /// cached now (evicting the least recently used keys as needed).
+    fn device_key(&self, key: &Key) -> Result<Arc<DeviceKey>> {
+        let mut cache = self.keys.lock();
+        if let Some(k) = cache.get(&key.id()) {
+            return Ok(k);
+        }
+        let blob = self.pack(key)?;
+        let bytes = blob.len() * 4;
+        if !cache.make_room(bytes) {
+            return Err(Error::backend(
+                self.name.clone(),
+                format!(
+                    "key '{}' needs {bytes} bytes of device memory; backends.cuda.key_cache_bytes is {}",
+                    key.name(),
+                    cache.budget()
+                ),
+            ));
+        }
+        let words = self.gpu.upload(&blob).map_err(self.drv("key upload"))?;
+        drop(blob);
+        self.counters.key_uploads.fetch_add(1, Ordering::Relaxed);
+        let dk = Arc::new(DeviceKey {
+            words: Some(words),
+            gpu: self.gpu.clone(),
+        });
+        cache.insert(key.id(), dk.clone(), bytes);
+        Ok(dk)
+    }
+
+    /// Signs `inputs` on the CPU (items a kernel flagged).
+    fn cpu_sign(&self, key: &Key, scheme: Scheme, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>> {
+        let ck = CpuKey::load(key)?;
+        self.counters
+            .redone_on_cpu
+            .fetch_add(inputs.len() as u64, Ordering::Relaxed);
+        inputs
+            .iter()
+            .map(|i| ck.sign(CpuEngine::AwsLc, scheme, i))
+            .collect()
+    }
+
+    fn wrong(&self, bad: usize, scheme: Scheme) -> Error {
+        self.counters
+            .device_check_faults
+            .fetch_add(1, Ordering::Relaxed);
+        Error::WrongResult {
+            backend: self.name.clone(),
+            count: bad,
+            reason: format!("the device check rejected {bad} {scheme} result(s)"),
+        }
+    }
+
+    // ---------------------------------------------------------------- RSA
+
+    /// What the RSA kernels sign for each input: EMSA-PKCS1-v1_5 or
+    /// EMSA-PSS (fresh random salt) of the digest, or the raw input.
+    fn rsa_encode(&self, key: &Key, scheme: Scheme, inputs: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+        let fail =
+            |reason: String| Error::backend(self.name.clone(), format!("{scheme}: {reason}"));
+        let rsa = key
+            .rsa_public()
+            .ok_or_else(|| fail("not an RSA key".into()))?;
+        let k = rsa.size() as usize;
+        let bits = rsa.n().num_bits() as usize;
+        if scheme == Scheme::RsaRaw {
+            let n = rsa
+                .n()
+                .to_vec_padded(k as i32)
+                .map_err(|e| fail(e.to_string()))?;
+            return inputs
+                .iter()
+                .map(|i| {
+                    if i.len() != k {
+                        return Err(fail(format!("input must be {k} bytes, got {}", i.len())));
+                    }
+                    // Same length, big-endian: byte order is numeric order.
+                    if i.as_slice() >= n.as_slice() {
+                        return Err(fail("input is not below the modulus".into()));
+                    }
+                    Ok(i.clone())
+                })
+                .collect();
+        }
+        let h = scheme.hash().ok_or_else(|| fail("no digest".into()))?;
+        let mut salts = Zeroizing::new(vec![
+            0u8;
+            if scheme.is_pss() {
+                h.len() * inputs.len()
+            } else {
+                0
+            }
+        ]);
+        if scheme.is_pss() {
+            aws_lc_rs::rand::fill(&mut salts).map_err(|_| fail("no random salt".into()))?;
+        }
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                if d.len() != h.len() {
+                    return Err(fail("digest length".into()));
+                }
+                if scheme.is_pss() {
+                    rsa_encoding::pss_encode(h, d, &salts[i * h.len()..(i + 1) * h.len()], bits)
+                } else {
+                    rsa_encoding::pkcs1_v15(h, d, k)
+                }
+                .ok_or_else(|| fail("the modulus is too small for the encoding".into()))
+            })
+            .collect()
+    }
+
+    fn rsa_batch(
+        &self,
+        lane: &mut Lane,
+        dk: &DeviceKey,
+        key: &Key,
+        scheme: Scheme,
+        inputs: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>> {
+        let bits = rsa_bits(key.kind()).ok_or_else(|| Error::SchemeNotValidForKey {
+            scheme,
+            kind: key.kind(),
+        })?;
+        let limbs = bits / 32;
+        let n = inputs.len();
+        let words = limbs * n;
+        let ems = self.rsa_encode(key, scheme, inputs)?;
+        let refs: Vec<&[u8]> = ems.iter().map(|e| e.as_slice()).collect();
+        let mut soa = Zeroizing::new(rsa_layout::to_soa(&refs, limbs));
+        drop(refs);
+        let sign = self.gpu.function(&format!("rsa{bits}_sign"))?;
+        let check = self.gpu.function(&format!("rsa{bits}_check"))?;
+        let stream = lane.stream.clone();
+        lane.input
+            .upload(&stream, &soa)
+            .map_err(self.drv("copy to device"))?;
+        soa.zeroize();
+        lane.out_a
+            .ensure(&stream, words)
+            .map_err(self.drv("device memory"))?;
+        lane.ok
+            .ensure(&stream, n)
+            .map_err(self.drv("device memory"))?;
+        let count = n as u32;
+        let cfg = self.launch_config(n);
+        let key_words = dk.slice()?;
+        // SAFETY: argument order and types follow kernels/rsa.cu's ABI;
+        // every buffer holds at least `limbs * count` (or `count`) words.
+        unsafe {
+            stream
+                .launch_builder(sign)
+                .arg(key_words)
+                .arg(lane.input.dev())
+                .arg(lane.out_a.dev())
+                .arg(&count)
+                .launch(cfg)
+        }
+        .map_err(self.drv("rsa sign launch"))?;
+        if self.take_fault() {
+            stream
+                .memset_zeros(&mut lane.out_a.dev_mut().slice_mut(0..1))
+                .map_err(self.drv("fault injection"))?;
+        }
+        // SAFETY: as above (rsa{B}_check: key, sig, expected, ok, count).
+        unsafe {
+            stream
+                .launch_builder(check)
+                .arg(key_words)
+                .arg(lane.out_a.dev())
+                .arg(lane.input.dev())
+                .arg(lane.ok.dev())
+                .arg(&count)
+                .launch(cfg)
+        }
+        .map_err(self.drv("rsa check launch"))?;
+        lane.out_a
+            .download(&stream, words)
+            .map_err(self.drv("copy from device"))?;
+        lane.ok
+            .download(&stream, n)
+            .map_err(self.drv("copy from device"))?;
+        stream.synchronize().map_err(self.drv("rsa batch"))?;
+        self.counters.checked.fetch_add(n as u64, Ordering::Relaxed);
+        let bad = lane.ok.host().map_err(self.drv("host buffer"))?[..n]
+            .iter()
+            .filter(|&&o| o != 1)
+            .count();
+        let out = lane.out_a.host().map_err(self.drv("host buffer"))?;
+        let sigs = rsa_layout::from_soa(&out[..words], n, limbs);
+        if scheme == Scheme::RsaRaw {
+            // Raw results are decrypted secrets (TLS premaster): leave no
+            // copy in the lane's buffers.
+            out[..words].zeroize();
+            stream
+                .memset_zeros(&mut lane.out_a.dev_mut().slice_mut(0..words))
+                .map_err(self.drv("wipe"))?;
+        }
+        if bad > 0 {
+            return Err(self.wrong(bad, scheme));
+        }
+        Ok(sigs)
+    }
+
+    // -------------------------------------------------------------- ECDSA
+
+    fn ec_batch(
+        &self,
+        lane: &mut Lane,
+        dk: &DeviceKey,
+        key: &Key,
+        scheme: Scheme,
+        inputs: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>> {
+        let curve = ec_curve(key.kind()).ok_or_else(|| Error::SchemeNotValidForKey {
+            scheme,
+            kind: key.kind(),
+        })?;
+        let fail =
+            |reason: String| Error::backend(self.name.clone(), format!("{scheme}: {reason}"));
+        let limbs = curve.limbs();
+        let n = inputs.len();
+        let words = limbs * n;
+        // z in SoA: limb j of item i at [j * n + i].
+        let mut z = vec![0u32; words];
+        for (i, d) in inputs.iter().enumerate() {
+            let ok_len = match scheme.hash() {
+                Some(h) => d.len() == h.len(),
+                None => (1..=64).contains(&d.len()),
+            };
+            if !ok_len {
+                return Err(fail(format!("digest of {} bytes", d.len())));
+            }
+            for (j, w) in ec_layout::z_from_digest(curve, d)
+                .iter()
+                .enumerate()
+                .take(limbs)
+            {
+                z[j * n + i] = *w;
+            }
+        }
+        let p = curve_prefix(curve);
+        let nonce_k = self.gpu.function(&format!("{p}_nonce"))?;
+        let sign_k = self.gpu.function(&format!("{p}_sign"))?;
+        let check_k = self.gpu.function(&format!("{p}_check"))?;
+        let table = match curve {
+            EcCurve::P256 => &self.tables.p256,
+            EcCurve::P384 => &self.tables.p384,
+        };
+        let stream = lane.stream.clone();
+        let mem = self.drv("device memory");
+        lane.input
+            .upload(&stream, &z)
+            .map_err(self.drv("copy to device"))?;
+        let mut seed = Zeroizing::new([0u32; 8]);
+        {
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            aws_lc_rs::rand::fill(&mut bytes[..]).map_err(|_| fail("no random seed".into()))?;
+            for (w, c) in seed.iter_mut().zip(bytes.chunks_exact(4)) {
+                // The kernel reads the seed as bytes: keep memory order.
+                *w = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        lane.seed
+            .upload(&stream, &seed[..])
+            .map_err(self.drv("copy to device"))?;
+        lane.out_a.ensure(&stream, words).map_err(&mem)?;
+        lane.out_b.ensure(&stream, words).map_err(&mem)?;
+        lane.nonce.ensure(&stream, words).map_err(&mem)?;
+        lane.ok.ensure(&stream, 3 * n).map_err(&mem)?;
+        let all = self.check == CheckPolicy::All;
+        let count = n as u32;
+        let cfg = self.launch_config(n);
+        let key_words = dk.slice()?;
+        let corrupt = all && self.take_fault();
+        {
+            let ok = lane.ok.dev();
+            let (ok_nonce, ok_sign) = (ok.slice(0..n), ok.slice(n..2 * n));
+            // SAFETY: argument order and types follow kernels/nonce.cu and
+            // kernels/ecdsa.cu; every buffer holds `limbs * count` words
+            // (flags: `count`), the seed 32 bytes.
+            unsafe {
+                stream
+                    .launch_builder(nonce_k)
+                    .arg(key_words)
+                    .arg(lane.input.dev())
+                    .arg(lane.seed.dev())
+                    .arg(lane.nonce.dev())
+                    .arg(&ok_nonce)
+                    .arg(&count)
+                    .launch(cfg)
+            }
+            .map_err(self.drv("nonce launch"))?;
+            // SAFETY: as above.
+            unsafe {
+                stream
+                    .launch_builder(sign_k)
+                    .arg(table)
+                    .arg(key_words)
+                    .arg(lane.input.dev())
+                    .arg(lane.nonce.dev())
+                    .arg(lane.out_a.dev())
+                    .arg(lane.out_b.dev())
+                    .arg(&ok_sign)
+                    .arg(&count)
+                    .launch(cfg)
+            }
+            .map_err(self.drv("ecdsa sign launch"))?;
+        }
+        if corrupt {
+            // Test hook: item 0's s changes between sign and check.
+            stream
+                .memset_zeros(&mut lane.out_b.dev_mut().slice_mut(0..1))
+                .map_err(self.drv("fault injection"))?;
+        }
+        if all {
+            let ok_check = lane.ok.dev().slice(2 * n..3 * n);
+            // SAFETY: {C}_check's ABI: table, key, z, r, s, ok, count.
+            unsafe {
+                stream
+                    .launch_builder(check_k)
+                    .arg(table)
+                    .arg(key_words)
+                    .arg(lane.input.dev())
+                    .arg(lane.out_a.dev())
+                    .arg(lane.out_b.dev())
+                    .arg(&ok_check)
+                    .arg(&count)
+                    .launch(cfg)
+            }
+            .map_err(self.drv("ecdsa check launch"))?;
+        }
+        // A nonce reveals the key: none stays on the device.
+        stream
+            .memset_zeros(&mut lane.nonce.dev_mut().slice_mut(0..words))
+            .map_err(self.drv("nonce wipe"))?;
+        lane.out_a
+            .download(&stream, words)
+            .map_err(self.drv("copy from device"))?;
+        lane.out_b
+            .download(&stream, words)
+            .map_err(self.drv("copy from device"))?;
+        let flags = if all { 3 * n } else { 2 * n };
+        lane.ok
+            .download(&stream, flags)
+            .map_err(self.drv("copy from device"))?;
+        stream.synchronize().map_err(self.drv("ecdsa batch"))?;
+        // The copy of the seed has landed; no copy of it stays behind.
+        lane.seed.host().map_err(self.drv("host buffer"))?[..8].zeroize();
+
+        let ok = lane.ok.host().map_err(self.drv("host buffer"))?[..flags].to_vec();
+        let redo: Vec<usize> = (0..n).filter(|&i| ok[i] != 1 || ok[n + i] != 1).collect();
+        let r = lane.out_a.host().map_err(self.drv("host buffer"))?[..words].to_vec();
+        let s = lane.out_b.host().map_err(self.drv("host buffer"))?[..words].to_vec();
+        if all {
+            self.counters
+                .checked
+                .fetch_add((n - redo.len()) as u64, Ordering::Relaxed);
+            let bad = (0..n)
+                .filter(|&i| ok[i] == 1 && ok[n + i] == 1 && ok[2 * n + i] != 1)
+                .count();
+            if bad > 0 {
+                return Err(self.wrong(bad, scheme));
+            }
+        } else if let CheckPolicy::Sample(every) = self.check {
+            self.sample_check(
+                lane, table, key_words, check_k, limbs, every, &z, &r, &s, &ok, n, scheme,
+            )?;
+        }
+        let rs = rsa_layout::from_soa(&r, n, limbs);
+        let ss = rsa_layout::from_soa(&s, n, limbs);
+        let mut out = Vec::with_capacity(n);
+        for (rb, sb) in rs.into_iter().zip(ss) {
+            let mut raw = rb;
+            raw.extend_from_slice(&sb);
+            out.push(crate::der::ecdsa_raw_to_der(&raw).map_err(|e| fail(e.to_string()))?);
+        }
+        if !redo.is_empty() {
+            let again: Vec<&[u8]> = redo.iter().map(|&i| inputs[i].as_slice()).collect();
+            for (i, sig) in redo.iter().zip(self.cpu_sign(key, scheme, &again)?) {
+                out[*i] = sig;
+            }
+        }
+        Ok(out)
+    }
+
+    /// `check = "sample:N"`: every N-th signature from a random offset is
+    /// gathered into its own small batch and checked on the device.
+    #[allow(clippy::too_many_arguments)]
+    fn sample_check(
+        &self,
+        lane: &mut Lane,
+        table: &CudaSlice<u32>,
+        key_words: &CudaSlice<u32>,
+        check_k: &cudarc::driver::CudaFunction,
+        limbs: usize,
+        every: u32,
+        z: &[u32],
+        r: &[u32],
+        s: &[u32],
+        ok: &[u32],
+        n: usize,
+        scheme: Scheme,
+    ) -> Result<()> {
+        let step = (every as usize).min(n).max(1);
+        let mut b = [0u8; 4];
+        aws_lc_rs::rand::fill(&mut b).map_err(|_| {
+            Error::backend(self.name.clone(), "no random sample offset".to_string())
+        })?;
+        let offset = u32::from_le_bytes(b) as usize % step;
+        let picked: Vec<usize> = (offset..n)
+            .step_by(step)
+            .filter(|&i| ok[i] == 1 && ok[n + i] == 1)
+            .collect();
+        if picked.is_empty() {
+            return Ok(());
+        }
+        let m = picked.len();
+        let (zs, rs, mut ss) = gather(&picked, z, r, s, limbs, n);
+        if self.take_fault() {
+            // Test hook: the sampled copy of one signature is corrupted.
+            ss[0] ^= 1;
+        }
+        self.run_check(lane, table, key_words, check_k, &zs, &rs, &ss, m, scheme)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_check(
+        &self,
+        lane: &mut Lane,
+        table: &CudaSlice<u32>,
+        key_words: &CudaSlice<u32>,
+        check_k: &cudarc::driver::CudaFunction,
+        z: &[u32],
+        r: &[u32],
+        s: &[u32],
+        m: usize,
+        scheme: Scheme,
+    ) -> Result<()> {
+        let stream = lane.stream.clone();
+        lane.chk_z
+            .upload(&stream, z)
+            .map_err(self.drv("copy to device"))?;
+        lane.chk_r
+            .upload(&stream, r)
+            .map_err(self.drv("copy to device"))?;
+        lane.chk_s
+            .upload(&stream, s)
+            .map_err(self.drv("copy to device"))?;
+        lane.chk_ok
+            .ensure(&stream, m)
+            .map_err(self.drv("device memory"))?;
+        let count = m as u32;
+        // SAFETY: {C}_check's ABI; buffers hold `limbs * m` words, flags m.
+        unsafe {
+            stream
+                .launch_builder(check_k)
+                .arg(table)
+                .arg(key_words)
+                .arg(lane.chk_z.dev())
+                .arg(lane.chk_r.dev())
+                .arg(lane.chk_s.dev())
+                .arg(lane.chk_ok.dev())
+                .arg(&count)
+                .launch(self.launch_config(m))
+        }
+        .map_err(self.drv("ecdsa check launch"))?;
+        lane.chk_ok
+            .download(&stream, m)
+            .map_err(self.drv("copy from device"))?;
+        stream.synchronize().map_err(self.drv("ecdsa check"))?;
+        self.counters.checked.fetch_add(m as u64, Ordering::Relaxed);
+        let bad = lane.chk_ok.host().map_err(self.drv("host buffer"))?[..m]
+            .iter()
+            .filter(|&&o| o != 1)
+            .count();
+        if bad > 0 {
+            return Err(self.wrong(bad, scheme));
+        }
+        Ok(())
+    }
+
+    /// A bare loop of this backend's own batch call, for `sigmux bench
+    /// --compare-raw`: `workers` threads (one per stream) each signing
+    /// `batch` copies of `input` with `key` until `duration` has passed; no
+    /// engine, no batcher. Returns operations and time taken.
+    pub fn raw_sign_loop(
+        &self,
+        key: &Arc<Key>,
+        scheme: Scheme,
+        input: &[u8],
+        batch: usize,
+        duration: std::time::Duration,
+    ) -> Result<(u64, std::time::Duration)> {
+        let batch = batch.clamp(1, self.caps.max_batch);
+        let inputs = vec![input.to_vec(); batch];
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let start = std::time::Instant::now();
+        let total = std::thread::scope(|sc| {
+            let workers: Vec<_> = (0..self.streams)
+                .map(|_| {
+                    sc.spawn(|| -> Result<u64> {
+                        let mut n = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            n += self.sign_batch(key, scheme, &inputs)?.len() as u64;
+                        }
+                        Ok(n)
+                    })
+                })
+                .collect();
+            std::thread::sleep(duration);
+            stop.store(true, Ordering::Relaxed);
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(Error::backend(self.name.clone(), "raw loop panicked"))
+                    })
+                })
+                .sum::<Result<u64>>()
+        })?;
+        Ok((total, start.elapsed()))
+    }
+}
+
+/// Gathers the items `picked` of SoA arrays with stride `n` into SoA
+/// arrays of their own (stride `picked.len()`).
+fn gather(
+    picked: &[usize],
+    z: &[u32],
+    r: &[u32],
+    s: &[u32],
+    limbs: usize,
+    n: usize,
+) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let m = picked.len();
+    let mut out = (
+        vec![0u32; limbs * m],
+        vec![0u32; limbs * m],
+        vec![0u32; limbs * m],
+    );
+    for (t, &i) in picked.iter().enumerate() {
+        for j in 0..limbs {
+            out.0[j * m + t] = z[j * n + i];
+            out.1[j * m + t] = r[j * n + i];
+            out.2[j * m + t] = s[j * n + i];
+        }
+    }
+    out
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Soft RSA-2048/3072/4096, P-256 and P-384 keys that the kernel
+    /// layouts accept; the answer is remembered per key.
+    fn holds(&self, key: &Key) -> bool {
+        if key.placement() != Placement::Soft
+            || (rsa_bits(key.kind()).is_none() && ec_curve(key.kind()).is_none())
+        {
+            return false;
+        }
+        if let Some(b) = self.held.read().get(&key.id()) {
+            return *b;
+        }
+        let ok = self.pack(key).is_ok();
+        let mut held = self.held.write();
+        if held.len() >= HELD_LIMIT {
+            held.clear();
+        }
+        held.insert(key.id(), ok);
+        ok
+    }
+
+    fn sign_batch(
+        &self,
+        key: &Arc<Key>,
+        scheme: Scheme,
+        inputs: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>> {
+        scheme.check_fits(key.kind())?;
+        if !self.caps.schemes.contains(&scheme) {
+            return Err(Error::backend(
+                self.name.clone(),
+                format!("{scheme} does not run on the GPU"),
+            ));
+        }
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dk = self.device_key(key)?;
+        let mut guard = self.lanes.take();
+        let mut out = Vec::with_capacity(inputs.len());
+        for chunk in inputs.chunks(self.caps.max_batch) {
+            let lane = guard.lane();
+            out.extend(match scheme.family() {
+                Family::Rsa => self.rsa_batch(lane, &dk, key, scheme, chunk)?,
+                Family::Ecdsa(_) => self.ec_batch(lane, &dk, key, scheme, chunk)?,
+                Family::Ed25519 => {
+                    return Err(Error::backend(
+                        self.name.clone(),
+                        "ed25519 does not run on the GPU",
+                    ));
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// RSA: every result is checked by `rsa{B}_check`. ECDSA: only with
+    /// `check = "all"`.
+    fn verifies_on_device(&self, scheme: Scheme) -> bool {
+        match scheme.family() {
+            Family::Rsa => true,
+            Family::Ecdsa(_) => self.check == CheckPolicy::All,
+            Family::Ed25519 => false,
+        }
+    }
+
+    fn cost_seed(&self, kind: KeyKind, scheme: Scheme) -> Option<CostSeed> {
+        if !self.caps.schemes.contains(&scheme) || !scheme.fits(kind) {
+            return None;
+        }
+        // Conservative guesses per operation with the GPU busy; the live
+        // cost model replaces them after the first batches.
+        let per_op = match kind {
+            KeyKind::Rsa2048 => 10.0,
+            KeyKind::Rsa3072 => 30.0,
+            KeyKind::Rsa4096 => 70.0,
+            KeyKind::P256 => 2.0,
+            KeyKind::P384 => 6.0,
+            KeyKind::Ed25519 => return None,
+        };
+        Some(CostSeed {
+            per_batch_us: 300.0,
+            per_op_us: per_op,
+        })
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        let (keys, bytes, evictions) = self.key_cache_stats();
+        let budget = self.keys.lock().budget();
+        json!({
+            "device": self.gpu.name,
+            "ordinal": self.gpu.ordinal,
+            "compute_capability": format!("{}.{}", self.gpu.cc.0, self.gpu.cc.1),
+            "arch": self.gpu.arch,
+            "sms": self.gpu.sms,
+            "memory_bytes": self.gpu.total_mem,
+            "driver": version_text(self.driver_version),
+            "nvrtc": format!("{}.{}", self.nvrtc.version.0, self.nvrtc.version.1),
+            "nvrtc_library": self.nvrtc.library,
+            "programs": self.gpu.programs.iter().map(|(p, o)| json!({"program": p, "origin": o})).collect::<Vec<_>>(),
+            "streams": self.streams,
+            "check": self.check.to_string(),
+            "key_cache": {"keys": keys, "bytes": bytes, "budget": budget, "evictions": evictions,
+                "uploads": self.counters.key_uploads.load(Ordering::Relaxed)},
+            "checked": self.counters.checked.load(Ordering::Relaxed),
+            "device_check_faults": self.device_check_faults(),
+            "redone_on_cpu": self.redone_on_cpu(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_takes_columns_of_a_soa_array() {
+        // 3 items, 2 limbs: limb j of item i at j * 3 + i.
+        let z = [10, 11, 12, 20, 21, 22];
+        let (zs, rs, _) = gather(&[0, 2], &z, &z, &z, 2, 3);
+        assert_eq!(zs, [10, 12, 20, 22]);
+        assert_eq!(rs, zs);
+    }
+
+    #[test]
+    fn the_gpu_signs_rsa_and_ecdsa_but_not_ed25519() {
+        let s = schemes();
+        assert!(s.contains(&Scheme::RsaRaw) && s.contains(&Scheme::EcdsaP384AnyDigest));
+        assert!(s.contains(&Scheme::RsaPssRsaeSha512));
+        assert!(!s.contains(&Scheme::Ed25519));
+    }
+}

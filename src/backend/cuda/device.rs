@@ -1,0 +1,197 @@
+//! The CUDA driver side: is there a driver, which devices, and one opened
+//! device with its context, compiled kernels and the constant tables.
+//!
+//! cudarc is built with dynamic loading and panics when `libcuda` is
+//! missing, so every entry point here first checks that the library can be
+//! loaded ([`driver_status`]) and turns each failure into a reason string
+//! for `unavailable: <reason>`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::sys as cu;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError};
+use cudarc::nvrtc::Ptx;
+
+use super::nvrtc::{self, KernelCache, Nvrtc, Origin};
+use crate::error::{Error, Result};
+
+/// A driver error as one line: the CUDA error name and its text.
+pub fn driver_error(e: &DriverError) -> String {
+    let name = e
+        .error_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("{:?}", e.0));
+    match e.error_string() {
+        Ok(s) => format!("{name}: {}", s.to_string_lossy()),
+        Err(_) => name,
+    }
+}
+
+/// The driver's version and device count, or why there is no usable
+/// driver. Never panics (the library is probed before cudarc touches it).
+pub fn driver_status() -> std::result::Result<(i32, usize), String> {
+    // SAFETY: only tries to dlopen the candidate names.
+    if !unsafe { cu::is_culib_present() } {
+        return Err("no CUDA driver (libcuda.so not found)".into());
+    }
+    // SAFETY: the library is present, so cudarc's lazy load succeeds.
+    unsafe { cu::cuInit(0) }
+        .result()
+        .map_err(|e| format!("the CUDA driver did not initialise ({})", driver_error(&e)))?;
+    let mut version = 0;
+    // SAFETY: valid out-pointer, driver initialised.
+    unsafe { cu::cuDriverGetVersion(&mut version) }
+        .result()
+        .map_err(|e| format!("cuDriverGetVersion failed ({})", driver_error(&e)))?;
+    let count = cudarc::driver::result::device::get_count()
+        .map_err(|e| format!("cannot count CUDA devices ({})", driver_error(&e)))?;
+    Ok((version, count.max(0) as usize))
+}
+
+/// Formats a driver version number (`13000` -> `13.0`).
+pub fn version_text(v: i32) -> String {
+    format!("{}.{}", v / 1000, (v % 1000) / 10)
+}
+
+/// The kernel programs every device loads.
+pub const PROGRAMS: [&str; 3] = ["rsa.cu", "ecdsa.cu", "nonce.cu"];
+
+/// The kernels each program must export.
+pub fn kernel_names(program: &str) -> Vec<String> {
+    match program {
+        "rsa.cu" => [2048, 3072, 4096]
+            .iter()
+            .flat_map(|b| [format!("rsa{b}_sign"), format!("rsa{b}_check")])
+            .collect(),
+        "ecdsa.cu" => ["p256", "p384"]
+            .iter()
+            .flat_map(|c| [format!("{c}_sign"), format!("{c}_check")])
+            .collect(),
+        "nonce.cu" => vec!["p256_nonce".into(), "p384_nonce".into()],
+        _ => Vec::new(),
+    }
+}
+
+/// One opened device: context, a stream for uploads and wipes, the
+/// loaded kernels and facts for `sigmux backends`.
+pub struct Gpu {
+    /// The device ordinal.
+    pub ordinal: usize,
+    /// The device's name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// Compute capability.
+    pub cc: (i32, i32),
+    /// What NVRTC targeted (`sm_90`, or `compute_XY` for PTX).
+    pub arch: String,
+    /// Streaming multiprocessors (sizes the launch grid).
+    pub sms: u32,
+    /// Device memory in bytes.
+    pub total_mem: usize,
+    /// The context (primary, event tracking off: sigmux orders its streams
+    /// itself; see [`Gpu::open`]).
+    pub ctx: Arc<CudaContext>,
+    /// Key uploads, wipes and table uploads run here, each synchronised
+    /// before anything else uses the memory.
+    pub admin: Arc<CudaStream>,
+    functions: HashMap<String, CudaFunction>,
+    /// How each program was obtained (cache hit or compiled).
+    pub programs: Vec<(String, &'static str)>,
+}
+
+impl Gpu {
+    /// Opens device `ordinal`: context, kernels compiled (or read from
+    /// `cache`) for its architecture and loaded.
+    pub fn open(ordinal: usize, nvrtc: &Nvrtc, cache: Option<&KernelCache>) -> Result<Gpu> {
+        let who = format!("cuda:{ordinal}");
+        let fail = |what: &str, e: DriverError| {
+            Error::backend(who.clone(), format!("{what}: {}", driver_error(&e)))
+        };
+        let ctx = CudaContext::new(ordinal).map_err(|e| fail("cannot create a context", e))?;
+        // Every batch runs on one stream that it synchronises before it
+        // returns, keys are uploaded and wiped on the admin stream and
+        // synchronised there, and a key is freed only after every batch
+        // using it returned: ordering is explicit, so cudarc's per-buffer
+        // event tracking (an event record per argument per launch) is not
+        // needed. It must be off before the first allocation.
+        // SAFETY: see above; nothing was allocated in this context yet by
+        // sigmux.
+        unsafe { ctx.disable_event_tracking() };
+        let name = ctx
+            .name()
+            .map_err(|e| fail("cannot read the device name", e))?;
+        let cc = ctx
+            .compute_capability()
+            .map_err(|e| fail("cannot read the compute capability", e))?;
+        let sms = ctx
+            .attribute(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| fail("cannot read the SM count", e))?
+            .max(1) as u32;
+        let total_mem = ctx
+            .total_mem()
+            .map_err(|e| fail("cannot read the memory size", e))?;
+        let admin = ctx
+            .new_stream()
+            .map_err(|e| fail("cannot create a stream", e))?;
+        let arch = nvrtc::target_for(cc)?;
+        let mut functions = HashMap::new();
+        let mut programs = Vec::new();
+        for program in PROGRAMS {
+            let (image, origin) = nvrtc::compile_cached(nvrtc, program, &arch, cache)
+                .map_err(|e| Error::backend(who.clone(), e.to_string()))?;
+            let module = ctx
+                .load_module(Ptx::from_binary(image.bytes().to_vec()))
+                .map_err(|e| fail(&format!("cannot load {program}"), e))?;
+            for k in kernel_names(program) {
+                let f = module
+                    .load_function(&k)
+                    .map_err(|e| fail(&format!("{program} has no kernel {k}"), e))?;
+                functions.insert(k, f);
+            }
+            programs.push((
+                program.to_string(),
+                match origin {
+                    Origin::Cached => "cached",
+                    Origin::Compiled => "compiled",
+                },
+            ));
+        }
+        Ok(Gpu {
+            ordinal,
+            name,
+            cc,
+            arch,
+            sms,
+            total_mem,
+            ctx,
+            admin,
+            functions,
+            programs,
+        })
+    }
+
+    /// A loaded kernel by name.
+    pub fn function(&self, name: &str) -> Result<&CudaFunction> {
+        self.functions.get(name).ok_or_else(|| {
+            Error::backend(
+                format!("cuda:{}", self.ordinal),
+                format!("kernel {name} is not loaded"),
+            )
+        })
+    }
+
+    /// Copies `words` to a new device buffer on the admin stream and waits
+    /// for the copy, so any stream may use the buffer at once.
+    pub fn upload(&self, words: &[u32]) -> std::result::Result<CudaSlice<u32>, DriverError> {
+        let d = self.admin.clone_htod(words)?;
+        self.admin.synchronize()?;
+        Ok(d)
+    }
+
+    /// Zeroes `buf` on the admin stream and waits, so a key's device copy
+    /// is gone before its memory is freed or reused.
+    pub fn wipe(&self, buf: &mut CudaSlice<u32>) -> std::result::Result<(), DriverError> {
+        self.admin.memset_zeros(buf)?;
+        self.admin.synchronize()
+    }
+}

@@ -1,0 +1,348 @@
+//! The CUDA backend, decided at run time: on a machine with a GPU (driver,
+//! device and NVRTC: set SIGMUX_NVRTC_LIB or have libnvrtc.so.13 on the
+//! library path) every scheme is signed through the engine on the GPU and
+//! verified with OpenSSL, the key cache evicts and re-uploads, and an
+//! injected device fault quarantines the GPU while the CPU answers. Without
+//! a GPU the backend must report `unavailable: <reason>` and `sigmux
+//! backends` must show it. Each test prints which path it ran. The test
+//! binary can be copied to a GPU machine and run there as is
+//! (SIGMUX_REQUIRE_GPU=1 turns a missing GPU into a failure).
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sigmux::backend::Backend;
+use sigmux::backend::cpu::{CpuBackend, CpuConfig, CpuEngine, EngineChoice};
+use sigmux::backend::cuda::{self, CheckPolicy, CudaBackend, CudaConfig};
+use sigmux::{Engine, EngineConfig, Key, KeyKind, Scheme, SignInput, SignRequest};
+
+/// The started GPU backends, or `None` (after saying why) on a machine
+/// without a usable GPU.
+fn gpus(test: &str, cfg: &CudaConfig) -> Option<Vec<Arc<CudaBackend>>> {
+    match cuda::discover(cfg) {
+        Ok(found) => {
+            let mut out = Vec::new();
+            for f in found {
+                match f {
+                    Ok(b) => out.push(Arc::new(b)),
+                    Err((name, reason)) => panic!("{test}: {name} did not start: {reason}"),
+                }
+            }
+            for b in &out {
+                eprintln!("{test}: GPU PATH on {} ({})", b.device_name(), b.name());
+            }
+            Some(out)
+        }
+        Err(reason) => {
+            assert!(
+                std::env::var("SIGMUX_REQUIRE_GPU").as_deref() != Ok("1"),
+                "{test}: SIGMUX_REQUIRE_GPU=1 but no GPU: {reason}"
+            );
+            eprintln!("{test}: NO-GPU PATH ({reason}); device checks skipped");
+            None
+        }
+    }
+}
+
+fn cuda_cfg() -> CudaConfig {
+    CudaConfig {
+        cache_dir: Some(std::env::temp_dir().join("sigmux-test-kernel-cache")),
+        ..CudaConfig::default()
+    }
+}
+
+fn engine_cfg() -> EngineConfig {
+    EngineConfig {
+        max_batch: 512,
+        max_wait: Duration::from_millis(2),
+        queue_capacity: 1 << 16,
+        deadline: Duration::from_secs(60),
+    }
+}
+
+fn cpu() -> Arc<CpuBackend> {
+    Arc::new(
+        CpuBackend::new(&CpuConfig {
+            threads: 2,
+            engine: EngineChoice::Fixed(CpuEngine::OpenSsl),
+            max_batch: 64,
+        })
+        .unwrap(),
+    )
+}
+
+/// Verifies with OpenSSL (independent of the GPU and of the engine).
+fn verifies(key: &Key, scheme: Scheme, input: &[u8], sig: &[u8]) -> bool {
+    use openssl::pkey::PKey;
+    let pk = PKey::public_key_from_der(key.spki_der()).unwrap();
+    match scheme {
+        Scheme::RsaRaw => {
+            let rsa = pk.rsa().unwrap();
+            let mut back = vec![0u8; rsa.size() as usize];
+            rsa.public_encrypt(sig, &mut back, openssl::rsa::Padding::NONE)
+                .is_ok_and(|n| back[..n] == *input)
+        }
+        Scheme::EcdsaP256AnyDigest | Scheme::EcdsaP384AnyDigest => {
+            let sig = openssl::ecdsa::EcdsaSig::from_der(sig).unwrap();
+            sig.verify(input, &pk.ec_key().unwrap()).unwrap()
+        }
+        _ => {
+            let h = scheme.hash().unwrap();
+            let md = match h.len() {
+                32 => openssl::md::Md::sha256(),
+                48 => openssl::md::Md::sha384(),
+                _ => openssl::md::Md::sha512(),
+            };
+            let mut ctx = openssl::pkey_ctx::PkeyCtx::new(&pk).unwrap();
+            ctx.verify_init().unwrap();
+            if scheme.family() == sigmux::scheme::Family::Rsa {
+                if scheme.is_pss() {
+                    ctx.set_rsa_padding(openssl::rsa::Padding::PKCS1_PSS)
+                        .unwrap();
+                    ctx.set_rsa_pss_saltlen(openssl::sign::RsaPssSaltlen::DIGEST_LENGTH)
+                        .unwrap();
+                    ctx.set_rsa_mgf1_md(md).unwrap();
+                } else {
+                    ctx.set_rsa_padding(openssl::rsa::Padding::PKCS1).unwrap();
+                }
+            }
+            ctx.set_signature_md(md).unwrap();
+            ctx.verify(input, sig).unwrap_or(false)
+        }
+    }
+}
+
+/// Inputs as the engine hands them to backends, and the requests for them.
+fn inputs(key: &Key, scheme: Scheme, n: u32) -> Vec<(Vec<u8>, SignInput)> {
+    (0..n)
+        .map(|i| {
+            let msg = format!("message {i}").into_bytes();
+            match scheme {
+                Scheme::RsaRaw => {
+                    // A modulus-length value below the modulus.
+                    let k = key.rsa_public().unwrap().size() as usize;
+                    let mut v = vec![0u8; k];
+                    v[1..]
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(j, b)| *b = (j as u32 ^ i.wrapping_mul(2654435761)) as u8);
+                    (v.clone(), SignInput::Message(v))
+                }
+                Scheme::EcdsaP256AnyDigest | Scheme::EcdsaP384AnyDigest => {
+                    // A SHA-1-sized digest and a 64-byte one, alternately.
+                    let len = if i % 2 == 0 { 20 } else { 64 };
+                    let d: Vec<u8> = (0..len).map(|j| (j as u32 * 7 + i) as u8).collect();
+                    (d.clone(), SignInput::Message(d))
+                }
+                _ => {
+                    let d = scheme.hash().unwrap().digest(&msg);
+                    (d.clone(), SignInput::Digest(d))
+                }
+            }
+        })
+        .collect()
+}
+
+fn cases() -> Vec<(KeyKind, Scheme)> {
+    let mut v = Vec::new();
+    for kind in [KeyKind::Rsa2048, KeyKind::Rsa3072, KeyKind::Rsa4096] {
+        for s in kind.schemes() {
+            v.push((kind, s));
+        }
+        v.push((kind, Scheme::RsaRaw));
+    }
+    v.push((KeyKind::P256, Scheme::EcdsaSecp256r1Sha256));
+    v.push((KeyKind::P256, Scheme::EcdsaP256AnyDigest));
+    v.push((KeyKind::P384, Scheme::EcdsaSecp384r1Sha384));
+    v.push((KeyKind::P384, Scheme::EcdsaP384AnyDigest));
+    v
+}
+
+#[test]
+fn every_scheme_signs_on_the_gpu_through_the_engine_and_verifies() {
+    let Some(gpus) = gpus("every_scheme", &cuda_cfg()) else {
+        return;
+    };
+    let gpu = gpus[0].clone();
+    // Only the GPU: what `--backend cuda` runs.
+    let engine = Engine::new(engine_cfg(), vec![gpu.clone() as Arc<dyn Backend>]).unwrap();
+    for (kind, scheme) in cases() {
+        let key = Key::ephemeral("gpu-test", kind).unwrap();
+        assert!(gpu.holds(&key), "{kind}: the GPU does not take the key");
+        let items = inputs(&key, scheme, 300);
+        let tickets: Vec<_> = items
+            .iter()
+            .map(|(_, req)| {
+                engine
+                    .submit(SignRequest::new(key.clone(), scheme, req.clone()))
+                    .unwrap()
+            })
+            .collect();
+        for ((input, _), t) in items.iter().zip(tickets) {
+            let sig = t.wait().unwrap_or_else(|e| panic!("{kind} {scheme}: {e}"));
+            assert_eq!(&*sig.backend, gpu.name());
+            assert!(
+                verifies(&key, scheme, input, &sig.bytes),
+                "{kind} {scheme}: signature does not verify"
+            );
+        }
+        eprintln!("{kind} {scheme}: 300 signatures verified");
+    }
+    assert_eq!(gpu.device_check_faults(), 0);
+}
+
+#[test]
+fn sampled_ecdsa_checks_still_give_valid_signatures() {
+    let cfg = CudaConfig {
+        check: CheckPolicy::Sample(8),
+        ..cuda_cfg()
+    };
+    let Some(gpus) = gpus("sampled_checks", &cfg) else {
+        return;
+    };
+    let gpu = gpus[0].clone();
+    assert!(!gpu.verifies_on_device(Scheme::EcdsaSecp256r1Sha256));
+    assert!(gpu.verifies_on_device(Scheme::RsaPkcs1Sha256));
+    let key = Key::ephemeral("gpu-test", KeyKind::P256).unwrap();
+    let items = inputs(&key, Scheme::EcdsaSecp256r1Sha256, 1000);
+    let digests: Vec<Vec<u8>> = items.iter().map(|(d, _)| d.clone()).collect();
+    let sigs = gpu
+        .sign_batch(&key, Scheme::EcdsaSecp256r1Sha256, &digests)
+        .unwrap();
+    for (d, s) in digests.iter().zip(&sigs) {
+        assert!(verifies(&key, Scheme::EcdsaSecp256r1Sha256, d, s));
+    }
+}
+
+#[test]
+fn the_key_cache_evicts_least_recently_used_and_uploads_again() {
+    // Room for two RSA-2048 blobs (whatever their layout), not three.
+    let probe = CudaConfig {
+        key_cache_bytes: 1 << 20,
+        ..cuda_cfg()
+    };
+    let Some(first) = gpus("key_cache", &probe) else {
+        return;
+    };
+    let keys: Vec<Arc<Key>> = (0..3)
+        .map(|_| Key::ephemeral("gpu-test", KeyKind::Rsa2048).unwrap())
+        .collect();
+    let d = vec![Scheme::RsaPkcs1Sha256.hash().unwrap().digest(b"x")];
+    first[0]
+        .sign_batch(&keys[0], Scheme::RsaPkcs1Sha256, &d)
+        .unwrap();
+    let blob = first[0].key_cache_stats().1;
+    drop(first);
+    let small = CudaConfig {
+        key_cache_bytes: 2 * blob,
+        ..cuda_cfg()
+    };
+    let gpu = gpus("key_cache", &small).unwrap().remove(0);
+    for k in keys.iter().chain(keys.iter()) {
+        let sig = gpu.sign_batch(k, Scheme::RsaPkcs1Sha256, &d).unwrap();
+        assert!(verifies(k, Scheme::RsaPkcs1Sha256, &d[0], &sig[0]));
+    }
+    let (held, bytes, evictions) = gpu.key_cache_stats();
+    assert_eq!(held, 2);
+    assert!(bytes <= 2 * blob);
+    assert!(evictions >= 4, "evictions {evictions}");
+    assert_eq!(gpu.describe()["key_cache"]["uploads"], 6);
+    // Dropping the backend wipes (zeroes) and frees every cached copy.
+    drop(gpu);
+}
+
+#[test]
+fn an_injected_device_fault_quarantines_the_gpu_and_the_cpu_answers() {
+    let Some(gpus) = gpus("injected_fault", &cuda_cfg()) else {
+        return;
+    };
+    for (kind, scheme) in [
+        (KeyKind::Rsa2048, Scheme::RsaPssRsaeSha256),
+        (KeyKind::P256, Scheme::EcdsaSecp256r1Sha256),
+    ] {
+        let gpu = gpus[0].clone();
+        gpu.inject_faults_for_test(1);
+        let before = gpu.device_check_faults();
+        let engine = Engine::new(
+            engine_cfg(),
+            vec![gpu.clone() as Arc<dyn Backend>, cpu() as Arc<dyn Backend>],
+        )
+        .unwrap();
+        let key = Key::ephemeral("gpu-test", kind).unwrap();
+        let items = inputs(&key, scheme, 64);
+        let tickets: Vec<_> = items
+            .iter()
+            .map(|(_, r)| {
+                engine
+                    .submit(SignRequest::new(key.clone(), scheme, r.clone()))
+                    .unwrap()
+            })
+            .collect();
+        for ((input, _), t) in items.iter().zip(tickets) {
+            let sig = t.wait().unwrap();
+            assert!(verifies(&key, scheme, input, &sig.bytes), "{scheme}");
+        }
+        assert_eq!(gpu.device_check_faults(), before + 1, "{scheme}");
+        let report = engine.report();
+        let b = &report["backends"][0];
+        assert_eq!(b["health"]["state"], "quarantined", "{b:#}");
+    }
+}
+
+#[test]
+fn without_a_gpu_the_backend_is_unavailable_with_a_reason() {
+    let reason = match cuda::discover(&cuda_cfg()) {
+        Ok(_) => {
+            eprintln!("unavailable_with_a_reason: GPU PATH: nothing to check here");
+            return;
+        }
+        Err(r) => r,
+    };
+    eprintln!("unavailable_with_a_reason: NO-GPU PATH ({reason})");
+    assert!(!reason.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sigmux"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(args)
+            .env("SIGMUX_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["backends"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = format!("cuda: unavailable: {reason}");
+    assert!(text.contains(&want), "want {want:?} in:\n{text}");
+
+    let out = run(&["backends", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cuda = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "cuda")
+        .unwrap_or_else(|| panic!("no cuda entry: {v:#}"));
+    assert_eq!(cuda["availability"]["state"], "unavailable");
+    assert_eq!(cuda["availability"]["reason"], reason.as_str());
+
+    // Asking for the GPU is one clear line naming the reason.
+    let out = run(&[
+        "bench",
+        "--backend",
+        "cuda",
+        "--scheme",
+        "rsa_pkcs1_sha256",
+        "--duration",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        format!("sigmux: error: backend cuda: {reason}"),
+        "{err}"
+    );
+}

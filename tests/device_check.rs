@@ -1,0 +1,200 @@
+//! The engine's side of device-checked backends (`verifies_on_device`), with
+//! a mock: GPUs cannot run here, so a stand-in backend signs with the real
+//! CPU backend, claims that it checks every signature itself the way the
+//! CUDA backend does, and reports a device-check fault
+//! (`Error::WrongResult`) on demand. The real CUDA backend's fault path is
+//! exercised on a GPU by tests/cuda.rs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sigmux::backend::cpu::{CpuBackend, CpuConfig, CpuEngine, EngineChoice};
+use sigmux::backend::{Backend, Capabilities, CostSeed};
+use sigmux::{Engine, EngineConfig, Error, Key, KeyKind, Scheme, SignInput, SignRequest};
+
+/// Mocks a device-checked backend: real CPU signatures, a claim to have
+/// checked them, and an injectable fault.
+struct DeviceChecked {
+    cpu: Arc<CpuBackend>,
+    caps: Capabilities,
+    /// Report a device-check fault instead of returning results.
+    fault: AtomicBool,
+    /// Corrupt results and return them anyway (a backend that lies about
+    /// checking: shows the engine really skips its own check).
+    lie: AtomicBool,
+    calls: AtomicUsize,
+}
+
+impl DeviceChecked {
+    fn new(cpu: &Arc<CpuBackend>) -> Arc<DeviceChecked> {
+        let mut caps = cpu.capabilities().clone();
+        caps.parallelism = 2;
+        Arc::new(DeviceChecked {
+            cpu: cpu.clone(),
+            caps,
+            fault: AtomicBool::new(false),
+            lie: AtomicBool::new(false),
+            calls: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Backend for DeviceChecked {
+    fn name(&self) -> &str {
+        "mock-gpu"
+    }
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+    fn sign_batch(
+        &self,
+        key: &Arc<Key>,
+        scheme: Scheme,
+        inputs: &[Vec<u8>],
+    ) -> sigmux::Result<Vec<Vec<u8>>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.fault.load(Ordering::SeqCst) {
+            return Err(Error::WrongResult {
+                backend: "mock-gpu".into(),
+                count: inputs.len(),
+                reason: format!("the device check rejected {} results", inputs.len()),
+            });
+        }
+        let mut sigs = self.cpu.sign_batch(key, scheme, inputs)?;
+        if self.lie.load(Ordering::SeqCst) {
+            for s in &mut sigs {
+                let last = s.len() - 1;
+                s[last] ^= 1;
+            }
+        }
+        Ok(sigs)
+    }
+    fn verifies_on_device(&self, _scheme: Scheme) -> bool {
+        true
+    }
+    fn cost_seed(&self, _kind: KeyKind, _scheme: Scheme) -> Option<CostSeed> {
+        // Far cheaper than the CPU, so the scheduler tries it first.
+        Some(CostSeed {
+            per_batch_us: 0.1,
+            per_op_us: 0.001,
+        })
+    }
+}
+
+fn cpu() -> Arc<CpuBackend> {
+    Arc::new(
+        CpuBackend::new(&CpuConfig {
+            threads: 2,
+            engine: EngineChoice::Fixed(CpuEngine::AwsLc),
+            max_batch: 256,
+        })
+        .unwrap(),
+    )
+}
+
+fn cfg() -> EngineConfig {
+    EngineConfig {
+        max_batch: 16,
+        max_wait: Duration::from_millis(1),
+        queue_capacity: 4096,
+        deadline: Duration::from_secs(30),
+    }
+}
+
+fn openssl_verifies(key: &Key, scheme: Scheme, msg: &[u8], sig: &[u8]) -> bool {
+    use openssl::hash::MessageDigest;
+    let pk = openssl::pkey::PKey::public_key_from_der(key.spki_der()).unwrap();
+    let (md, pss) = match scheme {
+        Scheme::RsaPssRsaeSha256 => (MessageDigest::sha256(), true),
+        Scheme::RsaPkcs1Sha256 | Scheme::EcdsaSecp256r1Sha256 => (MessageDigest::sha256(), false),
+        Scheme::EcdsaSecp384r1Sha384 => (MessageDigest::sha384(), false),
+        other => panic!("not used here: {other}"),
+    };
+    let mut v = openssl::sign::Verifier::new(md, &pk).unwrap();
+    if pss {
+        v.set_rsa_padding(openssl::rsa::Padding::PKCS1_PSS).unwrap();
+        v.set_rsa_pss_saltlen(openssl::sign::RsaPssSaltlen::DIGEST_LENGTH)
+            .unwrap();
+    }
+    v.update(msg).unwrap();
+    v.verify(sig).unwrap_or(false)
+}
+
+#[test]
+fn a_device_check_fault_quarantines_the_backend_and_the_cpu_answers() {
+    for (kind, scheme) in [
+        (KeyKind::Rsa2048, Scheme::RsaPssRsaeSha256),
+        (KeyKind::P256, Scheme::EcdsaSecp256r1Sha256),
+    ] {
+        let gpu = DeviceChecked::new(&cpu());
+        gpu.fault.store(true, Ordering::SeqCst);
+        let engine = Engine::new(cfg(), vec![gpu.clone(), cpu()]).unwrap();
+        let k = Key::ephemeral("t", kind).unwrap();
+        let tickets: Vec<_> = (0..50u32)
+            .map(|i| {
+                engine
+                    .submit(SignRequest::new(
+                        k.clone(),
+                        scheme,
+                        SignInput::Message(i.to_be_bytes().to_vec()),
+                    ))
+                    .unwrap()
+            })
+            .collect();
+        for (i, t) in tickets.into_iter().enumerate() {
+            let sig = t.wait().unwrap();
+            assert_eq!(&*sig.backend, "cpu", "{scheme}");
+            assert!(openssl_verifies(
+                &k,
+                scheme,
+                &(i as u32).to_be_bytes(),
+                &sig.bytes
+            ));
+        }
+        assert!(
+            gpu.calls.load(Ordering::SeqCst) >= 1,
+            "the mock got no batch"
+        );
+        let report = engine.report();
+        let b = &report["backends"][0];
+        assert_eq!(b["name"], "mock-gpu");
+        assert_eq!(b["health"]["state"], "quarantined", "{b:#}");
+        assert!(
+            b["health"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("its own check rejected"),
+            "{b:#}"
+        );
+        assert!(b["quarantines"].as_u64().unwrap() >= 1, "{b:#}");
+        assert!(b["bad_signatures"].as_u64().unwrap() >= 1);
+        assert_eq!(b["errors"], 0, "a wrong result is not counted as an error");
+    }
+}
+
+#[test]
+fn the_engine_skips_its_own_check_only_for_device_checked_schemes() {
+    // A backend that claims to check on the device is trusted: the engine
+    // does not verify again (that CPU check would be the bottleneck at GPU
+    // rates). The mock lies here to make the skip visible; the real CUDA
+    // backend only claims what its check kernels do.
+    let gpu = DeviceChecked::new(&cpu());
+    gpu.lie.store(true, Ordering::SeqCst);
+    let engine = Engine::new(cfg(), vec![gpu.clone()]).unwrap();
+    let k = Key::ephemeral("t", KeyKind::Rsa2048).unwrap();
+    let sig = engine
+        .sign_blocking(SignRequest::new(
+            k.clone(),
+            Scheme::RsaPkcs1Sha256,
+            SignInput::Message(b"m".to_vec()),
+        ))
+        .unwrap();
+    assert_eq!(&*sig.backend, "mock-gpu");
+    assert!(!openssl_verifies(
+        &k,
+        Scheme::RsaPkcs1Sha256,
+        b"m",
+        &sig.bytes
+    ));
+}

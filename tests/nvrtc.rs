@@ -1,0 +1,122 @@
+//! Every kernel program compiles with NVRTC for sm_90 and sm_80, through the
+//! very code path the CUDA backend uses at start (no GPU needed), and the
+//! compiled-kernel cache works. CI installs NVRTC from the
+//! `nvidia-cuda-nvrtc` wheel (`scripts/deps.sh` exports SIGMUX_NVRTC_LIB)
+//! and sets SIGMUX_REQUIRE_NVRTC=1, so there a missing NVRTC fails the
+//! tests; elsewhere they say why they skipped.
+
+use sigmux::backend::cuda::device::{PROGRAMS, kernel_names};
+use sigmux::backend::cuda::nvrtc::{self, Image, KernelCache, Origin};
+
+/// NVRTC, or `None` (after saying why) when it is missing and not required.
+fn nvrtc_or_skip(test: &str) -> Option<nvrtc::Nvrtc> {
+    match nvrtc::load(None) {
+        Ok(n) => {
+            eprintln!(
+                "{test}: NVRTC {}.{} from {}",
+                n.version.0, n.version.1, n.library
+            );
+            Some(n)
+        }
+        Err(e) if std::env::var("SIGMUX_REQUIRE_NVRTC").as_deref() == Ok("1") => {
+            panic!("{test}: SIGMUX_REQUIRE_NVRTC=1 but NVRTC cannot be loaded: {e}")
+        }
+        Err(e) => {
+            eprintln!("{test}: SKIPPED, no NVRTC ({e}); source scripts/deps.sh to install it");
+            None
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn the_program_set_is_the_one_the_backend_loads() {
+    let mut embedded = sigmux::kernels::programs();
+    embedded.sort();
+    let mut want: Vec<&str> = PROGRAMS.to_vec();
+    want.sort();
+    assert_eq!(embedded, want, "kernels/*.cu and device::PROGRAMS differ");
+}
+
+#[test]
+fn every_program_compiles_for_sm90_and_sm80_with_its_kernels() {
+    if nvrtc_or_skip("every_program_compiles").is_none() {
+        return;
+    }
+    let mut failures = Vec::new();
+    for program in sigmux::kernels::programs() {
+        for arch in ["sm_90", "sm_80"] {
+            match nvrtc::compile_program(program, arch) {
+                Ok(image) => {
+                    // CUBIN is ELF; its symbol table names the kernels.
+                    assert!(
+                        image.starts_with(b"\x7fELF"),
+                        "{program} {arch}: expected a CUBIN"
+                    );
+                    for k in kernel_names(program) {
+                        assert!(
+                            contains(&image, &k),
+                            "{program} {arch}: kernel {k} missing from the output"
+                        );
+                    }
+                    eprintln!("{program} {arch}: ok, {} bytes", image.len());
+                }
+                // The error carries NVRTC's log.
+                Err(e) => failures.push(format!("{program} {arch}: {e}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn a_newer_architecture_than_nvrtc_knows_gets_ptx() {
+    let Some(_) = nvrtc_or_skip("newer_architecture") else {
+        return;
+    };
+    assert_eq!(nvrtc::target_for((9, 0)).unwrap(), "sm_90");
+    let far = nvrtc::target_for((99, 0)).unwrap();
+    assert!(far.starts_with("compute_"), "{far}");
+}
+
+#[test]
+fn the_kernel_cache_is_hit_and_a_corrupt_file_is_recompiled() {
+    let Some(nv) = nvrtc_or_skip("kernel_cache") else {
+        return;
+    };
+    let program = "nonce.cu";
+    let dir = tempfile::tempdir().unwrap();
+    let cache = KernelCache {
+        dir: dir.path().join("kernel-cache"),
+        driver_version: 13000,
+    };
+    let (first, origin) = nvrtc::compile_cached(&nv, program, "sm_90", Some(&cache)).unwrap();
+    assert_eq!(origin, Origin::Compiled);
+    assert!(matches!(first, Image::Cubin(_)));
+    let path = cache.path(program, "sm_90", nv.version).unwrap();
+    assert!(path.exists(), "{}", path.display());
+    let (again, origin) = nvrtc::compile_cached(&nv, program, "sm_90", Some(&cache)).unwrap();
+    assert_eq!(origin, Origin::Cached);
+    assert_eq!(again, first);
+    // Another driver version is another key.
+    let other = KernelCache {
+        driver_version: 13010,
+        ..cache.clone()
+    };
+    assert_ne!(other.path(program, "sm_90", nv.version).unwrap(), path);
+    // A damaged file is recompiled and replaced.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let (fixed, origin) = nvrtc::compile_cached(&nv, program, "sm_90", Some(&cache)).unwrap();
+    assert_eq!(origin, Origin::Compiled);
+    assert_eq!(fixed, first);
+    let (_, origin) = nvrtc::compile_cached(&nv, program, "sm_90", Some(&cache)).unwrap();
+    assert_eq!(origin, Origin::Cached);
+}
