@@ -273,10 +273,28 @@ impl Serial {
     ///
     /// [`SvidError::Random`] if the system generator fails.
     pub fn random() -> Result<Serial, SvidError> {
-        let mut b = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut b).map_err(|_| SvidError::Random)?;
-        b[0] = (b[0] & 0x7f) | 0x40;
-        Ok(Serial(b))
+        Ok(Serial::random_many(1)?.remove(0))
+    }
+
+    /// `n` random serials from one call to the generator (its per-call cost
+    /// is larger than the 16 bytes of one serial).
+    ///
+    /// # Errors
+    ///
+    /// [`SvidError::Random`] when the system generator fails.
+    pub fn random_many(n: usize) -> Result<Vec<Serial>, SvidError> {
+        let mut bytes = vec![0u8; 16 * n];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| SvidError::Random)?;
+        Ok(bytes
+            .chunks_exact(16)
+            .map(|c| {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(c);
+                // Positive, and exactly 16 octets in DER (no leading zero).
+                b[0] = (b[0] & 0x7f) | 0x40;
+                Serial(b)
+            })
+            .collect())
     }
 
     /// Lower-case hex, 32 digits, as `openssl x509 -serial` prints it
@@ -533,6 +551,18 @@ pub fn build_tbs(
     now: SystemTime,
     policy: &SvidPolicy,
 ) -> Result<BuiltTbs, SvidError> {
+    build_tbs_with(req, issuer, now, policy, Serial::random()?)
+}
+
+/// [`build_tbs`] with a serial already drawn (a batch draws all of its
+/// serials from the generator at once).
+fn build_tbs_with(
+    req: &SvidRequest,
+    issuer: &Issuer,
+    now: SystemTime,
+    policy: &SvidPolicy,
+    serial: Serial,
+) -> Result<BuiltTbs, SvidError> {
     // The request.
     if req.spiffe_id.path().is_empty() {
         return Err(SvidError::RootSpiffeId(req.spiffe_id.to_string()));
@@ -638,7 +668,6 @@ pub fn build_tbs(
     ));
     let exts: Vec<&[u8]> = exts.iter().map(Vec::as_slice).collect();
 
-    let serial = Serial::random()?;
     let tbs = seq(&[
         &[0xa0, 0x03, 0x02, 0x01, 0x02],
         &tlv(tag::INTEGER, &serial.0),
@@ -708,10 +737,20 @@ pub fn signature_algorithm(scheme: Scheme) -> Option<Vec<u8>> {
 }
 
 pub(crate) fn pem_block(der: &[u8]) -> String {
-    pem::encode_config(
-        &pem::Pem::new("CERTIFICATE", der),
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
+    use base64::Engine as _;
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----\n";
+    const END: &str = "-----END CERTIFICATE-----\n";
+    // 48 bytes make one 64-character line (RFC 7468), encoded straight into
+    // the output: this runs once per issued SVID.
+    let mut out =
+        String::with_capacity(BEGIN.len() + END.len() + der.len() * 4 / 3 + der.len() / 48 + 4);
+    out.push_str(BEGIN);
+    for line in der.chunks(48) {
+        base64::engine::general_purpose::STANDARD.encode_string(line, &mut out);
+        out.push('\n');
+    }
+    out.push_str(END);
+    out
 }
 
 /// The PEM of the issuer's certificate and its chain, which follows every
@@ -787,10 +826,14 @@ pub async fn issue_batch(
     policy: &SvidPolicy,
 ) -> Vec<Result<IssuedSvid, SvidError>> {
     let now = SystemTime::now();
-    let built: Vec<Result<BuiltTbs, SvidError>> = reqs
-        .iter()
-        .map(|r| build_tbs(r, issuer, now, policy))
-        .collect();
+    let built: Vec<Result<BuiltTbs, SvidError>> = match Serial::random_many(reqs.len()) {
+        Ok(serials) => reqs
+            .iter()
+            .zip(serials)
+            .map(|(r, serial)| build_tbs_with(r, issuer, now, policy, serial))
+            .collect(),
+        Err(e) => reqs.iter().map(|_| Err(e.clone())).collect(),
+    };
     let inputs: Vec<SignInput> = built
         .iter()
         .filter_map(|b| b.as_ref().ok())
@@ -1138,6 +1181,25 @@ mod tests {
             assert!(s.0[0] & 0x80 == 0 && s.0[0] & 0x40 != 0);
             assert_eq!(s.to_hex().len(), 32);
         }
+    }
+
+    #[test]
+    fn pem_block_matches_the_pem_crate() {
+        for n in [0usize, 1, 47, 48, 49, 95, 96, 97, 600, 1234] {
+            let der: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+            let want = pem::encode_config(
+                &pem::Pem::new("CERTIFICATE", der.clone()),
+                pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+            );
+            assert_eq!(pem_block(&der), want, "{n} bytes");
+        }
+        let many = Serial::random_many(64).unwrap();
+        let distinct: std::collections::HashSet<_> = many.iter().map(Serial::to_hex).collect();
+        assert_eq!(distinct.len(), 64);
+        assert!(
+            many.iter()
+                .all(|s| s.0[0] & 0x80 == 0 && s.0[0] & 0x40 != 0)
+        );
     }
 
     #[test]
