@@ -567,6 +567,34 @@ fn issuance_api_spiffe_profiles() {
     assert_eq!(code, 413, "{text}");
     assert_eq!(json(&text)["error"]["code"], "body_too_large", "{text}");
 
+    // Each refused request is in the audit log, with its caller and code,
+    // and the chain holds.
+    let log = std::fs::read_to_string(dir.join("data/audit.log")).unwrap();
+    let refused: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "request_refused")
+        .collect();
+    let codes: Vec<(&str, &str)> = refused
+        .iter()
+        .map(|r| (r["path"].as_str().unwrap(), r["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("/v1/x509svids:batch", "too_many_items"),
+            ("/v1/x509svids:batch", "body_too_large"),
+            ("/v1/jwtsvids", "body_too_large"),
+        ],
+        "{log}"
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|r| r["caller"] == "spiffe://example.org/issuer" && r["status"] == 413)
+    );
+    sigmux::audit::verify(&dir.join("data/audit.log")).unwrap();
+
     // The server still answers after the refusals.
     let (code, _) = curl(
         dir,

@@ -311,6 +311,49 @@ async fn x509_batch(
     ConnectInfo(peer): ConnectInfo<Peer>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let r = x509_batch_inner(&s, &peer, body).await;
+    audit_refusal(&s, &peer, "/v1/x509svids:batch", r).await
+}
+
+async fn jwt_svid(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let r = jwt_svid_inner(&s, &peer, body).await;
+    audit_refusal(&s, &peer, "/v1/jwtsvids", r).await
+}
+
+/// Records a whole request refused (malformed, too large, too many items,
+/// overloaded, no CA...) in the audit log before the error goes back; items
+/// refused inside a batch are recorded with the batch.
+async fn audit_refusal(
+    s: &ApiState,
+    peer: &Peer,
+    path: &'static str,
+    r: Result<Response, ApiError>,
+) -> Result<Response, ApiError> {
+    let Err(e) = r else { return r };
+    let record = json!({
+        "caller": peer.identity.label(),
+        "path": path,
+        "status": e.status.as_u16(),
+        "code": e.code,
+    });
+    let audit = s.audit.clone();
+    match tokio::task::spawn_blocking(move || audit.append("request_refused", record)).await {
+        Ok(Ok(())) => Err(e),
+        Ok(Err(a)) => Err(internal(format!("audit log: {a}"))),
+        Err(a) => Err(internal(format!("audit log: {a}"))),
+    }
+}
+
+async fn x509_batch_inner(
+    s: &ApiState,
+    peer: &Peer,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let s = s.clone();
     let req: BatchRequest = parse_body(&body_bytes(&s, body)?)?;
     if req.items.len() > s.settings.max_items {
         return Err(error(
@@ -332,7 +375,7 @@ async fn x509_batch(
     let mut slots: Vec<Result<usize, ItemResult>> = Vec::with_capacity(req.items.len());
     let mut reqs = Vec::new();
     for item in &req.items {
-        let id = match check_id(&s, &td, &peer, &item.spiffe_id) {
+        let id = match check_id(&s, &td, peer, &item.spiffe_id) {
             Ok(id) => id,
             Err((code, msg)) => {
                 slots.push(Err(item_error(code, msg)));
@@ -430,16 +473,17 @@ async fn x509_batch(
     Ok(axum::Json(BatchResponse { results }).into_response())
 }
 
-async fn jwt_svid(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+async fn jwt_svid_inner(
+    s: &ApiState,
+    peer: &Peer,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let s = s.clone();
     let req: JwtRequest = parse_body(&body_bytes(&s, body)?)?;
     let st = load_state(&s).await?;
     let td = TrustDomain::parse(&st.trust_domain)
         .map_err(|e| internal(format!("CA trust domain: {e}")))?;
-    let id = match check_id(&s, &td, &peer, &req.spiffe_id) {
+    let id = match check_id(&s, &td, peer, &req.spiffe_id) {
         Ok(id) => id,
         Err((code, msg)) => {
             let status = if code == "forbidden" {
