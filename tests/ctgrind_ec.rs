@@ -6,7 +6,7 @@
 //! secret-dependent branch.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use openssl::bn::{BigNum, BigNumContext, BigNumRef};
@@ -15,38 +15,8 @@ use openssl::ecdsa::EcdsaSig;
 use openssl::nid::Nid;
 use openssl::pkey::Private;
 
-fn require_valgrind() {
-    let ok = Command::new("valgrind")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok && Path::new("/usr/include/valgrind/memcheck.h").exists(),
-        "valgrind (and its headers) not found: run scripts/deps.sh"
-    );
-}
-
-/// Builds the driver into `dir` (`extra`: more compiler flags).
-fn build_driver(dir: &Path, extra: &[&str]) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = dir.join("ec_ctgrind");
-    let out = Command::new("c++")
-        .args(["-std=c++17", "-O2", "-g"])
-        .args(extra)
-        .arg("-I")
-        .arg(root.join("kernels"))
-        .arg(root.join("kernels/ctgrind/ec.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .expect("c++ not found: run scripts/deps.sh");
-    assert!(
-        out.status.success(),
-        "compiling kernels/ctgrind/ec.cpp failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
-}
+mod common;
+use common::ctgrind::{build_driver, require_valgrind};
 
 fn valgrind(exe: &Path, mode: &str, input: &str) -> Output {
     let mut child = Command::new("valgrind")
@@ -129,7 +99,7 @@ fn cases(per_curve: usize) -> (Vec<Case>, String) {
 fn ecdsa_sign_is_constant_time_under_valgrind() {
     require_valgrind();
     let dir = tempfile::tempdir().unwrap();
-    let exe = build_driver(dir.path(), &[]);
+    let exe = build_driver(dir.path(), "ec.cpp", "ec_ctgrind", &[]);
     let (cases, input) = cases(4);
     let out = valgrind(&exe, "sign", &input);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -181,7 +151,7 @@ fn check_outputs(cases: &[Case], stdout: &[u8]) {
 fn ctgrind_catches_a_secret_dependent_branch() {
     require_valgrind();
     let dir = tempfile::tempdir().unwrap();
-    let exe = build_driver(dir.path(), &[]);
+    let exe = build_driver(dir.path(), "ec.cpp", "ec_ctgrind", &[]);
     // memcheck flags the planted branch on a bit of d whatever its value
     let (_, input) = cases(2);
     let out = valgrind(&exe, "leak", &input);
@@ -196,7 +166,12 @@ fn ctgrind_catches_a_secret_dependent_branch() {
 #[test]
 fn ptx_carry_chain_model_signs_correctly() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = build_driver(dir.path(), &["-DEC_EMULATE_PTX"]);
+    let exe = build_driver(
+        dir.path(),
+        "ec.cpp",
+        "ec_ctgrind_ptx",
+        &["-DEC_EMULATE_PTX"],
+    );
     let (cases, input) = cases(16);
     let mut child = Command::new(&exe)
         .arg("sign")

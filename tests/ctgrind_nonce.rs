@@ -5,40 +5,13 @@
 //! negative-control mode (a deliberate branch on d) must make valgrind fail,
 //! proving the check can fail at all.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use sigmux::backend::cuda::host_nonce::{NonceCurve, limbs_from_be, limbs_to_be, nonces};
 
-fn require_valgrind() {
-    let ok = Command::new("valgrind")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "valgrind is missing: run `source scripts/deps.sh` (it installs valgrind)"
-    );
-}
-
-fn build_driver(dir: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = dir.join("ctgrind_nonce");
-    let out = Command::new("c++")
-        .args(["-std=c++17", "-O2", "-g", "-I"])
-        .arg(root.join("kernels"))
-        .arg(root.join("kernels/ctgrind/nonce.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .expect("run c++");
-    assert!(
-        out.status.success(),
-        "compiling the ctgrind driver failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
-}
+mod common;
+use common::ctgrind::{build_driver, require_valgrind};
 
 fn valgrind(exe: &Path, args: &[String]) -> Output {
     Command::new("valgrind")
@@ -131,7 +104,7 @@ fn expected(c: &Case) -> Vec<String> {
 fn nonce_code_is_constant_time_under_valgrind() {
     require_valgrind();
     let dir = tempfile::tempdir().unwrap();
-    let exe = build_driver(dir.path());
+    let exe = build_driver(dir.path(), "nonce.cpp", "ctgrind_nonce", &[]);
     for c in cases() {
         let out = valgrind(&exe, &args("ct", &c));
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -154,7 +127,7 @@ fn nonce_code_is_constant_time_under_valgrind() {
 fn ctgrind_negative_control_fails() {
     require_valgrind();
     let dir = tempfile::tempdir().unwrap();
-    let exe = build_driver(dir.path());
+    let exe = build_driver(dir.path(), "nonce.cpp", "ctgrind_nonce", &[]);
     let c = &cases()[0];
     let out = valgrind(&exe, &args("leak", c));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -10,7 +10,7 @@
 //! carry-chain code with each instruction emulated on the host, so the
 //! chains (not only the portable fallbacks) are checked without a GPU.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use openssl::bn::BigNum;
@@ -18,38 +18,8 @@ use openssl::pkey::{PKey, Private};
 use openssl::rsa::{Padding, Rsa};
 use sigmux::backend::cuda::rsa_layout::pack_key;
 
-fn valgrind_present() {
-    let ok = Command::new("valgrind")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "valgrind is not installed: run scripts/deps.sh (it installs valgrind for the ctgrind tests)"
-    );
-}
-
-fn build_driver(dir: &Path, name: &str, defines: &[&str]) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = dir.join(name);
-    let out = Command::new("c++")
-        .args(["-std=c++17", "-O2", "-g"])
-        .args(defines)
-        .arg("-I")
-        .arg(root.join("kernels"))
-        .arg(root.join("kernels/ctgrind/rsa.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .expect("run c++ (install build-essential: scripts/deps.sh)");
-    assert!(
-        out.status.success(),
-        "c++ failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
-}
+mod common;
+use common::ctgrind::{build_driver, require_valgrind};
 
 fn valgrind(exe: &Path, input: &Path, mode: &str, first_error_exits: bool) -> Output {
     let mut cmd = Command::new("valgrind");
@@ -117,9 +87,9 @@ fn check_output(stdout: &str, keys: &[Rsa<Private>], msgs: &[Vec<u8>]) {
 
 #[test]
 fn rsa_sign_is_constant_time_under_memcheck() {
-    valgrind_present();
+    require_valgrind();
     let dir = tempfile::tempdir().unwrap();
-    let exe = build_driver(dir.path(), "rsa-ctgrind", &[]);
+    let exe = build_driver(dir.path(), "rsa.cpp", "rsa-ctgrind", &[]);
 
     let (keys, msgs, records) = records(1);
     let all = dir.path().join("all.bin");
@@ -159,7 +129,7 @@ fn rsa_sign_is_constant_time_under_memcheck() {
 #[test]
 fn ptx_chains_emulated_on_host() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = build_driver(dir.path(), "rsa-ptx-emu", &["-DSMX_RSA_PTX_EMU"]);
+    let exe = build_driver(dir.path(), "rsa.cpp", "rsa-ptx-emu", &["-DSMX_RSA_PTX_EMU"]);
     let (keys, msgs, records) = records(8);
     let input = dir.path().join("in.bin");
     std::fs::write(&input, records.concat()).unwrap();

@@ -3,6 +3,8 @@
 //! by openssl (a CA and leaf certificates with a given subjectAltName).
 #![allow(dead_code)]
 
+pub mod ctgrind;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
