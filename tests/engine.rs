@@ -538,6 +538,50 @@ fn bad_requests_get_clear_errors_without_touching_a_backend() {
 }
 
 #[test]
+fn a_raw_rsa_input_at_or_above_the_modulus_fails_alone() {
+    // A keyless client's RSA ciphertext may be >= n. Admitted, it would
+    // fail the batch it joined and take every backend that tried it out of
+    // rotation; it must be refused at admission, alone.
+    let engine = Engine::new(cfg(64, 5, 1024), vec![cpu()]).unwrap();
+    let rsa = key(KeyKind::Rsa2048);
+    let n = rsa.rsa_public().unwrap().n().to_vec();
+    let raw = |input: Vec<u8>| {
+        engine.submit(SignRequest::new(
+            rsa.clone(),
+            Scheme::RsaRaw,
+            SignInput::Message(input),
+        ))
+    };
+    // n - 1: n is odd, so only the last byte changes.
+    let mut good_input = n.clone();
+    good_input[255] -= 1;
+    let goods: Vec<_> = (0..16).map(|_| raw(good_input.clone()).unwrap()).collect();
+    for bad in [n.clone(), vec![0xff; 256], vec![1; 255], vec![1; 257]] {
+        let e = raw(bad).err().expect("refused at admission").to_string();
+        assert!(
+            e.contains("below the modulus") || e.contains("must be 256 bytes"),
+            "{e}"
+        );
+    }
+    for t in goods {
+        let out = t.wait().unwrap();
+        // s^e mod n gives the input back (checked by OpenSSL).
+        let mut back = vec![0u8; 256];
+        let len = rsa
+            .rsa_public()
+            .unwrap()
+            .public_decrypt(&out.bytes, &mut back, openssl::rsa::Padding::NONE)
+            .unwrap();
+        assert_eq!(&back[..len], &good_input[..]);
+    }
+    let report = engine.report();
+    assert_eq!(
+        report["backends"][0]["health"]["state"], "healthy",
+        "{report}"
+    );
+}
+
+#[test]
 fn metrics_and_report_describe_the_backends() {
     let engine = Engine::new(cfg(8, 1, 64), vec![cpu()]).unwrap();
     let k = key(KeyKind::P256);

@@ -738,8 +738,17 @@ fn rsa_decryption_and_legacy_digests_go_through_the_raw_operation() {
             c_pkcs1[1..].to_vec(),
         ));
         frames.extend(sign_request(23, f.ec_ski, Op::RsaDecrypt, c_pkcs1.clone()));
+        // Ciphertexts at or above the modulus, pipelined with the good ones
+        // above: refused alone, the others are answered as usual.
+        frames.extend(sign_request(24, f.rsa_ski, Op::RsaDecrypt, vec![0xff; k]));
+        frames.extend(sign_request(
+            25,
+            f.rsa_ski,
+            Op::RsaDecryptRaw,
+            rsa.n().to_vec(),
+        ));
         s.write_all(&frames).await.unwrap();
-        let mut rs = read_responses(&mut s, 9).await;
+        let mut rs = read_responses(&mut s, 11).await;
         rs.sort_by_key(|r| r.id);
         let body = |id: u32| rs.iter().find(|r| r.id == id).unwrap().body.clone();
         assert_eq!(body(1), ResponseBody::Payload(premaster.clone()));
@@ -767,6 +776,8 @@ fn rsa_decryption_and_legacy_digests_go_through_the_raw_operation() {
         assert_eq!(&t[..n], &md5sha1[..]);
         assert_eq!(body(22), ResponseBody::Error(ErrorCode::Format));
         assert_eq!(body(23), ResponseBody::Error(ErrorCode::Crypto));
+        assert_eq!(body(24), ResponseBody::Error(ErrorCode::Crypto));
+        assert_eq!(body(25), ResponseBody::Error(ErrorCode::Crypto));
     });
 }
 

@@ -5,6 +5,7 @@
 use aws_lc_rs::digest::Digest;
 use aws_lc_rs::signature::{self as sig, VerificationAlgorithm};
 
+use crate::error::{Error, Result};
 use crate::keys::Key;
 use crate::scheme::{Family, HashAlg, Scheme, rsa_encoding};
 
@@ -26,6 +27,42 @@ pub fn verification_algorithm(scheme: Scheme) -> &'static dyn VerificationAlgori
         Scheme::EcdsaP256AnyDigest => &sig::ECDSA_P256_SHA256_ASN1,
         Scheme::EcdsaP384AnyDigest => &sig::ECDSA_P384_SHA384_ASN1,
     }
+}
+
+/// Refuses, at admission, an input that no backend could sign correctly,
+/// so that it fails alone: a raw RSA input must be exactly the modulus
+/// length and below the modulus (a keyless client's ciphertext may not be).
+/// Admitted, it would fail the whole batch it joined and take each backend
+/// that tried it out of rotation.
+///
+/// # Errors
+///
+/// [`Error::Invalid`] naming the problem.
+pub fn admit_input(key: &Key, scheme: Scheme, input: &[u8]) -> Result<()> {
+    if scheme != Scheme::RsaRaw {
+        return Ok(());
+    }
+    let rsa = key
+        .rsa_public()
+        .ok_or_else(|| Error::Invalid(format!("key {} is not an RSA key", key.name())))?;
+    let k = rsa.size() as usize;
+    if input.len() != k {
+        return Err(Error::Invalid(format!(
+            "raw RSA input must be {k} bytes (the modulus length), got {}",
+            input.len()
+        )));
+    }
+    let n = rsa
+        .n()
+        .to_vec_padded(k as i32)
+        .map_err(|e| Error::Invalid(format!("key {}: modulus: {e}", key.name())))?;
+    // Equal lengths, big-endian: byte order is numeric order.
+    if input >= n.as_slice() {
+        return Err(Error::Invalid(
+            "raw RSA input is not below the modulus".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the engine must verify signatures of `scheme` from a backend

@@ -204,6 +204,7 @@ impl Engine {
         }
         req.scheme.check_fits(req.key.kind())?;
         let input = req.scheme.prepare(req.input)?;
+        check::admit_input(&req.key, req.scheme, &input)?;
         inner.check_some_backend(&req.key, req.scheme)?;
         if Admission::admit(&inner.admitted, 1, inner.cfg.queue_capacity).is_none() {
             inner.stats.overloaded.fetch_add(1, Ordering::Relaxed);
@@ -241,6 +242,7 @@ impl Engine {
             .map(|(i, input)| {
                 scheme
                     .prepare(input)
+                    .and_then(|p| check::admit_input(&key, scheme, &p).map(|()| p))
                     .map_err(|e| Error::Invalid(format!("item {i}: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;

@@ -161,6 +161,10 @@ impl Handler {
                 if req.payload.len() != k {
                     return done(ErrorCode::Format);
                 }
+                // A ciphertext >= n is not one (public facts only: no oracle).
+                if crate::engine::check::admit_input(&key, Scheme::RsaRaw, &req.payload).is_err() {
+                    return done(ErrorCode::Crypto);
+                }
                 req.payload
             }
             OpKind::SignRsaPkcs1(h) => {
