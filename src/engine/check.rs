@@ -31,7 +31,8 @@ pub fn verification_algorithm(scheme: Scheme) -> &'static dyn VerificationAlgori
 
 /// Refuses, at admission, an input that no backend could sign correctly,
 /// so that it fails alone: a raw RSA input must be exactly the modulus
-/// length and below the modulus (a keyless client's ciphertext may not be).
+/// length and below the modulus (a keyless client's ciphertext may not be);
+/// an ECDSA digest of a caller-chosen hash must be 1 to 64 bytes.
 /// Admitted, it would fail the whole batch it joined and take each backend
 /// that tried it out of rotation.
 ///
@@ -39,6 +40,20 @@ pub fn verification_algorithm(scheme: Scheme) -> &'static dyn VerificationAlgori
 ///
 /// [`Error::Invalid`] naming the problem.
 pub fn admit_input(key: &Key, scheme: Scheme, input: &[u8]) -> Result<()> {
+    if matches!(
+        scheme,
+        Scheme::EcdsaP256AnyDigest | Scheme::EcdsaP384AnyDigest
+    ) {
+        // Any hash's digest, up to SHA-512's: what every backend accepts.
+        return if (1..=64).contains(&input.len()) {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "{scheme}: a digest must be 1 to 64 bytes, got {}",
+                input.len()
+            )))
+        };
+    }
     if scheme != Scheme::RsaRaw {
         return Ok(());
     }
