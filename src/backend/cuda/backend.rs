@@ -31,13 +31,13 @@ use super::device::{Gpu, driver_error, version_text};
 use super::ec_layout::{self, Curve as EcCurve};
 use super::key_cache::KeyCache;
 use super::nvrtc::{KernelCache, Nvrtc};
-use super::rsa_layout;
 use super::{CheckPolicy, CudaConfig};
+use super::{codec, rsa_layout};
 use crate::backend::cpu::{CpuEngine, CpuKey};
 use crate::backend::{Backend, Capabilities, CostSeed};
 use crate::error::{Error, Result};
 use crate::keys::{Key, KeyId, Placement};
-use crate::scheme::{Family, KeyKind, Scheme, rsa_encoding};
+use crate::scheme::{Family, KeyKind, Scheme};
 
 /// Threads per block. The grid always has a thread per item: most kernels
 /// stride over the grid and would accept fewer, but `{C}_nonce` handles
@@ -514,62 +514,10 @@ impl CudaBackend {
 
     // ---------------------------------------------------------------- RSA
 
-    /// What the RSA kernels sign for each input: EMSA-PKCS1-v1_5 or
-    /// EMSA-PSS (fresh random salt) of the digest, or the raw input.
+    /// What the RSA kernels sign for each input ([`codec::rsa_messages`]).
     fn rsa_encode(&self, key: &Key, scheme: Scheme, inputs: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
-        let fail =
-            |reason: String| Error::backend(self.name.clone(), format!("{scheme}: {reason}"));
-        let rsa = key
-            .rsa_public()
-            .ok_or_else(|| fail("not an RSA key".into()))?;
-        let k = rsa.size() as usize;
-        let bits = rsa.n().num_bits() as usize;
-        if scheme == Scheme::RsaRaw {
-            let n = rsa
-                .n()
-                .to_vec_padded(k as i32)
-                .map_err(|e| fail(e.to_string()))?;
-            return inputs
-                .iter()
-                .map(|i| {
-                    if i.len() != k {
-                        return Err(fail(format!("input must be {k} bytes, got {}", i.len())));
-                    }
-                    // Same length, big-endian: byte order is numeric order.
-                    if i.as_slice() >= n.as_slice() {
-                        return Err(fail("input is not below the modulus".into()));
-                    }
-                    Ok(i.clone())
-                })
-                .collect();
-        }
-        let h = scheme.hash().ok_or_else(|| fail("no digest".into()))?;
-        let mut salts = Zeroizing::new(vec![
-            0u8;
-            if scheme.is_pss() {
-                h.len() * inputs.len()
-            } else {
-                0
-            }
-        ]);
-        if scheme.is_pss() {
-            aws_lc_rs::rand::fill(&mut salts).map_err(|_| fail("no random salt".into()))?;
-        }
-        inputs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                if d.len() != h.len() {
-                    return Err(fail("digest length".into()));
-                }
-                if scheme.is_pss() {
-                    rsa_encoding::pss_encode(h, d, &salts[i * h.len()..(i + 1) * h.len()], bits)
-                } else {
-                    rsa_encoding::pkcs1_v15(h, d, k)
-                }
-                .ok_or_else(|| fail("the modulus is too small for the encoding".into()))
-            })
-            .collect()
+        codec::rsa_messages(key, scheme, inputs)
+            .map_err(|reason| Error::backend(self.name.clone(), format!("{scheme}: {reason}")))
     }
 
     fn rsa_batch(
@@ -683,24 +631,7 @@ impl CudaBackend {
         let limbs = curve.limbs();
         let n = inputs.len();
         let words = limbs * n;
-        // z in SoA: limb j of item i at [j * n + i].
-        let mut z = vec![0u32; words];
-        for (i, d) in inputs.iter().enumerate() {
-            let ok_len = match scheme.hash() {
-                Some(h) => d.len() == h.len(),
-                None => (1..=64).contains(&d.len()),
-            };
-            if !ok_len {
-                return Err(fail(format!("digest of {} bytes", d.len())));
-            }
-            for (j, w) in ec_layout::z_from_digest(curve, d)
-                .iter()
-                .enumerate()
-                .take(limbs)
-            {
-                z[j * n + i] = *w;
-            }
-        }
+        let z = codec::ec_z(curve, scheme, inputs).map_err(fail)?;
         let p = curve_prefix(curve);
         let nonce_k = self.gpu.function(&format!("{p}_nonce"))?;
         let sign_k = self.gpu.function(&format!("{p}_sign"))?;
@@ -714,15 +645,11 @@ impl CudaBackend {
         lane.input
             .upload(&stream, &z)
             .map_err(self.drv("copy to device"))?;
-        let mut seed = Zeroizing::new([0u32; 8]);
-        {
+        let seed = {
             let mut bytes = Zeroizing::new([0u8; 32]);
             aws_lc_rs::rand::fill(&mut bytes[..]).map_err(|_| fail("no random seed".into()))?;
-            for (w, c) in seed.iter_mut().zip(bytes.chunks_exact(4)) {
-                // The kernel reads the seed as bytes: keep memory order.
-                *w = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }
+            codec::seed_words(&bytes)
+        };
         lane.seed
             .upload(&stream, &seed[..])
             .map_err(self.drv("copy to device"))?;
@@ -829,14 +756,7 @@ impl CudaBackend {
                 lane, table, key_words, check_k, limbs, every, &z, &r, &s, &ok, n, scheme,
             )?;
         }
-        let rs = rsa_layout::from_soa(&r, n, limbs);
-        let ss = rsa_layout::from_soa(&s, n, limbs);
-        let mut out = Vec::with_capacity(n);
-        for (rb, sb) in rs.into_iter().zip(ss) {
-            let mut raw = rb;
-            raw.extend_from_slice(&sb);
-            out.push(crate::der::ecdsa_raw_to_der(&raw).map_err(|e| fail(e.to_string()))?);
-        }
+        let mut out = codec::ec_der(&r, &s, n, limbs).map_err(fail)?;
         if !redo.is_empty() {
             let again: Vec<&[u8]> = redo.iter().map(|&i| inputs[i].as_slice()).collect();
             for (i, sig) in redo.iter().zip(self.cpu_sign(key, scheme, &again)?) {

@@ -16,6 +16,7 @@
 //!   device, and the device-side check of every result before release.
 
 mod backend;
+pub mod codec;
 pub mod device;
 pub mod ec_layout;
 pub mod host_ec;
