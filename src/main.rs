@@ -963,13 +963,16 @@ fn print_backends(report: &serde_json::Value) {
         report["queue_depth"], report["queue_capacity"], report["max_batch"], report["max_wait_us"]
     );
     for b in report["backends"].as_array().into_iter().flatten() {
-        let avail = match b["availability"]["state"].as_str() {
-            Some("available") => "available".to_string(),
-            _ => format!(
-                "unavailable: {}",
+        if b["availability"]["state"].as_str() != Some("available") {
+            // Nothing else about it means anything: it never runs here.
+            println!(
+                "\n{}: unavailable: {}",
+                b["name"].as_str().unwrap_or("?"),
                 b["availability"]["reason"].as_str().unwrap_or("")
-            ),
-        };
+            );
+            continue;
+        }
+        let avail = "available";
         println!(
             "\n{}: {avail}, health {}, in flight {}, queued {} us",
             b["name"].as_str().unwrap_or("?"),
