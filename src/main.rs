@@ -390,12 +390,33 @@ fn main() -> ExitCode {
         })
         .map(|()| ExitCode::SUCCESS),
     };
-    match result {
-        Ok(code) => code,
+    let success = match result {
+        Ok(code) => code == ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sigmux: error: {e}");
-            ExitCode::FAILURE
+            false
         }
+    };
+    leave(success)
+}
+
+/// Ends the process. With a PKCS#11 module loaded, exit handlers are
+/// skipped: SoftHSM2's C++ destructors run at exit and can crash while other
+/// exit handlers (OpenSSL's cleanup) still reach into it (SoftHSMv2 issues
+/// 635 and 729), turning a finished command into a SIGSEGV with nothing on
+/// stderr. Everything sigmux writes is synced before this point; only the
+/// standard streams are flushed here.
+fn leave(success: bool) -> ExitCode {
+    if sigmux::backend::pkcs11::modules_loaded() {
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: _exit ends the process at once; nothing runs after it.
+        unsafe { libc::_exit(if success { 0 } else { 1 }) }
+    }
+    if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -187,6 +187,12 @@ fn handle_stale(e: &CkError) -> bool {
 
 static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
 
+/// Whether this process has loaded a PKCS#11 module (then it must not run
+/// exit handlers: see `leave` in main.rs).
+pub fn modules_loaded() -> bool {
+    MODULES.get().is_some_and(|m| !m.lock().is_empty())
+}
+
 /// The process-wide context for `path`: loaded and `C_Initialize`d once,
 /// shared by every token of that module, never finalised (other tokens may
 /// still use it).

@@ -45,8 +45,10 @@ pub fn sigmux(dir: &Path, args: &[&str]) {
         .unwrap();
     assert!(
         out.status.success(),
-        "sigmux {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "sigmux {args:?} ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     );
 }
 
