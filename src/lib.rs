@@ -18,6 +18,8 @@ pub mod keyless;
 pub mod keys;
 pub mod scheme;
 pub mod server;
+#[cfg(test)]
+mod testutil;
 
 pub use engine::{Engine, EngineConfig, SignRequest, Signature, Ticket};
 pub use error::{Error, Result};

@@ -45,6 +45,33 @@ pub struct ApiState {
     /// Every issued SVID and refused item is recorded here, on disk,
     /// before the response carrying it leaves.
     pub audit: Arc<crate::audit::AuditLog>,
+    /// The CA state as last read, with the file's stamp: re-read only when
+    /// `ca rotate`/`ca revoke` (or the server's own rotation) replaced it.
+    pub ca_state: Arc<parking_lot::Mutex<CachedState>>,
+}
+
+/// The CA state and the stamp of the file it was read from.
+pub type CachedState = Option<(StateStamp, Arc<CaState>)>;
+
+/// What identifies one version of the CA state file: it is always replaced
+/// whole (written aside and renamed), so a new version is a new inode.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct StateStamp {
+    inode: u64,
+    len: u64,
+    modified: std::time::SystemTime,
+}
+
+impl StateStamp {
+    fn of(data_dir: &std::path::Path) -> Option<StateStamp> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(authority::state_file(data_dir)).ok()?;
+        Some(StateStamp {
+            inode: m.ino(),
+            len: m.len(),
+            modified: m.modified().ok()?,
+        })
+    }
 }
 
 /// The issuance router.
@@ -183,10 +210,25 @@ fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
 }
 
 /// Loads the CA state (a file read, off the async threads).
-async fn load_state(s: &ApiState) -> Result<CaState, ApiError> {
+/// The CA state: the cached copy while the file is unchanged (one `stat`),
+/// else read and parsed off the async threads.
+async fn load_state(s: &ApiState) -> Result<Arc<CaState>, ApiError> {
+    let stamp = StateStamp::of(&s.data_dir);
+    if let (Some(now), Some((seen, st))) = (stamp, s.ca_state.lock().as_ref())
+        && now == *seen
+    {
+        return Ok(st.clone());
+    }
     let dir = s.data_dir.clone();
     match tokio::task::spawn_blocking(move || CaState::require(&dir)).await {
-        Ok(Ok(st)) => Ok(st),
+        Ok(Ok(st)) => {
+            let st = Arc::new(st);
+            // Stamped before reading: a change in between is read next time.
+            if let Some(stamp) = stamp {
+                *s.ca_state.lock() = Some((stamp, st.clone()));
+            }
+            Ok(st)
+        }
         Ok(Err(e)) => Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_ca",

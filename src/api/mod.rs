@@ -263,6 +263,7 @@ pub async fn start(
         keys,
         settings: Arc::new(settings.clone()),
         audit,
+        ca_state: Arc::default(),
     };
     let app = issue::router(state).into_make_service_with_connect_info::<Peer>();
     tokio::spawn(async move {

@@ -267,6 +267,11 @@ pub fn state_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("ca")
 }
 
+/// The CA state file of the CA in `data_dir`.
+pub fn state_file(data_dir: &Path) -> PathBuf {
+    state_dir(data_dir).join(STATE_FILE)
+}
+
 /// An exclusive lock on the CA state, held while it is read, changed and
 /// written: `sigmux ca rotate` or `ca revoke` beside a running `serve`
 /// (whose scheduled rotation writes the same file) then cannot lose the
@@ -312,7 +317,7 @@ impl CaState {
     /// Whether a CA has been initialised in `data_dir`.
     #[must_use]
     pub fn exists(data_dir: &Path) -> bool {
-        state_dir(data_dir).join(STATE_FILE).exists()
+        state_file(data_dir).exists()
     }
 
     /// Loads the state, or `None` when no CA has been initialised.
@@ -322,7 +327,7 @@ impl CaState {
     /// [`Error::Io`] or [`Error::Invalid`] when the file cannot be read or
     /// parsed.
     pub fn load(data_dir: &Path) -> Result<Option<CaState>> {
-        let path = state_dir(data_dir).join(STATE_FILE);
+        let path = state_file(data_dir);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -644,7 +649,7 @@ fn refuse_existing(data_dir: &Path) -> Result<()> {
         return Err(Error::Invalid(format!(
             "a CA already exists in {} ({}); refusing to make another",
             data_dir.display(),
-            state_dir(data_dir).join(STATE_FILE).display()
+            state_file(data_dir).display()
         )));
     }
     Ok(())

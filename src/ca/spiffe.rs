@@ -1073,23 +1073,7 @@ mod tests {
         assert!(SpiffeIdPrefix::from(a.clone()).matches(&a));
     }
 
-    /// xorshift64 generator, enough for fuzz-style input generation.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::testutil::XorShift;
 
     #[test]
     fn random_inputs_never_panic() {

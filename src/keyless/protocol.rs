@@ -1719,22 +1719,7 @@ mod tests {
         let _ = Response::decode(&Header::new(0, buf.len() as u16), buf);
     }
 
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::testutil::XorShift;
 
     #[test]
     fn no_panic_on_truncated_or_mutated_frames() {

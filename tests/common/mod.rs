@@ -36,7 +36,8 @@ pub fn openssl(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-pub fn sigmux(dir: &Path, args: &[&str]) {
+/// Runs the sigmux binary with `sigmux.toml` in `dir`; returns its stdout.
+pub fn sigmux(dir: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_sigmux"))
         .current_dir(dir)
         .args(["--config", "sigmux.toml"])
@@ -50,6 +51,7 @@ pub fn sigmux(dir: &Path, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
     );
+    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 pub fn ec_key(dir: &Path, name: &str) {

@@ -8,6 +8,7 @@ use zeroize::Zeroizing;
 
 use super::ec_layout::{self, Curve};
 use super::rsa_layout;
+use crate::engine::check;
 use crate::keys::Key;
 use crate::scheme::{Scheme, rsa_encoding};
 
@@ -23,18 +24,14 @@ pub fn rsa_messages(key: &Key, scheme: Scheme, inputs: &[Vec<u8>]) -> Result<Vec
     let k = rsa.size() as usize;
     let bits = rsa.n().num_bits() as usize;
     if scheme == Scheme::RsaRaw {
-        let n = rsa.n().to_vec_padded(k as i32).map_err(|e| e.to_string())?;
+        // The engine admits only such inputs; checked again because a wrong
+        // one would make the device check fail and quarantine the GPU.
         return inputs
             .iter()
             .map(|i| {
-                if i.len() != k {
-                    return Err(format!("input must be {k} bytes, got {}", i.len()));
-                }
-                // Same length, big-endian: byte order is numeric order.
-                if i.as_slice() >= n.as_slice() {
-                    return Err("input is not below the modulus".into());
-                }
-                Ok(i.clone())
+                check::admit_input(key, scheme, i)
+                    .map(|()| i.clone())
+                    .map_err(|e| e.to_string())
             })
             .collect();
     }
