@@ -82,6 +82,8 @@ pub struct EngineSection {
     pub queue_capacity: usize,
     /// Default per-request deadline.
     pub deadline_ms: u64,
+    /// Verify again in the engine what a backend already checked itself.
+    pub recheck_self_checked: bool,
 }
 
 impl Default for EngineSection {
@@ -92,6 +94,7 @@ impl Default for EngineSection {
             max_wait_us: d.max_wait.as_micros() as u64,
             queue_capacity: d.queue_capacity,
             deadline_ms: d.deadline.as_millis() as u64,
+            recheck_self_checked: d.recheck_self_checked,
         }
     }
 }
@@ -757,6 +760,7 @@ impl Config {
             max_wait: Duration::from_micros(self.engine.max_wait_us),
             queue_capacity: self.engine.queue_capacity,
             deadline: Duration::from_millis(self.engine.deadline_ms),
+            recheck_self_checked: self.engine.recheck_self_checked,
         }
     }
 
@@ -931,6 +935,7 @@ mod tests {
         assert_eq!(c.engine.max_wait_us, d.max_wait_us);
         assert_eq!(c.engine.queue_capacity, d.queue_capacity);
         assert_eq!(c.engine.deadline_ms, d.deadline_ms);
+        assert_eq!(c.engine.recheck_self_checked, d.recheck_self_checked);
         assert_eq!(c.http.listen, default_listen());
         assert_eq!(
             c.kek_source(),

@@ -58,6 +58,7 @@ fn engine_cfg() -> EngineConfig {
         max_wait: Duration::from_millis(2),
         queue_capacity: 1 << 16,
         deadline: Duration::from_secs(60),
+        ..EngineConfig::default()
     }
 }
 
@@ -202,8 +203,8 @@ fn sampled_ecdsa_checks_still_give_valid_signatures() {
         return;
     };
     let gpu = gpus[0].clone();
-    assert!(!gpu.verifies_on_device(Scheme::EcdsaSecp256r1Sha256));
-    assert!(gpu.verifies_on_device(Scheme::RsaPkcs1Sha256));
+    assert!(!gpu.checks_own_results(Scheme::EcdsaSecp256r1Sha256));
+    assert!(gpu.checks_own_results(Scheme::RsaPkcs1Sha256));
     let key = Key::ephemeral("gpu-test", KeyKind::P256).unwrap();
     let items = inputs(&key, Scheme::EcdsaSecp256r1Sha256, 1000);
     let digests: Vec<Vec<u8>> = items.iter().map(|(d, _)| d.clone()).collect();

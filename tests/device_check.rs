@@ -1,4 +1,4 @@
-//! The engine's side of device-checked backends (`verifies_on_device`), with
+//! The engine's side of device-checked backends (`checks_own_results`), with
 //! a mock: GPUs cannot run here, so a stand-in backend signs with the real
 //! CPU backend, claims that it checks every signature itself the way the
 //! CUDA backend does, and reports a device-check fault
@@ -70,7 +70,7 @@ impl Backend for DeviceChecked {
         }
         Ok(sigs)
     }
-    fn verifies_on_device(&self, _scheme: Scheme) -> bool {
+    fn checks_own_results(&self, _scheme: Scheme) -> bool {
         true
     }
     fn cost_seed(&self, _kind: KeyKind, _scheme: Scheme) -> Option<CostSeed> {
@@ -99,6 +99,7 @@ fn cfg() -> EngineConfig {
         max_wait: Duration::from_millis(1),
         queue_capacity: 4096,
         deadline: Duration::from_secs(30),
+        ..EngineConfig::default()
     }
 }
 
@@ -197,4 +198,49 @@ fn the_engine_skips_its_own_check_only_for_device_checked_schemes() {
         b"m",
         &sig.bytes
     ));
+}
+
+#[test]
+fn recheck_self_checked_verifies_again_and_catches_the_lie() {
+    // `engine.recheck_self_checked = true`: the engine checks even what a
+    // backend says it checked. The lying backend's signatures are caught,
+    // it is quarantined, and the CPU backend answers with a good one.
+    let cpu = cpu();
+    let gpu = DeviceChecked::new(&cpu);
+    gpu.lie.store(true, Ordering::SeqCst);
+    let engine = Engine::new(
+        EngineConfig {
+            recheck_self_checked: true,
+            ..cfg()
+        },
+        vec![gpu.clone(), cpu],
+    )
+    .unwrap();
+    let k = Key::ephemeral("t", KeyKind::Rsa2048).unwrap();
+    let sig = engine
+        .sign_blocking(SignRequest::new(
+            k.clone(),
+            Scheme::RsaPkcs1Sha256,
+            SignInput::Message(b"m".to_vec()),
+        ))
+        .unwrap();
+    assert!(
+        gpu.calls.load(Ordering::SeqCst) >= 1,
+        "the mock signed first"
+    );
+    assert_eq!(&*sig.backend, "cpu");
+    assert!(openssl_verifies(
+        &k,
+        Scheme::RsaPkcs1Sha256,
+        b"m",
+        &sig.bytes
+    ));
+    let report = engine.report();
+    let b = report["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "mock-gpu")
+        .unwrap();
+    assert!(b["bad_signatures"].as_u64().unwrap() >= 1, "{b:#}");
 }

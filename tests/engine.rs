@@ -136,6 +136,7 @@ fn cfg(max_batch: usize, max_wait_ms: u64, capacity: usize) -> EngineConfig {
         max_wait: Duration::from_millis(max_wait_ms),
         queue_capacity: capacity,
         deadline: Duration::from_secs(30),
+        ..EngineConfig::default()
     }
 }
 

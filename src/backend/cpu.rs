@@ -153,14 +153,16 @@ impl CpuKey {
         }
         match engine {
             CpuEngine::AwsLc => self.sign_aws(scheme, input),
-            CpuEngine::OpenSsl => self.sign_openssl(scheme, input),
+            CpuEngine::OpenSsl => self
+                .sign_openssl(scheme, input)
+                .map_err(|reason| Error::backend("cpu/openssl", format!("{scheme}: {reason}"))),
         }
-        .map_err(|reason| Error::backend(format!("cpu/{engine}"), format!("{scheme}: {reason}")))
     }
 
-    fn sign_aws(&self, scheme: Scheme, input: &[u8]) -> Result<Vec<u8>, String> {
+    fn sign_aws(&self, scheme: Scheme, input: &[u8]) -> Result<Vec<u8>> {
+        let fail = |reason: &str| Error::backend("cpu/aws-lc", format!("{scheme}: {reason}"));
         let digest = |h: HashAlg| {
-            Digest::import_less_safe(input, h.aws()).map_err(|_| "digest length".to_string())
+            Digest::import_less_safe(input, h.aws()).map_err(|_| fail("digest length"))
         };
         match (&self.aws, scheme.hash()) {
             (AwsKey::Rsa(k), Some(h)) => {
@@ -171,20 +173,31 @@ impl CpuKey {
                     Scheme::RsaPssRsaeSha256 => &aws_sig::RSA_PSS_SHA256,
                     Scheme::RsaPssRsaeSha384 => &aws_sig::RSA_PSS_SHA384,
                     Scheme::RsaPssRsaeSha512 => &aws_sig::RSA_PSS_SHA512,
-                    _ => return Err("not an RSA scheme".into()),
+                    _ => return Err(fail("not an RSA scheme")),
                 };
                 let mut sig = vec![0u8; k.public_modulus_len()];
+                // The key was checked when loaded and the digest's length
+                // just now, so a refusal here is AWS-LC's check of its CRT
+                // result against the public key: a wrong result, never
+                // returned, and the backend goes out of rotation for it.
                 k.sign_digest(enc, &digest(h)?, &mut sig)
-                    .map_err(|_| "aws-lc signing failed".to_string())?;
+                    .map_err(|_| Error::WrongResult {
+                        backend: "cpu/aws-lc".into(),
+                        count: 1,
+                        reason: format!(
+                            "{scheme}: AWS-LC withheld a signature whose check against \
+                             the public key failed"
+                        ),
+                    })?;
                 Ok(sig)
             }
             (AwsKey::Ecdsa(k), Some(h)) => Ok(k
                 .sign_digest(&digest(h)?)
-                .map_err(|_| "aws-lc signing failed".to_string())?
+                .map_err(|_| fail("aws-lc signing failed"))?
                 .as_ref()
                 .to_vec()),
             (AwsKey::Ed25519(k), None) => Ok(k.sign(input).as_ref().to_vec()),
-            _ => Err("scheme does not fit the key".into()),
+            _ => Err(fail("scheme does not fit the key")),
         }
     }
 
@@ -379,6 +392,17 @@ impl Backend for CpuBackend {
 
     fn executor(&self) -> Option<&rayon::ThreadPool> {
         Some(&self.pool)
+    }
+
+    /// RSA: both libraries verify each private-key result against the
+    /// public key before they release it (`s^e mod n` compared with the
+    /// padded input). AWS-LC's `rsa_default_private_transform` then fails
+    /// the call, which `sign` reports as [`Error::WrongResult`]; OpenSSL's
+    /// `rsa_ossl_mod_exp` computes the result again without the CRT.
+    /// tests/cpu_self_check.rs shows both on a key with a fault in `dP`.
+    /// The engine's own check would do the same work a second time.
+    fn checks_own_results(&self, scheme: Scheme) -> bool {
+        scheme.family() == Family::Rsa
     }
 
     fn cost_seed(&self, kind: KeyKind, scheme: Scheme) -> Option<CostSeed> {

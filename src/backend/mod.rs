@@ -81,19 +81,24 @@ pub trait Backend: Send + Sync {
     ) -> Result<Vec<Vec<u8>>>;
 
     /// Whether the engine must verify this backend's non-RSA signatures
-    /// before release (RSA signatures are always verified).
+    /// before release (RSA signatures are always verified, by the engine or
+    /// by the backend itself: see [`Backend::checks_own_results`]).
     fn needs_check(&self, _scheme: Scheme) -> bool {
         false
     }
 
     /// Whether this backend checks every signature of `scheme` itself,
-    /// with an independent computation (e.g. `s^e mod n` for RSA, ECDSA
-    /// verification for ECDSA), before it returns them, and reports a
-    /// mismatch as [`Error::WrongResult`](crate::error::Error::WrongResult)
-    /// instead of returning it. The engine then skips its own CPU check of
-    /// those signatures, which at GPU rates would be the bottleneck. Only
-    /// a backend that really does this may answer `true`.
-    fn verifies_on_device(&self, _scheme: Scheme) -> bool {
+    /// against the public key (e.g. `s^e mod n` for RSA, ECDSA verification
+    /// for ECDSA), before it returns them, and never returns one that
+    /// fails: it reports the mismatch as
+    /// [`Error::WrongResult`](crate::error::Error::WrongResult) or computes
+    /// the signature again by another way. The engine then does not check
+    /// those signatures a second time (unless `engine.recheck_self_checked`
+    /// asks it to): at GPU rates its CPU check would be the bottleneck, and
+    /// on the CPU it would repeat the libraries' own check. Only a backend
+    /// that really does this, and has a test that shows it, may answer
+    /// `true`.
+    fn checks_own_results(&self, _scheme: Scheme) -> bool {
         false
     }
 

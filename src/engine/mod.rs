@@ -38,6 +38,9 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// Default per-request deadline.
     pub deadline: Duration,
+    /// Verify signatures again in the engine even when the backend checks
+    /// its own results ([`Backend::checks_own_results`]).
+    pub recheck_self_checked: bool,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +50,7 @@ impl Default for EngineConfig {
             max_wait: Duration::from_micros(500),
             queue_capacity: 65_536,
             deadline: Duration::from_secs(10),
+            recheck_self_checked: false,
         }
     }
 }
@@ -318,6 +322,7 @@ impl Engine {
             "queue_capacity": self.inner.cfg.queue_capacity,
             "max_batch": self.inner.cfg.max_batch,
             "max_wait_us": self.inner.cfg.max_wait.as_micros() as u64,
+            "recheck_self_checked": self.inner.cfg.recheck_self_checked,
             "backends": backends,
         })
     }

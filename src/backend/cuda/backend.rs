@@ -997,7 +997,7 @@ impl Backend for CudaBackend {
 
     /// RSA: every result is checked by `rsa{B}_check`. ECDSA: only with
     /// `check = "all"`.
-    fn verifies_on_device(&self, scheme: Scheme) -> bool {
+    fn checks_own_results(&self, scheme: Scheme) -> bool {
         match scheme.family() {
             Family::Rsa => true,
             Family::Ecdsa(_) => self.check == CheckPolicy::All,
