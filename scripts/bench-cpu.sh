@@ -22,6 +22,10 @@ run rsa2048-single  --scheme rsa_pkcs1_sha256 --concurrency 64 --compare-raw
 run rsa2048-group32 --scheme rsa_pkcs1_sha256 --concurrency 128 --batch 32 --compare-raw
 run p256-single     --scheme ecdsa_secp256r1_sha256 --concurrency 256 --compare-raw
 run p256-group256   --scheme ecdsa_secp256r1_sha256 --concurrency 2048 --batch 256 --compare-raw
+# The same single-request runs with the load generator as a normal thread,
+# which preempts a signing thread at each answer (see `--caller-sched`).
+run rsa2048-single-normal --scheme rsa_pkcs1_sha256 --concurrency 64 --compare-raw --caller-sched normal
+run p256-single-normal    --scheme ecdsa_secp256r1_sha256 --concurrency 256 --compare-raw --caller-sched normal
 half() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['ops_per_sec'] / 2)" "$1"; }
 run rsa2048-halfload --scheme rsa_pkcs1_sha256 --rate "$(half "$out/$day-cpu-rsa2048-single.json")"
 run p256-halfload    --scheme ecdsa_secp256r1_sha256 --rate "$(half "$out/$day-cpu-p256-single.json")"

@@ -312,6 +312,10 @@ struct BenchArgs {
     /// (no async runtime between answers and the next request).
     #[arg(long)]
     callbacks: bool,
+    /// Scheduling of the closed-loop load generator's thread: "batch"
+    /// (never preempts the engine's workers on wake-up) or "normal".
+    #[arg(long, default_value = "batch")]
+    caller_sched: String,
     /// With --backend cuda: how many ECDSA signatures the GPU checks
     /// ("all" or "sample:N"), overriding backends.cuda.check.
     #[arg(long)]
@@ -740,6 +744,7 @@ fn bench_cmd(cfg: &Config, a: BenchArgs) -> Result<()> {
         rate: a.rate,
         compare_raw: a.compare_raw,
         callbacks: a.callbacks,
+        caller_sched: a.caller_sched.parse()?,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         cuda_check: a
             .cuda_check

@@ -2112,3 +2112,37 @@ fn key_events_are_audited_in_a_hash_chain_that_detects_edits() {
     .fails_with(&["audit log", "line 2"]);
     assert!(!data.join("keys/c.key").exists());
 }
+
+#[test]
+fn bench_reports_its_driver_and_caller_scheduling() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let common = [
+        "bench",
+        "--backend",
+        "cpu",
+        "--scheme",
+        "ecdsa_secp256r1_sha256",
+        "--duration",
+        "0.4",
+        "--concurrency",
+        "8",
+        "--json",
+        s(&json),
+    ];
+    for (extra, sched) in [(None, "batch"), (Some("normal"), "normal")] {
+        let mut args = common.to_vec();
+        if let Some(e) = extra {
+            args.extend(["--caller-sched", e]);
+        }
+        sigmux(dir.path(), None, &args).ok();
+        let v: serde_json::Value = serde_json::from_slice(&read(&json)).expect("bench JSON");
+        assert_eq!(v["driver"], "async", "{v:#}");
+        assert_eq!(v["caller_sched"], sched, "{v:#}");
+        assert!(v["ops"].as_u64().unwrap() > 0, "{v:#}");
+        assert_eq!(v["errors"], 0, "{v:#}");
+    }
+    let mut args = common.to_vec();
+    args.extend(["--caller-sched", "fifo"]);
+    sigmux(dir.path(), None, &args).fails_with(&["--caller-sched", "fifo"]);
+}
