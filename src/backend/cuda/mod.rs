@@ -19,6 +19,7 @@ mod backend;
 pub mod codec;
 pub mod device;
 pub mod ec_layout;
+pub mod ed_layout;
 pub mod host_ec;
 pub mod host_nonce;
 pub mod host_rsa;
