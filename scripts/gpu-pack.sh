@@ -11,6 +11,8 @@
 #   SIGMUX_REQUIRE_GPU=1 carry/gpu/cuda-tests --test-threads 1
 #   carry/gpu/sigmux --data-dir /tmp/d bench --backend cuda --scheme rsa_pkcs1_sha256 \
 #       --batch 1024 --concurrency 4096 --compare-raw --json "$OUT/rsa2048-1024.json"
+# scripts/gpu-bench.sh runs those steps and the whole benchmark set there,
+# one part per device call (check, tests, rsa, ecdsa, ed25519).
 # Set GPU_PACK_VENDORED=1 to link OpenSSL statically (the machine's own
 # libssl may differ from this one's).
 set -euo pipefail
