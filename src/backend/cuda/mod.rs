@@ -20,6 +20,7 @@ pub mod codec;
 pub mod device;
 pub mod ec_layout;
 pub mod host_ec;
+pub mod host_ed25519;
 pub mod host_nonce;
 pub mod host_rsa;
 mod key_cache;
