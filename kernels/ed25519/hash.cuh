@@ -2,8 +2,9 @@
 // and message bytes, the digest read as a 512-bit little-endian integer.
 // The compression is the sha512.cuh one behind a single real call: the
 // generic sha2::Ctx inlines a full 80-round compression at every put_byte
-// and finish call site, which the signing path would repeat four times
-// (two hashes) and NVRTC would compile as ~20k more instructions.
+// and finish call site, and the sign and check paths have several (two
+// hashes each), all of which NVRTC would have to compile (see the EC_CALL
+// note in ec/field.cuh). Here there is one copy per program.
 //
 // Constant time: every branch and index depends on the byte position, i.e.
 // on the (public) message length, never on the bytes hashed.

@@ -418,6 +418,26 @@ mod tests {
         assert!(signed >= 1000);
     }
 
+    /// One key, a batch whose offsets repeat (empty messages) between
+    /// others: the structure-of-arrays output lines up item by item.
+    #[test]
+    fn a_batch_with_empty_messages_lines_up() {
+        let table = comb_table();
+        let k = key(&[7u8; 32]);
+        let long: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+        let msgs: Vec<&[u8]> = vec![b"", b"x", b"", &long, b"", b"abc", b""];
+        let sigs = sign(&table, &k.words, &msgs);
+        for (m, s) in msgs.iter().zip(&sigs) {
+            assert_eq!(s.as_slice(), k.pair.sign(m).as_ref(), "len {}", m.len());
+        }
+        assert_eq!(check(&table, &k.words, &msgs, &sigs), vec![1; msgs.len()]);
+        // a signature moved to its neighbour's message fails there
+        let mut swapped = sigs.clone();
+        swapped.swap(1, 3);
+        let got = check(&table, &k.words, &msgs, &swapped);
+        assert_eq!(got, vec![1, 0, 1, 0, 1, 1, 1]);
+    }
+
     /// S + L as a 32-byte little-endian value (S < L < 2^253: no overflow).
     fn add_l(s: &[u8]) -> [u8; 32] {
         let mut le = s.to_vec();
