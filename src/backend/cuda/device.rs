@@ -55,7 +55,7 @@ pub fn version_text(v: i32) -> String {
 }
 
 /// The kernel programs every device loads.
-pub const PROGRAMS: [&str; 3] = ["rsa.cu", "ecdsa.cu", "nonce.cu"];
+pub const PROGRAMS: [&str; 4] = ["rsa.cu", "ecdsa.cu", "nonce.cu", "ed25519.cu"];
 
 /// The kernels each program must export.
 pub fn kernel_names(program: &str) -> Vec<String> {
@@ -69,6 +69,7 @@ pub fn kernel_names(program: &str) -> Vec<String> {
             .flat_map(|c| [format!("{c}_sign"), format!("{c}_check")])
             .collect(),
         "nonce.cu" => vec!["p256_nonce".into(), "p384_nonce".into()],
+        "ed25519.cu" => vec!["ed25519_sign".into(), "ed25519_check".into()],
         _ => Vec::new(),
     }
 }

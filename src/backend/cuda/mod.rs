@@ -21,6 +21,7 @@ pub mod device;
 pub mod ec_layout;
 pub mod ed_layout;
 pub mod host_ec;
+pub mod host_ed25519;
 pub mod host_nonce;
 pub mod host_rsa;
 mod key_cache;

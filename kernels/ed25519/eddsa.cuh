@@ -1,0 +1,86 @@
+// Ed25519 (RFC 8032, pure) sign and check, one item (message) at a time; the
+// kernels (ed25519.cu) and the host build (host/ed25519_host.cpp) both call
+// these, so the code CI tests is the code the GPU runs.
+//
+// Buffers (ABI; ed25519.cu says it once more):
+//   key: KEY_WORDS = 24 words, one key per batch. [0, 8): a, the clamped
+//        secret scalar (first half of SHA-512(seed), clamped), 8
+//        little-endian limbs; [8, 16): prefix (second half of SHA-512(seed))
+//        and [16, 24): A, the 32-byte encoded public key, both as bytes
+//        packed little-endian (byte j in word j/4, bits 8(j%4)) - which is
+//        also the little-endian integer those bytes encode.
+//   msg, off: message i is msg[off[i] .. off[i+1]).
+//   sig: SIG_WORDS = 16 words per item, structure of arrays (word w of item
+//        i at sig[w * count + i]): the 64 bytes R || S packed like A.
+//   ok: 1 per signed item (sign) / 1 valid, 0 invalid (check).
+#pragma once
+
+#include "ed25519/comb.cuh"
+#include "ed25519/hash.cuh"
+#include "ed25519/scalar.cuh"
+
+namespace smx {
+namespace ed25519 {
+
+enum { KEY_WORDS = 24, SIG_WORDS = 16 };
+
+// k = SHA-512(head || A || M) mod L (the challenge), or with no A
+// (a_enc = 0) SHA-512(prefix || M) mod L (the nonce r).
+EC_FN void hash_mod_l(const u32 *head, const u32 *a_enc, const u8 *m, u32 n, u32 *out) {
+    sha512_t c;
+    u32 h[16];
+    c.begin();
+    c.put32(head);
+    if (a_enc) c.put32(a_enc);  // which hash: public
+    c.put_bytes(m, n);
+    c.finish(h);
+    reduce512(h, out);
+}
+
+// One signature. Secrets: a, prefix, r and everything computed from them;
+// the only branches and addresses that vary depend on the message length.
+EC_FN void sign_item(const u32 *table, const u32 *key, const u8 *msg, const u32 *off, u32 *sig,
+                     u32 *ok, u32 count, u32 i) {
+    const u8 *m = msg + off[i];
+    u32 n = off[i + 1] - off[i];
+    u32 r[8], rb[8], k[8], s[8];
+    hash_mod_l(key + 8, 0, m, n, r);       // r = SHA-512(prefix || M) mod L
+    mul_base(table, r).encode(rb);         // enc(r B)
+    hash_mod_l(rb, key + 16, m, n, k);     // k = SHA-512(enc(R) || A || M) mod L
+    // S = r + k a mod L; a < 2^255 < R, so from_int reduces it on the way in
+    sc S = sc::from_int(r) + sc::from_int(k) * sc::from_int(key);
+    S.to_int(s);
+    for (int j = 0; j < 8; j++) {
+        sig[j * count + i] = rb[j];
+        sig[(8 + j) * count + i] = s[j];
+    }
+    ok[i] = 1;
+}
+
+// One check of public data, variable time: ok = 1 when S < L, A decodes and
+// enc([S]B - [k]A) equals the R bytes (cofactorless, on the encodings). R
+// itself is not decoded: the left side is the canonical encoding of a point
+// of the curve, so a non-canonical or off-curve R never matches it.
+EC_FN void check_item(const u32 *table, const u32 *key, const u8 *msg, const u32 *off,
+                      const u32 *sig, u32 *ok, u32 count, u32 i) {
+    const u8 *m = msg + off[i];
+    u32 n = off[i + 1] - off[i];
+    u32 rb[8], s[8], k[8], e[8];
+    for (int j = 0; j < 8; j++) {
+        rb[j] = sig[j * count + i];
+        s[j] = sig[(8 + j) * count + i];
+    }
+    point_t a;
+    if (!ec::limbs_lt_public<8>(s, ED_L) || !a.decode_public(key + 16)) {
+        ok[i] = 0;
+        return;
+    }
+    hash_mod_l(rb, key + 16, m, n, k);
+    mul_base(table, s).add(mul_var_public(a.neg(), k)).encode(e);
+    u32 diff = 0;
+    for (int j = 0; j < 8; j++) diff |= e[j] ^ rb[j];
+    ok[i] = diff == 0;
+}
+
+}  // namespace ed25519
+}  // namespace smx
