@@ -88,6 +88,10 @@ fn verifies(key: &Key, scheme: Scheme, input: &[u8], sig: &[u8]) -> bool {
             let sig = openssl::ecdsa::EcdsaSig::from_der(sig).unwrap();
             sig.verify(input, &pk.ec_key().unwrap()).unwrap()
         }
+        Scheme::Ed25519 => {
+            let mut v = openssl::sign::Verifier::new_without_digest(&pk).unwrap();
+            v.verify_oneshot(sig, input).unwrap_or(false)
+        }
         _ => {
             let h = scheme.hash().unwrap();
             let md = match h.len() {
@@ -130,6 +134,13 @@ fn inputs(key: &Key, scheme: Scheme, n: u32) -> Vec<(Vec<u8>, SignInput)> {
                         .for_each(|(j, b)| *b = (j as u32 ^ i.wrapping_mul(2654435761)) as u8);
                     (v.clone(), SignInput::Message(v))
                 }
+                Scheme::Ed25519 => {
+                    // Messages of every length class: empty, one SHA-512
+                    // block, several blocks.
+                    let len = [0usize, 1, 63, 111, 112, 128, 300, 1000][i as usize % 8];
+                    let m: Vec<u8> = (0..len).map(|j| (j as u32 * 13 + i) as u8).collect();
+                    (m.clone(), SignInput::Message(m))
+                }
                 Scheme::EcdsaP256AnyDigest | Scheme::EcdsaP384AnyDigest => {
                     // A SHA-1-sized digest and a 64-byte one, alternately.
                     let len = if i % 2 == 0 { 20 } else { 64 };
@@ -157,6 +168,7 @@ fn cases() -> Vec<(KeyKind, Scheme)> {
     v.push((KeyKind::P256, Scheme::EcdsaP256AnyDigest));
     v.push((KeyKind::P384, Scheme::EcdsaSecp384r1Sha384));
     v.push((KeyKind::P384, Scheme::EcdsaP384AnyDigest));
+    v.push((KeyKind::Ed25519, Scheme::Ed25519));
     v
 }
 
@@ -214,6 +226,22 @@ fn sampled_ecdsa_checks_still_give_valid_signatures() {
     for (d, s) in digests.iter().zip(&sigs) {
         assert!(verifies(&key, Scheme::EcdsaSecp256r1Sha256, d, s));
     }
+    assert!(!gpu.checks_own_results(Scheme::Ed25519));
+    let key = Key::ephemeral("gpu-test", KeyKind::Ed25519).unwrap();
+    let msgs: Vec<Vec<u8>> = inputs(&key, Scheme::Ed25519, 1000)
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect();
+    let sigs = gpu.sign_batch(&key, Scheme::Ed25519, &msgs).unwrap();
+    for (m, s) in msgs.iter().zip(&sigs) {
+        assert!(verifies(&key, Scheme::Ed25519, m, s));
+    }
+    // A corrupted sample is caught by the sampled check.
+    gpu.inject_faults_for_test(1);
+    let before = gpu.device_check_faults();
+    let err = gpu.sign_batch(&key, Scheme::Ed25519, &msgs).unwrap_err();
+    assert!(matches!(err, sigmux::Error::WrongResult { .. }), "{err}");
+    assert_eq!(gpu.device_check_faults(), before + 1);
 }
 
 #[test]
@@ -261,6 +289,7 @@ fn an_injected_device_fault_quarantines_the_gpu_and_the_cpu_answers() {
     for (kind, scheme) in [
         (KeyKind::Rsa2048, Scheme::RsaPssRsaeSha256),
         (KeyKind::P256, Scheme::EcdsaSecp256r1Sha256),
+        (KeyKind::Ed25519, Scheme::Ed25519),
     ] {
         let gpu = gpus[0].clone();
         gpu.inject_faults_for_test(1);

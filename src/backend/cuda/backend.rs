@@ -9,8 +9,9 @@
 //! run with cudarc's event tracking off (see [`super::device::Gpu::open`]).
 //!
 //! Nothing wrong leaves: every RSA result goes through `rsa{B}_check`
-//! (`sig^e mod n == expected`) and every ECDSA result through `{C}_check`
-//! (or a sample of them when `check = "sample:N"`) before it is returned.
+//! (`sig^e mod n == expected`) and every ECDSA and Ed25519 result through
+//! `{C}_check` / `ed25519_check` (or a sample of them when
+//! `check = "sample:N"`) before it is returned.
 //! A mismatch fails the whole call with [`Error::WrongResult`], which the
 //! engine treats like a wrong signature it caught itself: quarantine, and
 //! the batch redone elsewhere.
@@ -29,6 +30,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::device::{Gpu, driver_error, version_text};
 use super::ec_layout::{self, Curve as EcCurve};
+use super::ed_layout;
 use super::key_cache::KeyCache;
 use super::nvrtc::{KernelCache, Nvrtc};
 use super::{CheckPolicy, CudaConfig};
@@ -165,13 +167,16 @@ struct Lane {
     out_a: Grow,
     /// ECDSA: s.
     out_b: Grow,
+    /// Ed25519: the messages' byte offsets.
+    offs: Grow,
     /// Per-item flags: nonce, sign, check (ECDSA) or check (RSA).
     ok: Grow,
     /// ECDSA nonces: device only, zeroed after every batch.
     nonce: Grow,
     /// The nonce kernel's per-batch seed (32 bytes).
     seed: Grow,
-    /// Sampled checks: z, r, s of the sample.
+    /// Sampled checks: z, r, s of the sample (Ed25519: messages, offsets,
+    /// signatures).
     chk_z: Grow,
     chk_r: Grow,
     chk_s: Grow,
@@ -185,6 +190,7 @@ impl Lane {
             input: Grow::new(true),
             out_a: Grow::new(true),
             out_b: Grow::new(true),
+            offs: Grow::new(true),
             ok: Grow::new(true),
             nonce: Grow::new(false),
             seed: Grow::new(true),
@@ -243,6 +249,7 @@ impl Drop for LaneGuard<'_> {
 struct Tables {
     p256: CudaSlice<u32>,
     p384: CudaSlice<u32>,
+    ed25519: CudaSlice<u32>,
 }
 
 /// Counters for `sigmux backends`.
@@ -310,13 +317,12 @@ fn curve_prefix(c: EcCurve) -> &'static str {
     }
 }
 
-/// The schemes this backend signs: every RSA scheme (raw included) and
-/// ECDSA on P-256 and P-384 (any-digest variants included); not Ed25519.
+/// The schemes this backend signs: every RSA scheme (raw included), ECDSA
+/// on P-256 and P-384 (any-digest variants included) and Ed25519.
 fn schemes() -> Vec<Scheme> {
     Scheme::all()
         .iter()
         .copied()
-        .filter(|s| s.family() != Family::Ed25519)
         .chain([
             Scheme::RsaRaw,
             Scheme::EcdsaP256AnyDigest,
@@ -350,6 +356,9 @@ impl CudaBackend {
             p384: gpu
                 .upload(&ec_layout::comb_table(EcCurve::P384))
                 .map_err(|e| fail("cannot upload the P-384 table", e))?,
+            ed25519: gpu
+                .upload(&super::host_ed25519::comb_table())
+                .map_err(|e| fail("cannot upload the Ed25519 table", e))?,
         };
         let streams = cfg.streams.max(1);
         let mut free = Vec::with_capacity(streams);
@@ -455,6 +464,7 @@ impl CudaBackend {
         match (rsa_bits(key.kind()), ec_curve(key.kind())) {
             (Some(_), _) => rsa_layout::pack_key(&pkey).map_err(|e| bad(e.to_string())),
             (_, Some(c)) => ec_layout::pack_key(c, &pkey).map_err(|e| bad(e.to_string())),
+            _ if key.kind() == KeyKind::Ed25519 => ed_layout::pack_key(&pkey).map_err(bad),
             _ => Err(bad(format!("{} keys do not run on the GPU", key.kind()))),
         }
     }
@@ -766,6 +776,196 @@ impl CudaBackend {
         Ok(out)
     }
 
+    // ------------------------------------------------------------ Ed25519
+
+    /// Ed25519 (RFC 8032): the kernels hash, sign and check on the device;
+    /// the host packs messages and reads back `R || S`.
+    fn ed_batch(
+        &self,
+        lane: &mut Lane,
+        dk: &DeviceKey,
+        key: &Key,
+        inputs: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>> {
+        let scheme = Scheme::Ed25519;
+        let fail =
+            |reason: String| Error::backend(self.name.clone(), format!("{scheme}: {reason}"));
+        let n = inputs.len();
+        let words = ed_layout::SIG_WORDS * n;
+        let (msg, off) = ed_layout::pack_messages(inputs).map_err(fail)?;
+        let sign_k = self.gpu.function("ed25519_sign")?;
+        let check_k = self.gpu.function("ed25519_check")?;
+        let table = &self.tables.ed25519;
+        let stream = lane.stream.clone();
+        let mem = self.drv("device memory");
+        lane.input
+            .upload(&stream, &msg)
+            .map_err(self.drv("copy to device"))?;
+        lane.offs
+            .upload(&stream, &off)
+            .map_err(self.drv("copy to device"))?;
+        lane.out_a.ensure(&stream, words).map_err(&mem)?;
+        lane.ok.ensure(&stream, 2 * n).map_err(&mem)?;
+        let all = self.check == CheckPolicy::All;
+        let count = n as u32;
+        let cfg = self.launch_config(n);
+        let key_words = dk.slice()?;
+        let corrupt = all && self.take_fault();
+        {
+            let ok_sign = lane.ok.dev().slice(0..n);
+            // SAFETY: argument order and types follow kernels/ed25519.cu
+            // (table, key, msg, off, sig, ok, count); the messages and
+            // `count + 1` offsets were uploaded above, `sig` holds 16 words
+            // and `ok` one word per item.
+            unsafe {
+                stream
+                    .launch_builder(sign_k)
+                    .arg(table)
+                    .arg(key_words)
+                    .arg(lane.input.dev())
+                    .arg(lane.offs.dev())
+                    .arg(lane.out_a.dev())
+                    .arg(&ok_sign)
+                    .arg(&count)
+                    .launch(cfg)
+            }
+            .map_err(self.drv("ed25519 sign launch"))?;
+        }
+        if corrupt {
+            // Test hook: item 0's signature changes between sign and check.
+            stream
+                .memset_zeros(&mut lane.out_a.dev_mut().slice_mut(0..1))
+                .map_err(self.drv("fault injection"))?;
+        }
+        if all {
+            let ok_check = lane.ok.dev().slice(n..2 * n);
+            // SAFETY: ed25519_check's ABI, the same buffers as above.
+            unsafe {
+                stream
+                    .launch_builder(check_k)
+                    .arg(table)
+                    .arg(key_words)
+                    .arg(lane.input.dev())
+                    .arg(lane.offs.dev())
+                    .arg(lane.out_a.dev())
+                    .arg(&ok_check)
+                    .arg(&count)
+                    .launch(cfg)
+            }
+            .map_err(self.drv("ed25519 check launch"))?;
+        }
+        lane.out_a
+            .download(&stream, words)
+            .map_err(self.drv("copy from device"))?;
+        let flags = if all { 2 * n } else { n };
+        lane.ok
+            .download(&stream, flags)
+            .map_err(self.drv("copy from device"))?;
+        stream.synchronize().map_err(self.drv("ed25519 batch"))?;
+        let ok = lane.ok.host().map_err(self.drv("host buffer"))?[..flags].to_vec();
+        let soa = lane.out_a.host().map_err(self.drv("host buffer"))?[..words].to_vec();
+        let mut out = ed_layout::signatures(&soa, n);
+        let redo: Vec<usize> = (0..n).filter(|&i| ok[i] != 1).collect();
+        if all {
+            self.counters
+                .checked
+                .fetch_add((n - redo.len()) as u64, Ordering::Relaxed);
+            let bad = (0..n).filter(|&i| ok[i] == 1 && ok[n + i] != 1).count();
+            if bad > 0 {
+                return Err(self.wrong(bad, scheme));
+            }
+        } else if let CheckPolicy::Sample(every) = self.check {
+            self.ed_sample_check(lane, key_words, check_k, every, inputs, &out, &ok)?;
+        }
+        if !redo.is_empty() {
+            let again: Vec<&[u8]> = redo.iter().map(|&i| inputs[i].as_slice()).collect();
+            for (i, sig) in redo.iter().zip(self.cpu_sign(key, scheme, &again)?) {
+                out[*i] = sig;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ed25519 with `check = "sample:N"`: every N-th signature from a
+    /// random offset, with its message, is checked on the device as a
+    /// batch of its own.
+    #[allow(clippy::too_many_arguments)]
+    fn ed_sample_check(
+        &self,
+        lane: &mut Lane,
+        key_words: &CudaSlice<u32>,
+        check_k: &cudarc::driver::CudaFunction,
+        every: u32,
+        inputs: &[Vec<u8>],
+        sigs: &[Vec<u8>],
+        ok: &[u32],
+    ) -> Result<()> {
+        let scheme = Scheme::Ed25519;
+        let n = inputs.len();
+        let step = (every as usize).min(n).max(1);
+        let mut b = [0u8; 4];
+        aws_lc_rs::rand::fill(&mut b).map_err(|_| {
+            Error::backend(self.name.clone(), "no random sample offset".to_string())
+        })?;
+        let offset = u32::from_le_bytes(b) as usize % step;
+        let picked: Vec<usize> = (offset..n).step_by(step).filter(|&i| ok[i] == 1).collect();
+        if picked.is_empty() {
+            return Ok(());
+        }
+        let m = picked.len();
+        let msgs: Vec<&[u8]> = picked.iter().map(|&i| inputs[i].as_slice()).collect();
+        let (msg, off) = ed_layout::pack_messages(&msgs)
+            .map_err(|e| Error::backend(self.name.clone(), format!("{scheme}: {e}")))?;
+        let picked_sigs: Vec<&[u8]> = picked.iter().map(|&i| sigs[i].as_slice()).collect();
+        let mut sig = ed_layout::signatures_to_soa(&picked_sigs);
+        if self.take_fault() {
+            // Test hook: the sampled copy of one signature is corrupted.
+            sig[0] ^= 1;
+        }
+        let stream = lane.stream.clone();
+        lane.chk_z
+            .upload(&stream, &msg)
+            .map_err(self.drv("copy to device"))?;
+        lane.chk_r
+            .upload(&stream, &off)
+            .map_err(self.drv("copy to device"))?;
+        lane.chk_s
+            .upload(&stream, &sig)
+            .map_err(self.drv("copy to device"))?;
+        lane.chk_ok
+            .ensure(&stream, m)
+            .map_err(self.drv("device memory"))?;
+        let count = m as u32;
+        // SAFETY: ed25519_check's ABI; `m` messages with `m + 1` offsets,
+        // 16 signature words and one flag per item.
+        unsafe {
+            stream
+                .launch_builder(check_k)
+                .arg(&self.tables.ed25519)
+                .arg(key_words)
+                .arg(lane.chk_z.dev())
+                .arg(lane.chk_r.dev())
+                .arg(lane.chk_s.dev())
+                .arg(lane.chk_ok.dev())
+                .arg(&count)
+                .launch(self.launch_config(m))
+        }
+        .map_err(self.drv("ed25519 check launch"))?;
+        lane.chk_ok
+            .download(&stream, m)
+            .map_err(self.drv("copy from device"))?;
+        stream.synchronize().map_err(self.drv("ed25519 check"))?;
+        self.counters.checked.fetch_add(m as u64, Ordering::Relaxed);
+        let bad = lane.chk_ok.host().map_err(self.drv("host buffer"))?[..m]
+            .iter()
+            .filter(|&&o| o != 1)
+            .count();
+        if bad > 0 {
+            return Err(self.wrong(bad, scheme));
+        }
+        Ok(())
+    }
+
     /// `check = "sample:N"`: every N-th signature from a random offset is
     /// gathered into its own small batch and checked on the device.
     #[allow(clippy::too_many_arguments)]
@@ -940,11 +1140,13 @@ impl Backend for CudaBackend {
         &self.caps
     }
 
-    /// Soft RSA-2048/3072/4096, P-256 and P-384 keys that the kernel
-    /// layouts accept; the answer is remembered per key.
+    /// Soft RSA-2048/3072/4096, P-256, P-384 and Ed25519 keys that the
+    /// kernel layouts accept; the answer is remembered per key.
     fn holds(&self, key: &Key) -> bool {
         if key.placement() != Placement::Soft
-            || (rsa_bits(key.kind()).is_none() && ec_curve(key.kind()).is_none())
+            || (rsa_bits(key.kind()).is_none()
+                && ec_curve(key.kind()).is_none()
+                && key.kind() != KeyKind::Ed25519)
         {
             return false;
         }
@@ -984,24 +1186,18 @@ impl Backend for CudaBackend {
             out.extend(match scheme.family() {
                 Family::Rsa => self.rsa_batch(lane, &dk, key, scheme, chunk)?,
                 Family::Ecdsa(_) => self.ec_batch(lane, &dk, key, scheme, chunk)?,
-                Family::Ed25519 => {
-                    return Err(Error::backend(
-                        self.name.clone(),
-                        "ed25519 does not run on the GPU",
-                    ));
-                }
+                Family::Ed25519 => self.ed_batch(lane, &dk, key, chunk)?,
             });
         }
         Ok(out)
     }
 
-    /// RSA: every result is checked by `rsa{B}_check`. ECDSA: only with
-    /// `check = "all"`.
+    /// RSA: every result is checked by `rsa{B}_check`. ECDSA and Ed25519:
+    /// only with `check = "all"`.
     fn checks_own_results(&self, scheme: Scheme) -> bool {
         match scheme.family() {
             Family::Rsa => true,
-            Family::Ecdsa(_) => self.check == CheckPolicy::All,
-            Family::Ed25519 => false,
+            Family::Ecdsa(_) | Family::Ed25519 => self.check == CheckPolicy::All,
         }
     }
 
@@ -1017,7 +1213,7 @@ impl Backend for CudaBackend {
             KeyKind::Rsa4096 => 70.0,
             KeyKind::P256 => 2.0,
             KeyKind::P384 => 6.0,
-            KeyKind::Ed25519 => return None,
+            KeyKind::Ed25519 => 2.0,
         };
         Some(CostSeed {
             per_batch_us: 300.0,
@@ -1064,10 +1260,13 @@ mod tests {
     }
 
     #[test]
-    fn the_gpu_signs_rsa_and_ecdsa_but_not_ed25519() {
+    fn the_gpu_signs_every_scheme() {
         let s = schemes();
         assert!(s.contains(&Scheme::RsaRaw) && s.contains(&Scheme::EcdsaP384AnyDigest));
         assert!(s.contains(&Scheme::RsaPssRsaeSha512));
-        assert!(!s.contains(&Scheme::Ed25519));
+        assert!(s.contains(&Scheme::Ed25519));
+        for scheme in Scheme::all() {
+            assert!(s.contains(scheme), "{scheme}");
+        }
     }
 }

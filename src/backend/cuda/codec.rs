@@ -252,4 +252,34 @@ mod tests {
             assert!(ec_z(curve, schemes[1], &[vec![]]).is_err());
         }
     }
+
+    #[test]
+    fn ed25519_batches_through_the_host_kernels_verify_with_openssl() {
+        use crate::backend::cpu::{CpuEngine, CpuKey};
+        use crate::backend::cuda::{ed_layout, host_ed25519};
+        let key: Arc<Key> = Key::ephemeral("gpu-ed", KeyKind::Ed25519).unwrap();
+        // The blob the backend uploads, from the key store's own material.
+        let packed = ed_layout::pack_key(&key.secret().unwrap().to_openssl().unwrap()).unwrap();
+        let table = host_ed25519::comb_table();
+        let pk = PKey::public_key_from_der(key.spki_der()).unwrap();
+        let cpu = CpuKey::load(&key).unwrap();
+        let msgs: Vec<Vec<u8>> = [0usize, 1, 64, 111, 112, 128, 300]
+            .iter()
+            .map(|&n| (0..n).map(|j| (j * 31 + n) as u8).collect())
+            .collect();
+        let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
+        let sigs = host_ed25519::sign(&table, &packed, &refs);
+        let ok = host_ed25519::check(&table, &packed, &refs, &sigs);
+        assert!(ok.iter().all(|&o| o == 1), "check kernel");
+        for (m, s) in msgs.iter().zip(&sigs) {
+            let mut v = openssl::sign::Verifier::new_without_digest(&pk).unwrap();
+            assert!(
+                v.verify_oneshot(s, m).unwrap(),
+                "OpenSSL rejects a GPU signature"
+            );
+            // Ed25519 is deterministic: the CPU backend signs the same bytes.
+            let c = cpu.sign(CpuEngine::AwsLc, Scheme::Ed25519, m).unwrap();
+            assert_eq!(&c[..], &s[..]);
+        }
+    }
 }

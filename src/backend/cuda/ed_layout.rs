@@ -56,17 +56,29 @@ pub fn pack_key(pkey: &PKey<Private>) -> Result<Zeroizing<Vec<u32>>, String> {
     let public = pkey
         .raw_public_key()
         .map_err(|e| format!("cannot read the public key: {e}"))?;
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, &seed);
+    let public: [u8; 32] = public
+        .try_into()
+        .map_err(|_| "public key is not 32 bytes".to_string())?;
+    let mut s = Zeroizing::new([0u8; 32]);
+    s.copy_from_slice(&seed);
+    Ok(key_words(&s, &public))
+}
+
+/// The key blob for a 32-byte seed and its encoded public key `A`
+/// (RFC 8032 5.1.5: `a` = the first half of SHA-512(seed) with the low
+/// three bits and the top bit cleared and bit 254 set; `prefix` = the
+/// second half).
+pub fn key_words(seed: &[u8; 32], public: &[u8; 32]) -> Zeroizing<Vec<u32>> {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, seed);
     let mut h = Zeroizing::new([0u8; 64]);
     h.copy_from_slice(digest.as_ref());
-    // RFC 8032 5.1.5: clear the low three bits and the top bit, set bit 254.
     h[0] &= 248;
     h[31] &= 127;
     h[31] |= 64;
     let mut out = Zeroizing::new(Vec::with_capacity(KEY_WORDS));
     out.extend(bytes_to_words(&h[..]));
-    out.extend(bytes_to_words(&public));
-    Ok(out)
+    out.extend(bytes_to_words(public));
+    out
 }
 
 /// The messages of a batch as the kernels read them: packed bytes and the
@@ -112,7 +124,11 @@ pub fn signatures_to_soa<T: AsRef<[u8]>>(sigs: &[T]) -> Vec<u32> {
     let n = sigs.len();
     let mut out = vec![0u32; SIG_WORDS * n];
     for (i, s) in sigs.iter().enumerate() {
-        for (w, word) in bytes_to_words(s.as_ref()).into_iter().enumerate().take(SIG_WORDS) {
+        for (w, word) in bytes_to_words(s.as_ref())
+            .into_iter()
+            .enumerate()
+            .take(SIG_WORDS)
+        {
             out[w * n + i] = word;
         }
     }

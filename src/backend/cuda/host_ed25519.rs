@@ -4,14 +4,11 @@
 //! (encodings, signatures, the key's prefix) travel packed little-endian,
 //! byte j in word j/4 at bits 8(j%4), as the kernels' ABI has them.
 
-use aws_lc_rs::digest;
+use super::ed_layout;
 
 /// Words of the comb table for B (4 combs x 16 entries x 24 words).
 pub const TABLE_WORDS: usize = 1536;
-/// Words of the key blob: a (limbs), prefix (bytes), A (bytes).
-pub const KEY_WORDS: usize = 24;
-/// Words per signature (R || S packed), structure of arrays in a batch.
-pub const SIG_WORDS: usize = 16;
+pub use super::ed_layout::{KEY_WORDS, SIG_WORDS};
 
 unsafe extern "C" {
     fn smx_ed25519_sign_host(
@@ -45,9 +42,7 @@ unsafe extern "C" {
 /// Bytes packed little-endian into words (the length a multiple of 4).
 pub fn pack_bytes(b: &[u8]) -> Vec<u32> {
     assert_eq!(b.len() % 4, 0);
-    b.chunks(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    ed_layout::bytes_to_words(b)
 }
 
 /// The inverse of [`pack_bytes`].
@@ -55,30 +50,10 @@ pub fn unpack_bytes(w: &[u32]) -> Vec<u8> {
     w.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// The key blob for a 32-byte seed and its encoded public key A: a =
-/// clamp(first half of SHA-512(seed)), prefix = the second half.
+/// The key blob for a 32-byte seed and its encoded public key A
+/// ([`ed_layout::key_words`]).
 pub fn pack_key(seed: &[u8; 32], public: &[u8; 32]) -> Vec<u32> {
-    let h = digest::digest(&digest::SHA512, seed);
-    let mut a = [0u8; 32];
-    a.copy_from_slice(&h.as_ref()[..32]);
-    a[0] &= 248;
-    a[31] &= 127;
-    a[31] |= 64;
-    let mut key = pack_bytes(&a);
-    key.extend(pack_bytes(&h.as_ref()[32..]));
-    key.extend(pack_bytes(public));
-    key
-}
-
-/// Messages concatenated and their count + 1 offsets.
-pub fn pack_messages(msgs: &[&[u8]]) -> (Vec<u8>, Vec<u32>) {
-    let mut bytes = Vec::new();
-    let mut off = vec![0u32];
-    for m in msgs {
-        bytes.extend_from_slice(m);
-        off.push(u32::try_from(bytes.len()).expect("batch over 4 GiB"));
-    }
-    (bytes, off)
+    ed_layout::key_words(seed, public).to_vec()
 }
 
 fn check_len(what: &str, got: usize, want: usize) {
@@ -100,16 +75,17 @@ pub fn comb_table() -> Vec<u32> {
 pub fn sign(table: &[u32], key: &[u32], msgs: &[&[u8]]) -> Vec<[u8; 64]> {
     check_len("table", table.len(), TABLE_WORDS);
     check_len("key", key.len(), KEY_WORDS);
-    let (bytes, off) = pack_messages(msgs);
+    let (bytes, off) = ed_layout::pack_messages(msgs).expect("batch under 4 GiB");
     let count = msgs.len();
     let mut sig = vec![0u32; SIG_WORDS * count];
     let mut ok = vec![0u32; count];
-    // SAFETY: sized buffers; the C code reads msg only inside the offsets.
+    // SAFETY: sized buffers; the C code reads msg (the packed words, as
+    // bytes) only inside the offsets.
     unsafe {
         smx_ed25519_sign_host(
             table.as_ptr(),
             key.as_ptr(),
-            bytes.as_ptr(),
+            bytes.as_ptr().cast::<u8>(),
             off.as_ptr(),
             sig.as_mut_ptr(),
             ok.as_mut_ptr(),
@@ -117,11 +93,9 @@ pub fn sign(table: &[u32], key: &[u32], msgs: &[&[u8]]) -> Vec<[u8; 64]> {
         )
     };
     assert!(ok.iter().all(|&o| o == 1), "sign left ok = 0");
-    (0..count)
-        .map(|i| {
-            let words: Vec<u32> = (0..SIG_WORDS).map(|w| sig[w * count + i]).collect();
-            unpack_bytes(&words).try_into().unwrap()
-        })
+    ed_layout::signatures(&sig, count)
+        .into_iter()
+        .map(|s| s.try_into().unwrap())
         .collect()
 }
 
@@ -130,21 +104,16 @@ pub fn check(table: &[u32], key: &[u32], msgs: &[&[u8]], sigs: &[[u8; 64]]) -> V
     check_len("table", table.len(), TABLE_WORDS);
     check_len("key", key.len(), KEY_WORDS);
     assert_eq!(msgs.len(), sigs.len());
-    let (bytes, off) = pack_messages(msgs);
+    let (bytes, off) = ed_layout::pack_messages(msgs).expect("batch under 4 GiB");
     let count = msgs.len();
-    let mut sig = vec![0u32; SIG_WORDS * count];
-    for (i, s) in sigs.iter().enumerate() {
-        for (w, x) in pack_bytes(s).into_iter().enumerate() {
-            sig[w * count + i] = x;
-        }
-    }
+    let sig = ed_layout::signatures_to_soa(sigs);
     let mut ok = vec![0u32; count];
     // SAFETY: as above.
     unsafe {
         smx_ed25519_check_host(
             table.as_ptr(),
             key.as_ptr(),
-            bytes.as_ptr(),
+            bytes.as_ptr().cast::<u8>(),
             off.as_ptr(),
             sig.as_ptr(),
             ok.as_mut_ptr(),
