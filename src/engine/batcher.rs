@@ -4,6 +4,7 @@
 //! backends are busy, never a reason to keep one idle.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -19,10 +20,32 @@ struct Queue {
     oldest: Instant,
 }
 
+/// Hashes a queue's (key, scheme): a `KeyId` is already a SHA-256, so
+/// folding its words is enough, and cheaper than SipHash on every request.
+#[derive(Default)]
+struct QueueHasher(u64);
+
+impl Hasher for QueueHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+}
+
+type Queues = HashMap<(KeyId, Scheme), Queue, BuildHasherDefault<QueueHasher>>;
+
 /// The per-(key, scheme) queues and the wake-up for time-based flushes.
 #[derive(Default)]
 pub(crate) struct Batcher {
-    queues: Mutex<HashMap<(KeyId, Scheme), Queue>>,
+    queues: Mutex<Queues>,
     wake: Condvar,
     /// Requests sitting in queues (not yet dispatched).
     queued: AtomicUsize,
@@ -33,11 +56,12 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    /// Adds requests (one, or a group) for one key and scheme; may dispatch
-    /// batches on the caller's thread.
+    /// Adds requests (one, or a group) for one key and scheme, submitted at
+    /// `now`; may dispatch batches on the caller's thread.
     pub(crate) fn push(
         &self,
         inner: &Inner,
+        now: Instant,
         key: Arc<Key>,
         scheme: Scheme,
         inputs: impl IntoIterator<Item = Vec<u8>>,
@@ -45,7 +69,6 @@ impl Batcher {
     ) {
         let k = (key.id(), scheme);
         let mut queues = self.queues.lock();
-        let now = Instant::now();
         let q = queues.entry(k).or_insert_with(|| Queue {
             batch: Batch {
                 key: key.clone(),
@@ -97,11 +120,7 @@ impl Batcher {
         }
     }
 
-    fn take(
-        &self,
-        queues: &mut HashMap<(KeyId, Scheme), Queue>,
-        k: (KeyId, Scheme),
-    ) -> Option<Batch> {
+    fn take(&self, queues: &mut Queues, k: (KeyId, Scheme)) -> Option<Batch> {
         let q = queues.remove(&k)?;
         self.queued
             .fetch_sub(q.batch.waiters.len(), Ordering::AcqRel);
@@ -187,4 +206,35 @@ pub(crate) fn run_flusher(inner: &Arc<Inner>) {
         }
     }
     super::dispatch::stop_workers(inner);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn queue_hasher_separates_keys_and_schemes() {
+        let b = BuildHasherDefault::<QueueHasher>::default();
+        let h = |id: u8, s: Scheme| b.hash_one((KeyId([id; 32]), s));
+        let all: Vec<u64> = (0..=255u8)
+            .flat_map(|id| Scheme::all().iter().map(move |s| (id, *s)))
+            .map(|(id, s)| h(id, s))
+            .collect();
+        let mut uniq = all.clone();
+        uniq.sort_unstable();
+        uniq.dedup();
+        assert_eq!(
+            uniq.len(),
+            all.len(),
+            "collisions among {} queues",
+            all.len()
+        );
+        assert_eq!(
+            h(7, Scheme::Ed25519),
+            h(7, Scheme::Ed25519),
+            "the same queue hashes alike"
+        );
+    }
 }

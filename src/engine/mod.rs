@@ -215,11 +215,17 @@ impl Engine {
             return Err(Error::Overloaded);
         }
         inner.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + req.deadline.unwrap_or(inner.cfg.deadline);
+        let now = Instant::now();
+        let deadline = now + req.deadline.unwrap_or(inner.cfg.deadline);
         let waiter = waiter(deadline, Admission::share(&inner.admitted));
-        inner
-            .batcher
-            .push(inner, req.key, req.scheme, [input], std::iter::once(waiter));
+        inner.batcher.push(
+            inner,
+            now,
+            req.key,
+            req.scheme,
+            [input],
+            std::iter::once(waiter),
+        );
         Ok(())
     }
 
@@ -259,13 +265,14 @@ impl Engine {
             return Err(Error::Overloaded);
         }
         inner.stats.accepted.fetch_add(n as u64, Ordering::Relaxed);
-        let deadline = Instant::now() + deadline.unwrap_or(inner.cfg.deadline);
+        let now = Instant::now();
+        let deadline = now + deadline.unwrap_or(inner.cfg.deadline);
         let admissions = (0..n).map(|_| Admission::share(&inner.admitted)).collect();
         let (waiters, ticket) = Waiter::group(deadline, admissions);
         if n > 0 {
             inner
                 .batcher
-                .push(inner, key, scheme, prepared, waiters.into_iter());
+                .push(inner, now, key, scheme, prepared, waiters.into_iter());
         }
         Ok(ticket)
     }
@@ -399,9 +406,12 @@ impl Inner {
     /// Whether some backend that can take this key and scheme is idle
     /// enough that waiting for a fuller batch would only add latency.
     fn has_idle_capacity(&self, key: &Key, scheme: Scheme) -> bool {
-        let now = Instant::now();
-        self.slots
-            .iter()
-            .any(|s| s.usable(key, scheme, now) && s.has_idle_capacity())
+        // The idle check is one atomic load; only a slot with an idle worker
+        // needs the clock and the capability checks (a busy engine asks
+        // this once per request).
+        let mut now = None;
+        self.slots.iter().any(|s| {
+            s.has_idle_capacity() && s.usable(key, scheme, *now.get_or_insert_with(Instant::now))
+        })
     }
 }
