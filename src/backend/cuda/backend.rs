@@ -1105,6 +1105,32 @@ impl CudaBackend {
     }
 }
 
+/// Most message bytes in one Ed25519 launch: the messages themselves go to
+/// the device, so a batch of long ones is split by size as well as count.
+const ED_BATCH_BYTES: usize = 64 << 20;
+
+/// `inputs` in launches of at most `max_batch` items (and, for Ed25519, at
+/// most [`ED_BATCH_BYTES`] of messages, a longer message going alone).
+fn chunks(inputs: &[Vec<u8>], scheme: Scheme, max_batch: usize) -> Vec<&[Vec<u8>]> {
+    let max_batch = max_batch.max(1);
+    if scheme != Scheme::Ed25519 {
+        return inputs.chunks(max_batch).collect();
+    }
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, m) in inputs.iter().enumerate() {
+        if i > start && (i - start == max_batch || bytes + m.len() > ED_BATCH_BYTES) {
+            out.push(&inputs[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += m.len();
+    }
+    if start < inputs.len() {
+        out.push(&inputs[start..]);
+    }
+    out
+}
+
 /// Gathers the items `picked` of SoA arrays with stride `n` into SoA
 /// arrays of their own (stride `picked.len()`).
 fn gather(
@@ -1181,7 +1207,7 @@ impl Backend for CudaBackend {
         let dk = self.device_key(key)?;
         let mut guard = self.lanes.take();
         let mut out = Vec::with_capacity(inputs.len());
-        for chunk in inputs.chunks(self.caps.max_batch) {
+        for chunk in chunks(inputs, scheme, self.caps.max_batch) {
             let lane = guard.lane();
             out.extend(match scheme.family() {
                 Family::Rsa => self.rsa_batch(lane, &dk, key, scheme, chunk)?,
@@ -1257,6 +1283,24 @@ mod tests {
         let (zs, rs, _) = gather(&[0, 2], &z, &z, &z, 2, 3);
         assert_eq!(zs, [10, 12, 20, 22]);
         assert_eq!(rs, zs);
+    }
+
+    #[test]
+    fn ed25519_launches_are_bounded_by_bytes_as_well_as_count() {
+        let lens = |c: &[&[Vec<u8>]]| c.iter().map(|x| x.len()).collect::<Vec<_>>();
+        let small = vec![vec![0u8; 10]; 10];
+        assert_eq!(lens(&chunks(&small, Scheme::Ed25519, 4)), [4, 4, 2]);
+        assert_eq!(lens(&chunks(&small, Scheme::RsaPkcs1Sha256, 4)), [4, 4, 2]);
+        let big = ED_BATCH_BYTES / 2 + 1;
+        let mixed = vec![
+            vec![0u8; big],
+            vec![0u8; big],
+            vec![0u8; 1],
+            vec![0u8; 2 * big],
+        ];
+        // two halves do not fit together; the oversized one goes alone
+        assert_eq!(lens(&chunks(&mixed, Scheme::Ed25519, 100)), [1, 2, 1]);
+        assert!(chunks(&[], Scheme::Ed25519, 4).is_empty());
     }
 
     #[test]
