@@ -277,6 +277,8 @@ pub struct CudaBackend {
     counters: Counters,
     /// Test hook: batches left to corrupt on the device before the check.
     inject_faults: AtomicU64,
+    /// Cost seeds measured at start, per key kind ([`CudaBackend::calibrate`]).
+    calibration: HashMap<KeyKind, CostSeed>,
 }
 
 impl fmt::Debug for CudaBackend {
@@ -369,7 +371,7 @@ impl CudaBackend {
                     .map_err(|e| fail("cannot create a stream", e))?,
             ));
         }
-        Ok(CudaBackend {
+        let mut backend = CudaBackend {
             caps: Capabilities {
                 schemes: schemes(),
                 placements: vec![Placement::Soft],
@@ -391,7 +393,73 @@ impl CudaBackend {
             driver_version,
             counters: Counters::default(),
             inject_faults: AtomicU64::new(0),
-        })
+            calibration: HashMap::new(),
+        };
+        backend.calibration = backend.calibrate();
+        Ok(backend)
+    }
+
+    /// Seeds the scheduler's cost model with this device's own figures:
+    /// per key kind, a one-item batch (the fixed cost) and a large batch
+    /// (the cost per operation) with a throwaway key, whose device copy is
+    /// dropped afterwards. RSA-3072/4096 are scaled from RSA-2048 (keys of
+    /// those sizes take seconds to generate). A kind that fails keeps the
+    /// static guess; calibration never stops the backend from starting.
+    fn calibrate(&self) -> HashMap<KeyKind, CostSeed> {
+        let mut out = HashMap::new();
+        for (kind, scheme, many) in [
+            (KeyKind::Rsa2048, Scheme::RsaPkcs1Sha256, 4096),
+            (KeyKind::P256, Scheme::EcdsaSecp256r1Sha256, 16384),
+            (KeyKind::P384, Scheme::EcdsaSecp384r1Sha384, 16384),
+            (KeyKind::Ed25519, Scheme::Ed25519, 16384),
+        ] {
+            match self.measure(kind, scheme, many) {
+                Ok(seed) => {
+                    tracing::info!(backend = %self.name, %kind, per_batch_us = seed.per_batch_us,
+                        per_op_us = seed.per_op_us, "calibrated");
+                    out.insert(kind, seed);
+                }
+                Err(e @ Error::WrongResult { .. }) => {
+                    // The device check caught a wrong result before any real
+                    // work: the engine will quarantine this GPU at its first
+                    // batch too; say so now.
+                    tracing::error!(backend = %self.name, %kind, error = %e,
+                        "calibration: the device check rejected results");
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %self.name, %kind, error = %e,
+                        "calibration failed; using the static cost guess");
+                }
+            }
+        }
+        out
+    }
+
+    fn measure(&self, kind: KeyKind, scheme: Scheme, many: usize) -> Result<CostSeed> {
+        let key = Key::ephemeral("cuda-calibration", kind)?;
+        let input = scheme.prepare(crate::scheme::SignInput::Message(b"calibrate".to_vec()))?;
+        let one = [input.clone()];
+        let batch = vec![input; many.min(self.caps.max_batch)];
+        let result = (|| {
+            // The first call uploads the key and warms the launch path.
+            self.sign_batch(&key, scheme, &one)?;
+            let mut t_one = f64::INFINITY;
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                self.sign_batch(&key, scheme, &one)?;
+                t_one = t_one.min(t.elapsed().as_secs_f64() * 1e6);
+            }
+            let t = std::time::Instant::now();
+            self.sign_batch(&key, scheme, &batch)?;
+            Ok(fit_cost(
+                t_one,
+                t.elapsed().as_secs_f64() * 1e6,
+                batch.len(),
+            ))
+        })();
+        self.keys.lock().remove(&key.id());
+        self.held.write().remove(&key.id());
+        result
     }
 
     /// The device's name, e.g. `NVIDIA H100 80GB HBM3`.
@@ -1105,6 +1173,21 @@ impl CudaBackend {
     }
 }
 
+/// Cost seed from two timings (microseconds): a one-item batch and a batch
+/// of `many`. The fixed cost is what the one-item batch spent beyond one
+/// operation; both are kept positive (timer noise on a fast device).
+fn fit_cost(t_one_us: f64, t_many_us: f64, many: usize) -> CostSeed {
+    let per_op = if many > 1 {
+        ((t_many_us - t_one_us) / (many - 1) as f64).max(0.001)
+    } else {
+        t_many_us.max(0.001)
+    };
+    CostSeed {
+        per_batch_us: (t_one_us - per_op).max(1.0),
+        per_op_us: per_op,
+    }
+}
+
 /// Most message bytes in one Ed25519 launch: the messages themselves go to
 /// the device, so a batch of long ones is split by size as well as count.
 const ED_BATCH_BYTES: usize = 64 << 20;
@@ -1231,6 +1314,19 @@ impl Backend for CudaBackend {
         if !self.caps.schemes.contains(&scheme) || !scheme.fits(kind) {
             return None;
         }
+        // Measured at start; larger RSA keys scale with the cube of the
+        // modulus size (as the CPU backend's seeds do).
+        let (base, scale) = match kind {
+            KeyKind::Rsa3072 => (KeyKind::Rsa2048, 3.2),
+            KeyKind::Rsa4096 => (KeyKind::Rsa2048, 7.0),
+            k => (k, 1.0),
+        };
+        if let Some(c) = self.calibration.get(&base) {
+            return Some(CostSeed {
+                per_batch_us: c.per_batch_us,
+                per_op_us: c.per_op_us * scale,
+            });
+        }
         // Conservative guesses per operation with the GPU busy; the live
         // cost model replaces them after the first batches.
         let per_op = match kind {
@@ -1266,6 +1362,10 @@ impl Backend for CudaBackend {
             "key_cache": {"keys": keys, "bytes": bytes, "budget": budget, "evictions": evictions,
                 "uploads": self.counters.key_uploads.load(Ordering::Relaxed)},
             "checked": self.counters.checked.load(Ordering::Relaxed),
+            "calibration": self.calibration.iter().map(|(k, c)| (k.to_string(), json!({
+                "per_batch_us": (c.per_batch_us * 10.0).round() / 10.0,
+                "per_op_us": (c.per_op_us * 1000.0).round() / 1000.0,
+            }))).collect::<serde_json::Map<_, _>>(),
             "device_check_faults": self.device_check_faults(),
             "redone_on_cpu": self.redone_on_cpu(),
         })
@@ -1283,6 +1383,17 @@ mod tests {
         let (zs, rs, _) = gather(&[0, 2], &z, &z, &z, 2, 3);
         assert_eq!(zs, [10, 12, 20, 22]);
         assert_eq!(rs, zs);
+    }
+
+    #[test]
+    fn cost_fit_from_two_batches() {
+        // 300 us fixed + 2 us per op: 302 for one, 300 + 2 * 4096 for 4096.
+        let c = fit_cost(302.0, 300.0 + 2.0 * 4096.0, 4096);
+        assert!((c.per_op_us - 2.0).abs() < 1e-9, "{c:?}");
+        assert!((c.per_batch_us - 300.0).abs() < 1e-9, "{c:?}");
+        // Noise that makes the big batch look cheaper still gives positive costs.
+        let c = fit_cost(500.0, 400.0, 100);
+        assert!(c.per_op_us > 0.0 && c.per_batch_us >= 1.0, "{c:?}");
     }
 
     #[test]
