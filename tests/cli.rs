@@ -473,6 +473,13 @@ fn engines_in_use(cfg: Option<&Path>) -> BTreeMap<String, String> {
     let run = sigmux(dir.path(), cfg, &["backends", "--json"]).ok();
     let v: serde_json::Value = serde_json::from_slice(&run.stdout).expect("backends --json");
     assert_eq!(v["backends"][0]["name"], "cpu", "{v:#}");
+    // RSA results are checked by the CPU libraries themselves (once);
+    // ECDSA and Ed25519 from the CPU libraries are not re-verified.
+    let checked = &v["backends"][0]["checked_by"];
+    assert_eq!(checked["rsa_pkcs1_sha256"], "backend", "{v:#}");
+    assert_eq!(checked["rsa_pss_rsae_sha512"], "backend", "{v:#}");
+    assert_eq!(checked["ecdsa_secp256r1_sha256"], "none", "{v:#}");
+    assert_eq!(v["recheck_self_checked"], false, "{v:#}");
     let engines = v["backends"][0]["details"]["engines"]
         .as_object()
         .unwrap_or_else(|| panic!("no details.engines: {v:#}"));

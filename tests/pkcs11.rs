@@ -329,6 +329,11 @@ fn every_scheme_the_token_offers_signs_through_the_engine() {
     assert!(e.to_string().contains("no backend"), "{e}");
     let report = eng.report();
     assert!(report["backends"][0]["details"]["calibration"]["measured"] == true);
+    // An HSM's RSA results are verified by the engine; its ECDSA results
+    // are trusted like the CPU libraries'.
+    let checked = &report["backends"][0]["checked_by"];
+    assert_eq!(checked["rsa_pkcs1_sha256"], "engine", "{report:#}");
+    assert_eq!(checked["ecdsa_secp256r1_sha256"], "none", "{report:#}");
 }
 
 #[test]

@@ -267,10 +267,29 @@ impl Slot {
             .collect();
         costs.sort_by_key(|v| (v["kind"].to_string(), v["scheme"].to_string()));
         let (ops, batches) = self.totals();
+        // Who verifies each scheme's signatures before release: the backend
+        // itself, the engine, or nobody (schemes the rules leave unchecked).
+        let checked_by: serde_json::Map<String, serde_json::Value> = self
+            .backend
+            .capabilities()
+            .schemes
+            .iter()
+            .map(|s| {
+                let by = if self.backend.checks_own_results(*s) {
+                    "backend"
+                } else if check::must_verify(*s, self.backend.needs_check(*s)) {
+                    "engine"
+                } else {
+                    "none"
+                };
+                (s.name().to_string(), json!(by))
+            })
+            .collect();
         json!({
             "name": &*self.name,
             "availability": self.backend.availability(),
             "capabilities": self.backend.capabilities(),
+            "checked_by": checked_by,
             "health": health,
             "in_flight_ops": self.in_flight_ops.load(Ordering::Relaxed),
             "queued_us": self.queued_us.load(Ordering::Relaxed),
