@@ -102,12 +102,19 @@ impl std::str::FromStr for CallerSched {
 /// run; the previous policy comes back on drop.
 struct CallerPolicy {
     restore: Option<(libc::c_int, libc::sched_param)>,
+    /// What the thread runs as: `Normal` when `Batch` was asked for but the
+    /// system refused it.
+    applied: CallerSched,
 }
 
 impl CallerPolicy {
     fn apply(sched: CallerSched) -> CallerPolicy {
+        let normal = CallerPolicy {
+            restore: None,
+            applied: CallerSched::Normal,
+        };
         if sched == CallerSched::Normal {
-            return CallerPolicy { restore: None };
+            return normal;
         }
         // SAFETY: plain syscalls on the calling thread (pid 0) with a
         // parameter struct that lives across the call.
@@ -119,11 +126,13 @@ impl CallerPolicy {
                 || libc::sched_getparam(0, &mut old_param) != 0
                 || libc::sched_setscheduler(0, libc::SCHED_BATCH, &new_param) != 0
             {
-                // Not fatal: the run goes on as a normal thread.
-                return CallerPolicy { restore: None };
+                // Not fatal: the run goes on as a normal thread, and the
+                // report says so.
+                return normal;
             }
             CallerPolicy {
                 restore: Some((old, old_param)),
+                applied: CallerSched::Batch,
             }
         }
     }
@@ -428,7 +437,7 @@ fn run_with_key(
         timestamp: now_rfc3339(),
         gpu: (!gpus.is_empty()).then(|| gpu_names(gpus)),
         cuda_check: gpus.first().map(|g| g.check_policy().to_string()),
-        caller_sched: (driver_name(opts) == "async").then(|| opts.caller_sched.name().to_string()),
+        caller_sched: measured.caller_sched.map(|c| c.name().to_string()),
     })
 }
 
@@ -446,6 +455,9 @@ struct Measured {
     errors: u64,
     seconds: f64,
     latencies_us: Vec<u32>,
+    /// The load generator's scheduling as applied (single requests from
+    /// async tasks only).
+    caller_sched: Option<CallerSched>,
 }
 
 impl Measured {
@@ -477,6 +489,7 @@ fn run_engine(engine: &Arc<Engine>, key: &Arc<Key>, opts: &BenchOptions) -> Resu
     let start = Instant::now();
     let measure_from = start + warmup;
     let end = measure_from + opts.duration;
+    let mut caller_sched = None;
     let parts = match opts.rate {
         None if opts.callbacks && opts.batch.unwrap_or(1) <= 1 => {
             callback_loop(engine, key, opts, measure_from, end, &done)
@@ -485,8 +498,9 @@ fn run_engine(engine: &Arc<Engine>, key: &Arc<Key>, opts: &BenchOptions) -> Resu
             // Single requests only: a group is one wake-up per many answers,
             // and a caller that waits for slice boundaries there leaves the
             // workers short of work (measured: 0.97 against 0.99).
-            let _policy =
+            let policy =
                 (driver_name(opts) == "async").then(|| CallerPolicy::apply(opts.caller_sched));
+            caller_sched = policy.as_ref().map(|p| p.applied);
             rt.block_on(closed_loop(engine, key, opts, measure_from, end, &done))
         }
         Some(rate) => open_loop(engine, key, opts, rate, measure_from, end, &done),
@@ -496,6 +510,7 @@ fn run_engine(engine: &Arc<Engine>, key: &Arc<Key>, opts: &BenchOptions) -> Resu
         errors: 0,
         seconds: opts.duration.as_secs_f64(),
         latencies_us: Vec::new(),
+        caller_sched,
     };
     for (ops, errors, lat) in parts {
         result.ops += ops;
@@ -811,6 +826,7 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
             errors: 0,
             seconds: opts.duration.as_secs_f64(),
             latencies_us: Vec::new(),
+            caller_sched: None,
         };
         for task in tasks {
             if let Ok((o, e, l)) = task.await {
@@ -1052,7 +1068,8 @@ mod tests {
             let policy = || unsafe { libc::sched_getscheduler(0) };
             let before = policy();
             {
-                let _p = CallerPolicy::apply(CallerSched::Batch);
+                let p = CallerPolicy::apply(CallerSched::Batch);
+                assert_eq!(p.applied, CallerSched::Batch);
                 assert_eq!(policy(), libc::SCHED_BATCH);
             }
             assert_eq!(policy(), before);
