@@ -12,24 +12,34 @@ use openssl::pkey_ctx::PkeyCtx;
 use openssl::rsa::{Padding, Rsa};
 use openssl::sign::RsaPssSaltlen;
 
-/// An RSA-2048 key whose `dP` is off by 2: the CRT exponentiation mod p
-/// gives a wrong half for every input.
-fn faulty_key() -> Rsa<openssl::pkey::Private> {
+/// `key` with `dP` replaced.
+fn with_dmp1(key: &Rsa<openssl::pkey::Private>, dmp1: BigNum) -> Rsa<openssl::pkey::Private> {
+    Rsa::from_private_components(
+        key.n().to_owned().unwrap(),
+        key.e().to_owned().unwrap(),
+        key.d().to_owned().unwrap(),
+        key.p().unwrap().to_owned().unwrap(),
+        key.q().unwrap().to_owned().unwrap(),
+        dmp1,
+        key.dmq1().unwrap().to_owned().unwrap(),
+        key.iqmp().unwrap().to_owned().unwrap(),
+    )
+    .unwrap()
+}
+
+/// An RSA-2048 key and the same key with `dP` off by 2: the CRT
+/// exponentiation mod p gives a wrong half for every input.
+fn good_and_faulty() -> (Rsa<openssl::pkey::Private>, Rsa<openssl::pkey::Private>) {
     let good = Rsa::generate(2048).unwrap();
     let mut dmp1 = BigNum::new().unwrap();
     dmp1.checked_add(good.dmp1().unwrap(), &BigNum::from_u32(2).unwrap())
         .unwrap();
-    Rsa::from_private_components(
-        good.n().to_owned().unwrap(),
-        good.e().to_owned().unwrap(),
-        good.d().to_owned().unwrap(),
-        good.p().unwrap().to_owned().unwrap(),
-        good.q().unwrap().to_owned().unwrap(),
-        dmp1,
-        good.dmq1().unwrap().to_owned().unwrap(),
-        good.iqmp().unwrap().to_owned().unwrap(),
-    )
-    .unwrap()
+    let faulty = with_dmp1(&good, dmp1);
+    (good, faulty)
+}
+
+fn faulty_key() -> Rsa<openssl::pkey::Private> {
+    good_and_faulty().1
 }
 
 #[test]
@@ -163,7 +173,7 @@ fn aws_lc_sign(key: &Rsa<openssl::pkey::Private>, digest: &[u8]) -> Option<Vec<u
 
 #[test]
 fn aws_lc_never_returns_a_faulty_crt_result() {
-    let faulty = faulty_key();
+    let (good, faulty) = good_and_faulty();
     // aws-lc-rs (which the CPU backend loads keys with) refuses the key
     // outright, as does sigmux's own import check...
     let der = faulty.private_key_to_der().unwrap();
@@ -172,21 +182,6 @@ fn aws_lc_never_returns_a_faulty_crt_result() {
     // look to the signing code. The same path with the key's correct dP
     // signs, and OpenSSL verifies the result.
     let digest = openssl::sha::sha256(b"fault check");
-    let mut good_dmp1 = BigNum::new().unwrap();
-    good_dmp1
-        .checked_sub(faulty.dmp1().unwrap(), &BigNum::from_u32(2).unwrap())
-        .unwrap();
-    let good = Rsa::from_private_components(
-        faulty.n().to_owned().unwrap(),
-        faulty.e().to_owned().unwrap(),
-        faulty.d().to_owned().unwrap(),
-        faulty.p().unwrap().to_owned().unwrap(),
-        faulty.q().unwrap().to_owned().unwrap(),
-        good_dmp1,
-        faulty.dmq1().unwrap().to_owned().unwrap(),
-        faulty.iqmp().unwrap().to_owned().unwrap(),
-    )
-    .unwrap();
     assert!(good.check_key().unwrap());
     let sig = aws_lc_sign(&good, &digest).expect("AWS-LC signs with the good key");
     let pkey = PKey::from_rsa(good).unwrap();

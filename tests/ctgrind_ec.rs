@@ -5,10 +5,6 @@
 //! against openssl, and a negative control proves the method catches a
 //! secret-dependent branch.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
 use openssl::bn::{BigNum, BigNumContext, BigNumRef};
 use openssl::ec::{EcGroup, EcKey, EcPoint};
 use openssl::ecdsa::EcdsaSig;
@@ -16,26 +12,9 @@ use openssl::nid::Nid;
 use openssl::pkey::Private;
 
 mod common;
-use common::ctgrind::{build_driver, require_valgrind};
-
-fn valgrind(exe: &Path, mode: &str, input: &str) -> Output {
-    let mut child = Command::new("valgrind")
-        .args(["--error-exitcode=99", "-q"])
-        .arg(exe)
-        .arg(mode)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("valgrind not found: run scripts/deps.sh");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
+use common::ctgrind::{
+    assert_constant_time, assert_leak_caught, build_driver, require_valgrind, run_driver,
+};
 
 fn hex(b: &BigNumRef, len: usize) -> String {
     hex::encode(b.to_vec_padded(len as i32).unwrap())
@@ -101,14 +80,8 @@ fn ecdsa_sign_is_constant_time_under_valgrind() {
     let dir = tempfile::tempdir().unwrap();
     let exe = build_driver(dir.path(), "ec.cpp", "ec_ctgrind", &[]);
     let (cases, input) = cases(4);
-    let out = valgrind(&exe, "sign", &input);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "valgrind reports secret-dependent behaviour (exit {:?}):\n{stderr}",
-        out.status.code()
-    );
-    assert!(!stderr.contains("uninitialised"), "{stderr}");
+    let out = run_driver(&exe, true, "sign", &input);
+    assert_constant_time(&out);
     check_outputs(&cases, &out.stdout);
 }
 
@@ -154,10 +127,8 @@ fn ctgrind_catches_a_secret_dependent_branch() {
     let exe = build_driver(dir.path(), "ec.cpp", "ec_ctgrind", &[]);
     // memcheck flags the planted branch on a bit of d whatever its value
     let (_, input) = cases(2);
-    let out = valgrind(&exe, "leak", &input);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(99), "valgrind missed it:\n{stderr}");
-    assert!(stderr.contains("depends on uninitialised"), "{stderr}");
+    let out = run_driver(&exe, true, "leak", &input);
+    assert_leak_caught(&out);
 }
 
 /// The device's PTX carry chains (mad.lo.cc / madc.hi.cc / addc), run on the
@@ -173,19 +144,7 @@ fn ptx_carry_chain_model_signs_correctly() {
         &["-DEC_EMULATE_PTX"],
     );
     let (cases, input) = cases(16);
-    let mut child = Command::new(&exe)
-        .arg("sign")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_driver(&exe, false, "sign", &input);
     assert!(out.status.success());
     check_outputs(&cases, &out.stdout);
 }

@@ -5,39 +5,13 @@
 //! The signatures it prints are checked byte for byte against aws-lc-rs, and
 //! a negative control proves the method catches a secret-dependent branch.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
 use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use sigmux::backend::cuda::host_ed25519::pack_key;
 
 mod common;
-use common::ctgrind::{build_driver, require_valgrind};
-
-fn run(exe: &Path, valgrind: bool, mode: &str, input: &str) -> Output {
-    let mut cmd = if valgrind {
-        let mut c = Command::new("valgrind");
-        c.args(["--error-exitcode=99", "-q"]).arg(exe);
-        c
-    } else {
-        Command::new(exe)
-    };
-    let mut child = cmd
-        .arg(mode)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("valgrind not found: run scripts/deps.sh");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
+use common::ctgrind::{
+    assert_constant_time, assert_leak_caught, build_driver, require_valgrind, run_driver,
+};
 
 struct Case {
     pair: Ed25519KeyPair,
@@ -102,14 +76,8 @@ fn ed25519_sign_is_constant_time_under_valgrind() {
     let dir = tempfile::tempdir().unwrap();
     let exe = build_driver(dir.path(), "ed25519.cpp", "ed25519_ctgrind", &[]);
     let (cases, input) = cases(12);
-    let out = run(&exe, true, "sign", &input);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "valgrind reports secret-dependent behaviour (exit {:?}):\n{stderr}",
-        out.status.code()
-    );
-    assert!(!stderr.contains("uninitialised"), "{stderr}");
+    let out = run_driver(&exe, true, "sign", &input);
+    assert_constant_time(&out);
     check_outputs(&cases, &out.stdout);
 }
 
@@ -120,10 +88,8 @@ fn ctgrind_catches_a_secret_dependent_branch() {
     let exe = build_driver(dir.path(), "ed25519.cpp", "ed25519_ctgrind", &[]);
     // memcheck flags the planted branch on a bit of a whatever its value
     let (_, input) = cases(2);
-    let out = run(&exe, true, "leak", &input);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(99), "valgrind missed it:\n{stderr}");
-    assert!(stderr.contains("depends on uninitialised"), "{stderr}");
+    let out = run_driver(&exe, true, "leak", &input);
+    assert_leak_caught(&out);
 }
 
 /// The device's PTX carry chains, run on the host through the carry-flag
@@ -139,7 +105,7 @@ fn ptx_carry_chain_model_signs_correctly() {
         &["-DEC_EMULATE_PTX"],
     );
     let (cases, input) = cases(48);
-    let out = run(&exe, false, "sign", &input);
+    let out = run_driver(&exe, false, "sign", &input);
     assert!(
         out.status.success(),
         "{}",

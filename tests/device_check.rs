@@ -184,13 +184,7 @@ fn the_engine_skips_its_own_check_only_for_device_checked_schemes() {
     gpu.lie.store(true, Ordering::SeqCst);
     let engine = Engine::new(cfg(), vec![gpu.clone()]).unwrap();
     let k = Key::ephemeral("t", KeyKind::Rsa2048).unwrap();
-    let sig = engine
-        .sign_blocking(SignRequest::new(
-            k.clone(),
-            Scheme::RsaPkcs1Sha256,
-            SignInput::Message(b"m".to_vec()),
-        ))
-        .unwrap();
+    let sig = sign_m(&engine, &k);
     assert_eq!(&*sig.backend, "mock-gpu");
     assert!(!openssl_verifies(
         &k,
@@ -198,6 +192,17 @@ fn the_engine_skips_its_own_check_only_for_device_checked_schemes() {
         b"m",
         &sig.bytes
     ));
+}
+
+/// RSA-PKCS#1-SHA256 over the message "m" through `engine`.
+fn sign_m(engine: &Engine, k: &std::sync::Arc<Key>) -> sigmux::Signature {
+    engine
+        .sign_blocking(SignRequest::new(
+            k.clone(),
+            Scheme::RsaPkcs1Sha256,
+            SignInput::Message(b"m".to_vec()),
+        ))
+        .unwrap()
 }
 
 #[test]
@@ -217,13 +222,7 @@ fn recheck_self_checked_verifies_again_and_catches_the_lie() {
     )
     .unwrap();
     let k = Key::ephemeral("t", KeyKind::Rsa2048).unwrap();
-    let sig = engine
-        .sign_blocking(SignRequest::new(
-            k.clone(),
-            Scheme::RsaPkcs1Sha256,
-            SignInput::Message(b"m".to_vec()),
-        ))
-        .unwrap();
+    let sig = sign_m(&engine, &k);
     assert!(
         gpu.calls.load(Ordering::SeqCst) >= 1,
         "the mock signed first"

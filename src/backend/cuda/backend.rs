@@ -969,18 +969,10 @@ impl CudaBackend {
         ok: &[u32],
     ) -> Result<()> {
         let scheme = Scheme::Ed25519;
-        let n = inputs.len();
-        let step = (every as usize).min(n).max(1);
-        let mut b = [0u8; 4];
-        aws_lc_rs::rand::fill(&mut b).map_err(|_| {
-            Error::backend(self.name.clone(), "no random sample offset".to_string())
-        })?;
-        let offset = u32::from_le_bytes(b) as usize % step;
-        let picked: Vec<usize> = (offset..n).step_by(step).filter(|&i| ok[i] == 1).collect();
+        let picked = self.sample(every, inputs.len(), |i| ok[i] == 1)?;
         if picked.is_empty() {
             return Ok(());
         }
-        let m = picked.len();
         let msgs: Vec<&[u8]> = picked.iter().map(|&i| inputs[i].as_slice()).collect();
         let (msg, off) = ed_layout::pack_messages(&msgs)
             .map_err(|e| Error::backend(self.name.clone(), format!("{scheme}: {e}")))?;
@@ -990,48 +982,32 @@ impl CudaBackend {
             // Test hook: the sampled copy of one signature is corrupted.
             sig[0] ^= 1;
         }
-        let stream = lane.stream.clone();
-        lane.chk_z
-            .upload(&stream, &msg)
-            .map_err(self.drv("copy to device"))?;
-        lane.chk_r
-            .upload(&stream, &off)
-            .map_err(self.drv("copy to device"))?;
-        lane.chk_s
-            .upload(&stream, &sig)
-            .map_err(self.drv("copy to device"))?;
-        lane.chk_ok
-            .ensure(&stream, m)
-            .map_err(self.drv("device memory"))?;
-        let count = m as u32;
-        // SAFETY: ed25519_check's ABI; `m` messages with `m + 1` offsets,
-        // 16 signature words and one flag per item.
-        unsafe {
-            stream
-                .launch_builder(check_k)
-                .arg(&self.tables.ed25519)
-                .arg(key_words)
-                .arg(lane.chk_z.dev())
-                .arg(lane.chk_r.dev())
-                .arg(lane.chk_s.dev())
-                .arg(lane.chk_ok.dev())
-                .arg(&count)
-                .launch(self.launch_config(m))
-        }
-        .map_err(self.drv("ed25519 check launch"))?;
-        lane.chk_ok
-            .download(&stream, m)
-            .map_err(self.drv("copy from device"))?;
-        stream.synchronize().map_err(self.drv("ed25519 check"))?;
-        self.counters.checked.fetch_add(m as u64, Ordering::Relaxed);
-        let bad = lane.chk_ok.host().map_err(self.drv("host buffer"))?[..m]
-            .iter()
-            .filter(|&&o| o != 1)
-            .count();
-        if bad > 0 {
-            return Err(self.wrong(bad, scheme));
-        }
-        Ok(())
+        // ed25519_check takes (table, key, msg, off, sig, ok, count): the
+        // same shape as the ECDSA check's (table, key, z, r, s, ok, count).
+        let table = &self.tables.ed25519;
+        self.run_check(
+            lane,
+            table,
+            key_words,
+            check_k,
+            &msg,
+            &off,
+            &sig,
+            picked.len(),
+            scheme,
+        )
+    }
+
+    /// The items `check = "sample:N"` checks: every `every`-th of `n` from a
+    /// random offset, among those `signed` says the kernel signed.
+    fn sample(&self, every: u32, n: usize, signed: impl Fn(usize) -> bool) -> Result<Vec<usize>> {
+        let step = (every as usize).min(n).max(1);
+        let mut b = [0u8; 4];
+        aws_lc_rs::rand::fill(&mut b).map_err(|_| {
+            Error::backend(self.name.clone(), "no random sample offset".to_string())
+        })?;
+        let offset = u32::from_le_bytes(b) as usize % step;
+        Ok((offset..n).step_by(step).filter(|&i| signed(i)).collect())
     }
 
     /// `check = "sample:N"`: every N-th signature from a random offset is
@@ -1052,16 +1028,7 @@ impl CudaBackend {
         n: usize,
         scheme: Scheme,
     ) -> Result<()> {
-        let step = (every as usize).min(n).max(1);
-        let mut b = [0u8; 4];
-        aws_lc_rs::rand::fill(&mut b).map_err(|_| {
-            Error::backend(self.name.clone(), "no random sample offset".to_string())
-        })?;
-        let offset = u32::from_le_bytes(b) as usize % step;
-        let picked: Vec<usize> = (offset..n)
-            .step_by(step)
-            .filter(|&i| ok[i] == 1 && ok[n + i] == 1)
-            .collect();
+        let picked = self.sample(every, n, |i| ok[i] == 1 && ok[n + i] == 1)?;
         if picked.is_empty() {
             return Ok(());
         }
@@ -1074,6 +1041,9 @@ impl CudaBackend {
         self.run_check(lane, table, key_words, check_k, &zs, &rs, &ss, m, scheme)
     }
 
+    /// Runs a check kernel over a batch of `m` items of its own: the ECDSA
+    /// checks' (z, r, s) or Ed25519's (messages, offsets, signatures), which
+    /// take their buffers in the same places.
     #[allow(clippy::too_many_arguments)]
     fn run_check(
         &self,
@@ -1101,7 +1071,8 @@ impl CudaBackend {
             .ensure(&stream, m)
             .map_err(self.drv("device memory"))?;
         let count = m as u32;
-        // SAFETY: {C}_check's ABI; buffers hold `limbs * m` words, flags m.
+        // SAFETY: {C}_check's / ed25519_check's ABI; the three buffers hold
+        // the check's `m` items, the flags `m` words.
         unsafe {
             stream
                 .launch_builder(check_k)
@@ -1114,11 +1085,11 @@ impl CudaBackend {
                 .arg(&count)
                 .launch(self.launch_config(m))
         }
-        .map_err(self.drv("ecdsa check launch"))?;
+        .map_err(self.drv("check launch"))?;
         lane.chk_ok
             .download(&stream, m)
             .map_err(self.drv("copy from device"))?;
-        stream.synchronize().map_err(self.drv("ecdsa check"))?;
+        stream.synchronize().map_err(self.drv("check"))?;
         self.counters.checked.fetch_add(m as u64, Ordering::Relaxed);
         let bad = lane.chk_ok.host().map_err(self.drv("host buffer"))?[..m]
             .iter()
