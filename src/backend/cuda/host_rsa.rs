@@ -1,6 +1,8 @@
 //! Host build of the RSA kernels (`kernels/host/rsa_host.cpp`), for tests:
 //! the same per-item functions the CUDA kernels run (`kernels/rsa/crt.cuh`),
-//! compiled as plain C++ and called item by item. Layouts: [`super::rsa_layout`].
+//! compiled as plain C++ and called item by item, and the cooperative
+//! kernels' per-thread code (`kernels/rsa/coop.cuh`) run a warp at a time
+//! with every lane emulated. Layouts: [`super::rsa_layout`].
 
 use crate::error::{Error, Result};
 
@@ -13,6 +15,24 @@ unsafe extern "C" {
         input: *const u32,
         out: *mut u32,
         count: u32,
+    ) -> i32;
+    fn smx_rsa_sign_coop_host(
+        bits: u32,
+        lanes: u32,
+        key: *const u32,
+        input: *const u32,
+        out: *mut u32,
+        count: u32,
+    ) -> i32;
+    fn smx_rsa_modexp_coop_host(
+        limbs: u32,
+        lanes: u32,
+        m: *const u32,
+        m0: u32,
+        rr: *const u32,
+        base: *const u32,
+        exp: *const u32,
+        out: *mut u32,
     ) -> i32;
     fn smx_rsa_check_host(
         bits: u32,
@@ -77,6 +97,42 @@ pub fn sign(key: &[u32], input: &[u32], count: usize) -> Result<Vec<u32>> {
     Ok(out)
 }
 
+/// Threads per CRT half the cooperative kernels come in
+/// (`rsa{B}_sign_coop{T}`).
+pub const COOP_LANES: [u32; 2] = [8, 16];
+
+fn coop_lanes(lanes: u32) -> Result<u32> {
+    if COOP_LANES.contains(&lanes) {
+        Ok(lanes)
+    } else {
+        Err(Error::Invalid(format!(
+            "{lanes} threads per CRT half: the cooperative kernels take 8 or 16"
+        )))
+    }
+}
+
+/// `rsa{B}_sign_coop{lanes}` on the host: the same contract as [`sign`],
+/// computed by groups of 2 x `lanes` emulated threads.
+pub fn sign_coop(key: &[u32], input: &[u32], count: usize, lanes: u32) -> Result<Vec<u32>> {
+    let bits = key_bits(key)?;
+    let lanes = coop_lanes(lanes)?;
+    let n = batch_len("input", input, count, bits / 32)?;
+    let mut out = vec![0u32; input.len()];
+    // SAFETY: as in `sign`; lanes is one the host build has.
+    let rc = unsafe {
+        smx_rsa_sign_coop_host(
+            bits as u32,
+            lanes,
+            key.as_ptr(),
+            input.as_ptr(),
+            out.as_mut_ptr(),
+            n,
+        )
+    };
+    assert_eq!(rc, 0);
+    Ok(out)
+}
+
 /// `rsa{B}_check` on the host: 1 where sig < n and sig^e mod n == expected.
 pub fn check(key: &[u32], sig: &[u32], expected: &[u32], count: usize) -> Result<Vec<u32>> {
     let bits = key_bits(key)?;
@@ -103,6 +159,29 @@ pub fn check(key: &[u32], sig: &[u32], expected: &[u32], count: usize) -> Result
 /// 64). m must be odd with its top bit set, m0 = -m^-1 mod 2^32, rr =
 /// 2^(64 * limbs) mod m; base may be any value of that many limbs.
 pub fn modexp(m: &[u32], m0: u32, rr: &[u32], base: &[u32], exp: &[u32]) -> Result<Vec<u32>> {
+    modexp_by(None, m, m0, rr, base, exp)
+}
+
+/// [`modexp`] by the cooperative kernels' code, `lanes` threads per number.
+pub fn modexp_coop(
+    lanes: u32,
+    m: &[u32],
+    m0: u32,
+    rr: &[u32],
+    base: &[u32],
+    exp: &[u32],
+) -> Result<Vec<u32>> {
+    modexp_by(Some(coop_lanes(lanes)?), m, m0, rr, base, exp)
+}
+
+fn modexp_by(
+    lanes: Option<u32>,
+    m: &[u32],
+    m0: u32,
+    rr: &[u32],
+    base: &[u32],
+    exp: &[u32],
+) -> Result<Vec<u32>> {
     let limbs = m.len();
     if ![32, 48, 64].contains(&limbs)
         || [rr.len(), base.len(), exp.len()] != [limbs; 3]
@@ -115,17 +194,29 @@ pub fn modexp(m: &[u32], m0: u32, rr: &[u32], base: &[u32], exp: &[u32]) -> Resu
         ));
     }
     let mut out = vec![0u32; limbs];
-    // SAFETY: every buffer holds `limbs` words.
+    // SAFETY: every buffer holds `limbs` words (and lanes is checked).
     let rc = unsafe {
-        smx_rsa_modexp_host(
-            limbs as u32,
-            m.as_ptr(),
-            m0,
-            rr.as_ptr(),
-            base.as_ptr(),
-            exp.as_ptr(),
-            out.as_mut_ptr(),
-        )
+        match lanes {
+            None => smx_rsa_modexp_host(
+                limbs as u32,
+                m.as_ptr(),
+                m0,
+                rr.as_ptr(),
+                base.as_ptr(),
+                exp.as_ptr(),
+                out.as_mut_ptr(),
+            ),
+            Some(lanes) => smx_rsa_modexp_coop_host(
+                limbs as u32,
+                lanes,
+                m.as_ptr(),
+                m0,
+                rr.as_ptr(),
+                base.as_ptr(),
+                exp.as_ptr(),
+                out.as_mut_ptr(),
+            ),
+        }
     };
     assert_eq!(rc, 0);
     Ok(out)
@@ -310,6 +401,77 @@ mod tests {
         }
     }
 
+    /// The kernels' mappings: one thread per item (None) and the
+    /// cooperative ones (threads per CRT half).
+    const MAPPINGS: [Option<u32>; 3] = [None, Some(8), Some(16)];
+
+    fn sign_by(lanes: Option<u32>, blob: &[u32], input: &[u32], count: usize) -> Vec<u32> {
+        match lanes {
+            None => sign(blob, input, count),
+            Some(l) => sign_coop(blob, input, count, l),
+        }
+        .unwrap()
+    }
+
+    /// Keys of each size the cooperative mappings sign with (alternating
+    /// 8 and 16 lanes): fewer than the one-thread tests', as the emulated
+    /// warp costs ~2x the one-thread host code per signature.
+    fn coop_keys(bits: usize) -> usize {
+        match bits {
+            2048 => 160,
+            3072 => 80,
+            _ => 48,
+        }
+    }
+
+    /// The cooperative kernels sign what OpenSSL's raw private operation
+    /// gives, for batches of 1 to 5 items (so warps hold partial groups and
+    /// threads past the last item), and aws-lc-rs verifies.
+    fn coop_matches_openssl(bits: usize) {
+        let k = bits / 8;
+        let limbs = bits / 32;
+        for (ki, rsa) in keys(bits).iter().take(coop_keys(bits)).enumerate() {
+            let lanes = COOP_LANES[ki % 2];
+            let blob = pack_key(&pkey(rsa)).unwrap();
+            let digest = HashAlg::Sha256.digest(format!("coop {ki}").as_bytes());
+            let mut msgs = vec![pkcs1_v15(HashAlg::Sha256, &digest, k).unwrap()];
+            msgs.extend((0..ki % 5).map(|_| bytes(&random_below(rsa.n()), k)));
+            let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
+            let input = to_soa(&refs, limbs);
+            let sig = sign_coop(&blob, &input, msgs.len(), lanes).unwrap();
+            let sigs = from_soa(&sig, msgs.len(), limbs);
+            for (i, (m, s)) in msgs.iter().zip(&sigs).enumerate() {
+                let mut want = vec![0u8; k];
+                rsa.private_encrypt(m, &mut want, Padding::NONE).unwrap();
+                assert_eq!(
+                    s, &want,
+                    "{bits}-bit key {ki}, item {i}, {lanes} lanes: differs from OpenSSL"
+                );
+            }
+            aws_lc_rs::signature::UnparsedPublicKey::new(
+                &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+                rsa.public_key_to_der_pkcs1().unwrap(),
+            )
+            .verify(format!("coop {ki}").as_bytes(), &sigs[0])
+            .expect("aws-lc-rs verifies the cooperative kernel's signature");
+        }
+    }
+
+    #[test]
+    fn coop_matches_openssl_2048() {
+        coop_matches_openssl(2048);
+    }
+
+    #[test]
+    fn coop_matches_openssl_3072() {
+        coop_matches_openssl(3072);
+    }
+
+    #[test]
+    fn coop_matches_openssl_4096() {
+        coop_matches_openssl(4096);
+    }
+
     #[test]
     fn sign_matches_openssl_2048() {
         sign_matches_openssl(2048);
@@ -368,21 +530,27 @@ mod tests {
             let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
             let input = to_soa(&refs, limbs);
             let blob = pack_key(&pkey(rsa)).unwrap();
-            let sig = sign(&blob, &input, msgs.len()).unwrap();
-            for (i, (m, s)) in msgs
-                .iter()
-                .zip(from_soa(&sig, msgs.len(), limbs))
-                .enumerate()
-            {
-                let want = mod_exp(&BigNum::from_slice(m).unwrap(), rsa.d(), n);
-                assert_eq!(s, bytes(&want, k), "{bits}-bit edge message {i}");
-            }
-            assert!(
-                check(&blob, &sig, &input, msgs.len())
-                    .unwrap()
+            for lanes in MAPPINGS {
+                let sig = sign_by(lanes, &blob, &input, msgs.len());
+                for (i, (m, s)) in msgs
                     .iter()
-                    .all(|&x| x == 1)
-            );
+                    .zip(from_soa(&sig, msgs.len(), limbs))
+                    .enumerate()
+                {
+                    let want = mod_exp(&BigNum::from_slice(m).unwrap(), rsa.d(), n);
+                    assert_eq!(
+                        s,
+                        bytes(&want, k),
+                        "{bits}-bit edge message {i}, lanes {lanes:?}"
+                    );
+                }
+                assert!(
+                    check(&blob, &sig, &input, msgs.len())
+                        .unwrap()
+                        .iter()
+                        .all(|&x| x == 1)
+                );
+            }
         }
     }
 
@@ -501,7 +669,7 @@ mod tests {
             )
             .unwrap();
             exps.push(limbs_of(&r, limbs));
-            for m in &moduli {
+            for (mi, m) in moduli.iter().enumerate() {
                 let mb = from_limbs(m);
                 let rr = limbs_of(&mont_rr(&mb, limbs).unwrap(), limbs);
                 let m0 = mont_m0(m[0]);
@@ -517,13 +685,22 @@ mod tests {
                 ];
                 for e in &exps {
                     for b in &bases {
-                        let got = modexp(m, m0, &rr, b, e).unwrap();
                         let want = mod_exp(&from_limbs(b), &from_limbs(e), &mb);
-                        assert_eq!(
-                            from_limbs(&got),
-                            want,
-                            "{limbs} limbs: modexp differs from OpenSSL"
-                        );
+                        // The cooperative code with 8 and 16 lanes on
+                        // alternate moduli (the emulated warp is slow).
+                        let coop = Some(COOP_LANES[mi % 2]);
+                        for lanes in [None, coop] {
+                            let got = match lanes {
+                                None => modexp(m, m0, &rr, b, e),
+                                Some(l) => modexp_coop(l, m, m0, &rr, b, e),
+                            }
+                            .unwrap();
+                            assert_eq!(
+                                from_limbs(&got),
+                                want,
+                                "{limbs} limbs, lanes {lanes:?}: modexp differs from OpenSSL"
+                            );
+                        }
                     }
                 }
             }
@@ -538,5 +715,9 @@ mod tests {
         blob[0] = 2048;
         assert!(sign(&blob, &[0; 63], 1).is_err());
         assert!(modexp(&[2; 32], 1, &[0; 32], &[0; 32], &[0; 32]).is_err());
+        let mut m = vec![u32::MAX; 32];
+        m[0] = 0xffff_fffd;
+        assert!(modexp_coop(4, &m, 1, &[0; 32], &[0; 32], &[0; 32]).is_err());
+        assert!(sign_coop(&blob, &[0; 64], 1, 32).is_err());
     }
 }
