@@ -6,16 +6,29 @@
 #   scripts/gpu-bench.sh check      ldd, nvidia-smi, NVRTC, kernels compiled
 #                                   into the cache (first start: minutes)
 #   scripts/gpu-bench.sh tests      SIGMUX_REQUIRE_GPU=1 device tests
-#   scripts/gpu-bench.sh rsa        rsa2048/3072/4096 x batch 1..65536, --compare-raw
+#   scripts/gpu-bench.sh rsa        rsa2048/3072/4096 x batch 1..65536, --compare-raw,
+#                                   RSA thread mapping $RSA_MAPPING (default thread)
+#   scripts/gpu-bench.sh rsa-mapping
+#                                   rsa2048/3072/4096 at batch 16384, --compare-raw,
+#                                   once per mapping in $RSA_MAPPINGS (default
+#                                   "thread coop:8 coop:16"): picks
+#                                   backends.cuda.rsa_mapping
 #   scripts/gpu-bench.sh ecdsa      P-256/P-384 x batch 1..262144, check all and sample:64
 #   scripts/gpu-bench.sh ed25519    Ed25519 x batch 1..262144, check all and sample:64
 #
 # Reports go to $OUT (the device tool brings them back), one JSON per run
-# named <date>-<gpu>-<scheme>-b<batch>[-<check>].json, plus summary.txt.
+# named <date>-<gpu>-<scheme>-b<batch>[-<check>|-<mapping>].json (the check
+# or mapping without its colon: sample64, coop8), plus summary.txt.
+#
+# Time per part with BENCH_DURATION=3: a run is about 15 s (start-up with
+# kernels from the cache `check` filled, calibration, key generation, 0.6 s
+# warm-up, 3 s measured, 3 s of --compare-raw, draining the groups in
+# flight); each part says its count of runs. Without a warm cache the first
+# run of a session also compiles (minutes): run `check` first.
 # The kernel cache lives in $SIGMUX_DATA (default /tmp/sigmux-gpu-data),
 # so later parts of the same session start without compiling.
 set -uo pipefail
-part=${1:?usage: gpu-bench.sh check|tests|rsa|ecdsa|ed25519}
+part=${1:?usage: gpu-bench.sh check|tests|rsa|rsa-mapping|ecdsa|ed25519}
 out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
 data=${SIGMUX_DATA:-/tmp/sigmux-gpu-data}
@@ -56,10 +69,25 @@ case $part in
     SIGMUX_REQUIRE_GPU=1 carry/gpu/cuda-tests --test-threads 1 2>&1 | tee "$out/cuda-tests.txt"
     ;;
   rsa)
+    # 3 sizes x 5 batches = 15 runs: about 4 minutes.
+    mapping=${RSA_MAPPING:-thread}
+    suffix=""
+    [ "$mapping" != thread ] && suffix="-${mapping/:/}"
     for bits in 2048 3072 4096; do
       for b in 1 64 1024 16384 65536; do
-        bench "rsa$bits-b$b" --scheme rsa_pkcs1_sha256 --kind "rsa$bits" --batch "$b" \
-          --concurrency $((4 * b)) --compare-raw
+        bench "rsa$bits-b$b$suffix" --scheme rsa_pkcs1_sha256 --kind "rsa$bits" --batch "$b" \
+          --concurrency $((4 * b)) --compare-raw --cuda-rsa-mapping "$mapping"
+      done
+    done
+    ;;
+  rsa-mapping)
+    # 3 sizes x 3 mappings (default) = 9 runs: about 2.5 minutes. Same
+    # batch and load for every mapping, so only the kernel differs; the
+    # summary lines are the comparison.
+    for bits in 2048 3072 4096; do
+      for mapping in ${RSA_MAPPINGS:-thread coop:8 coop:16}; do
+        bench "rsa$bits-b16384-${mapping/:/}" --scheme rsa_pkcs1_sha256 --kind "rsa$bits" \
+          --batch 16384 --concurrency $((4 * 16384)) --compare-raw --cuda-rsa-mapping "$mapping"
       done
     done
     ;;

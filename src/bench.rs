@@ -50,6 +50,9 @@ pub struct BenchOptions {
     /// Overrides `backends.cuda.check` for this run (ECDSA on the GPU:
     /// every signature checked, or a sample).
     pub cuda_check: Option<crate::backend::cuda::CheckPolicy>,
+    /// Overrides `backends.cuda.rsa_mapping` for this run (which RSA sign
+    /// kernels the GPUs run).
+    pub cuda_rsa_mapping: Option<crate::backend::cuda::RsaMapping>,
     /// How the closed-loop load generator's thread is scheduled.
     pub caller_sched: CallerSched,
 }
@@ -229,6 +232,9 @@ pub struct BenchReport {
     /// The GPU's ECDSA check policy during the run (`all` or `sample:N`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cuda_check: Option<String>,
+    /// The GPU's RSA thread mapping during the run (`thread` or `coop:T`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuda_rsa_mapping: Option<String>,
     /// Single requests from async tasks: how the load generator's thread
     /// was scheduled (`batch` or `normal`, see [`CallerSched`]).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -296,6 +302,10 @@ pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<BenchReport> {
     let mut cfg = cfg.clone();
     if let Some(c) = opts.cuda_check {
         cfg.backends.cuda.check = c.to_string();
+    }
+    // Through the config, so the GPUs also calibrate with this mapping.
+    if let Some(m) = opts.cuda_rsa_mapping {
+        cfg.backends.cuda.rsa_mapping = m.to_string();
     }
     let backends = app::start_backends(&cfg, &opts.backend)?;
     let cpu = backends.cpu.clone();
@@ -437,6 +447,7 @@ fn run_with_key(
         timestamp: now_rfc3339(),
         gpu: (!gpus.is_empty()).then(|| gpu_names(gpus)),
         cuda_check: gpus.first().map(|g| g.check_policy().to_string()),
+        cuda_rsa_mapping: gpus.first().map(|g| g.rsa_mapping().to_string()),
         caller_sched: measured.caller_sched.map(|c| c.name().to_string()),
     })
 }
@@ -872,6 +883,7 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
         timestamp: now_rfc3339(),
         gpu: None,
         cuda_check: None,
+        cuda_rsa_mapping: None,
         caller_sched: None,
     })
 }
@@ -1022,6 +1034,9 @@ impl BenchReport {
         }
         if let Some(c) = &self.cuda_check {
             s.push_str(&format!("\n  GPU ECDSA check: {c}"));
+        }
+        if let Some(m) = &self.cuda_rsa_mapping {
+            s.push_str(&format!("\n  GPU RSA mapping: {m}"));
         }
         if let Some(e) = &self.engine {
             s.push_str(&format!("\n  library: {e}"));

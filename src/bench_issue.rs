@@ -229,6 +229,7 @@ pub fn run(
         timestamp: crate::bench::now_rfc3339(),
         gpu: None,
         cuda_check: None,
+        cuda_rsa_mapping: None,
         caller_sched: None,
     })
 }

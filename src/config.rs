@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backend::cpu::{CpuConfig, CpuEngine, EngineChoice};
-use crate::backend::cuda::{CheckPolicy, CudaConfig};
+use crate::backend::cuda::{CheckPolicy, CudaConfig, RsaMapping};
 use crate::backend::pkcs11::{self, PinSource, Pkcs11Config, TokenSelector};
 use crate::engine::EngineConfig;
 use crate::error::{Error, Result};
@@ -134,6 +134,9 @@ pub struct CudaSection {
     pub cache_dir: PathBuf,
     /// `"all"` or `"sample:N"`: which ECDSA signatures the GPU checks.
     pub check: String,
+    /// `"thread"`, `"coop:8"` or `"coop:16"`: the RSA sign kernels' thread
+    /// mapping.
+    pub rsa_mapping: String,
 }
 
 impl Default for CudaSection {
@@ -148,6 +151,7 @@ impl Default for CudaSection {
             nvrtc: None,
             cache_dir: PathBuf::from("kernel-cache"),
             check: d.check.to_string(),
+            rsa_mapping: d.rsa_mapping.to_string(),
         }
     }
 }
@@ -823,6 +827,10 @@ impl Config {
             .check
             .parse()
             .map_err(|e: String| bad("backends.cuda.check", e))?;
+        let rsa_mapping: RsaMapping = c
+            .rsa_mapping
+            .parse()
+            .map_err(|e: String| bad("backends.cuda.rsa_mapping", e))?;
         let cache_dir = if c.cache_dir.as_os_str().is_empty() {
             None
         } else if c.cache_dir.is_absolute() {
@@ -839,6 +847,7 @@ impl Config {
             nvrtc: c.nvrtc.clone(),
             cache_dir,
             check,
+            rsa_mapping,
         })
     }
 
@@ -1064,12 +1073,13 @@ mod tests {
         );
         assert_eq!(got.key_cache_bytes, d.key_cache_bytes);
         assert_eq!(got.check, CheckPolicy::All);
+        assert_eq!(got.rsa_mapping, RsaMapping::Thread);
         assert_eq!(
             got.cache_dir,
             Some(PathBuf::from("./sigmux-data/kernel-cache"))
         );
         let c = Config::parse(
-            "[backends.cuda]\ndevices = [1, 0]\nstreams = 2\ncheck = \"sample:64\"\nnvrtc = \"/opt/libnvrtc.so.13\"\ncache_dir = \"\"\n",
+            "[backends.cuda]\ndevices = [1, 0]\nstreams = 2\ncheck = \"sample:64\"\nrsa_mapping = \"coop:16\"\nnvrtc = \"/opt/libnvrtc.so.13\"\ncache_dir = \"\"\n",
             "t",
         )
         .unwrap()
@@ -1077,6 +1087,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.devices, Some(vec![1, 0]));
         assert_eq!(c.check, CheckPolicy::Sample(64));
+        assert_eq!(c.rsa_mapping, RsaMapping::Coop(16));
         assert_eq!(c.cache_dir, None);
         assert_eq!(c.nvrtc, Some(PathBuf::from("/opt/libnvrtc.so.13")));
         for (text, want) in [
@@ -1093,6 +1104,14 @@ mod tests {
             (
                 "[backends.cuda]\ncheck = \"sample:0\"\n",
                 "backends.cuda.check",
+            ),
+            (
+                "[backends.cuda]\nrsa_mapping = \"coop:4\"\n",
+                "backends.cuda.rsa_mapping",
+            ),
+            (
+                "[backends.cuda]\nrsa_mapping = \"warp\"\n",
+                "\"thread\", \"coop:8\", \"coop:16\"",
             ),
             (
                 "[backends.cuda]\ndevices = \"first\"\n",

@@ -320,6 +320,10 @@ struct BenchArgs {
     /// ("all" or "sample:N"), overriding backends.cuda.check.
     #[arg(long)]
     cuda_check: Option<String>,
+    /// With --backend cuda: the RSA sign kernels' thread mapping ("thread",
+    /// "coop:8" or "coop:16"), overriding backends.cuda.rsa_mapping.
+    #[arg(long)]
+    cuda_rsa_mapping: Option<String>,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -754,6 +758,14 @@ fn bench_cmd(cfg: &Config, a: BenchArgs) -> Result<()> {
                     .map_err(|e| Error::Invalid(format!("--cuda-check: {e}")))
             })
             .transpose()?,
+        cuda_rsa_mapping: a
+            .cuda_rsa_mapping
+            .as_deref()
+            .map(|m| {
+                m.parse::<sigmux::backend::cuda::RsaMapping>()
+                    .map_err(|e| Error::Invalid(format!("--cuda-rsa-mapping: {e}")))
+            })
+            .transpose()?,
     };
     let report = bench::run(cfg, &opts)?;
     println!("{}", report.summary());
@@ -1009,13 +1021,14 @@ fn print_backends(report: &serde_json::Value) {
         let d = &b["details"];
         if let Some(dev) = d["device"].as_str() {
             println!(
-                "  device {dev}, compute capability {}, {}, driver {}, NVRTC {}, {} streams, ECDSA check {}",
+                "  device {dev}, compute capability {}, {}, driver {}, NVRTC {}, {} streams, ECDSA check {}, RSA mapping {}",
                 d["compute_capability"].as_str().unwrap_or("?"),
                 d["arch"].as_str().unwrap_or("?"),
                 d["driver"].as_str().unwrap_or("?"),
                 d["nvrtc"].as_str().unwrap_or("?"),
                 d["streams"],
                 d["check"].as_str().unwrap_or("?"),
+                d["rsa_mapping"].as_str().unwrap_or("?"),
             );
         }
         let engines = &b["details"]["engines"];

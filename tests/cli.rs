@@ -2153,3 +2153,41 @@ fn bench_reports_its_driver_and_caller_scheduling() {
     args.extend(["--caller-sched", "fifo"]);
     sigmux(dir.path(), None, &args).fails_with(&["--caller-sched", "fifo"]);
 }
+
+#[test]
+fn bench_takes_the_cuda_rsa_mapping_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let common = [
+        "bench",
+        "--backend",
+        "cpu",
+        "--scheme",
+        "rsa_pkcs1_sha256",
+        "--duration",
+        "0.2",
+        "--concurrency",
+        "4",
+        "--json",
+        s(&json),
+        "--cuda-rsa-mapping",
+    ];
+    // Accepted; a CPU run has no GPU, so the report records no mapping
+    // (a --backend cuda run records the one its GPUs ran).
+    let mut args = common.to_vec();
+    args.push("coop:16");
+    sigmux(dir.path(), None, &args).ok();
+    let v: serde_json::Value = serde_json::from_slice(&read(&json)).expect("bench JSON");
+    assert!(v.get("cuda_rsa_mapping").is_none(), "{v:#}");
+    // A bad value is one clear error naming the flag and what it accepts,
+    // before any backend starts.
+    for bad in ["coop:4", "warp"] {
+        let mut args = common.to_vec();
+        args.push(bad);
+        sigmux(dir.path(), None, &args).fails_with(&[
+            "--cuda-rsa-mapping",
+            bad,
+            "\"thread\", \"coop:8\", \"coop:16\"",
+        ]);
+    }
+}

@@ -1,8 +1,10 @@
 //! The CUDA backend, decided at run time: on a machine with a GPU (driver,
 //! device and NVRTC: set SIGMUX_NVRTC_LIB or have libnvrtc.so.13 on the
 //! library path) every scheme is signed through the engine on the GPU and
-//! verified with OpenSSL, the key cache evicts and re-uploads, and an
-//! injected device fault quarantines the GPU while the CPU answers. Without
+//! verified with OpenSSL, RSA also under every thread mapping
+//! (`rsa_mapping`: thread, coop:8, coop:16), the key cache evicts and
+//! re-uploads, and an injected device fault quarantines the GPU while the
+//! CPU answers. Without
 //! a GPU the backend must report `unavailable: <reason>` and `sigmux
 //! backends` must show it. Each test prints which path it ran. The test
 //! binary can be copied to a GPU machine and run there as is
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use sigmux::backend::Backend;
 use sigmux::backend::cpu::{CpuBackend, CpuConfig, CpuEngine, EngineChoice};
-use sigmux::backend::cuda::{self, CheckPolicy, CudaBackend, CudaConfig};
+use sigmux::backend::cuda::{self, CheckPolicy, CudaBackend, CudaConfig, RsaMapping};
 use sigmux::{Engine, EngineConfig, Key, KeyKind, Scheme, SignInput, SignRequest};
 
 /// The started GPU backends, or `None` (after saying why) on a machine
@@ -203,6 +205,85 @@ fn every_scheme_signs_on_the_gpu_through_the_engine_and_verifies() {
         eprintln!("{kind} {scheme}: 300 signatures verified");
     }
     assert_eq!(gpu.device_check_faults(), 0);
+}
+
+#[test]
+fn rsa_signs_under_every_thread_mapping_and_verifies() {
+    // Started with a coop mapping from the config (the start-up check of
+    // its kernels and calibration with it), then switched in place, so one
+    // start covers every mapping.
+    let cfg = CudaConfig {
+        rsa_mapping: RsaMapping::Coop(8),
+        ..cuda_cfg()
+    };
+    let Some(mut gpus) = gpus("rsa_mappings", &cfg) else {
+        return;
+    };
+    let mut gpu = gpus.swap_remove(0);
+    let gpu = Arc::get_mut(&mut gpu).expect("the only handle");
+    assert_eq!(gpu.rsa_mapping(), RsaMapping::Coop(8));
+    assert_eq!(gpu.describe()["rsa_mapping"], "coop:8");
+    let keys: Vec<Arc<Key>> = [KeyKind::Rsa2048, KeyKind::Rsa3072, KeyKind::Rsa4096]
+        .into_iter()
+        .map(|k| Key::ephemeral("gpu-test", k).unwrap())
+        .collect();
+    // Batch sizes: one item (a block of mostly idle threads), a partial
+    // last block, and many blocks (coop:16 holds 4 items per block).
+    let batches = [
+        (Scheme::RsaPkcs1Sha256, 1),
+        (Scheme::RsaPkcs1Sha256, 37),
+        (Scheme::RsaPkcs1Sha256, 300),
+        (Scheme::RsaPssRsaeSha384, 37),
+        (Scheme::RsaRaw, 5),
+    ];
+    // PKCS#1 v1.5 and raw RSA are deterministic: every mapping must give
+    // the very bytes the first one gave.
+    let mut first: std::collections::HashMap<(usize, Scheme, u32), Vec<Vec<u8>>> =
+        Default::default();
+    for mapping in [
+        RsaMapping::Coop(8),
+        RsaMapping::Coop(16),
+        RsaMapping::Thread,
+    ] {
+        gpu.set_rsa_mapping(mapping).unwrap();
+        assert_eq!(gpu.describe()["rsa_mapping"], mapping.to_string());
+        for (k, key) in keys.iter().enumerate() {
+            for &(scheme, n) in &batches {
+                let items: Vec<Vec<u8>> =
+                    inputs(key, scheme, n).into_iter().map(|(i, _)| i).collect();
+                let sigs = gpu
+                    .sign_batch(key, scheme, &items)
+                    .unwrap_or_else(|e| panic!("{mapping} {} {scheme}: {e}", key.kind()));
+                assert_eq!(sigs.len(), n as usize);
+                for (i, (input, sig)) in items.iter().zip(&sigs).enumerate() {
+                    assert!(
+                        verifies(key, scheme, input, sig),
+                        "{mapping} {} {scheme}: item {i} of {n} does not verify",
+                        key.kind()
+                    );
+                }
+                if !scheme.is_pss() {
+                    let want = first.entry((k, scheme, n)).or_insert_with(|| sigs.clone());
+                    assert!(
+                        *want == sigs,
+                        "{mapping} {} {scheme}: differs from coop:8",
+                        key.kind()
+                    );
+                }
+            }
+            eprintln!("{mapping} {}: every batch verified", key.kind());
+        }
+    }
+    // A wrong result under a coop mapping is caught by the same check.
+    gpu.set_rsa_mapping(RsaMapping::Coop(16)).unwrap();
+    gpu.inject_faults_for_test(1);
+    let before = gpu.device_check_faults();
+    let d = vec![Scheme::RsaPkcs1Sha256.hash().unwrap().digest(b"x"); 8];
+    let err = gpu
+        .sign_batch(&keys[0], Scheme::RsaPkcs1Sha256, &d)
+        .unwrap_err();
+    assert!(matches!(err, sigmux::Error::WrongResult { .. }), "{err}");
+    assert_eq!(gpu.device_check_faults(), before + 1);
 }
 
 #[test]

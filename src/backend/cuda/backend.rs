@@ -15,6 +15,11 @@
 //! A mismatch fails the whole call with [`Error::WrongResult`], which the
 //! engine treats like a wrong signature it caught itself: quarantine, and
 //! the batch redone elsewhere.
+//!
+//! RSA signs with the kernel of the configured thread mapping
+//! (`rsa_mapping`: `rsa{B}_sign`, one thread per signature, or
+//! `rsa{B}_sign_coop{T}`, `2T` threads per signature); the check kernel is
+//! the same for every mapping, so a new mapping is checked like the old.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,7 +38,7 @@ use super::ec_layout::{self, Curve as EcCurve};
 use super::ed_layout;
 use super::key_cache::KeyCache;
 use super::nvrtc::{KernelCache, Nvrtc};
-use super::{CheckPolicy, CudaConfig};
+use super::{CheckPolicy, CudaConfig, RsaMapping};
 use super::{codec, rsa_layout};
 use crate::backend::cpu::{CpuEngine, CpuKey};
 use crate::backend::{Backend, Capabilities, CostSeed};
@@ -44,7 +49,10 @@ use crate::scheme::{Family, KeyKind, Scheme};
 /// Threads per block. The grid always has a thread per item: most kernels
 /// stride over the grid and would accept fewer, but `{C}_nonce` handles
 /// exactly item `blockIdx.x * blockDim.x + threadIdx.x`, so a capped grid
-/// would leave nonces unset.
+/// would leave nonces unset. The same holds for `rsa{B}_sign_coop{T}`, with
+/// `2T` threads per item; those kernels need `2T` to divide the block (a
+/// signature's group never straddles two blocks), so this stays a multiple
+/// of 32.
 const THREADS: u32 = 128;
 /// Most `holds` answers remembered.
 const HELD_LIMIT: usize = 4096;
@@ -271,6 +279,8 @@ pub struct CudaBackend {
     held: RwLock<HashMap<KeyId, bool>>,
     tables: Tables,
     check: CheckPolicy,
+    /// Which RSA sign kernels run (their kernels are known to be loaded).
+    rsa_mapping: RsaMapping,
     streams: usize,
     nvrtc: Nvrtc,
     driver_version: i32,
@@ -351,6 +361,11 @@ impl CudaBackend {
             driver_version,
         });
         let gpu = Arc::new(Gpu::open(ordinal, nvrtc, cache.as_ref())?);
+        // Before calibration, which signs RSA with the configured mapping: a
+        // rsa.cu without that mapping's kernels is a reason not to start,
+        // named here rather than as a launch failure per batch.
+        rsa_kernels_loaded(&gpu, cfg.rsa_mapping)
+            .map_err(|reason| Error::backend(name.clone(), reason))?;
         let tables = Tables {
             p256: gpu
                 .upload(&ec_layout::comb_table(EcCurve::P256))
@@ -388,6 +403,7 @@ impl CudaBackend {
             held: RwLock::new(HashMap::new()),
             tables,
             check: cfg.check,
+            rsa_mapping: cfg.rsa_mapping,
             streams,
             nvrtc: nvrtc.clone(),
             driver_version,
@@ -405,6 +421,8 @@ impl CudaBackend {
     /// dropped afterwards. RSA-3072/4096 are scaled from RSA-2048 (keys of
     /// those sizes take seconds to generate). A kind that fails keeps the
     /// static guess; calibration never stops the backend from starting.
+    /// RSA is timed through `sign_batch`, so with the configured
+    /// `rsa_mapping`'s kernel and grid, as real batches will run.
     fn calibrate(&self) -> HashMap<KeyKind, CostSeed> {
         let mut out = HashMap::new();
         for (kind, scheme, many) in [
@@ -477,6 +495,23 @@ impl CudaBackend {
         self.check = check;
     }
 
+    /// The RSA thread mapping in force.
+    pub fn rsa_mapping(&self) -> RsaMapping {
+        self.rsa_mapping
+    }
+
+    /// Changes the RSA thread mapping (tests; the bench's
+    /// `--cuda-rsa-mapping` goes through the config, so that calibration
+    /// runs with it too). Fails, leaving the mapping as it was, when the
+    /// device's rsa.cu lacks that mapping's kernels. The calibrated cost
+    /// seeds are not redone.
+    pub fn set_rsa_mapping(&mut self, mapping: RsaMapping) -> Result<()> {
+        rsa_kernels_loaded(&self.gpu, mapping)
+            .map_err(|reason| Error::backend(self.name.clone(), reason))?;
+        self.rsa_mapping = mapping;
+        Ok(())
+    }
+
     /// Keys cached on the device, their bytes, and evictions so far.
     pub fn key_cache_stats(&self) -> (usize, usize, u64) {
         let c = self.keys.lock();
@@ -514,10 +549,20 @@ impl CudaBackend {
         move |e| Error::backend(self.name.clone(), format!("{what}: {}", driver_error(&e)))
     }
 
+    /// A grid with a thread per item, for the kernels with one thread per
+    /// item.
     fn launch_config(&self, n: usize) -> LaunchConfig {
-        let blocks = (n as u32).div_ceil(THREADS).max(1);
+        self.launch_config_threads(n)
+    }
+
+    /// A grid of at least `threads` threads (at least one block): for
+    /// kernels that spend several threads on one item and do not stride
+    /// over the grid (`rsa{B}_sign_coop{T}`), so the grid must cover them
+    /// all. A count beyond `u32` saturates, which the driver refuses as a
+    /// too-large grid: an error, never a grid that silently misses items.
+    fn launch_config_threads(&self, threads: usize) -> LaunchConfig {
         LaunchConfig {
-            grid_dim: (blocks, 1, 1),
+            grid_dim: (blocks_for(threads), 1, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         }
@@ -617,7 +662,9 @@ impl CudaBackend {
         let refs: Vec<&[u8]> = ems.iter().map(|e| e.as_slice()).collect();
         let mut soa = Zeroizing::new(rsa_layout::to_soa(&refs, limbs));
         drop(refs);
-        let sign = self.gpu.function(&format!("rsa{bits}_sign"))?;
+        // One read: the kernel and its grid must agree.
+        let mapping = self.rsa_mapping;
+        let sign = self.gpu.function(&mapping.kernel(bits))?;
         let check = self.gpu.function(&format!("rsa{bits}_check"))?;
         let stream = lane.stream.clone();
         lane.input
@@ -632,9 +679,12 @@ impl CudaBackend {
             .map_err(self.drv("device memory"))?;
         let count = n as u32;
         let cfg = self.launch_config(n);
+        let sign_cfg = self.launch_config_threads(n * mapping.threads_per_item());
         let key_words = dk.slice()?;
-        // SAFETY: argument order and types follow kernels/rsa.cu's ABI;
-        // every buffer holds at least `limbs * count` (or `count`) words.
+        // SAFETY: argument order and types follow kernels/rsa.cu's ABI (the
+        // same for every mapping); every buffer holds at least
+        // `limbs * count` (or `count`) words. The coop kernels' spare
+        // threads past the last item store nothing.
         unsafe {
             stream
                 .launch_builder(sign)
@@ -642,7 +692,7 @@ impl CudaBackend {
                 .arg(lane.input.dev())
                 .arg(lane.out_a.dev())
                 .arg(&count)
-                .launch(cfg)
+                .launch(sign_cfg)
         }
         .map_err(self.drv("rsa sign launch"))?;
         if self.take_fault() {
@@ -1104,7 +1154,8 @@ impl CudaBackend {
     /// A bare loop of this backend's own batch call, for `sigmux bench
     /// --compare-raw`: `workers` threads (one per stream) each signing
     /// `batch` copies of `input` with `key` until `duration` has passed; no
-    /// engine, no batcher. Returns operations and time taken.
+    /// engine, no batcher; RSA with the backend's `rsa_mapping`, as the
+    /// engine's batches. Returns operations and time taken.
     pub fn raw_sign_loop(
         &self,
         key: &Arc<Key>,
@@ -1142,6 +1193,31 @@ impl CudaBackend {
         })?;
         Ok((total, start.elapsed()))
     }
+}
+
+/// Blocks of [`THREADS`] that hold `threads` threads: at least one (a
+/// launch of none is an error), saturating at `u32::MAX` (see
+/// `launch_config_threads`).
+fn blocks_for(threads: usize) -> u32 {
+    u32::try_from(threads.div_ceil(THREADS as usize))
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+/// Whether `gpu` has the RSA sign kernels of `mapping` for every key size
+/// (the coop kernels are optional in rsa.cu: see
+/// [`super::device::optional_kernel_names`]); the reason names the first
+/// one missing.
+fn rsa_kernels_loaded(gpu: &Gpu, mapping: RsaMapping) -> std::result::Result<(), String> {
+    for bits in [2048, 3072, 4096] {
+        let k = mapping.kernel(bits);
+        if gpu.function(&k).is_err() {
+            return Err(format!(
+                "rsa_mapping \"{mapping}\" needs kernel {k}, which rsa.cu does not export"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Cost seed from two timings (microseconds): a one-item batch and a batch
@@ -1330,6 +1406,7 @@ impl Backend for CudaBackend {
             "programs": self.gpu.programs.iter().map(|(p, o)| json!({"program": p, "origin": o})).collect::<Vec<_>>(),
             "streams": self.streams,
             "check": self.check.to_string(),
+            "rsa_mapping": self.rsa_mapping.to_string(),
             "key_cache": {"keys": keys, "bytes": bytes, "budget": budget, "evictions": evictions,
                 "uploads": self.counters.key_uploads.load(Ordering::Relaxed)},
             "checked": self.counters.checked.load(Ordering::Relaxed),
@@ -1354,6 +1431,29 @@ mod tests {
         let (zs, rs, _) = gather(&[0, 2], &z, &z, &z, 2, 3);
         assert_eq!(zs, [10, 12, 20, 22]);
         assert_eq!(rs, zs);
+    }
+
+    #[test]
+    fn coop_grids_hold_every_thread_of_every_item() {
+        // The coop kernels do not stride: ceil(count * 2T / THREADS) blocks.
+        let grid = |n: usize, m: RsaMapping| blocks_for(n * m.threads_per_item());
+        assert_eq!(grid(0, RsaMapping::Thread), 1);
+        assert_eq!(grid(1, RsaMapping::Coop(16)), 1);
+        assert_eq!(grid(4, RsaMapping::Coop(16)), 1);
+        assert_eq!(grid(5, RsaMapping::Coop(16)), 2);
+        assert_eq!(grid(8, RsaMapping::Coop(8)), 1);
+        assert_eq!(grid(9, RsaMapping::Coop(8)), 2);
+        assert_eq!(grid(16384, RsaMapping::Coop(16)), 4096);
+        assert_eq!(grid(16384, RsaMapping::Thread), 128);
+        for m in RsaMapping::all() {
+            assert_eq!(THREADS as usize % m.threads_per_item(), 0, "{m}");
+            for n in [1, 37, 300, 65_536] {
+                let threads = grid(n, m) as usize * THREADS as usize;
+                assert!(threads >= n * m.threads_per_item(), "{m} {n}");
+                assert!(threads - n * m.threads_per_item() < THREADS as usize);
+            }
+        }
+        assert_eq!(blocks_for(usize::MAX), u32::MAX);
     }
 
     #[test]

@@ -74,6 +74,26 @@ pub fn kernel_names(program: &str) -> Vec<String> {
     }
 }
 
+/// Kernels a program may export, loaded when present: the RSA sign kernels
+/// of the `coop:T` mappings ([`super::RsaMapping`]). They are optional so a
+/// device still starts with the default `thread` mapping when rsa.cu lacks
+/// them; the backend refuses to start when the configured mapping's kernels
+/// are missing, naming the kernel.
+pub fn optional_kernel_names(program: &str) -> Vec<String> {
+    match program {
+        "rsa.cu" => [2048, 3072, 4096]
+            .iter()
+            .flat_map(|&b| {
+                super::RsaMapping::all()
+                    .into_iter()
+                    .filter(|m| *m != super::RsaMapping::Thread)
+                    .map(move |m| m.kernel(b))
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// One opened device: context, a stream for uploads and wipes, the
 /// loaded kernels and facts for `sigmux backends`.
 pub struct Gpu {
@@ -148,6 +168,13 @@ impl Gpu {
                     .load_function(&k)
                     .map_err(|e| fail(&format!("{program} has no kernel {k}"), e))?;
                 functions.insert(k, f);
+            }
+            for k in optional_kernel_names(program) {
+                // Missing is fine here (see `optional_kernel_names`); a
+                // missing function is reported when a mapping needs it.
+                if let Ok(f) = module.load_function(&k) {
+                    functions.insert(k, f);
+                }
             }
             programs.push((
                 program.to_string(),

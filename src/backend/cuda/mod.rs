@@ -81,6 +81,80 @@ impl fmt::Display for CheckPolicy {
     }
 }
 
+/// How the RSA sign kernels map work onto threads
+/// (`backends.cuda.rsa_mapping`, the bench's `--cuda-rsa-mapping`). Which is
+/// faster depends on the device and the key size, so it is chosen by
+/// measurement (`scripts/gpu-bench.sh rsa-mapping`), not fixed here. The
+/// check kernels (`rsa{B}_check`) are the same for every mapping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RsaMapping {
+    /// One thread per signature (`rsa{B}_sign`, the default): no
+    /// cooperation, but each thread holds a whole CRT half's state.
+    #[default]
+    Thread,
+    /// `T` threads per CRT half, `2T` per signature, cooperating through
+    /// warp shuffles (`rsa{B}_sign_coop{T}`): less state per thread, more
+    /// threads in flight. `T` is one of [`RsaMapping::COOP_WIDTHS`].
+    Coop(u32),
+}
+
+impl RsaMapping {
+    /// The `T` values `coop:T` accepts: the widths kernels/rsa.cu has
+    /// kernels for (`2T` divides the warp and the block).
+    pub const COOP_WIDTHS: [u32; 2] = [8, 16];
+
+    /// Every mapping, in the order they are listed to users.
+    pub fn all() -> Vec<RsaMapping> {
+        std::iter::once(RsaMapping::Thread)
+            .chain(Self::COOP_WIDTHS.iter().map(|&t| RsaMapping::Coop(t)))
+            .collect()
+    }
+
+    /// The sign kernel for `bits`-bit keys: `rsa2048_sign` or
+    /// `rsa2048_sign_coop8`.
+    pub fn kernel(self, bits: usize) -> String {
+        match self {
+            RsaMapping::Thread => format!("rsa{bits}_sign"),
+            RsaMapping::Coop(t) => format!("rsa{bits}_sign_coop{t}"),
+        }
+    }
+
+    /// Threads that compute one signature: 1, or `2T` for `coop:T` (the
+    /// coop kernels have no grid-stride loop, so the grid must hold this
+    /// many threads per item).
+    pub fn threads_per_item(self) -> usize {
+        match self {
+            RsaMapping::Thread => 1,
+            RsaMapping::Coop(t) => 2 * t as usize,
+        }
+    }
+}
+
+impl FromStr for RsaMapping {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        RsaMapping::all()
+            .into_iter()
+            .find(|m| m.to_string() == s)
+            .ok_or_else(|| {
+                let names: Vec<String> = RsaMapping::all()
+                    .iter()
+                    .map(|m| format!("\"{m}\""))
+                    .collect();
+                format!("'{s}' is not one of {}", names.join(", "))
+            })
+    }
+}
+
+impl fmt::Display for RsaMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RsaMapping::Thread => f.write_str("thread"),
+            RsaMapping::Coop(t) => write!(f, "coop:{t}"),
+        }
+    }
+}
+
 /// Settings of the CUDA backends (`[backends.cuda]`).
 #[derive(Clone, Debug)]
 pub struct CudaConfig {
@@ -101,6 +175,8 @@ pub struct CudaConfig {
     pub cache_dir: Option<PathBuf>,
     /// How many ECDSA signatures the device checks.
     pub check: CheckPolicy,
+    /// How the RSA sign kernels map signatures onto threads.
+    pub rsa_mapping: RsaMapping,
 }
 
 impl Default for CudaConfig {
@@ -114,6 +190,7 @@ impl Default for CudaConfig {
             nvrtc: None,
             cache_dir: None,
             check: CheckPolicy::All,
+            rsa_mapping: RsaMapping::Thread,
         }
     }
 }
@@ -245,6 +322,32 @@ mod tests {
             assert!(bad.parse::<CheckPolicy>().is_err(), "{bad}");
         }
         assert_eq!(CheckPolicy::Sample(8).to_string(), "sample:8");
+    }
+
+    #[test]
+    fn rsa_mappings_parse_name_their_kernels_and_round_trip() {
+        assert_eq!("thread".parse::<RsaMapping>(), Ok(RsaMapping::Thread));
+        assert_eq!("coop:8".parse::<RsaMapping>(), Ok(RsaMapping::Coop(8)));
+        assert_eq!("coop:16".parse::<RsaMapping>(), Ok(RsaMapping::Coop(16)));
+        assert_eq!(RsaMapping::default(), RsaMapping::Thread);
+        for m in RsaMapping::all() {
+            assert_eq!(m.to_string().parse::<RsaMapping>(), Ok(m));
+        }
+        for bad in [
+            "", "Thread", "coop", "coop:", "coop:4", "coop:32", "coop:8 ",
+        ] {
+            let e = bad.parse::<RsaMapping>().unwrap_err();
+            assert!(
+                e.contains("\"thread\", \"coop:8\", \"coop:16\""),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(RsaMapping::Thread.kernel(2048), "rsa2048_sign");
+        assert_eq!(RsaMapping::Coop(8).kernel(2048), "rsa2048_sign_coop8");
+        assert_eq!(RsaMapping::Coop(16).kernel(4096), "rsa4096_sign_coop16");
+        assert_eq!(RsaMapping::Thread.threads_per_item(), 1);
+        assert_eq!(RsaMapping::Coop(8).threads_per_item(), 16);
+        assert_eq!(RsaMapping::Coop(16).threads_per_item(), 32);
     }
 
     #[test]
