@@ -9,6 +9,9 @@
 //! The same driver, built with `-DSMX_RSA_PTX_EMU`, runs the device's PTX
 //! carry-chain code with each instruction emulated on the host, so the
 //! chains (not only the portable fallbacks) are checked without a GPU.
+//! Modes `coop8` and `coop16` run the cooperative kernels' per-thread code
+//! (kernels/rsa/coop.cuh) for a whole emulated warp, with its own per-lane
+//! carry-chain emulation.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -97,15 +100,19 @@ fn rsa_sign_is_constant_time_under_memcheck() {
     let first = dir.path().join("first.bin");
     std::fs::write(&first, &records[0]).unwrap();
 
-    let out = valgrind(&exe, &all, "ct", false);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "valgrind found secret-dependent branches or addresses (exit {:?}):\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    check_output(&stdout, &keys, &msgs);
+    // The one-thread code and the cooperative code (every lane of an
+    // emulated warp, shuffles and ballots included).
+    for mode in ["ct", "coop8", "coop16"] {
+        let out = valgrind(&exe, &all, mode, false);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: valgrind found secret-dependent branches or addresses (exit {:?}):\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        check_output(&stdout, &keys, &msgs);
+    }
 
     // Negative controls: the same driver with a deliberate leak must fail.
     for (mode, what) in [

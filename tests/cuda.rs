@@ -245,7 +245,7 @@ fn rsa_signs_under_every_thread_mapping_and_verifies() {
         RsaMapping::Coop(16),
         RsaMapping::Thread,
     ] {
-        gpu.set_rsa_mapping(mapping).unwrap();
+        gpu.set_rsa_mapping(mapping);
         assert_eq!(gpu.describe()["rsa_mapping"], mapping.to_string());
         for (k, key) in keys.iter().enumerate() {
             for &(scheme, n) in &batches {
@@ -275,7 +275,7 @@ fn rsa_signs_under_every_thread_mapping_and_verifies() {
         }
     }
     // A wrong result under a coop mapping is caught by the same check.
-    gpu.set_rsa_mapping(RsaMapping::Coop(16)).unwrap();
+    gpu.set_rsa_mapping(RsaMapping::Coop(16));
     gpu.inject_faults_for_test(1);
     let before = gpu.device_check_faults();
     let d = vec![Scheme::RsaPkcs1Sha256.hash().unwrap().digest(b"x"); 8];

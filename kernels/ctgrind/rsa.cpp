@@ -9,6 +9,9 @@
 // Usage: rsa FILE MODE
 //   FILE: little-endian u32 records [bits, key blob, message (bits/32 limbs)]
 //   MODE: ct          sign each record (must be clean)
+//         coop8 coop16 sign each record with the cooperative kernels' code
+//                     (rsa/coop.cuh; a whole warp emulated, 8 or 16
+//                     threads per CRT half; must be clean)
 //         leak-branch also branch on a secret bit first (must fail)
 //         leak-index  also load from a table at a secret index (must fail)
 // Prints one line per record: "ok <signature, big-endian hex>" when the
@@ -19,7 +22,7 @@
 #include <cstring>
 #include <vector>
 
-#include "rsa/crt.cuh"
+#include "rsa/coop.cuh"
 
 using smx::u32;
 
@@ -37,7 +40,18 @@ static void run(std::vector<u32> key, std::vector<u32> msg, const char *mode) {
     }
     std::vector<u32> sig(2 * N);
     u32 ok = 0;
-    smx::rsa::sign_item<N>(key.data(), msg.data(), sig.data(), 1, 0);
+    if (!strcmp(mode, "coop8") || !strcmp(mode, "coop16")) {
+        // One warp: item 0 and, for 8 lanes, a second group on the same
+        // item that stores nothing (threads past the last item).
+        smx::rsa::lane_t th;
+        for (int w = 0; w < smx::rsa::kWarp; w++) th.x[w] = (u32)w;
+        if (mode[4] == '8')
+            smx::rsa::coop::sign_thread<N, 8>(key.data(), msg.data(), sig.data(), 1, th);
+        else
+            smx::rsa::coop::sign_thread<N, 16>(key.data(), msg.data(), sig.data(), 1, th);
+    } else {
+        smx::rsa::sign_item<N>(key.data(), msg.data(), sig.data(), 1, 0);
+    }
     VALGRIND_MAKE_MEM_DEFINED(sig.data(), sig.size() * sizeof(u32));
     smx::rsa::check_item<N>(key.data(), sig.data(), msg.data(), &ok, 1, 0);
     printf("%s ", ok ? "ok" : "bad");
@@ -47,7 +61,7 @@ static void run(std::vector<u32> key, std::vector<u32> msg, const char *mode) {
 
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: %s FILE ct|leak-branch|leak-index\n", argv[0]);
+        fprintf(stderr, "usage: %s FILE ct|coop8|coop16|leak-branch|leak-index\n", argv[0]);
         return 2;
     }
     for (u32 i = 0; i < 256; i++) lut[i] = i * 2654435761u ^ (u32)argc;

@@ -49,10 +49,9 @@ use crate::scheme::{Family, KeyKind, Scheme};
 /// Threads per block. The grid always has a thread per item: most kernels
 /// stride over the grid and would accept fewer, but `{C}_nonce` handles
 /// exactly item `blockIdx.x * blockDim.x + threadIdx.x`, so a capped grid
-/// would leave nonces unset. The same holds for `rsa{B}_sign_coop{T}`, with
-/// `2T` threads per item; those kernels need `2T` to divide the block (a
-/// signature's group never straddles two blocks), so this stays a multiple
-/// of 32.
+/// would leave nonces unset. `rsa{B}_sign_coop{T}` gets `2T` threads per
+/// item; its groups are aligned within warps, so this stays a multiple of
+/// 32.
 const THREADS: u32 = 128;
 /// Most `holds` answers remembered.
 const HELD_LIMIT: usize = 4096;
@@ -361,11 +360,6 @@ impl CudaBackend {
             driver_version,
         });
         let gpu = Arc::new(Gpu::open(ordinal, nvrtc, cache.as_ref())?);
-        // Before calibration, which signs RSA with the configured mapping: a
-        // rsa.cu without that mapping's kernels is a reason not to start,
-        // named here rather than as a launch failure per batch.
-        rsa_kernels_loaded(&gpu, cfg.rsa_mapping)
-            .map_err(|reason| Error::backend(name.clone(), reason))?;
         let tables = Tables {
             p256: gpu
                 .upload(&ec_layout::comb_table(EcCurve::P256))
@@ -502,14 +496,9 @@ impl CudaBackend {
 
     /// Changes the RSA thread mapping (tests; the bench's
     /// `--cuda-rsa-mapping` goes through the config, so that calibration
-    /// runs with it too). Fails, leaving the mapping as it was, when the
-    /// device's rsa.cu lacks that mapping's kernels. The calibrated cost
-    /// seeds are not redone.
-    pub fn set_rsa_mapping(&mut self, mapping: RsaMapping) -> Result<()> {
-        rsa_kernels_loaded(&self.gpu, mapping)
-            .map_err(|reason| Error::backend(self.name.clone(), reason))?;
+    /// runs with it too). The calibrated cost seeds are not redone.
+    pub fn set_rsa_mapping(&mut self, mapping: RsaMapping) {
         self.rsa_mapping = mapping;
-        Ok(())
     }
 
     /// Keys cached on the device, their bytes, and evictions so far.
@@ -1202,22 +1191,6 @@ fn blocks_for(threads: usize) -> u32 {
     u32::try_from(threads.div_ceil(THREADS as usize))
         .unwrap_or(u32::MAX)
         .max(1)
-}
-
-/// Whether `gpu` has the RSA sign kernels of `mapping` for every key size
-/// (the coop kernels are optional in rsa.cu: see
-/// [`super::device::optional_kernel_names`]); the reason names the first
-/// one missing.
-fn rsa_kernels_loaded(gpu: &Gpu, mapping: RsaMapping) -> std::result::Result<(), String> {
-    for bits in [2048, 3072, 4096] {
-        let k = mapping.kernel(bits);
-        if gpu.function(&k).is_err() {
-            return Err(format!(
-                "rsa_mapping \"{mapping}\" needs kernel {k}, which rsa.cu does not export"
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Cost seed from two timings (microseconds): a one-item batch and a batch

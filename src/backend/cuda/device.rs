@@ -60,9 +60,15 @@ pub const PROGRAMS: [&str; 4] = ["rsa.cu", "ecdsa.cu", "nonce.cu", "ed25519.cu"]
 /// The kernels each program must export.
 pub fn kernel_names(program: &str) -> Vec<String> {
     match program {
+        // Every mapping's sign kernel (super::RsaMapping) and the check.
         "rsa.cu" => [2048, 3072, 4096]
             .iter()
-            .flat_map(|b| [format!("rsa{b}_sign"), format!("rsa{b}_check")])
+            .flat_map(|&b| {
+                super::RsaMapping::all()
+                    .into_iter()
+                    .map(move |m| m.kernel(b))
+                    .chain([format!("rsa{b}_check")])
+            })
             .collect(),
         "ecdsa.cu" => ["p256", "p384"]
             .iter()
@@ -70,26 +76,6 @@ pub fn kernel_names(program: &str) -> Vec<String> {
             .collect(),
         "nonce.cu" => vec!["p256_nonce".into(), "p384_nonce".into()],
         "ed25519.cu" => vec!["ed25519_sign".into(), "ed25519_check".into()],
-        _ => Vec::new(),
-    }
-}
-
-/// Kernels a program may export, loaded when present: the RSA sign kernels
-/// of the `coop:T` mappings ([`super::RsaMapping`]). They are optional so a
-/// device still starts with the default `thread` mapping when rsa.cu lacks
-/// them; the backend refuses to start when the configured mapping's kernels
-/// are missing, naming the kernel.
-pub fn optional_kernel_names(program: &str) -> Vec<String> {
-    match program {
-        "rsa.cu" => [2048, 3072, 4096]
-            .iter()
-            .flat_map(|&b| {
-                super::RsaMapping::all()
-                    .into_iter()
-                    .filter(|m| *m != super::RsaMapping::Thread)
-                    .map(move |m| m.kernel(b))
-            })
-            .collect(),
         _ => Vec::new(),
     }
 }
@@ -168,13 +154,6 @@ impl Gpu {
                     .load_function(&k)
                     .map_err(|e| fail(&format!("{program} has no kernel {k}"), e))?;
                 functions.insert(k, f);
-            }
-            for k in optional_kernel_names(program) {
-                // Missing is fine here (see `optional_kernel_names`); a
-                // missing function is reported when a mapping needs it.
-                if let Ok(f) = module.load_function(&k) {
-                    functions.insert(k, f);
-                }
             }
             programs.push((
                 program.to_string(),
