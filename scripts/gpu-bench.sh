@@ -13,6 +13,11 @@
 #                                   once per mapping in $RSA_MAPPINGS (default
 #                                   "thread coop:8 coop:16"): picks
 #                                   backends.cuda.rsa_mapping
+#   scripts/gpu-bench.sh first      for a session with little device time (15 min):
+#                                   check, tests, then the runs that decide the
+#                                   most (mappings, the goals' batch sizes) in
+#                                   order, stopping before $DEADLINE_S seconds
+#                                   (default 540) so the call ends on its own
 #   scripts/gpu-bench.sh ecdsa      P-256/P-384 x batch 1..262144, check all and sample:64
 #   scripts/gpu-bench.sh ed25519    Ed25519 x batch 1..262144, check all and sample:64
 #
@@ -28,7 +33,7 @@
 # The kernel cache lives in $SIGMUX_DATA (default /tmp/sigmux-gpu-data),
 # so later parts of the same session start without compiling.
 set -uo pipefail
-part=${1:?usage: gpu-bench.sh check|tests|rsa|rsa-mapping|ecdsa|ed25519}
+part=${1:?usage: gpu-bench.sh check|tests|first|rsa|rsa-mapping|ecdsa|ed25519}
 out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
 data=${SIGMUX_DATA:-/tmp/sigmux-gpu-data}
@@ -60,7 +65,52 @@ EOF
   fi
 }
 
+# Whether a run of about $1 seconds still ends before the deadline of the
+# `first` part.
+started=$SECONDS
+time_left() { [ $((SECONDS - started + ${1:-20})) -lt "${DEADLINE_S:-540}" ]; }
+
 case $part in
+  first)
+    { nvidia-smi; ldd "$bin" | grep -E 'not found|ssl|crypto'; echo "NVRTC: ${SIGMUX_NVRTC_LIB:-none}"; } >"$out/check.txt" 2>&1
+    # Compiles every kernel into the cache (minutes, once) and records the
+    # kernels' registers and local memory.
+    { time "$bin" --data-dir "$data" backends --json; } >"$out/backends.json" 2>"$out/backends.log"
+    echo "start-up and compile: $((SECONDS - started)) s" >>"$summary"
+    SIGMUX_REQUIRE_GPU=1 timeout 240 carry/gpu/cuda-tests --test-threads 1 >"$out/cuda-tests.txt" 2>&1
+    echo "device tests: exit $? ($(grep -E '^test result' "$out/cuda-tests.txt" | tail -1))" >>"$summary"
+    # name|args, most telling first: the RSA mapping at the goal's size,
+    # the P-256 goal (sample:64) and its fully checked rate, Ed25519, then
+    # the other sizes and curves, then latency at small batches.
+    while IFS='|' read -r name args; do
+      [ -z "$name" ] && continue
+      if ! time_left 25; then
+        echo "$name SKIPPED: deadline" >>"$summary"
+        continue
+      fi
+      # shellcheck disable=SC2086
+      bench "$name" $args
+    done <<'RUNS'
+rsa2048-b16384-thread|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping thread
+rsa2048-b16384-coop8|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping coop:8
+rsa2048-b16384-coop16|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping coop:16
+p256-b65536-sample64|--scheme ecdsa_secp256r1_sha256 --batch 65536 --concurrency 262144 --compare-raw --cuda-check sample:64
+p256-b65536-all|--scheme ecdsa_secp256r1_sha256 --batch 65536 --concurrency 262144 --compare-raw --cuda-check all
+ed25519-b65536-sample64|--scheme ed25519 --batch 65536 --concurrency 262144 --compare-raw --cuda-check sample:64
+p384-b65536-sample64|--scheme ecdsa_secp384r1_sha384 --batch 65536 --concurrency 262144 --compare-raw --cuda-check sample:64
+rsa4096-b16384-thread|--scheme rsa_pkcs1_sha256 --kind rsa4096 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping thread
+rsa4096-b16384-coop16|--scheme rsa_pkcs1_sha256 --kind rsa4096 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping coop:16
+rsa3072-b16384-thread|--scheme rsa_pkcs1_sha256 --kind rsa3072 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping thread
+rsa3072-b16384-coop8|--scheme rsa_pkcs1_sha256 --kind rsa3072 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping coop:8
+rsa2048-b65536-coop8|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 65536 --concurrency 262144 --compare-raw --cuda-rsa-mapping coop:8
+p256-b262144-sample64|--scheme ecdsa_secp256r1_sha256 --batch 262144 --concurrency 1048576 --compare-raw --cuda-check sample:64
+rsa2048-b1-thread|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 1 --concurrency 4 --cuda-rsa-mapping thread
+rsa2048-b1-coop16|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 1 --concurrency 4 --cuda-rsa-mapping coop:16
+p256-b1-all|--scheme ecdsa_secp256r1_sha256 --batch 1 --concurrency 4 --cuda-check all
+rsa2048-b1024-coop8|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 1024 --concurrency 4096 --compare-raw --cuda-rsa-mapping coop:8
+p256-b1024-sample64|--scheme ecdsa_secp256r1_sha256 --batch 1024 --concurrency 4096 --compare-raw --cuda-check sample:64
+RUNS
+    ;;
   check)
     { nvidia-smi; ldd "$bin" | grep -E 'not found|ssl|crypto'; echo "NVRTC: ${SIGMUX_NVRTC_LIB:-none}"; } | tee "$out/check.txt"
     time "$bin" --data-dir "$data" backends --json | tee "$out/backends.json"

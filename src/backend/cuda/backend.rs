@@ -1389,6 +1389,8 @@ impl Backend for CudaBackend {
             }))).collect::<serde_json::Map<_, _>>(),
             "device_check_faults": self.device_check_faults(),
             "redone_on_cpu": self.redone_on_cpu(),
+            "block_threads": THREADS,
+            "kernels": self.gpu.kernel_resources(THREADS),
         })
     }
 }

@@ -177,6 +177,29 @@ impl Gpu {
         })
     }
 
+    /// Per loaded kernel, what the driver says it needs: registers per
+    /// thread, local memory per thread (spills and thread-local arrays;
+    /// zero means everything stays in registers) and how many blocks of
+    /// `block` threads fit on one SM. For `sigmux backends --json` and the
+    /// GPU bench reports: the mapping a kernel gets is chosen by measurement,
+    /// and these say why it measures as it does.
+    pub fn kernel_resources(&self, block: u32) -> serde_json::Map<String, serde_json::Value> {
+        let mut names: Vec<&String> = self.functions.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| {
+                let f = &self.functions[name];
+                let v = serde_json::json!({
+                    "registers": f.num_regs().ok(),
+                    "local_bytes": f.local_size_bytes().ok(),
+                    "blocks_per_sm": f.occupancy_max_active_blocks_per_multiprocessor(block, 0, None).ok(),
+                });
+                (name.clone(), v)
+            })
+            .collect()
+    }
+
     /// A loaded kernel by name.
     pub fn function(&self, name: &str) -> Result<&CudaFunction> {
         self.functions.get(name).ok_or_else(|| {
