@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""What a kernel costs, read from the compiled code, without a GPU.
+
+Usage: source scripts/deps.sh; python3 scripts/kernel-stats.py [rsa.cu ...]
+       [--arch sm_90] [--kernel NAME_SUBSTRING]
+
+For each program (default: every kernels/*.cu) this compiles with NVRTC for
+--arch the way scripts/nvrtc-check.py does, with ptxas' verbose report, and
+prints per kernel: registers, stack frame and spill bytes. When nvdisasm is
+at hand ($NVDISASM, or the `nvidia-cuda-nvdisasm` wheel, which this script
+pip-installs into .cache/nvdisasm on first use) it also disassembles the
+CUBIN and prints every loop (a conditional backward branch) of each kernel
+with its SASS instruction mix: all instructions, integer multiplies (IMAD,
+IMAD.HI, IMAD.WIDE; not the IMAD forms that only move, add or shift),
+shuffles and memory operations.
+
+These are static counts: they say what one trip of a loop issues, not how
+often it runs or how fast the GPU issues it. Use them to compare kernels
+and mappings on a machine without a GPU (e.g. multiplies per instruction in
+the Montgomery row loop, local memory in hot loops); rates come only from
+`sigmux bench` on a GPU.
+"""
+import argparse
+import collections
+import ctypes
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.join(HERE, "..", "kernels")
+sys.path.insert(0, HERE)
+
+
+def expand(path, seen):
+    """The program with its includes inlined (as src/kernels.rs does)."""
+    rel = os.path.relpath(path, ROOT)
+    if rel in seen:
+        return ""
+    seen.add(rel)
+    out = []
+    for line in open(path):
+        t = line.lstrip()
+        if t.startswith("#pragma once"):
+            continue
+        m = re.match(r'#include\s+"([^"]+)"', t)
+        if m:
+            local = os.path.join(os.path.dirname(path), m.group(1))
+            out.append(expand(local if os.path.exists(local) else os.path.join(ROOT, m.group(1)), seen))
+            continue
+        out.append(line)
+    return "".join(out)
+
+
+def nvrtc():
+    path = os.environ.get("SIGMUX_NVRTC_LIB")
+    if not path:
+        sys.exit("SIGMUX_NVRTC_LIB is not set: source scripts/deps.sh first")
+    for b in sorted(os.listdir(os.path.dirname(path))):
+        if b.startswith("libnvrtc-builtins.so"):
+            ctypes.CDLL(os.path.join(os.path.dirname(path), b))
+    return ctypes.CDLL(path)
+
+
+def compile_cubin(lib, program, arch):
+    """(CUBIN bytes, ptxas log) for one program."""
+    src = expand(os.path.abspath(os.path.join(ROOT, program)), set()).encode()
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src, program.encode(), 0, None, None) == 0
+    opts = [f"--gpu-architecture={arch}".encode(), b"-default-device", b"--std=c++17",
+            b"--ptxas-options=-v"]
+    arr = (ctypes.c_char_p * len(opts))(*opts)
+    rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
+    n = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
+    log = ctypes.create_string_buffer(n.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    if rc != 0:
+        sys.exit(f"{program}: compilation failed\n{log.value.decode(errors='replace')}")
+    lib.nvrtcGetCUBINSize(prog, ctypes.byref(n))
+    cubin = ctypes.create_string_buffer(n.value)
+    lib.nvrtcGetCUBIN(prog, cubin)
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return cubin.raw, log.value.decode(errors="replace")
+
+
+def ptxas_report(log):
+    """{kernel: (registers, stack bytes, spill store bytes, spill load bytes)}."""
+    out, cur, frame = {}, None, (0, 0, 0)
+    for line in log.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)'", line)
+        if m:
+            cur, frame = m.group(1), (0, 0, 0)
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and cur and frame == (0, 0, 0):
+            frame = tuple(int(x) for x in m.groups())
+            continue
+        m = re.search(r"Used (\d+) registers", line)
+        if m and cur:
+            out[cur] = (int(m.group(1)),) + frame
+            cur = None
+    return out
+
+
+def find_nvdisasm():
+    if os.environ.get("NVDISASM"):
+        return os.environ["NVDISASM"]
+    cache = os.path.join(HERE, "..", ".cache", "nvdisasm")
+    hits = glob.glob(os.path.join(cache, "**", "bin", "nvdisasm"), recursive=True)
+    if not hits:
+        # The wheel of the newest toolkit reads older CUBINs; 13.2 is the
+        # oldest CUDA 13 one on PyPI.
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                            cache, "nvidia-cuda-nvdisasm==13.2.*"], capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"(no nvdisasm: {r.stderr.strip().splitlines()[-1:]}; registers only)")
+            return None
+        hits = glob.glob(os.path.join(cache, "**", "bin", "nvdisasm"), recursive=True)
+    return hits[0] if hits else None
+
+
+MUL = re.compile(r"^IMAD(\.HI|\.WIDE)?(\.U32)?$|^IMAD\.HI\.U32$|^IMAD\.WIDE\.U32$")
+
+
+def loops(sass):
+    """{kernel: [(instructions, multiplies, shuffles, memory ops)] per loop}."""
+    funcs, cur = {}, None
+    for line in sass.splitlines():
+        m = re.match(r"\.text\.(\S+):", line)
+        if m:
+            cur = m.group(1)
+            funcs[cur] = []
+            continue
+        if cur is None:
+            continue
+        m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(.*?);", line)
+        if m:
+            funcs[cur].append(("i", m.group(1).strip()))
+        m = re.match(r"(\.L_x_\d+):", line.strip())
+        if m:
+            funcs[cur].append(("label", m.group(1)))
+    out = {}
+    for f, ins in funcs.items():
+        pos = {x[1]: i for i, x in enumerate(ins) if x[0] == "label"}
+        found = []
+        for i, (kind, text) in enumerate(ins):
+            m = re.search(r"BRA\s+`\((\.L_x_\d+)\)", text) if kind == "i" else None
+            if m and text.startswith("@") and pos.get(m.group(1), i) < i:
+                c = collections.Counter()
+                for k, t in ins[pos[m.group(1)]:i + 1]:
+                    if k == "i":
+                        w = t.split()
+                        c[w[1] if w[0].startswith("@") else w[0]] += 1
+                n = sum(c.values())
+                mul = sum(v for op, v in c.items() if MUL.match(op))
+                shfl = sum(v for op, v in c.items() if op.startswith("SHFL"))
+                mem = sum(v for op, v in c.items() if op.startswith(("LDL", "STL", "LDG", "STG", "LD.", "ST.", "LDC", "LDS", "STS")))
+                found.append((n, mul, shfl, mem))
+        out[f] = found
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("programs", nargs="*")
+    ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("--kernel", default="", help="only kernels whose name contains this")
+    a = ap.parse_args()
+    programs = a.programs or sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.cu")))
+    lib = nvrtc()
+    dis = find_nvdisasm()
+    for program in programs:
+        cubin, log = compile_cubin(lib, program, a.arch)
+        regs = ptxas_report(log)
+        sass = ""
+        if dis:
+            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                f.write(cubin)
+                f.flush()
+                sass = subprocess.run([dis, "-c", f.name], capture_output=True, text=True, check=True).stdout
+        per_loop = loops(sass) if sass else {}
+        for k in sorted(regs):
+            if a.kernel not in k:
+                continue
+            r, stack, st, ld = regs[k]
+            print(f"{program} {a.arch} {k}: {r} registers, {stack} B stack, spills {st} B stored / {ld} B loaded")
+            seen = collections.Counter(per_loop.get(k, []))
+            for (n, mul, shfl, mem), times in sorted(seen.items(), key=lambda x: -x[0][1] * x[1])[:8]:
+                share = f"{mul / n:.0%}" if n else "-"
+                print(f"    loop x{times:<3} {n:6} instr  {mul:5} mul ({share})  {shfl:4} shfl  {mem:4} mem")
+
+
+if __name__ == "__main__":
+    main()
