@@ -11,7 +11,7 @@
 #   scripts/gpu-bench.sh rsa-mapping
 #                                   rsa2048/3072/4096 at batch 16384, --compare-raw,
 #                                   once per mapping in $RSA_MAPPINGS (default
-#                                   "thread coop:8 coop:16"): picks
+#                                   "thread wide coop:8 coop:16"): picks
 #                                   backends.cuda.rsa_mapping
 #   scripts/gpu-bench.sh first      for a session with little device time (15 min):
 #                                   check, tests, then the runs that decide the
@@ -92,6 +92,7 @@ case $part in
       bench "$name" $args
     done <<'RUNS'
 rsa2048-b16384-thread|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping thread
+rsa2048-b16384-wide|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping wide
 rsa2048-b16384-coop8|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping coop:8
 rsa2048-b16384-coop16|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping coop:16
 p256-b65536-sample64|--scheme ecdsa_secp256r1_sha256 --batch 65536 --concurrency 262144 --compare-raw --cuda-check sample:64
@@ -131,11 +132,11 @@ RUNS
     done
     ;;
   rsa-mapping)
-    # 3 sizes x 3 mappings (default) = 9 runs: about 2.5 minutes. Same
+    # 3 sizes x 4 mappings (default) = 12 runs: about 3 minutes. Same
     # batch and load for every mapping, so only the kernel differs; the
     # summary lines are the comparison.
     for bits in 2048 3072 4096; do
-      for mapping in ${RSA_MAPPINGS:-thread coop:8 coop:16}; do
+      for mapping in ${RSA_MAPPINGS:-thread wide coop:8 coop:16}; do
         bench "rsa$bits-b16384-${mapping/:/}" --scheme rsa_pkcs1_sha256 --kind "rsa$bits" \
           --batch 16384 --concurrency $((4 * 16384)) --compare-raw --cuda-rsa-mapping "$mapping"
       done

@@ -134,7 +134,7 @@ pub struct CudaSection {
     pub cache_dir: PathBuf,
     /// `"all"` or `"sample:N"`: which ECDSA signatures the GPU checks.
     pub check: String,
-    /// `"thread"`, `"coop:8"` or `"coop:16"`: the RSA sign kernels' thread
+    /// `"thread"`, `"wide"`, `"coop:8"` or `"coop:16"`: the RSA sign kernels' thread
     /// mapping.
     pub rsa_mapping: String,
 }
@@ -1111,7 +1111,7 @@ mod tests {
             ),
             (
                 "[backends.cuda]\nrsa_mapping = \"warp\"\n",
-                "\"thread\", \"coop:8\", \"coop:16\"",
+                "\"thread\", \"wide\", \"coop:8\", \"coop:16\"",
             ),
             (
                 "[backends.cuda]\ndevices = \"first\"\n",

@@ -321,7 +321,7 @@ struct BenchArgs {
     #[arg(long)]
     cuda_check: Option<String>,
     /// With --backend cuda: the RSA sign kernels' thread mapping ("thread",
-    /// "coop:8" or "coop:16"), overriding backends.cuda.rsa_mapping.
+    /// "wide", "coop:8" or "coop:16"), overriding backends.cuda.rsa_mapping.
     #[arg(long)]
     cuda_rsa_mapping: Option<String>,
     /// Write the report as JSON here.

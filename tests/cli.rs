@@ -2187,7 +2187,7 @@ fn bench_takes_the_cuda_rsa_mapping_and_refuses_a_bad_one() {
         sigmux(dir.path(), None, &args).fails_with(&[
             "--cuda-rsa-mapping",
             bad,
-            "\"thread\", \"coop:8\", \"coop:16\"",
+            "\"thread\", \"wide\", \"coop:8\", \"coop:16\"",
         ]);
     }
 }

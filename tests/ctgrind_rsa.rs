@@ -114,6 +114,26 @@ fn rsa_sign_is_constant_time_under_memcheck() {
         check_output(&stdout, &keys, &msgs);
     }
 
+    // The device's carry chains, emulated instruction by instruction: the
+    // one-thread kernels of rsa.cu and the even/odd rows of rsa_wide.cu.
+    for (name, flags) in [
+        ("rsa-ctgrind-chains", &["-DSMX_RSA_PTX_EMU"][..]),
+        (
+            "rsa-ctgrind-wide",
+            &["-DSMX_RSA_PTX_EMU", "-DSMX_RSA_WIDE"][..],
+        ),
+    ] {
+        let chains = build_driver(dir.path(), "rsa.cpp", name, flags);
+        let out = valgrind(&chains, &all, "ct", false);
+        assert!(
+            out.status.success(),
+            "{name}: valgrind found secret-dependent branches or addresses (exit {:?}):\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        check_output(&String::from_utf8_lossy(&out.stdout), &keys, &msgs);
+    }
+
     // Negative controls: the same driver with a deliberate leak must fail.
     for (mode, what) in [
         (
@@ -136,15 +156,23 @@ fn rsa_sign_is_constant_time_under_memcheck() {
 #[test]
 fn ptx_chains_emulated_on_host() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = build_driver(dir.path(), "rsa.cpp", "rsa-ptx-emu", &["-DSMX_RSA_PTX_EMU"]);
     let (keys, msgs, records) = records(8);
     let input = dir.path().join("in.bin");
     std::fs::write(&input, records.concat()).unwrap();
-    let out = Command::new(&exe).arg(&input).arg("ct").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    check_output(&String::from_utf8_lossy(&out.stdout), &keys, &msgs);
+    for (name, flags) in [
+        ("rsa-ptx-emu", &["-DSMX_RSA_PTX_EMU"][..]),
+        (
+            "rsa-ptx-emu-wide",
+            &["-DSMX_RSA_PTX_EMU", "-DSMX_RSA_WIDE"][..],
+        ),
+    ] {
+        let exe = build_driver(dir.path(), "rsa.cpp", name, flags);
+        let out = Command::new(&exe).arg(&input).arg("ct").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        check_output(&String::from_utf8_lossy(&out.stdout), &keys, &msgs);
+    }
 }

@@ -2,7 +2,7 @@
 //! device and NVRTC: set SIGMUX_NVRTC_LIB or have libnvrtc.so.13 on the
 //! library path) every scheme is signed through the engine on the GPU and
 //! verified with OpenSSL, RSA also under every thread mapping
-//! (`rsa_mapping`: thread, coop:8, coop:16), the key cache evicts and
+//! (`rsa_mapping`: thread, wide, coop:8, coop:16), the key cache evicts and
 //! re-uploads, and an injected device fault quarantines the GPU while the
 //! CPU answers. Without
 //! a GPU the backend must report `unavailable: <reason>` and `sigmux
@@ -243,6 +243,7 @@ fn rsa_signs_under_every_thread_mapping_and_verifies() {
     for mapping in [
         RsaMapping::Coop(8),
         RsaMapping::Coop(16),
+        RsaMapping::Wide,
         RsaMapping::Thread,
     ] {
         gpu.set_rsa_mapping(mapping);

@@ -52,8 +52,8 @@
 namespace smx {
 namespace rsa {
 namespace emu {
-// The PTX carry flag; single-threaded emulation only.
-static u32 cf;
+// The PTX carry flag, per thread (tests sign on several threads).
+static thread_local u32 cf;
 // d = x + y + cin, setting the flag when `set`.
 static inline u32 add(u32 x, u32 y, u32 cin, bool set) {
     u64 t = (u64)x + y + cin;
@@ -184,12 +184,104 @@ SMX_HD void mac_row(u32 *t, const u32 *a, u32 b) {
 #endif
 }
 
+#if defined(SMX_RSA_CHAINS) && defined(SMX_RSA_WIDE)
+// The "wide" form (programs that define SMX_RSA_WIDE: rsa_wide.cu, the
+// `wide` RSA mapping). One CIOS row of mont_mul in the even/odd form: the row's
+// running value is V = P' + 2^32 * Q' + 2^(32N) * c + 2^(32(N+1)) * x, and
+// each limb product's lo and hi words land on two adjacent words of one
+// accumulator, so they alternate in ONE carry chain (mad.lo.cc, madc.hi.cc,
+// madc.lo.cc, ...) that ptxas fuses into one IMAD.WIDE.U32.X per product
+// (separate lo and hi chains take four instructions per product: IMAD,
+// IMAD.HI and two IADD3.X; scripts/kernel-stats.py shows both).
+//
+// On entry P and Q hold the previous row's value before its division by
+// 2^32: P the words at even offsets from position 0 (P[0] = 0, the word
+// the reduction cleared), Q at positions 1..N, c at position N, x at N+1.
+// Dividing by 2^32 turns Q into the new low accumulator (plus P[1] at its
+// bottom) and P, moved down two words, into the new high one; the moving
+// happens inside the first chain (each product is added to the word two
+// places up and written back two places down), so no word is copied. The
+// caller alternates the roles of P and Q from row to row.
+//
+// On exit the row's value is in the same form with the roles swapped: Q
+// the low accumulator (Q[0] = 0), P the high one (positions 1..N), c and x.
+template <int N>
+SMX_HD void mont_row(u32 *P, u32 *Q, u32 &c, u32 &x, const u32 *a, u32 b, const u32 *m,
+                     u32 m0) {
+    // Q[0] += P[1]; its carry belongs to position 1, the first word of the
+    // high accumulator's chain, which follows at once.
+    SMX_RSA_ADD_CC(Q[0], Q[0], P[1]);
+    SMX_RSA_UNROLL
+    for (int k = 0; k + 2 < N; k += 2) {
+        SMX_RSA_MADC_LO_CC(P[k], a[k + 1], b, P[k + 2]);
+        SMX_RSA_MADC_HI_CC(P[k + 1], a[k + 1], b, P[k + 3]);
+    }
+    SMX_RSA_MADC_LO_CC(P[N - 2], a[N - 1], b, c);
+    SMX_RSA_MADC_HI_CC(P[N - 1], a[N - 1], b, x);
+    SMX_RSA_ADDC(x, 0u, 0u);
+    // Low accumulator += even limbs of a times b.
+    SMX_RSA_MAD_LO_CC(Q[0], a[0], b, Q[0]);
+    SMX_RSA_MADC_HI_CC(Q[1], a[0], b, Q[1]);
+    SMX_RSA_UNROLL
+    for (int k = 2; k < N; k += 2) {
+        SMX_RSA_MADC_LO_CC(Q[k], a[k], b, Q[k]);
+        SMX_RSA_MADC_HI_CC(Q[k + 1], a[k], b, Q[k + 1]);
+    }
+    SMX_RSA_ADDC(c, 0u, 0u);
+    // The reduction: q makes position 0 zero.
+    const u32 q = Q[0] * m0;
+    SMX_RSA_MAD_LO_CC(Q[0], m[0], q, Q[0]);
+    SMX_RSA_MADC_HI_CC(Q[1], m[0], q, Q[1]);
+    SMX_RSA_UNROLL
+    for (int k = 2; k < N; k += 2) {
+        SMX_RSA_MADC_LO_CC(Q[k], m[k], q, Q[k]);
+        SMX_RSA_MADC_HI_CC(Q[k + 1], m[k], q, Q[k + 1]);
+    }
+    SMX_RSA_ADDC(c, c, 0u);
+    SMX_RSA_MAD_LO_CC(P[0], m[1], q, P[0]);
+    SMX_RSA_MADC_HI_CC(P[1], m[1], q, P[1]);
+    SMX_RSA_UNROLL
+    for (int k = 2; k < N; k += 2) {
+        SMX_RSA_MADC_LO_CC(P[k], m[k + 1], q, P[k]);
+        SMX_RSA_MADC_HI_CC(P[k + 1], m[k + 1], q, P[k + 1]);
+    }
+    SMX_RSA_ADDC(x, x, 0u);
+}
+#endif
+
 // Montgomery multiplication (CIOS): r = a * b * 2^(-32N) mod m, for a, b < m,
 // m odd with its top bit set (2^(32N-1) <= m < 2^(32N)), m0 = -m^-1 mod 2^32.
 // r may alias a or b. The final subtraction is computed always and selected
 // by mask.
 template <int N>
 SMX_HD void mont_mul(u32 *r, const u32 *a, const u32 *b, const u32 *m, u32 m0) {
+#if defined(SMX_RSA_CHAINS) && defined(SMX_RSA_WIDE)
+    // Rows in pairs so that P and Q swap back (mont_row); everything stays
+    // in registers. Between rows the value is below 2m * 2^32 (CIOS), so c
+    // and x stay below 3.
+    static_assert(N % 2 == 0 && N >= 4, "the even/odd rows take an even limb count");
+    u32 P[N], Q[N], c = 0, x = 0;
+    SMX_RSA_UNROLL
+    for (int j = 0; j < N; j++) P[j] = Q[j] = 0;
+    SMX_RSA_NO_UNROLL
+    for (int i = 0; i < N; i += 2) {
+        mont_row<N>(P, Q, c, x, a, b[i], m, m0);
+        mont_row<N>(Q, P, c, x, a, b[i + 1], m, m0);
+    }
+    // The last division by 2^32: t = P / 2^32 + Q + c * 2^(32(N-1)) +
+    // x * 2^(32N), with P the low accumulator after an even row count.
+    u32 t[N], top;
+    SMX_RSA_ADD_CC(t[0], P[1], Q[0]);
+    SMX_RSA_UNROLL
+    for (int j = 1; j + 1 < N; j++) SMX_RSA_ADDC_CC(t[j], P[j + 1], Q[j]);
+    SMX_RSA_ADDC_CC(t[N - 1], Q[N - 1], c);
+    SMX_RSA_ADDC(top, x, 0u);
+    u32 s[N];
+    u32 borrow = sub_n<N>(s, t, m);
+    // t < 2m: keep t when nothing is above its N words and t - m borrows.
+    u32 keep = borrow & ~mask_from(top);
+    select_n<N>(r, keep, t, s);
+#else
     // t < 2m throughout, so N limbs plus one bit; t[N+1] takes the
     // transient overflow of an iteration.
     u32 t[N + 2];
@@ -209,6 +301,7 @@ SMX_HD void mont_mul(u32 *r, const u32 *a, const u32 *b, const u32 *m, u32 m0) {
     // Keep t when t < m: no borrow from t - m and no top bit set.
     u32 keep = borrow & ~mask_from(t[N]);
     select_n<N>(r, keep, t, s);
+#endif
 }
 
 // r = a mod m for a < 2m with a < 2^(32N) (e.g. any N-limb a when m has its

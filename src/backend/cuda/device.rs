@@ -55,20 +55,32 @@ pub fn version_text(v: i32) -> String {
 }
 
 /// The kernel programs every device loads.
-pub const PROGRAMS: [&str; 4] = ["rsa.cu", "ecdsa.cu", "nonce.cu", "ed25519.cu"];
+pub const PROGRAMS: [&str; 5] = [
+    "rsa.cu",
+    "rsa_wide.cu",
+    "ecdsa.cu",
+    "nonce.cu",
+    "ed25519.cu",
+];
 
 /// The kernels each program must export.
 pub fn kernel_names(program: &str) -> Vec<String> {
     match program {
-        // Every mapping's sign kernel (super::RsaMapping) and the check.
+        // The sign kernels of every mapping (super::RsaMapping) but `wide`,
+        // which has its own program, and the check.
         "rsa.cu" => [2048, 3072, 4096]
             .iter()
             .flat_map(|&b| {
                 super::RsaMapping::all()
                     .into_iter()
+                    .filter(|m| *m != super::RsaMapping::Wide)
                     .map(move |m| m.kernel(b))
                     .chain([format!("rsa{b}_check")])
             })
+            .collect(),
+        "rsa_wide.cu" => [2048, 3072, 4096]
+            .iter()
+            .map(|&b| super::RsaMapping::Wide.kernel(b))
             .collect(),
         "ecdsa.cu" => ["p256", "p384"]
             .iter()

@@ -16,6 +16,38 @@ unsafe extern "C" {
         out: *mut u32,
         count: u32,
     ) -> i32;
+    fn smx_rsa_sign_emu_host(
+        bits: u32,
+        key: *const u32,
+        input: *const u32,
+        out: *mut u32,
+        count: u32,
+    ) -> i32;
+    fn smx_rsa_modexp_emu_host(
+        limbs: u32,
+        m: *const u32,
+        m0: u32,
+        rr: *const u32,
+        base: *const u32,
+        exp: *const u32,
+        out: *mut u32,
+    ) -> i32;
+    fn smx_rsa_sign_wide_emu_host(
+        bits: u32,
+        key: *const u32,
+        input: *const u32,
+        out: *mut u32,
+        count: u32,
+    ) -> i32;
+    fn smx_rsa_modexp_wide_emu_host(
+        limbs: u32,
+        m: *const u32,
+        m0: u32,
+        rr: *const u32,
+        base: *const u32,
+        exp: *const u32,
+        out: *mut u32,
+    ) -> i32;
     fn smx_rsa_sign_coop_host(
         bits: u32,
         lanes: u32,
@@ -77,21 +109,46 @@ fn batch_len(what: &str, words: &[u32], count: usize, limbs: usize) -> Result<u3
     u32::try_from(count).map_err(|_| Error::Invalid(format!("{what}: too many items")))
 }
 
+/// Which host build of the kernels' arithmetic runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostCode {
+    /// The one-thread kernels' code with the portable 64-bit fallbacks of
+    /// `kernels/rsa/arith.cuh` (fast; same results).
+    Portable,
+    /// The one-thread kernels' code as the device runs it: every PTX
+    /// carry-chain instruction emulated (`kernels/host/rsa_emu_host.cpp`).
+    PtxEmulated,
+    /// `rsa_wide.cu`'s code as the device runs it (the `wide` mapping's
+    /// even/odd Montgomery rows), every PTX instruction emulated.
+    PtxEmulatedWide,
+    /// The cooperative kernels' code with this many threads per CRT half
+    /// (8 or 16), a whole warp emulated.
+    Coop(u32),
+}
+
 /// `rsa{B}_sign` on the host: `count` items, structure-of-arrays, each < n.
 pub fn sign(key: &[u32], input: &[u32], count: usize) -> Result<Vec<u32>> {
+    sign_with(HostCode::Portable, key, input, count)
+}
+
+/// [`sign`] through the chosen host build.
+pub fn sign_with(code: HostCode, key: &[u32], input: &[u32], count: usize) -> Result<Vec<u32>> {
     let bits = key_bits(key)?;
     let n = batch_len("input", input, count, bits / 32)?;
     let mut out = vec![0u32; input.len()];
+    let (key, input, outp) = (key.as_ptr(), input.as_ptr(), out.as_mut_ptr());
+    let bits = bits as u32;
     // SAFETY: the key has the length its size needs, input and out hold
-    // count items of bits/32 limbs.
+    // count items of bits/32 limbs; coop lanes are checked.
     let rc = unsafe {
-        smx_rsa_sign_host(
-            bits as u32,
-            key.as_ptr(),
-            input.as_ptr(),
-            out.as_mut_ptr(),
-            n,
-        )
+        match code {
+            HostCode::Portable => smx_rsa_sign_host(bits, key, input, outp, n),
+            HostCode::PtxEmulated => smx_rsa_sign_emu_host(bits, key, input, outp, n),
+            HostCode::PtxEmulatedWide => smx_rsa_sign_wide_emu_host(bits, key, input, outp, n),
+            HostCode::Coop(lanes) => {
+                smx_rsa_sign_coop_host(bits, coop_lanes(lanes)?, key, input, outp, n)
+            }
+        }
     };
     assert_eq!(rc, 0);
     Ok(out)
@@ -114,23 +171,7 @@ fn coop_lanes(lanes: u32) -> Result<u32> {
 /// `rsa{B}_sign_coop{lanes}` on the host: the same contract as [`sign`],
 /// computed by groups of 2 x `lanes` emulated threads.
 pub fn sign_coop(key: &[u32], input: &[u32], count: usize, lanes: u32) -> Result<Vec<u32>> {
-    let bits = key_bits(key)?;
-    let lanes = coop_lanes(lanes)?;
-    let n = batch_len("input", input, count, bits / 32)?;
-    let mut out = vec![0u32; input.len()];
-    // SAFETY: as in `sign`; lanes is one the host build has.
-    let rc = unsafe {
-        smx_rsa_sign_coop_host(
-            bits as u32,
-            lanes,
-            key.as_ptr(),
-            input.as_ptr(),
-            out.as_mut_ptr(),
-            n,
-        )
-    };
-    assert_eq!(rc, 0);
-    Ok(out)
+    sign_with(HostCode::Coop(lanes), key, input, count)
 }
 
 /// `rsa{B}_check` on the host: 1 where sig < n and sig^e mod n == expected.
@@ -159,7 +200,7 @@ pub fn check(key: &[u32], sig: &[u32], expected: &[u32], count: usize) -> Result
 /// 64). m must be odd with its top bit set, m0 = -m^-1 mod 2^32, rr =
 /// 2^(64 * limbs) mod m; base may be any value of that many limbs.
 pub fn modexp(m: &[u32], m0: u32, rr: &[u32], base: &[u32], exp: &[u32]) -> Result<Vec<u32>> {
-    modexp_by(None, m, m0, rr, base, exp)
+    modexp_with(HostCode::Portable, m, m0, rr, base, exp)
 }
 
 /// [`modexp`] by the cooperative kernels' code, `lanes` threads per number.
@@ -171,11 +212,12 @@ pub fn modexp_coop(
     base: &[u32],
     exp: &[u32],
 ) -> Result<Vec<u32>> {
-    modexp_by(Some(coop_lanes(lanes)?), m, m0, rr, base, exp)
+    modexp_with(HostCode::Coop(lanes), m, m0, rr, base, exp)
 }
 
-fn modexp_by(
-    lanes: Option<u32>,
+/// [`modexp`] through the chosen host build.
+pub fn modexp_with(
+    code: HostCode,
     m: &[u32],
     m0: u32,
     rr: &[u32],
@@ -196,8 +238,8 @@ fn modexp_by(
     let mut out = vec![0u32; limbs];
     // SAFETY: every buffer holds `limbs` words (and lanes is checked).
     let rc = unsafe {
-        match lanes {
-            None => smx_rsa_modexp_host(
+        match code {
+            HostCode::Portable => smx_rsa_modexp_host(
                 limbs as u32,
                 m.as_ptr(),
                 m0,
@@ -206,9 +248,27 @@ fn modexp_by(
                 exp.as_ptr(),
                 out.as_mut_ptr(),
             ),
-            Some(lanes) => smx_rsa_modexp_coop_host(
+            HostCode::PtxEmulated => smx_rsa_modexp_emu_host(
                 limbs as u32,
-                lanes,
+                m.as_ptr(),
+                m0,
+                rr.as_ptr(),
+                base.as_ptr(),
+                exp.as_ptr(),
+                out.as_mut_ptr(),
+            ),
+            HostCode::PtxEmulatedWide => smx_rsa_modexp_wide_emu_host(
+                limbs as u32,
+                m.as_ptr(),
+                m0,
+                rr.as_ptr(),
+                base.as_ptr(),
+                exp.as_ptr(),
+                out.as_mut_ptr(),
+            ),
+            HostCode::Coop(lanes) => smx_rsa_modexp_coop_host(
+                limbs as u32,
+                coop_lanes(lanes)?,
                 m.as_ptr(),
                 m0,
                 rr.as_ptr(),
@@ -401,60 +461,81 @@ mod tests {
         }
     }
 
-    /// The kernels' mappings: one thread per item (None) and the
-    /// cooperative ones (threads per CRT half).
-    const MAPPINGS: [Option<u32>; 3] = [None, Some(8), Some(16)];
+    /// Every host build of the sign path: the one-thread code (portable
+    /// and with the device's chains emulated) and the cooperative code.
+    const MAPPINGS: [HostCode; 5] = [
+        HostCode::Portable,
+        HostCode::PtxEmulated,
+        HostCode::PtxEmulatedWide,
+        HostCode::Coop(8),
+        HostCode::Coop(16),
+    ];
 
-    fn sign_by(lanes: Option<u32>, blob: &[u32], input: &[u32], count: usize) -> Vec<u32> {
-        match lanes {
-            None => sign(blob, input, count),
-            Some(l) => sign_coop(blob, input, count, l),
-        }
-        .unwrap()
+    fn sign_by(code: HostCode, blob: &[u32], input: &[u32], count: usize) -> Vec<u32> {
+        sign_with(code, blob, input, count).unwrap()
     }
 
-    /// Keys of each size the cooperative mappings sign with (alternating
-    /// 8 and 16 lanes): fewer than the one-thread tests', as the emulated
-    /// warp costs ~2x the one-thread host code per signature.
-    fn coop_keys(bits: usize) -> usize {
-        match bits {
-            2048 => 160,
-            3072 => 80,
-            _ => 48,
-        }
-    }
-
-    /// The cooperative kernels sign what OpenSSL's raw private operation
-    /// gives, for batches of 1 to 5 items (so warps hold partial groups and
-    /// threads past the last item), and aws-lc-rs verifies.
-    fn coop_matches_openssl(bits: usize) {
+    /// Signs, with the host builds `codes(key index)` gives, a PKCS#1 v1.5
+    /// encoded digest and `key index % 5` random messages (so batches of 1
+    /// to 5 items: for the cooperative code, warps with partial groups and
+    /// threads past the last item) for the first `count` keys of a size;
+    /// every signature must be OpenSSL's raw private operation's, and
+    /// aws-lc-rs verifies the PKCS#1 one.
+    fn host_code_matches_openssl(
+        bits: usize,
+        count: usize,
+        codes: impl Fn(usize) -> Vec<HostCode>,
+    ) {
         let k = bits / 8;
         let limbs = bits / 32;
-        for (ki, rsa) in keys(bits).iter().take(coop_keys(bits)).enumerate() {
-            let lanes = COOP_LANES[ki % 2];
+        for (ki, rsa) in keys(bits).iter().take(count).enumerate() {
             let blob = pack_key(&pkey(rsa)).unwrap();
-            let digest = HashAlg::Sha256.digest(format!("coop {ki}").as_bytes());
+            let digest = HashAlg::Sha256.digest(format!("host code {ki}").as_bytes());
             let mut msgs = vec![pkcs1_v15(HashAlg::Sha256, &digest, k).unwrap()];
             msgs.extend((0..ki % 5).map(|_| bytes(&random_below(rsa.n()), k)));
             let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
             let input = to_soa(&refs, limbs);
-            let sig = sign_coop(&blob, &input, msgs.len(), lanes).unwrap();
-            let sigs = from_soa(&sig, msgs.len(), limbs);
-            for (i, (m, s)) in msgs.iter().zip(&sigs).enumerate() {
-                let mut want = vec![0u8; k];
-                rsa.private_encrypt(m, &mut want, Padding::NONE).unwrap();
-                assert_eq!(
-                    s, &want,
-                    "{bits}-bit key {ki}, item {i}, {lanes} lanes: differs from OpenSSL"
-                );
+            for code in codes(ki) {
+                let sigs = from_soa(&sign_by(code, &blob, &input, msgs.len()), msgs.len(), limbs);
+                for (i, (m, s)) in msgs.iter().zip(&sigs).enumerate() {
+                    let mut want = vec![0u8; k];
+                    rsa.private_encrypt(m, &mut want, Padding::NONE).unwrap();
+                    assert_eq!(
+                        s, &want,
+                        "{bits}-bit key {ki}, item {i}, {code:?}: differs from OpenSSL"
+                    );
+                }
+                aws_lc_rs::signature::UnparsedPublicKey::new(
+                    &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+                    rsa.public_key_to_der_pkcs1().unwrap(),
+                )
+                .verify(format!("host code {ki}").as_bytes(), &sigs[0])
+                .unwrap_or_else(|_| panic!("aws-lc-rs rejects {code:?}'s signature"));
             }
-            aws_lc_rs::signature::UnparsedPublicKey::new(
-                &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
-                rsa.public_key_to_der_pkcs1().unwrap(),
-            )
-            .verify(format!("coop {ki}").as_bytes(), &sigs[0])
-            .expect("aws-lc-rs verifies the cooperative kernel's signature");
         }
+    }
+
+    /// The one-thread kernels' device chains (emulated), rows and wide,
+    /// for keys of every size (the emulation costs ~3x the portable code).
+    #[test]
+    fn ptx_chains_match_openssl_all_sizes() {
+        for (bits, count) in [(2048, 120), (3072, 48), (4096, 32)] {
+            host_code_matches_openssl(bits, count, |_| {
+                vec![HostCode::PtxEmulated, HostCode::PtxEmulatedWide]
+            });
+        }
+    }
+
+    /// The cooperative kernels, 8 and 16 lanes on alternate keys: fewer
+    /// keys than the one-thread tests', as the emulated warp costs ~2x the
+    /// one-thread host code per signature.
+    fn coop_matches_openssl(bits: usize) {
+        let count = match bits {
+            2048 => 160,
+            3072 => 80,
+            _ => 48,
+        };
+        host_code_matches_openssl(bits, count, |ki| vec![HostCode::Coop(COOP_LANES[ki % 2])]);
     }
 
     #[test]
@@ -530,19 +611,15 @@ mod tests {
             let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
             let input = to_soa(&refs, limbs);
             let blob = pack_key(&pkey(rsa)).unwrap();
-            for lanes in MAPPINGS {
-                let sig = sign_by(lanes, &blob, &input, msgs.len());
+            for code in MAPPINGS {
+                let sig = sign_by(code, &blob, &input, msgs.len());
                 for (i, (m, s)) in msgs
                     .iter()
                     .zip(from_soa(&sig, msgs.len(), limbs))
                     .enumerate()
                 {
                     let want = mod_exp(&BigNum::from_slice(m).unwrap(), rsa.d(), n);
-                    assert_eq!(
-                        s,
-                        bytes(&want, k),
-                        "{bits}-bit edge message {i}, lanes {lanes:?}"
-                    );
+                    assert_eq!(s, bytes(&want, k), "{bits}-bit edge message {i}, {code:?}");
                 }
                 assert!(
                     check(&blob, &sig, &input, msgs.len())
@@ -688,17 +765,18 @@ mod tests {
                         let want = mod_exp(&from_limbs(b), &from_limbs(e), &mb);
                         // The cooperative code with 8 and 16 lanes on
                         // alternate moduli (the emulated warp is slow).
-                        let coop = Some(COOP_LANES[mi % 2]);
-                        for lanes in [None, coop] {
-                            let got = match lanes {
-                                None => modexp(m, m0, &rr, b, e),
-                                Some(l) => modexp_coop(l, m, m0, &rr, b, e),
-                            }
-                            .unwrap();
+                        let coop = HostCode::Coop(COOP_LANES[mi % 2]);
+                        for code in [
+                            HostCode::Portable,
+                            HostCode::PtxEmulated,
+                            HostCode::PtxEmulatedWide,
+                            coop,
+                        ] {
+                            let got = modexp_with(code, m, m0, &rr, b, e).unwrap();
                             assert_eq!(
                                 from_limbs(&got),
                                 want,
-                                "{limbs} limbs, lanes {lanes:?}: modexp differs from OpenSSL"
+                                "{limbs} limbs, {code:?}: modexp differs from OpenSSL"
                             );
                         }
                     }

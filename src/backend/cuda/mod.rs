@@ -92,6 +92,11 @@ pub enum RsaMapping {
     /// cooperation, but each thread holds a whole CRT half's state.
     #[default]
     Thread,
+    /// One thread per signature with the "wide" Montgomery rows
+    /// (`rsa{B}_sign_wide`, kernels/rsa_wide.cu): limb products split by
+    /// parity so ptxas fuses each into one 64-bit multiply-add; fewer
+    /// instructions per row, more registers.
+    Wide,
     /// `T` threads per CRT half, `2T` per signature, cooperating through
     /// warp shuffles (`rsa{B}_sign_coop{T}`): less state per thread, more
     /// threads in flight. `T` is one of [`RsaMapping::COOP_WIDTHS`].
@@ -105,16 +110,18 @@ impl RsaMapping {
 
     /// Every mapping, in the order they are listed to users.
     pub fn all() -> Vec<RsaMapping> {
-        std::iter::once(RsaMapping::Thread)
+        [RsaMapping::Thread, RsaMapping::Wide]
+            .into_iter()
             .chain(Self::COOP_WIDTHS.iter().map(|&t| RsaMapping::Coop(t)))
             .collect()
     }
 
-    /// The sign kernel for `bits`-bit keys: `rsa2048_sign` or
-    /// `rsa2048_sign_coop8`.
+    /// The sign kernel for `bits`-bit keys: `rsa2048_sign`,
+    /// `rsa2048_sign_wide` or `rsa2048_sign_coop8`.
     pub fn kernel(self, bits: usize) -> String {
         match self {
             RsaMapping::Thread => format!("rsa{bits}_sign"),
+            RsaMapping::Wide => format!("rsa{bits}_sign_wide"),
             RsaMapping::Coop(t) => format!("rsa{bits}_sign_coop{t}"),
         }
     }
@@ -124,7 +131,7 @@ impl RsaMapping {
     /// many threads per item).
     pub fn threads_per_item(self) -> usize {
         match self {
-            RsaMapping::Thread => 1,
+            RsaMapping::Thread | RsaMapping::Wide => 1,
             RsaMapping::Coop(t) => 2 * t as usize,
         }
     }
@@ -150,6 +157,7 @@ impl fmt::Display for RsaMapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RsaMapping::Thread => f.write_str("thread"),
+            RsaMapping::Wide => f.write_str("wide"),
             RsaMapping::Coop(t) => write!(f, "coop:{t}"),
         }
     }
@@ -327,6 +335,7 @@ mod tests {
     #[test]
     fn rsa_mappings_parse_name_their_kernels_and_round_trip() {
         assert_eq!("thread".parse::<RsaMapping>(), Ok(RsaMapping::Thread));
+        assert_eq!("wide".parse::<RsaMapping>(), Ok(RsaMapping::Wide));
         assert_eq!("coop:8".parse::<RsaMapping>(), Ok(RsaMapping::Coop(8)));
         assert_eq!("coop:16".parse::<RsaMapping>(), Ok(RsaMapping::Coop(16)));
         assert_eq!(RsaMapping::default(), RsaMapping::Thread);
@@ -338,14 +347,16 @@ mod tests {
         ] {
             let e = bad.parse::<RsaMapping>().unwrap_err();
             assert!(
-                e.contains("\"thread\", \"coop:8\", \"coop:16\""),
+                e.contains("\"thread\", \"wide\", \"coop:8\", \"coop:16\""),
                 "{bad}: {e}"
             );
         }
         assert_eq!(RsaMapping::Thread.kernel(2048), "rsa2048_sign");
         assert_eq!(RsaMapping::Coop(8).kernel(2048), "rsa2048_sign_coop8");
         assert_eq!(RsaMapping::Coop(16).kernel(4096), "rsa4096_sign_coop16");
+        assert_eq!(RsaMapping::Wide.kernel(3072), "rsa3072_sign_wide");
         assert_eq!(RsaMapping::Thread.threads_per_item(), 1);
+        assert_eq!(RsaMapping::Wide.threads_per_item(), 1);
         assert_eq!(RsaMapping::Coop(8).threads_per_item(), 16);
         assert_eq!(RsaMapping::Coop(16).threads_per_item(), 32);
     }
