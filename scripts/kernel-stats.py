@@ -24,6 +24,7 @@ import argparse
 import collections
 import ctypes
 import glob
+import importlib.util
 import os
 import re
 import subprocess
@@ -31,38 +32,13 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.join(HERE, "..", "kernels")
-sys.path.insert(0, HERE)
 
-
-def expand(path, seen):
-    """The program with its includes inlined (as src/kernels.rs does)."""
-    rel = os.path.relpath(path, ROOT)
-    if rel in seen:
-        return ""
-    seen.add(rel)
-    out = []
-    for line in open(path):
-        t = line.lstrip()
-        if t.startswith("#pragma once"):
-            continue
-        m = re.match(r'#include\s+"([^"]+)"', t)
-        if m:
-            local = os.path.join(os.path.dirname(path), m.group(1))
-            out.append(expand(local if os.path.exists(local) else os.path.join(ROOT, m.group(1)), seen))
-            continue
-        out.append(line)
-    return "".join(out)
-
-
-def nvrtc():
-    path = os.environ.get("SIGMUX_NVRTC_LIB")
-    if not path:
-        sys.exit("SIGMUX_NVRTC_LIB is not set: source scripts/deps.sh first")
-    for b in sorted(os.listdir(os.path.dirname(path))):
-        if b.startswith("libnvrtc-builtins.so"):
-            ctypes.CDLL(os.path.join(os.path.dirname(path), b))
-    return ctypes.CDLL(path)
+# Include expansion and NVRTC loading are nvrtc-check.py's.
+_spec = importlib.util.spec_from_file_location("nvrtc_check", os.path.join(HERE, "nvrtc-check.py"))
+nvrtc_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(nvrtc_check)
+ROOT = nvrtc_check.ROOT
+expand = nvrtc_check.expand
 
 
 def compile_cubin(lib, program, arch):
@@ -171,7 +147,7 @@ def main():
     ap.add_argument("--kernel", default="", help="only kernels whose name contains this")
     a = ap.parse_args()
     programs = a.programs or sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.cu")))
-    lib = nvrtc()
+    lib = nvrtc_check.load_nvrtc()
     dis = find_nvdisasm()
     for program in programs:
         cubin, log = compile_cubin(lib, program, a.arch)

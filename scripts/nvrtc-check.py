@@ -28,14 +28,20 @@ def expand(path, seen):
         out.append(line)
     return "".join(out)
 
-def main():
-    path = os.environ["SIGMUX_NVRTC_LIB"]
+def load_nvrtc():
+    """NVRTC from $SIGMUX_NVRTC_LIB (scripts/deps.sh sets it)."""
+    path = os.environ.get("SIGMUX_NVRTC_LIB")
+    if not path:
+        sys.exit("SIGMUX_NVRTC_LIB is not set: source scripts/deps.sh first")
     # NVRTC dlopens its builtins by name; loading them first from the same
     # folder satisfies that without LD_LIBRARY_PATH.
     for b in sorted(os.listdir(os.path.dirname(path))):
         if b.startswith("libnvrtc-builtins.so"):
             ctypes.CDLL(os.path.join(os.path.dirname(path), b))
-    lib = ctypes.CDLL(path)
+    return ctypes.CDLL(path)
+
+def main():
+    lib = load_nvrtc()
     files = sys.argv[1:] or sorted(os.path.join(ROOT, f) for f in os.listdir(ROOT) if f.endswith(".cu"))
     bad = 0
     for f in files:
@@ -57,4 +63,5 @@ def main():
             lib.nvrtcDestroyProgram(ctypes.byref(prog))
     sys.exit(1 if bad else 0)
 
-main()
+if __name__ == "__main__":
+    main()

@@ -232,7 +232,8 @@ pub struct BenchReport {
     /// The GPU's ECDSA check policy during the run (`all` or `sample:N`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cuda_check: Option<String>,
-    /// The GPU's RSA thread mapping during the run (`thread` or `coop:T`).
+    /// The GPU's RSA thread mapping during the run (`thread`, `wide` or
+    /// `coop:T`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cuda_rsa_mapping: Option<String>,
     /// Single requests from async tasks: how the load generator's thread

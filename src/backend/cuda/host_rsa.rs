@@ -236,47 +236,40 @@ pub fn modexp_with(
         ));
     }
     let mut out = vec![0u32; limbs];
-    // SAFETY: every buffer holds `limbs` words (and lanes is checked).
-    let rc = unsafe {
-        match code {
-            HostCode::Portable => smx_rsa_modexp_host(
-                limbs as u32,
-                m.as_ptr(),
-                m0,
-                rr.as_ptr(),
-                base.as_ptr(),
-                exp.as_ptr(),
-                out.as_mut_ptr(),
-            ),
-            HostCode::PtxEmulated => smx_rsa_modexp_emu_host(
-                limbs as u32,
-                m.as_ptr(),
-                m0,
-                rr.as_ptr(),
-                base.as_ptr(),
-                exp.as_ptr(),
-                out.as_mut_ptr(),
-            ),
-            HostCode::PtxEmulatedWide => smx_rsa_modexp_wide_emu_host(
-                limbs as u32,
-                m.as_ptr(),
-                m0,
-                rr.as_ptr(),
-                base.as_ptr(),
-                exp.as_ptr(),
-                out.as_mut_ptr(),
-            ),
-            HostCode::Coop(lanes) => smx_rsa_modexp_coop_host(
-                limbs as u32,
-                coop_lanes(lanes)?,
-                m.as_ptr(),
-                m0,
-                rr.as_ptr(),
-                base.as_ptr(),
-                exp.as_ptr(),
-                out.as_mut_ptr(),
-            ),
+    let one_thread = match code {
+        HostCode::Portable => smx_rsa_modexp_host,
+        HostCode::PtxEmulated => smx_rsa_modexp_emu_host,
+        HostCode::PtxEmulatedWide => smx_rsa_modexp_wide_emu_host,
+        HostCode::Coop(lanes) => {
+            let lanes = coop_lanes(lanes)?;
+            // SAFETY: every buffer holds `limbs` words; lanes is checked.
+            let rc = unsafe {
+                smx_rsa_modexp_coop_host(
+                    limbs as u32,
+                    lanes,
+                    m.as_ptr(),
+                    m0,
+                    rr.as_ptr(),
+                    base.as_ptr(),
+                    exp.as_ptr(),
+                    out.as_mut_ptr(),
+                )
+            };
+            assert_eq!(rc, 0);
+            return Ok(out);
         }
+    };
+    // SAFETY: every buffer holds `limbs` words.
+    let rc = unsafe {
+        one_thread(
+            limbs as u32,
+            m.as_ptr(),
+            m0,
+            rr.as_ptr(),
+            base.as_ptr(),
+            exp.as_ptr(),
+            out.as_mut_ptr(),
+        )
     };
     assert_eq!(rc, 0);
     Ok(out)
