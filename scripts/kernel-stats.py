@@ -2,7 +2,7 @@
 """What a kernel costs, read from the compiled code, without a GPU.
 
 Usage: source scripts/deps.sh; python3 scripts/kernel-stats.py [rsa.cu ...]
-       [--arch sm_90] [--kernel NAME_SUBSTRING]
+       [--arch sm_90] [--kernel NAME_SUBSTRING] [--functions]
 
 For each program (default: every kernels/*.cu) this compiles with NVRTC for
 --arch the way scripts/nvrtc-check.py does, with ptxas' verbose report, and
@@ -12,7 +12,10 @@ pip-installs into .cache/nvdisasm on first use) it also disassembles the
 CUBIN and prints every loop (a conditional backward branch) of each kernel
 with its SASS instruction mix: all instructions, integer multiplies (IMAD,
 IMAD.HI, IMAD.WIDE; not the IMAD forms that only move, add or shift),
-shuffles and memory operations.
+shuffles and memory operations. --functions adds the device functions that
+are not kernels (the __noinline__ point operations and exponentiations of
+the EC kernels) with their whole instruction mix: for straight-line code
+such as a point addition that is what one call issues.
 
 These are static counts: they say what one trip of a loop issues, not how
 often it runs or how fast the GPU issues it. Use them to compare kernels
@@ -102,6 +105,49 @@ def find_nvdisasm():
 MUL = re.compile(r"^IMAD(\.HI|\.WIDE)?(\.U32)?$|^IMAD\.HI\.U32$|^IMAD\.WIDE\.U32$")
 
 
+def mix(c):
+    """(instructions, multiplies, shuffles, memory ops) of an opcode Counter."""
+    n = sum(c.values())
+    mul = sum(v for op, v in c.items() if MUL.match(op))
+    shfl = sum(v for op, v in c.items() if op.startswith("SHFL"))
+    mem = sum(v for op, v in c.items() if op.startswith(("LDL", "STL", "LDG", "STG", "LD.", "ST.", "LDC", "LDS", "STS")))
+    return n, mul, shfl, mem
+
+
+def opcode(text):
+    w = text.split()
+    return w[1] if w[0].startswith("@") else w[0]
+
+
+def functions(sass):
+    """{(kernel, function): (instructions, multiplies, shuffles, memory ops)}
+    for the device functions that are not kernels (the __noinline__ ones,
+    which nvdisasm lists after their kernel as `$kernel$mangled:`): straight
+    code, such as a point addition, issues all of them once per call."""
+    out, cur = {}, None
+    for line in sass.splitlines():
+        if re.match(r"\.text\.\S+:", line):
+            cur = None
+            continue
+        m = re.match(r"\$(\w+?)\$(\S+):$", line.strip())
+        if m:
+            cur = (m.group(1), m.group(2))
+            out[cur] = collections.Counter()
+            continue
+        m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(.*?);", line)
+        if m and cur:
+            out[cur][opcode(m.group(1).strip())] += 1
+    return {f: mix(c) for f, c in out.items()}
+
+
+def demangle(names):
+    try:
+        r = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True)
+        return dict(zip(names, r.stdout.splitlines()))
+    except (OSError, subprocess.CalledProcessError):
+        return {n: n for n in names}
+
+
 def loops(sass):
     """{kernel: [(instructions, multiplies, shuffles, memory ops)] per loop}."""
     funcs, cur = {}, None
@@ -126,16 +172,8 @@ def loops(sass):
         for i, (kind, text) in enumerate(ins):
             m = re.search(r"BRA\s+`\((\.L_x_\d+)\)", text) if kind == "i" else None
             if m and text.startswith("@") and pos.get(m.group(1), i) < i:
-                c = collections.Counter()
-                for k, t in ins[pos[m.group(1)]:i + 1]:
-                    if k == "i":
-                        w = t.split()
-                        c[w[1] if w[0].startswith("@") else w[0]] += 1
-                n = sum(c.values())
-                mul = sum(v for op, v in c.items() if MUL.match(op))
-                shfl = sum(v for op, v in c.items() if op.startswith("SHFL"))
-                mem = sum(v for op, v in c.items() if op.startswith(("LDL", "STL", "LDG", "STG", "LD.", "ST.", "LDC", "LDS", "STS")))
-                found.append((n, mul, shfl, mem))
+                c = collections.Counter(opcode(t) for k, t in ins[pos[m.group(1)]:i + 1] if k == "i")
+                found.append(mix(c))
         out[f] = found
     return out
 
@@ -145,6 +183,8 @@ def main():
     ap.add_argument("programs", nargs="*")
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--kernel", default="", help="only kernels whose name contains this")
+    ap.add_argument("--functions", action="store_true",
+                    help="also list the non-kernel device functions (__noinline__) with their instruction mix")
     a = ap.parse_args()
     programs = a.programs or sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.cu")))
     lib = nvrtc_check.load_nvrtc()
@@ -168,6 +208,13 @@ def main():
             for (n, mul, shfl, mem), times in sorted(seen.items(), key=lambda x: -x[0][1] * x[1])[:8]:
                 share = f"{mul / n:.0%}" if n else "-"
                 print(f"    loop x{times:<3} {n:6} instr  {mul:5} mul ({share})  {shfl:4} shfl  {mem:4} mem")
+        if a.functions and sass:
+            funcs = functions(sass)
+            names = demangle(sorted({f for _, f in funcs}))
+            for (k, f) in sorted(funcs, key=lambda kf: (kf[0], names[kf[1]])):
+                n, mul, shfl, mem = funcs[(k, f)]
+                if a.kernel in k:
+                    print(f"{program} {a.arch} {k} calls {names[f]}: {n} instr  {mul} mul  {shfl} shfl  {mem} mem")
 
 
 if __name__ == "__main__":

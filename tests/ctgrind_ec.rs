@@ -130,21 +130,3 @@ fn ctgrind_catches_a_secret_dependent_branch() {
     let out = run_driver(&exe, true, "leak", &input);
     assert_leak_caught(&out);
 }
-
-/// The device's PTX carry chains (mad.lo.cc / madc.hi.cc / addc), run on the
-/// host through a model of the carry flag (-DEC_EMULATE_PTX): the Montgomery
-/// multiplication the GPU runs, checked without a GPU.
-#[test]
-fn ptx_carry_chain_model_signs_correctly() {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = build_driver(
-        dir.path(),
-        "ec.cpp",
-        "ec_ctgrind_ptx",
-        &["-DEC_EMULATE_PTX"],
-    );
-    let (cases, input) = cases(16);
-    let out = run_driver(&exe, false, "sign", &input);
-    assert!(out.status.success());
-    check_outputs(&cases, &out.stdout);
-}

@@ -91,25 +91,3 @@ fn ctgrind_catches_a_secret_dependent_branch() {
     let out = run_driver(&exe, true, "leak", &input);
     assert_leak_caught(&out);
 }
-
-/// The device's PTX carry chains, run on the host through the carry-flag
-/// model (-DEC_EMULATE_PTX, see tests/ctgrind_ec.rs): the Montgomery
-/// arithmetic the GPU runs for p = 2^255 - 19 and L, checked without a GPU.
-#[test]
-fn ptx_carry_chain_model_signs_correctly() {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = build_driver(
-        dir.path(),
-        "ed25519.cpp",
-        "ed25519_ctgrind_ptx",
-        &["-DEC_EMULATE_PTX"],
-    );
-    let (cases, input) = cases(48);
-    let out = run_driver(&exe, false, "sign", &input);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    check_outputs(&cases, &out.stdout);
-}

@@ -32,6 +32,26 @@ struct p256_fp {
     EC_FN static const u32 *exp_inv() { return P256_P_EXP; }
 };
 
+// p256 = 2^256 - 2^224 + 2^192 + 2^96 - 1, so q = t_0 and
+// (t + q p) / 2^32 = t / 2^32 + q (2^224 - 2^192 + 2^160 + 2^64), t_0 = q
+// cancelling against -q: q at words 2 and 5 and q (2^32 - 1) at word 6 of
+// the shifted value, i.e. t[3], t[6] and t[7..8] here (see field.cuh).
+template <> struct mont_reduce<p256_fp> {
+    EC_FN static void add_qm(u32 *t, u32 q) {
+        // q (2^32 - 1) = hi:lo with lo = -q mod 2^32, hi = q - (q != 0)
+        u32 lo = 0, hi = q;
+        cc::sub_cc(lo, q);
+        cc::subc(hi, 0);
+        cc::add_cc(t[3], q);
+        cc::addc_cc(t[4], 0);
+        cc::addc_cc(t[5], 0);
+        cc::addc_cc(t[6], q);
+        cc::addc_cc(t[7], lo);
+        cc::addc_cc(t[8], hi);
+        cc::addc(t[9], 0);
+    }
+};
+
 struct p256_fn {
     enum { L = 8 };
     EC_FN static const u32 *mod() { return P256_N; }
@@ -65,6 +85,26 @@ struct p384_fp {
     EC_FN static const u32 *exp_inv() { return P384_P_EXP; }
 };
 
+// p384 = 2^384 - 2^128 - 2^96 + 2^32 - 1, so q = t_0 and
+// (t + q p) / 2^32 = t / 2^32 + q (2^352 - 2^96 - 2^64 + 1): q added at
+// words 0 and 11 and subtracted at words 2 and 3 of the shifted value, i.e.
+// t[1], t[12] and t[3], t[4] here. The sum is the generic row's value, so no
+// chain carries or borrows out of t[13].
+template <> struct mont_reduce<p384_fp> {
+    EC_FN static void add_qm(u32 *t, u32 q) {
+        cc::add_cc(t[1], q);
+EC_UNROLL
+        for (int j = 2; j < 12; j++) cc::addc_cc(t[j], 0);
+        cc::addc_cc(t[12], q);
+        cc::addc(t[13], 0);
+        cc::sub_cc(t[3], q);
+        cc::subc_cc(t[4], q);
+EC_UNROLL
+        for (int j = 5; j < 13; j++) cc::subc_cc(t[j], 0);
+        cc::subc(t[13], 0);
+    }
+};
+
 struct p384_fn {
     enum { L = 12 };
     EC_FN static const u32 *mod() { return P384_N; }
@@ -79,8 +119,11 @@ struct p384_fn {
 // 16 entries per lookup (the constant-time scan reads all of them) and a
 // table of 64 affine points (4 KiB for P-256, 6 KiB for P-384): small enough
 // to stay in L1/L2 for every SM, read with warp-uniform addresses.
+//
+// COOP_T: lanes per number in the warp's shared inversion (warp_inv.cuh),
+// L / COOP_T limbs each; a power of two dividing L.
 struct P256 {
-    enum { L = 8, BITS = 256, TEETH = 4, COMBS = 4, SPACING = 16 };
+    enum { L = 8, BITS = 256, TEETH = 4, COMBS = 4, SPACING = 16, COOP_T = 8 };
     typedef mont_t<p256_fp> fp;
     typedef mont_t<p256_fn> fn;
     EC_FN static const u32 *b_mont() { return P256_B_MONT; }
@@ -90,7 +133,7 @@ struct P256 {
 };
 
 struct P384 {
-    enum { L = 12, BITS = 384, TEETH = 4, COMBS = 4, SPACING = 24 };
+    enum { L = 12, BITS = 384, TEETH = 4, COMBS = 4, SPACING = 24, COOP_T = 4 };
     typedef mont_t<p384_fp> fp;
     typedef mont_t<p384_fn> fn;
     EC_FN static const u32 *b_mont() { return P384_B_MONT; }

@@ -1,26 +1,38 @@
 // Montgomery arithmetic modulo a fixed odd modulus of L 32-bit limbs: the
 // field of P-256/P-384 coordinates (mod p) and their scalars (mod n).
 //
-// Reduction: Montgomery (CIOS, one reduction row per multiplier limb) for
-// both p and n. p256 and p384 are generalized Mersenne primes, but their
-// special-form (Solinas) reduction mixes signed 32-bit terms whose carries
-// have to be normalized with extra passes; on a GPU that is a long chain of
-// add/sub with carries and a final multi-step correction. CIOS is one regular
-// mad.lo/madc.hi chain per row, the same code for p and n, and for both
-// primes -p^-1 mod 2^32 = 1 (their low limb is 0xffffffff), so the per-row
-// Montgomery factor m is the low word itself: no extra multiply for p. There
-// is no GPU here to measure the alternative; this is the choice we expect to
-// be fastest and it is the simplest to keep constant time.
+// Reduction: Montgomery, one reduction row per limb, for both p and n.
+// Each row adds q * m, q = t_0 * (-m^-1 mod 2^32), to make the
+// low word zero. For a general modulus (the group orders, Ed25519's p) that
+// is a row of limb products like a * b_i. For p256 and p384 the low limb is
+// 0xffffffff, so q = t_0, and m + 1 is a sum of a few signed powers of
+// 2^32: q * m = q * (m + 1) - q, where -q cancels t_0 exactly and q * (m +
+// 1) is q added or subtracted at a few word positions. Those rows
+// (mont_reduce, specialised in curves.cuh and ed25519/field.cuh) are short
+// add/sub carry chains with no multiply. The value is the same as the
+// generic row's, so everything downstream is unchanged. (A full Solinas
+// reduction of the 2L-word product would also avoid the multiplies, but its
+// signed terms need normalising passes and a multi-step final correction;
+// the Montgomery form keeps one code path, the same for p and n, with one
+// masked final subtraction.)
 //
 // Constant time: no branch or address depends on an operand. The final
 // subtraction is always computed and kept by mask (select). Exponents
 // (Fermat inverses) are public constants of the curve: the sequence of
 // operations and the table indices they pick depend on the modulus only.
 //
-// On the device (SMX_PTX) the multiply-accumulate rows use PTX carry chains
-// (mad.lo.cc / madc.lo.cc / madc.hi.cc / addc); the host build takes the
-// portable 64-bit form from common.cuh. Both compute the unique fully reduced
-// result in [0, m), so they agree bit for bit.
+// The product a * b comes first, whole (mul_wide: every limb product one
+// fused IMAD.WIDE.U32.X on sm_90), then the reduction rows slide over it
+// (redc). Measured on sm_90 SASS (scripts/kernel-stats.py --functions,
+// NVRTC 13.0), a P-256 mixed point addition (11 multiplications) went from
+// 8,386 instructions with separate lo/hi chains and product rows in the
+// reduction to 4,449, and the doubling from 8,204 to 4,368.
+//
+// Everything is PTX carry chains (mad.lo.cc / madc.lo.cc / madc.hi.cc /
+// addc / sub.cc), additions and subtractions included. On the device each
+// is one instruction; the host build runs the same chains through a model
+// of the carry flag (namespace cc), so every host test, the ctgrind runs
+// included, executes the device's arithmetic step for step.
 #pragma once
 
 #include "common.cuh"
@@ -78,46 +90,123 @@ template <int L> EC_FN bool limbs_lt_public(const u32 *a, const u32 *b) {
     return limbs_sub<L>(t, a, b) != 0;
 }
 
-// PTX carry-chain steps, d += a * b (low or high half) with the carry flag
-// CC.CF in / out as the mnemonic says. On the device each is one instruction
-// (consecutive asm volatile statements keep CC.CF between them, as sppark
-// relies on); EC_EMULATE_PTX builds a host model of the flag so CI can run
-// this exact chain (tests/ctgrind_ec.rs); the normal host build does not use
-// them.
-#if defined(SMX_PTX)
+// PTX carry-chain steps, d += a * b (low or high half) or d -= a, with the
+// carry flag CC.CF in / out as the mnemonic says. On the device each is one
+// instruction (consecutive asm volatile statements keep CC.CF between them,
+// as sppark relies on); on the host a thread-local flag models it,
+// branch-free, so valgrind's ctgrind check applies to these very chains.
 namespace cc {
+#if defined(SMX_PTX)
 EC_FN void mad_lo_cc(u32 &d, u32 a, u32 b) { asm volatile("mad.lo.cc.u32 %0, %1, %2, %0;" : "+r"(d) : "r"(a), "r"(b)); }
 EC_FN void madc_lo_cc(u32 &d, u32 a, u32 b) { asm volatile("madc.lo.cc.u32 %0, %1, %2, %0;" : "+r"(d) : "r"(a), "r"(b)); }
 EC_FN void mad_hi_cc(u32 &d, u32 a, u32 b) { asm volatile("mad.hi.cc.u32 %0, %1, %2, %0;" : "+r"(d) : "r"(a), "r"(b)); }
 EC_FN void madc_hi_cc(u32 &d, u32 a, u32 b) { asm volatile("madc.hi.cc.u32 %0, %1, %2, %0;" : "+r"(d) : "r"(a), "r"(b)); }
-EC_FN void addc_cc(u32 &d) { asm volatile("addc.cc.u32 %0, %0, 0;" : "+r"(d)); }
-EC_FN void addc(u32 &d) { asm volatile("addc.u32 %0, %0, 0;" : "+r"(d)); }
-}  // namespace cc
-#elif defined(EC_EMULATE_PTX)
-namespace cc {
+EC_FN void add_cc(u32 &d, u32 a) { asm volatile("add.cc.u32 %0, %0, %1;" : "+r"(d) : "r"(a)); }
+EC_FN void addc_cc(u32 &d, u32 a) { asm volatile("addc.cc.u32 %0, %0, %1;" : "+r"(d) : "r"(a)); }
+EC_FN void addc(u32 &d, u32 a) { asm volatile("addc.u32 %0, %0, %1;" : "+r"(d) : "r"(a)); }
+EC_FN void sub_cc(u32 &d, u32 a) { asm volatile("sub.cc.u32 %0, %0, %1;" : "+r"(d) : "r"(a)); }
+EC_FN void subc_cc(u32 &d, u32 a) { asm volatile("subc.cc.u32 %0, %0, %1;" : "+r"(d) : "r"(a)); }
+EC_FN void subc(u32 &d, u32 a) { asm volatile("subc.u32 %0, %0, %1;" : "+r"(d) : "r"(a)); }
+#else
 inline u32 &flag() {
     static thread_local u32 cf;
     return cf;
 }
-inline void step(u32 &d, u64 add, u32 cin) {
+inline void step(u32 &d, u64 add, u32 cin, bool set) {
     u64 t = (u64)d + add + cin;
     d = (u32)t;
-    flag() = (u32)(t >> 32);
+    if (set) flag() = (u32)(t >> 32);
 }
-inline void mad_lo_cc(u32 &d, u32 a, u32 b) { step(d, (u32)(a * b), 0); }
-inline void madc_lo_cc(u32 &d, u32 a, u32 b) { step(d, (u32)(a * b), flag()); }
-inline void mad_hi_cc(u32 &d, u32 a, u32 b) { step(d, (u32)((u64)a * b >> 32), 0); }
-inline void madc_hi_cc(u32 &d, u32 a, u32 b) { step(d, (u32)((u64)a * b >> 32), flag()); }
-inline void addc_cc(u32 &d) { step(d, 0, flag()); }
-inline void addc(u32 &d) { d += flag(); }
-}  // namespace cc
+inline void back(u32 &d, u32 a, u32 bin, bool set) {
+    u64 t = (u64)d - a - bin;
+    d = (u32)t;
+    if (set) flag() = (u32)(t >> 63);
+}
+inline void mad_lo_cc(u32 &d, u32 a, u32 b) { step(d, (u32)(a * b), 0, true); }
+inline void madc_lo_cc(u32 &d, u32 a, u32 b) { step(d, (u32)(a * b), flag(), true); }
+inline void mad_hi_cc(u32 &d, u32 a, u32 b) { step(d, (u32)((u64)a * b >> 32), 0, true); }
+inline void madc_hi_cc(u32 &d, u32 a, u32 b) { step(d, (u32)((u64)a * b >> 32), flag(), true); }
+inline void add_cc(u32 &d, u32 a) { step(d, a, 0, true); }
+inline void addc_cc(u32 &d, u32 a) { step(d, a, flag(), true); }
+inline void addc(u32 &d, u32 a) { step(d, a, flag(), false); }
+inline void sub_cc(u32 &d, u32 a) { back(d, a, 0, true); }
+inline void subc_cc(u32 &d, u32 a) { back(d, a, flag(), true); }
+inline void subc(u32 &d, u32 a) { back(d, a, flag(), false); }
 #endif
+}  // namespace cc
+
+// The reduction step of a Montgomery row for the modulus P: with
+// q = t_0 * P::m0(), words 1 .. L+1 of t become those of t + q * m (whose
+// word 0 is zero; the caller shifts t down one word). This is the general
+// row of limb products; curves.cuh specialises it for moduli of a special
+// form.
+template <class P> struct mont_reduce {
+    EC_FN static void add_qm(u32 *t, u32 q) {
+        enum { L = P::L };
+        const u32 *m = P::mod();
+        cc::mad_lo_cc(t[0], q, m[0]);
+EC_UNROLL
+        for (int j = 1; j < L; j++) cc::madc_lo_cc(t[j], q, m[j]);
+        cc::addc_cc(t[L], 0);
+        cc::addc(t[L + 1], 0);
+        cc::mad_hi_cc(t[1], q, m[0]);
+EC_UNROLL
+        for (int j = 1; j < L; j++) cc::madc_hi_cc(t[j + 1], q, m[j]);
+        cc::addc(t[L + 1], 0);
+    }
+};
+
+// w[0..2L) = a * b, for even L. Row i's limb products a_j b_i go to two
+// accumulators by the parity of their position i + j: w itself for even
+// positions, o (word k at position k + 1) for odd ones. Each product then
+// fills an aligned pair of words (even index, odd index) of one
+// accumulator, next to the pair of a_{j+2} b_i, so each row of each
+// accumulator is ONE chain (mad.lo.cc, madc.hi.cc, madc.lo.cc, ...) whose
+// lo/hi pairs ptxas fuses into one IMAD.WIDE.U32.X per product, where
+// separate lo and hi chains take four instructions per product (IMAD,
+// IMAD.HI, two IADD3.X) and pairs at odd offsets cost register moves.
+// A row's carry goes to the word above its chain, which no earlier row has
+// used as a chain word (at most the previous row's carry is there, so it
+// stays below 3); w + o * 2^32 is added once at the end. The RSA `wide`
+// mapping's even/odd rows (rsa/arith.cuh) are the same idea inside CIOS.
+template <int L> EC_FN void mul_wide(u32 *w, const u32 *a, const u32 *b) {
+    u32 o[2 * L - 1];
+    for (int j = 0; j < 2 * L; j++) w[j] = 0;
+    for (int j = 0; j < 2 * L - 1; j++) o[j] = 0;
+EC_UNROLL
+    for (int i = 0; i < L; i++) {
+        const int je = i & 1, jo = je ^ 1;  // first j of each parity class
+        cc::mad_lo_cc(w[i + je], a[je], b[i]);
+        cc::madc_hi_cc(w[i + je + 1], a[je], b[i]);
+EC_UNROLL
+        for (int j = je + 2; j < L; j += 2) {
+            cc::madc_lo_cc(w[i + j], a[j], b[i]);
+            cc::madc_hi_cc(w[i + j + 1], a[j], b[i]);
+        }
+        // (the last odd row's even-position sum ends below 2^(64 L): no carry)
+        if (i + je + L < 2 * L) cc::addc(w[i + je + L], 0);
+        cc::mad_lo_cc(o[i + jo - 1], a[jo], b[i]);
+        cc::madc_hi_cc(o[i + jo], a[jo], b[i]);
+EC_UNROLL
+        for (int j = jo + 2; j < L; j += 2) {
+            cc::madc_lo_cc(o[i + j - 1], a[j], b[i]);
+            cc::madc_hi_cc(o[i + j], a[j], b[i]);
+        }
+        cc::addc(o[i + jo + L - 1], 0);
+    }
+    // nothing carries out of word 2L - 1: a * b < 2^(64 L)
+    cc::add_cc(w[1], o[0]);
+EC_UNROLL
+    for (int j = 2; j < 2 * L - 1; j++) cc::addc_cc(w[j], o[j - 1]);
+    cc::addc(w[2 * L - 1], o[2 * L - 2]);
+}
 
 // P describes the modulus: P::L limbs, P::mod() the modulus, P::m0() =
 // -mod^-1 mod 2^32, P::rr() = R^2 mod m, P::one() = R mod m, P::exp_inv() =
 // m - 2 (all little-endian limbs, R = 2^(32 L)).
 template <class P> struct mont_t {
     enum { L = P::L };
+    typedef P traits;
     u32 v[L];
 
     EC_FN static mont_t zero() {
@@ -160,23 +249,38 @@ template <class P> struct mont_t {
         return r;
     }
 
+    // (a + b) mod m: the sum, and the sum minus m, kept by mask. The carry
+    // out of the sum minus the borrow of the subtraction is all-ones exactly
+    // when the sum is below m (a carry with no borrow cannot happen: a + b <
+    // 2m).
     EC_FN mont_t operator+(const mont_t &b) const {
         const u32 *m = P::mod();
-        mont_t r, t;
-        u32 carry = 0, borrow = 0;
-        for (int j = 0; j < L; j++) r.v[j] = add_carry(v[j], b.v[j], carry);
-        for (int j = 0; j < L; j++) t.v[j] = sub_borrow(r.v[j], m[j], borrow);
-        // keep r - m when the sum carried out or did not borrow
-        (void)sub_borrow(carry, 0, borrow);
-        return csel(mask_is_zero(borrow), t, r);
+        mont_t r = *this, t;
+        u32 top = 0;
+        cc::add_cc(r.v[0], b.v[0]);
+EC_UNROLL
+        for (int j = 1; j < L; j++) cc::addc_cc(r.v[j], b.v[j]);
+        cc::addc(top, 0);
+        t = r;
+        cc::sub_cc(t.v[0], m[0]);
+EC_UNROLL
+        for (int j = 1; j < L; j++) cc::subc_cc(t.v[j], m[j]);
+        cc::subc(top, 0);
+        return csel(top, r, t);
     }
 
+    // (a - b) mod m: the difference, plus m where it borrowed.
     EC_FN mont_t operator-(const mont_t &b) const {
         const u32 *m = P::mod();
-        mont_t r;
-        u32 borrow = limbs_sub<L>(r.v, v, b.v);
-        u32 mask = 0u - borrow, carry = 0;
-        for (int j = 0; j < L; j++) r.v[j] = add_carry(r.v[j], m[j] & mask, carry);
+        mont_t r = *this;
+        u32 mask = 0;
+        cc::sub_cc(r.v[0], b.v[0]);
+EC_UNROLL
+        for (int j = 1; j < L; j++) cc::subc_cc(r.v[j], b.v[j]);
+        cc::subc(mask, 0);  // all-ones on a borrow
+        cc::add_cc(r.v[0], m[0] & mask);
+EC_UNROLL
+        for (int j = 1; j < L; j++) cc::addc_cc(r.v[j], m[j] & mask);
         return r;
     }
 
@@ -187,67 +291,45 @@ template <class P> struct mont_t {
     EC_FN mont_t &operator-=(const mont_t &b) { return *this = *this - b; }
     EC_FN mont_t &operator*=(const mont_t &b) { return *this = *this * b; }
 
-    // Montgomery product a * b / R mod m, for a < R and b < m (then the
-    // CIOS accumulator stays below 2m and one masked subtraction reduces).
+    // Montgomery product a * b / R mod m, for a < R and b < m.
     EC_FN mont_t operator*(const mont_t &b) const {
+        u32 w[2 * L];
+        mul_wide<L>(w, v, b.v);
+        return redc(w);
+    }
+
+    // w / R mod m for a 2L-word w < m R (a product of a < R and b < m):
+    // Montgomery reduction a word at a time (mont_reduce's rows) over a
+    // window of L+2 words that slides up w; each step shifts the window
+    // down one word and brings in the next word of w above it. The window
+    // holds what a CIOS loop's accumulator would, so it stays below 2m *
+    // 2^32 and one masked subtraction finishes.
+    EC_FN static mont_t redc(const u32 *w) {
         const u32 *m = P::mod();
-        const u32 m0 = P::m0();
         u32 t[L + 2];
-        for (int j = 0; j < L + 2; j++) t[j] = 0;
-#if defined(SMX_PTX) || defined(EC_EMULATE_PTX)
+        for (int j = 0; j <= L; j++) t[j] = w[j];
+        t[L + 1] = 0;
 EC_UNROLL
         for (int i = 0; i < L; i++) {
-            u32 bi = b.v[i];
-            // t += a * b_i: low halves at j, high halves at j + 1
-            cc::mad_lo_cc(t[0], v[0], bi);
-EC_UNROLL
-            for (int j = 1; j < L; j++) cc::madc_lo_cc(t[j], v[j], bi);
-            cc::addc_cc(t[L]);
-            cc::addc(t[L + 1]);
-            cc::mad_hi_cc(t[1], v[0], bi);
-EC_UNROLL
-            for (int j = 1; j < L; j++) cc::madc_hi_cc(t[j + 1], v[j], bi);
-            cc::addc(t[L + 1]);
-            // t += (t_0 * m0 mod 2^32) * m, which clears t_0; then t >>= 32
-            u32 q = t[0] * m0;
-            cc::mad_lo_cc(t[0], q, m[0]);
-EC_UNROLL
-            for (int j = 1; j < L; j++) cc::madc_lo_cc(t[j], q, m[j]);
-            cc::addc_cc(t[L]);
-            cc::addc(t[L + 1]);
-            cc::mad_hi_cc(t[1], q, m[0]);
-EC_UNROLL
-            for (int j = 1; j < L; j++) cc::madc_hi_cc(t[j + 1], q, m[j]);
-            cc::addc(t[L + 1]);
+            // t = (t + q m) / 2^32, q = t_0 * m0 mod 2^32
+            mont_reduce<P>::add_qm(t, t[0] * P::m0());
 EC_UNROLL
             for (int j = 0; j <= L; j++) t[j] = t[j + 1];
             t[L + 1] = 0;
+            if (i + 1 < L) {
+                cc::add_cc(t[L], w[i + L + 1]);
+                cc::addc(t[L + 1], 0);
+            }
         }
-#else
-        for (int i = 0; i < L; i++) {
-            u32 bi = b.v[i], c = 0;
-            for (int j = 0; j < L; j++) t[j] = mul_add(v[j], bi, t[j], c);
-            u32 c2 = 0;
-            t[L] = add_carry(t[L], c, c2);
-            t[L + 1] = c2;
-            u32 q = t[0] * m0;
-            c = 0;
-            (void)mul_add(q, m[0], t[0], c);
-            for (int j = 1; j < L; j++) t[j - 1] = mul_add(q, m[j], t[j], c);
-            c2 = 0;
-            t[L - 1] = add_carry(t[L], c, c2);
-            t[L] = t[L + 1] + c2;
-        }
-#endif
-        // t < 2m: subtract m unless that borrows past the top word
+        // t < 2m: keep t - m unless that borrows past the top word, i.e.
+        // t[L] minus the borrow is all-ones
         mont_t r, s;
-        u32 borrow = 0;
-        for (int j = 0; j < L; j++) {
-            r.v[j] = t[j];
-            s.v[j] = sub_borrow(t[j], m[j], borrow);
-        }
-        (void)sub_borrow(t[L], 0, borrow);
-        return csel(mask_is_zero(borrow), s, r);
+        for (int j = 0; j < L; j++) r.v[j] = s.v[j] = t[j];
+        cc::sub_cc(s.v[0], m[0]);
+EC_UNROLL
+        for (int j = 1; j < L; j++) cc::subc_cc(s.v[j], m[j]);
+        cc::subc(t[L], 0);
+        return csel(t[L], r, s);
     }
 
     // this^e for a public exponent e (L limbs): fixed 4-bit windows, the

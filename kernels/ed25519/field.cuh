@@ -3,8 +3,8 @@
 //
 // Why Montgomery and not the usual radix-2^25.5 or 2^51 pseudo-Mersenne
 // code: the same mont_t (CIOS rows on PTX carry chains, one masked final
-// subtraction, fully reduced results) already serves P-256/P-384 and is
-// covered by the host tests and the PTX carry model; p < 2^255 < R / 2, so
+// subtraction, fully reduced results) already serves P-256/P-384, and the
+// host tests run its carry chains step for step; p < 2^255 < R / 2, so
 // its bounds (a < R, b < m) hold for every operand. -p^-1 mod 2^32 is not 1
 // here (p's low limb is 0xffffffed), so each row costs one extra 32-bit
 // multiply for q, against 8 x 8 limb products: noise.
@@ -41,6 +41,31 @@ struct fp_traits {
     EC_FN static const u32 *one() { return ED_P_ONE; }
     EC_FN static const u32 *exp_inv() { return ED_P_EXP; }
 };
+
+}  // namespace ed25519
+
+namespace ec {
+// p = 2^255 - 19: q p = q 2^255 - 19 q. The low word of t + q p is zero, so
+// t_0 = 19 q mod 2^32 exactly, and (t + q p) / 2^32 = t / 2^32 - hi(19 q) +
+// q 2^223, with hi(19 q) < 2^5 at word 0 and q 2^223 = q << 31 at word 6
+// plus q >> 1 at word 7 of the shifted value: t[1] minus, t[7..8] plus,
+// carries and borrows run to t[9] (see ec/field.cuh). The same value as
+// the general row; one 32-bit multiply instead of 16.
+template <> struct mont_reduce<ed25519::fp_traits> {
+    EC_FN static void add_qm(u32 *t, u32 q) {
+        u32 h = (u32)(((u64)q * 19u) >> 32);
+        cc::sub_cc(t[1], h);
+EC_UNROLL
+        for (int j = 2; j < 9; j++) cc::subc_cc(t[j], 0);
+        cc::subc(t[9], 0);
+        cc::add_cc(t[7], q << 31);
+        cc::addc_cc(t[8], q >> 1);
+        cc::addc(t[9], 0);
+    }
+};
+}  // namespace ec
+
+namespace ed25519 {
 
 // A coordinate mod p, Montgomery form.
 typedef mont_t<fp_traits> fe;
