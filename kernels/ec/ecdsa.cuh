@@ -1,6 +1,6 @@
-// ECDSA sign and check, one item (signature) at a time; the kernels
-// (ecdsa.cu) and the host build (host/ec_host.cpp) both call these, so the
-// code CI tests is the code the GPU runs.
+// ECDSA sign, a warp of items (signatures) at a time, and check, one item
+// at a time; the kernels (ecdsa.cu) and the host build (host/ec_host.cpp)
+// both call these, so the code CI tests is the code the GPU runs.
 //
 // Buffers (ABI, see src/backend/cuda/ec_layout.rs): big numbers are L 32-bit
 // little-endian limbs; batches are structure-of-arrays, limb j of item i at
@@ -20,7 +20,7 @@
 // for table size, and the 4 KiB / 6 KiB table stays cache resident.
 #pragma once
 
-#include "ec/point.cuh"
+#include "ec/warp_inv.cuh"
 
 namespace smx {
 namespace ec {
@@ -118,33 +118,53 @@ template <class C> EC_FN point_t<C> mul_var_public(const affine_t<C> &q, const u
     return r;
 }
 
-// One signature: r = x(k G) mod n, s = k^-1 (z + r d) mod n; ok = 0 when r
-// or s is zero (the host redoes the item). Constant time in d and k.
+// The signatures of items first .. first + 31, one per lane of a warp
+// (fewer at the end of the batch): r = x(k G) mod n, s = k^-1 (z + r d)
+// mod n; ok = 0 when r or s is zero (the host redoes the item). The two
+// inversions (Z of k G, and k) are shared by the warp (warp_invert).
+// Constant time in d and k. Every lane of the warp must call this with the
+// same `first`; lanes past the batch carry 1s through the inversion and
+// store nothing (which lanes those are is public).
 template <class C>
-EC_FN void sign_item(const u32 *table, const u32 *key, const u32 *z, const u32 *k, u32 *r,
-                     u32 *s, u32 *ok, u32 count, u32 i) {
+EC_FN void sign_lanes(const u32 *table, const u32 *key, const u32 *z, const u32 *k, u32 *r,
+                      u32 *s, u32 *ok, u32 count, u32 first) {
     typedef typename C::fp fp;
     typedef typename C::fn fn;
     const int L = C::L;
-    u32 kk[L], zz[L], xr[L], sr[L];
-    for (int j = 0; j < L; j++) {
-        kk[j] = k[j * count + i];
-        zz[j] = z[j * count + i];
+    const lane_t lane = warp_lane();
+    warp_val<fp> X, Z;
+    warp_val<fn> K;
+    for (int w = 0; w < SMX_LANES; w++) {
+        const u32 i = first + lane.x[w];
+        X.v[w] = fp::zero();
+        Z.v[w] = fp::one();
+        K.v[w] = fn::one();
+        if (i >= count) continue;
+        u32 kk[L];
+        for (int j = 0; j < L; j++) kk[j] = k[j * count + i];
+        point_t<C> R = mul_base<C>(table, kk);  // not O: k is in [1, n-1]
+        X.v[w] = R.x;
+        Z.v[w] = R.z;
+        K.v[w] = fn::from_int(kk);
     }
-    point_t<C> R = mul_base<C>(table, kk);
-    fp ax, ay;
-    R.to_affine(ax, ay);  // O only for k = 0 mod n: then r = 0, ok = 0
-    ax.to_int(xr);
-    limbs_reduce_once<L>(xr, C::fn_mod());  // x < p < 2n
-    // z < 2^(32 L) and d, k < n: from_int reduces mod n on the way in
-    fn sM = fn::from_int(kk).inv() * (fn::from_int(zz) + fn::from_int(xr) * fn::from_int(key));
-    sM.to_int(sr);
-    u32 bad = limbs_zero_mask<L>(xr) | limbs_zero_mask<L>(sr);
-    for (int j = 0; j < L; j++) {
-        r[j * count + i] = xr[j];
-        s[j * count + i] = sr[j];
+    warp_invert<C>(Z, K, lane);
+    for (int w = 0; w < SMX_LANES; w++) {
+        const u32 i = first + lane.x[w];
+        if (i >= count) continue;
+        u32 zz[L], xr[L], sr[L];
+        for (int j = 0; j < L; j++) zz[j] = z[j * count + i];
+        (X.v[w] * Z.v[w]).to_int(xr);
+        limbs_reduce_once<L>(xr, C::fn_mod());  // x < p < 2n
+        // z < 2^(32 L) and d < n: from_int reduces mod n on the way in
+        fn sM = K.v[w] * (fn::from_int(zz) + fn::from_int(xr) * fn::from_int(key));
+        sM.to_int(sr);
+        u32 bad = limbs_zero_mask<L>(xr) | limbs_zero_mask<L>(sr);
+        for (int j = 0; j < L; j++) {
+            r[j * count + i] = xr[j];
+            s[j * count + i] = sr[j];
+        }
+        ok[i] = ~bad & 1u;
     }
-    ok[i] = ~bad & 1u;
 }
 
 // One check: ok = 1 when 1 <= r, s < n and x(u1 G + u2 Q) mod n = r with

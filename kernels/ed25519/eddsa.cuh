@@ -1,6 +1,7 @@
-// Ed25519 (RFC 8032, pure) sign and check, one item (message) at a time; the
-// kernels (ed25519.cu) and the host build (host/ed25519_host.cpp) both call
-// these, so the code CI tests is the code the GPU runs.
+// Ed25519 (RFC 8032, pure) sign, a warp of items (messages) at a time, and
+// check, one item at a time; the kernels (ed25519.cu) and the host build
+// (host/ed25519_host.cpp) both call these, so the code CI tests is the code
+// the GPU runs.
 //
 // Buffers (ABI; ed25519.cu says it once more):
 //   key: KEY_WORDS = 24 words, one key per batch. [0, 8): a, the clamped
@@ -18,6 +19,7 @@
 #include "ed25519/comb.cuh"
 #include "ed25519/hash.cuh"
 #include "ed25519/scalar.cuh"
+#include "ec/warp_inv.cuh"
 
 namespace smx {
 namespace ed25519 {
@@ -37,24 +39,48 @@ EC_FN void hash_mod_l(const u32 *head, const u32 *a_enc, const u8 *m, u32 n, u32
     reduce512(h, out);
 }
 
-// One signature. Secrets: a, prefix, r and everything computed from them;
-// the only branches and addresses that vary depend on the message length.
-EC_FN void sign_item(const u32 *table, const u32 *key, const u8 *msg, const u32 *off, u32 *sig,
-                     u32 *ok, u32 count, u32 i) {
-    const u8 *m = msg + off[i];
-    u32 n = off[i + 1] - off[i];
-    u32 r[8], rb[8], k[8], s[8];
-    hash_mod_l(key + 8, 0, m, n, r);       // r = SHA-512(prefix || M) mod L
-    mul_base(table, r).encode(rb);         // enc(r B)
-    hash_mod_l(rb, key + 16, m, n, k);     // k = SHA-512(enc(R) || A || M) mod L
-    // S = r + k a mod L; a < 2^255 < R, so from_int reduces it on the way in
-    sc S = sc::from_int(r) + sc::from_int(k) * sc::from_int(key);
-    S.to_int(s);
-    for (int j = 0; j < 8; j++) {
-        sig[j * count + i] = rb[j];
-        sig[(8 + j) * count + i] = s[j];
+// The signatures of items first .. first + 31, one per lane of a warp
+// (fewer at the end of the batch). The inversion of Z that encoding R = r B
+// needs is shared by the warp (ec/warp_inv.cuh). Secrets: a, prefix, r and
+// everything computed from them; the only branches and addresses that vary
+// depend on the message lengths and on which lanes are past the batch.
+// Every lane of the warp must call this with the same `first`.
+EC_FN void sign_lanes(const u32 *table, const u32 *key, const u8 *msg, const u32 *off, u32 *sig,
+                      u32 *ok, u32 count, u32 first) {
+    using ec::lane_t;
+    using ec::warp_val;
+    const lane_t lane = ec::warp_lane();
+    point_t R[SMX_LANES];
+    warp_val<fe> Z;
+    u32 r[SMX_LANES][8];
+    for (int w = 0; w < SMX_LANES; w++) {
+        const u32 i = first + lane.x[w];
+        R[w] = point_t::identity();
+        for (int j = 0; j < 8; j++) r[w][j] = 0;
+        if (i < count) {
+            hash_mod_l(key + 8, 0, msg + off[i], off[i + 1] - off[i], r[w]);  // r = SHA-512(prefix || M) mod L
+            R[w] = mul_base(table, r[w]);
+        }
+        Z.v[w] = R[w].z;
     }
-    ok[i] = 1;
+    ec::warp_invert<8>(Z, lane);
+    for (int w = 0; w < SMX_LANES; w++) {
+        const u32 i = first + lane.x[w];
+        if (i >= count) continue;
+        const u8 *m = msg + off[i];
+        u32 n = off[i + 1] - off[i];
+        u32 rb[8], k[8], s[8];
+        R[w].encode_with(Z.v[w], rb);       // enc(r B)
+        hash_mod_l(rb, key + 16, m, n, k);  // k = SHA-512(enc(R) || A || M) mod L
+        // S = r + k a mod L; a < 2^255 < R, so from_int reduces it on the way in
+        sc S = sc::from_int(r[w]) + sc::from_int(k) * sc::from_int(key);
+        S.to_int(s);
+        for (int j = 0; j < 8; j++) {
+            sig[j * count + i] = rb[j];
+            sig[(8 + j) * count + i] = s[j];
+        }
+        ok[i] = 1;
+    }
 }
 
 // One check of public data, variable time: ok = 1 when S < L, A decodes and

@@ -114,8 +114,10 @@ struct point_t {
     // RFC 8032 encoding: y (plain, < p) with bit 255 = the low bit of x, as 8
     // little-endian limbs, i.e. the 32 encoding bytes packed little-endian.
     // One Fermat inversion of Z (a fixed exponent: constant time).
-    EC_CALL void encode(u32 *out) const {
-        fe zi = z.inv();
+    EC_CALL void encode(u32 *out) const { encode_with(z.inv(), out); }
+
+    // The same, given zi = 1/Z (signing shares the inversions of a warp).
+    EC_FN void encode_with(const fe &zi, u32 *out) const {
         u32 ax[8];
         (x * zi).to_int(ax);
         (y * zi).to_int(out);

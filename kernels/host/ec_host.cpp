@@ -12,7 +12,8 @@ namespace {
 template <class C>
 void sign_host(const u32 *table, const u32 *key, const u32 *z, const u32 *k, u32 *r, u32 *s,
                u32 *ok, u32 count) {
-    for (u32 i = 0; i < count; i++) sign_item<C>(table, key, z, k, r, s, ok, count, i);
+    // One emulated warp at a time, as ecdsa.cu's warps.
+    for (u32 first = 0; first < count; first += 32) sign_lanes<C>(table, key, z, k, r, s, ok, count, first);
 }
 
 template <class C>

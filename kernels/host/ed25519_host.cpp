@@ -11,7 +11,8 @@ using namespace smx::ed25519;
 
 extern "C" void smx_ed25519_sign_host(const u32 *table, const u32 *key, const unsigned char *msg,
                                       const u32 *off, u32 *sig, u32 *ok, u32 count) {
-    for (u32 i = 0; i < count; i++) sign_item(table, key, msg, off, sig, ok, count, i);
+    // One emulated warp at a time, as ed25519.cu's warps.
+    for (u32 first = 0; first < count; first += 32) sign_lanes(table, key, msg, off, sig, ok, count, first);
 }
 
 extern "C" void smx_ed25519_check_host(const u32 *table, const u32 *key, const unsigned char *msg,

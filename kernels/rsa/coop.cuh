@@ -269,12 +269,15 @@ struct Field {
     }
 
     // r = R mod m, the Montgomery form of 1: R - m, the two's complement of
-    // m (m > R/2).
+    // m, reduced once more for moduli below R/2 (m > R/3: RSA's p and q
+    // have their top bit set; the EC kernels' shared inversion also takes
+    // 2^255 - 19).
     SMX_RSA_HDM void one(lane_t *r) const {
         lane_t z[K];
         SMX_RSA_UNROLL
         for (int j = 0; j < K; j++) z[j] = lane_t::all(0);
         sub(r, z, m);
+        reduce_once(r, r);
     }
 };
 

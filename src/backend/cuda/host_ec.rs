@@ -372,8 +372,9 @@ mod tests {
         out
     }
 
-    /// Signs random digests under each of `keys` random keys (`detailed`
-    /// digests under each of the first 20, two under the others); checks each
+    /// Signs random digests under each of `keys` random keys (70 under the
+    /// first, which spans three warps of the kernel's shared inversion;
+    /// `detailed` under each of the next 19, two under the others); checks each
     /// against aws-lc-rs, the openssl reference for r and s, and the host
     /// check kernel (which must also reject tampered values).
     fn sign_and_verify(curve: Curve, keys: usize, detailed: usize) {
@@ -385,7 +386,11 @@ mod tests {
             Curve::P384 => (&signature::ECDSA_P384_SHA384_ASN1, &digest::SHA384),
         };
         for ki in 0..keys {
-            let per_key = if ki < 20 { detailed } else { 2 };
+            let per_key = match ki {
+                0 => 70,
+                1..20 => detailed,
+                _ => 2,
+            };
             let ec = EcKey::generate(&c.group).unwrap();
             let pkey = PKey::from_ec_key(ec.clone()).unwrap();
             let blob = pack_key(curve, &pkey).unwrap();
