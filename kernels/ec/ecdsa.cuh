@@ -4,7 +4,11 @@
 //
 // Buffers (ABI, see src/backend/cuda/ec_layout.rs): big numbers are L 32-bit
 // little-endian limbs; batches are structure-of-arrays, limb j of item i at
-// [j * count + i]; the key blob is d, Qx, Qy (plain integers, L limbs each).
+// [j * count + i]; the key blob is d, Qx, Qy (plain integers, L limbs each)
+// and then the comb table of Q (TABLE_WORDS, laid out as G's), which the
+// check kernel uses to compute u1 G + u2 Q as one comb pass (mul_base2):
+// SPACING doublings and 2 * SPACING * COMBS mixed additions, where a
+// windowed u2 Q alone took 8L * 4 doublings.
 //
 // k*G uses a fixed-base Lim-Lee comb with TEETH = 4 teeth and COMBS = 4
 // combs (see curves.cuh): the scalar's bit (c*TEETH + t)*SPACING + j is
@@ -35,32 +39,53 @@ template <class C> struct comb_t {
     };
 };
 
-// The comb table for G (public; run once on the host, ~64 inversions).
-template <class C> inline void comb_table_build(u32 *table) {
+// The comb table for the point B = (bx, by) (plain integers; G unless
+// given): public, built on the host, for G once at start and for each
+// key's Q when the key is packed (src/backend/cuda/ec_layout.rs). The 64
+// entries are summed in projective form and made affine together: one
+// inversion for all (Montgomery's trick) instead of one each. Entries that
+// are O (digit 0) are stored as zeros.
+template <class C>
+inline void comb_table_build(u32 *table, const u32 *bx = C::gx(), const u32 *by = C::gy()) {
     typedef typename C::fp fp;
     typedef point_t<C> pt;
-    const int n = C::TEETH * C::COMBS, L = C::L;
+    enum { N = C::COMBS * comb_t<C>::ENTRIES, L = C::L };
     pt base[C::TEETH * C::COMBS];
     affine_t<C> g;
-    g.x = fp::from_int(C::gx());
-    g.y = fp::from_int(C::gy());
+    g.x = fp::from_int(bx);
+    g.y = fp::from_int(by);
     base[0] = pt::from_affine(g);
-    for (int i = 1; i < n; i++) {
+    for (int i = 1; i < C::TEETH * C::COMBS; i++) {
         base[i] = base[i - 1];
         for (int j = 0; j < C::SPACING; j++) base[i] = base[i].dbl();
     }
-    for (int c = 0; c < C::COMBS; c++) {
+    pt acc[N];
+    for (int c = 0; c < C::COMBS; c++)
         for (int digit = 0; digit < comb_t<C>::ENTRIES; digit++) {
-            u32 *e = table + (c * comb_t<C>::ENTRIES + digit) * 2 * L;
-            pt acc = pt::infinity();
+            pt &a = acc[c * comb_t<C>::ENTRIES + digit];
+            a = pt::infinity();
             for (int t = 0; t < C::TEETH; t++)
-                if (digit >> t & 1) acc = acc.add(base[c * C::TEETH + t]);
-            fp ax, ay;
-            acc.to_affine(ax, ay);  // digit 0: O, stored as zeros
-            for (int j = 0; j < L; j++) {
-                e[j] = ax.v[j];
-                e[L + j] = ay.v[j];
-            }
+                if (digit >> t & 1) a = a.add(base[c * C::TEETH + t]);
+        }
+    // pre[e] = the product of the nonzero Z of entries below e
+    fp pre[N], run = fp::one();
+    for (int e = 0; e < N; e++) {
+        pre[e] = run;
+        if (!acc[e].z.is_zero()) run *= acc[e].z;  // public data
+    }
+    fp inv = run.inv();  // 1 / (product of all nonzero Z)
+    for (int e = N - 1; e >= 0; e--) {
+        u32 *out = table + e * 2 * L;
+        if (acc[e].z.is_zero()) {
+            for (int j = 0; j < 2 * L; j++) out[j] = 0;
+            continue;
+        }
+        fp zi = inv * pre[e];
+        inv *= acc[e].z;
+        fp ax = acc[e].x * zi, ay = acc[e].y * zi;
+        for (int j = 0; j < L; j++) {
+            out[j] = ax.v[j];
+            out[L + j] = ay.v[j];
         }
     }
 }
@@ -82,38 +107,41 @@ template <class C> EC_FN affine_t<C> comb_lookup(const u32 *tab, u32 digit) {
     return r;
 }
 
+// r += the comb entries of column j of k (one mixed addition per comb;
+// a zero digit keeps r by mask), constant time in k.
+template <class C> EC_FN void comb_column(point_t<C> &r, const u32 *table, const u32 *k, int j) {
+    typedef point_t<C> pt;
+    for (int c = 0; c < C::COMBS; c++) {
+        u32 digit = 0;
+        for (int t = 0; t < C::TEETH; t++) {
+            int pos = (c * C::TEETH + t) * C::SPACING + j;  // public
+            digit |= ((k[pos >> 5] >> (pos & 31)) & 1) << t;
+        }
+        affine_t<C> e = comb_lookup<C>(table + c * comb_t<C>::COMB_WORDS, digit);
+        pt s = r.madd(e);
+        r = pt::csel(mask_is_zero(digit), r, s);
+    }
+}
+
 // k*G for a secret k (L limbs, any value below 2^BITS), constant time.
 template <class C> EC_FN point_t<C> mul_base(const u32 *table, const u32 *k) {
-    typedef point_t<C> pt;
-    pt r = pt::infinity();
+    point_t<C> r = point_t<C>::infinity();
     for (int j = C::SPACING - 1; j >= 0; j--) {
         r = r.dbl();
-        for (int c = 0; c < C::COMBS; c++) {
-            u32 digit = 0;
-            for (int t = 0; t < C::TEETH; t++) {
-                int pos = (c * C::TEETH + t) * C::SPACING + j;  // public
-                digit |= ((k[pos >> 5] >> (pos & 31)) & 1) << t;
-            }
-            affine_t<C> e = comb_lookup<C>(table + c * comb_t<C>::COMB_WORDS, digit);
-            pt s = r.madd(e);
-            r = pt::csel(mask_is_zero(digit), r, s);
-        }
+        comb_column<C>(r, table, k, j);
     }
     return r;
 }
 
-// k*Q for PUBLIC k and Q (check kernel only): fixed 4-bit windows with a
-// directly indexed table of 0..15 Q, complete additions.
-template <class C> EC_FN point_t<C> mul_var_public(const affine_t<C> &q, const u32 *k) {
-    typedef point_t<C> pt;
-    pt tab[16];
-    tab[0] = pt::infinity();
-    tab[1] = pt::from_affine(q);
-    for (int i = 2; i < 16; i++) tab[i] = tab[i - 1].add(tab[1]);
-    pt r = pt::infinity();
-    for (int w = 8 * C::L - 1; w >= 0; w--) {
-        r = r.dbl().dbl().dbl().dbl();
-        r = r.add(tab[(k[w >> 3] >> ((w & 7) * 4)) & 15]);
+// k1*G + k2*Q (check kernel), with the comb tables of G and of Q (the key
+// blob carries Q's): both combs in one pass, sharing the doublings.
+template <class C>
+EC_FN point_t<C> mul_base2(const u32 *tg, const u32 *k1, const u32 *tq, const u32 *k2) {
+    point_t<C> r = point_t<C>::infinity();
+    for (int j = C::SPACING - 1; j >= 0; j--) {
+        r = r.dbl();
+        comb_column<C>(r, tg, k1, j);
+        comb_column<C>(r, tq, k2, j);
     }
     return r;
 }
@@ -190,10 +218,7 @@ EC_FN void check_item(const u32 *table, const u32 *key, const u32 *z, const u32 
     fn w = fn::from_int(ss).inv();
     (fn::from_int(zz) * w).to_int(u1);
     (fn::from_int(rr) * w).to_int(u2);
-    affine_t<C> q;
-    q.x = fp::from_int(key + L);
-    q.y = fp::from_int(key + 2 * L);
-    point_t<C> sum = mul_base<C>(table, u1).add(mul_var_public<C>(q, u2));
+    point_t<C> sum = mul_base2<C>(table, u1, key + 3 * L, u2);
     fp ax, ay;
     if (sum.to_affine(ax, ay)) {
         ok[i] = 0;

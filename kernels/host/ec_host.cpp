@@ -59,13 +59,6 @@ template <class C> void point_op(u32 op, const u32 *p, const u32 *q, u32 *out) {
     put_affine<C>(r, out);
 }
 
-template <class C> void mul_var(const u32 *q, const u32 *k, u32 *out) {
-    affine_t<C> qa;
-    qa.x = C::fp::from_int(q);
-    qa.y = C::fp::from_int(q + C::L);
-    put_affine<C>(mul_var_public<C>(qa, k), out);
-}
-
 }  // namespace
 
 #define SMX_EC_HOST(name, C)                                                                      \
@@ -79,6 +72,10 @@ template <class C> void mul_var(const u32 *q, const u32 *k, u32 *out) {
     }                                                                                             \
     extern "C" u32 smx_##name##_table_words(void) { return comb_t<C>::TABLE_WORDS; }              \
     extern "C" void smx_##name##_comb_table(u32 *out) { comb_table_build<C>(out); }               \
+    /* the comb table of the point (qx, qy), plain integers */                                    \
+    extern "C" void smx_##name##_comb_table_for(const u32 *qx, const u32 *qy, u32 *out) {         \
+        comb_table_build<C>(out, qx, qy);                                                         \
+    }                                                                                             \
     /* which: 0 = mod p, 1 = mod n; op: 0 a*b, 1 a+b, 2 a-b, 3 a^-1 (a, b < modulus) */           \
     extern "C" void smx_##name##_mod_op(u32 which, u32 op, const u32 *a, const u32 *b, u32 *out) { \
         if (which == 0)                                                                           \
@@ -94,8 +91,10 @@ template <class C> void mul_var(const u32 *q, const u32 *k, u32 *out) {
     extern "C" void smx_##name##_mul_base(const u32 *table, const u32 *k, u32 *out) {             \
         put_affine<C>(mul_base<C>(table, k), out);                                                \
     }                                                                                             \
-    extern "C" void smx_##name##_mul_var(const u32 *q, const u32 *k, u32 *out) {                  \
-        mul_var<C>(q, k, out);                                                                    \
+    /* k1 G + k2 Q from the tables of G and Q, as the check kernel */                             \
+    extern "C" void smx_##name##_mul_base2(const u32 *tg, const u32 *k1, const u32 *tq,           \
+                                           const u32 *k2, u32 *out) {                             \
+        put_affine<C>(mul_base2<C>(tg, k1, tq, k2), out);                                         \
     }
 
 SMX_EC_HOST(p256, P256)

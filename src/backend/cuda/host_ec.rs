@@ -53,8 +53,22 @@ unsafe extern "C" {
     fn smx_p384_point_op(op: u32, p: *const u32, q: *const u32, out: *mut u32);
     fn smx_p256_mul_base(t: *const u32, k: *const u32, out: *mut u32);
     fn smx_p384_mul_base(t: *const u32, k: *const u32, out: *mut u32);
-    fn smx_p256_mul_var(q: *const u32, k: *const u32, out: *mut u32);
-    fn smx_p384_mul_var(q: *const u32, k: *const u32, out: *mut u32);
+    fn smx_p256_comb_table_for(qx: *const u32, qy: *const u32, out: *mut u32);
+    fn smx_p384_comb_table_for(qx: *const u32, qy: *const u32, out: *mut u32);
+    fn smx_p256_mul_base2(
+        tg: *const u32,
+        k1: *const u32,
+        tq: *const u32,
+        k2: *const u32,
+        out: *mut u32,
+    );
+    fn smx_p384_mul_base2(
+        tg: *const u32,
+        k1: *const u32,
+        tq: *const u32,
+        k2: *const u32,
+        out: *mut u32,
+    );
 }
 
 /// Output of one signing batch (structure-of-arrays, like the kernel's).
@@ -154,6 +168,23 @@ pub fn comb_table(curve: Curve) -> Vec<u32> {
     t
 }
 
+/// The comb table of the point (`qx`, `qy`) (plain L-limb integers; a
+/// public key), laid out as G's: the check kernel's table for Q.
+pub fn comb_table_for(curve: Curve, qx: &[u32], qy: &[u32]) -> Vec<u32> {
+    let l = curve.limbs();
+    check_len("qx", qx.len(), l);
+    check_len("qy", qy.len(), l);
+    let f = match curve {
+        Curve::P256 => smx_p256_comb_table_for,
+        Curve::P384 => smx_p384_comb_table_for,
+    };
+    let mut t = vec![0u32; table_words(curve)];
+    // SAFETY: L-limb inputs; `t` has the table's length (the same as G's,
+    // checked against the kernels' own count in `comb_table`).
+    unsafe { f(qx.as_ptr(), qy.as_ptr(), t.as_mut_ptr()) };
+    t
+}
+
 /// Which modulus [`mod_op`] works in.
 #[derive(Clone, Copy, Debug)]
 pub enum Modulus {
@@ -249,18 +280,29 @@ pub fn mul_base(curve: Curve, table: &[u32], k: &[u32]) -> Affine {
     affine(&out, l)
 }
 
-/// k*Q (public, windowed) as the check kernel computes it; `q` = x, y.
-pub fn mul_var(curve: Curve, q: &[u32], k: &[u32]) -> Affine {
+/// k1*G + k2*Q as the check kernel computes it, from the comb tables of G
+/// (`tg`) and Q (`tq`, [`comb_table_for`]).
+pub fn mul_base2(curve: Curve, tg: &[u32], k1: &[u32], tq: &[u32], k2: &[u32]) -> Affine {
     let l = curve.limbs();
-    check_len("q", q.len(), 2 * l);
-    check_len("k", k.len(), l);
+    check_len("G table", tg.len(), table_words(curve));
+    check_len("Q table", tq.len(), table_words(curve));
+    check_len("k1", k1.len(), l);
+    check_len("k2", k2.len(), l);
     let mut out = vec![0; 2 * l + 1];
     let f = match curve {
-        Curve::P256 => smx_p256_mul_var,
-        Curve::P384 => smx_p384_mul_var,
+        Curve::P256 => smx_p256_mul_base2,
+        Curve::P384 => smx_p384_mul_base2,
     };
     // SAFETY: sized buffers.
-    unsafe { f(q.as_ptr(), k.as_ptr(), out.as_mut_ptr()) };
+    unsafe {
+        f(
+            tg.as_ptr(),
+            k1.as_ptr(),
+            tq.as_ptr(),
+            k2.as_ptr(),
+            out.as_mut_ptr(),
+        )
+    };
     affine(&out, l)
 }
 
@@ -632,7 +674,7 @@ mod tests {
             let kq0 = rand_scalar(&c.n);
             let q = mul_g(&mut c, &kq0);
             let qa = ossl_affine(&mut c, &q).unwrap();
-            let qxy = [qa.0.clone(), qa.1.clone()].concat();
+            let tq = comb_table_for(curve, &qa.0, &qa.1);
             let mut ks = vec![
                 BigNum::from_u32(0).unwrap(),
                 BigNum::from_u32(1).unwrap(),
@@ -648,15 +690,18 @@ mod tests {
             for _ in 0..16 {
                 ks.push(rand_scalar(&c.n));
             }
-            for k in &ks {
+            for (i, k) in ks.iter().enumerate() {
                 let lk = limbs(curve, k);
                 let kg = mul_g(&mut c, k);
                 let want = ossl_affine(&mut c, &kg);
                 assert_eq!(mul_base(curve, &table, &lk), want, "{curve:?} k*G, k = {k}");
-                let mut kq = EcPoint::new(&c.group).unwrap();
-                kq.mul2(&c.group, &q, k, &mut c.bn).unwrap();
-                let want = ossl_affine(&mut c, &kq);
-                assert_eq!(mul_var(curve, &qxy, &lk), want, "{curve:?} k*Q, k = {k}");
+                // k G + k' Q, k' running through the same edge values backwards
+                let k2 = &ks[ks.len() - 1 - i];
+                let mut sum = EcPoint::new(&c.group).unwrap();
+                sum.mul_full(&c.group, k, &q, k2, &mut c.bn).unwrap();
+                let want = ossl_affine(&mut c, &sum);
+                let got = mul_base2(curve, &table, &lk, &tq, &limbs(curve, k2));
+                assert_eq!(got, want, "{curve:?} k*G + k2*Q, k = {k}, k2 = {k2}");
             }
         }
     }
