@@ -84,6 +84,13 @@ template <int L> EC_FN void limbs_reduce_once(u32 *a, const u32 *m) {
     limbs_select<L>(a, mask_is_zero(borrow), t, a);
 }
 
+// Variable-time comparison a == b, for public values only (check kernel).
+template <int L> EC_FN bool limbs_equal_public(const u32 *a, const u32 *b) {
+    u32 diff = 0;
+    for (int j = 0; j < L; j++) diff |= a[j] ^ b[j];
+    return diff == 0;
+}
+
 // Variable-time comparison a < b, for public values only (check kernel).
 template <int L> EC_FN bool limbs_lt_public(const u32 *a, const u32 *b) {
     u32 t[L];

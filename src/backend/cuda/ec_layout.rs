@@ -11,12 +11,12 @@
 //!   check kernel computes u1 G + u2 Q as one comb pass over both tables).
 //!   The kernels convert `d` to Montgomery form themselves.
 //! - comb table ([`comb_table`], [`table_words`]): the fixed-base comb for G
-//!   with 4 teeth and 4 combs (spacing 16 for P-256, 24 for P-384): 64
+//!   with 4 teeth and 8 combs (spacing 8 for P-256, 12 for P-384): 128
 //!   entries, entry `c * 16 + digit` (comb `c`, digit 0..15) at
 //!   `[(c * 16 + digit) * 2L ..]`, x then y, affine, in Montgomery form mod p
 //!   (times 2^(32 L)). Entry `c * 16 + digit` is the sum over the set bits `t`
 //!   of `digit` of `2^((4c + t) * spacing) G`; digit 0 (O) is stored as zeros.
-//!   1024 words (4 KiB) for P-256, 1536 words (6 KiB) for P-384.
+//!   2048 words (8 KiB) for P-256, 3072 words (12 KiB) for P-384.
 //! - `z` ([`z_from_digest`]): bits2int(digest), L limbs, not reduced mod n.
 //! - `k`: the nonces, in [1, n-1]. `r`, `s`: L limbs each; `ok`: one word.
 
@@ -78,9 +78,9 @@ pub fn key_words(curve: Curve) -> usize {
     3 * curve.limbs() + table_words(curve)
 }
 
-/// Words in the comb table: 64 entries of 2 L words.
+/// Words in the comb table: 128 entries of 2 L words.
 pub fn table_words(curve: Curve) -> usize {
-    64 * 2 * curve.limbs()
+    128 * 2 * curve.limbs()
 }
 
 /// The big-endian bytes `be` (at most 4 L of them) as L little-endian limbs.
@@ -101,9 +101,9 @@ pub fn limbs_to_be(limbs: &[u32]) -> Vec<u8> {
 }
 
 /// The key blob for the kernels: d, Qx, Qy as L limbs each and Q's comb
-/// table (module docs; the table takes one batched inversion and 64 point
-/// additions on the host, once per key upload). Fails when the key is not
-/// an EC key on `curve`.
+/// table (module docs; the table takes one batched inversion and ~200
+/// point operations on the host, 2-6 ms, once per key upload). Fails when
+/// the key is not an EC key on `curve`.
 pub fn pack_key(curve: Curve, key: &PKey<Private>) -> Result<Zeroizing<Vec<u32>>> {
     let bad = |why: &str| Error::Invalid(format!("{} key for the GPU: {why}", curve.name()));
     let ec = key.ec_key().map_err(|_| bad("not an EC key"))?;
@@ -130,8 +130,8 @@ pub fn pack_key(curve: Curve, key: &PKey<Private>) -> Result<Zeroizing<Vec<u32>>
 
 /// The comb table for G (layout in the module docs), built by the kernels'
 /// host code (`smx_{C}_comb_table`). Deterministic; build it once at start:
-/// it takes a few milliseconds (measured 1.5 ms for P-256, 5 ms for P-384
-/// on a 2-core machine: 64 point additions and one batched inversion).
+/// it takes a few milliseconds (measured 2 ms for P-256, 6 ms for P-384 on
+/// a 2-core machine: ~200 point operations and one batched inversion).
 pub fn comb_table(curve: Curve) -> Vec<u32> {
     super::host_ec::comb_table(curve)
 }

@@ -706,6 +706,82 @@ mod tests {
         }
     }
 
+    /// The check's second comparison, X = (r + n) Z, for a point whose x
+    /// lies in [n, p) (probability ~2^-128 for a real signature): with
+    /// "public key" Q = P, z = 0 and s = r, u1 = 0 and u2 = 1, so the check
+    /// computes P itself and must accept r = x - n; r + 1 is rejected.
+    #[test]
+    fn check_accepts_a_point_with_x_above_n() {
+        for curve in CURVES {
+            let mut c = ctx(curve);
+            let l = curve.limbs();
+            let table = comb_table(curve);
+            // the first x = n + t, t >= 1 (r = t must not be 0), on the curve
+            let (mut x, mut y) = (c.n.to_owned().unwrap(), BigNum::new().unwrap());
+            x.add_word(1).unwrap();
+            let b = {
+                let (mut p, mut a, mut b) = (
+                    BigNum::new().unwrap(),
+                    BigNum::new().unwrap(),
+                    BigNum::new().unwrap(),
+                );
+                c.group
+                    .components_gfp(&mut p, &mut a, &mut b, &mut c.bn)
+                    .unwrap();
+                b
+            };
+            loop {
+                // y^2 = x^3 - 3x + b
+                let (mut x3, mut rhs) = (BigNum::new().unwrap(), BigNum::new().unwrap());
+                x3.mod_exp(&x, &BigNum::from_u32(3).unwrap(), &c.p, &mut c.bn)
+                    .unwrap();
+                let mut t = BigNum::new().unwrap();
+                t.checked_mul(&x, &BigNum::from_u32(3).unwrap(), &mut c.bn)
+                    .unwrap();
+                rhs.mod_sub(&x3, &t, &c.p, &mut c.bn).unwrap();
+                let mut rhs2 = BigNum::new().unwrap();
+                rhs2.mod_add(&rhs, &b, &c.p, &mut c.bn).unwrap();
+                if y.mod_sqrt(&rhs2, &c.p, &mut c.bn).is_ok() {
+                    let mut yy = BigNum::new().unwrap();
+                    yy.mod_sqr(&y, &c.p, &mut c.bn).unwrap();
+                    if yy == rhs2 {
+                        break;
+                    }
+                }
+                x.add_word(1).unwrap();
+            }
+            let mut pt = EcPoint::new(&c.group).unwrap();
+            pt.set_affine_coordinates_gfp(&c.group, &x, &y, &mut c.bn)
+                .unwrap();
+            assert!(pt.is_on_curve(&c.group, &mut c.bn).unwrap());
+            let (qx, qy) = (limbs(curve, &x), limbs(curve, &y));
+            let mut blob = vec![0u32; l];
+            blob.extend(&qx);
+            blob.extend(&qy);
+            blob.extend(comb_table_for(curve, &qx, &qy));
+            let mut r = BigNum::new().unwrap();
+            r.checked_sub(&x, &c.n).unwrap();
+            let r = limbs(curve, &r);
+            let zero = vec![0u32; l];
+            let mut one = zero.clone();
+            one[0] = 1;
+            let tq = comb_table_for(curve, &qx, &qy);
+            assert_eq!(
+                mul_base2(curve, &table, &zero, &tq, &one),
+                Some((qx.clone(), qy.clone())),
+                "{curve:?} 1*Q"
+            );
+            assert_eq!(check(curve, &table, &blob, &zero, &r, &r), [1], "{curve:?}");
+            let mut r1 = r.clone();
+            r1[0] ^= 1;
+            assert_eq!(
+                check(curve, &table, &blob, &zero, &r1, &r1),
+                [0],
+                "{curve:?}"
+            );
+        }
+    }
+
     #[test]
     fn comb_table_build_time() {
         for curve in CURVES {
