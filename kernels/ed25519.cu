@@ -4,13 +4,15 @@
 //                const u32 *off, u32 *sig, u32 *ok, u32 count)
 //   ed25519_check(const u32 *table, const u32 *key, const unsigned char *msg,
 //                 const u32 *off, const u32 *sig, u32 *ok, u32 count)
-//   table: the comb table for B, 1536 words (ed25519/comb.cuh: 4 combs x 16
+//   table: the comb table for B, 3072 words (ed25519/comb.cuh: 8 combs x 16
 //          entries x (y+x, y-x, 2dxy), Montgomery form mod p), built on the
 //          host by smx_ed25519_comb_table (host/ed25519_host.cpp).
-//   key:   24 words: [0, 8) a, the clamped secret scalar, 8 little-endian
-//          limbs; [8, 16) the prefix and [16, 24) the encoded public key A,
-//          32 bytes each packed little-endian (byte j in word j/4 at bits
-//          8(j%4)). check reads only A.
+//   key:   24 + 3072 words: [0, 8) a, the clamped secret scalar, 8
+//          little-endian limbs; [8, 16) the prefix and [16, 24) the encoded
+//          public key A, 32 bytes each packed little-endian (byte j in word
+//          j/4 at bits 8(j%4)); then the comb table of -A, laid out as B's
+//          (smx_ed25519_neg_table). sign reads the first 24 words, check A
+//          and the table.
 //   msg, off: message i is msg[off[i] .. off[i+1]) (count + 1 offsets; any
 //          length, empty included).
 //   sig:   16 words per item, structure of arrays (word w of item i at

@@ -6,8 +6,8 @@
 //
 // Not part of the host library (it is not under kernels/host). Build:
 //   c++ -std=c++17 -O2 -g -I kernels kernels/ctgrind/ed25519.cpp -o ed25519_ctgrind
-// Usage: ed25519_ctgrind sign|leak < lines of "key msg": key is the 24 key
-// words (a, prefix, A; ed25519.cu) as 192 hex digits, word by word, each
+// Usage: ed25519_ctgrind sign|leak < lines of "key msg": key is the first 24
+// key words (a, prefix, A; ed25519.cu) as 192 hex digits, word by word, each
 // word big-endian; msg the message in hex ("-" for empty). Prints the
 // 64-byte signature R || S in hex per line. `leak` first runs a deliberately
 // secret-dependent branch: the negative control, valgrind must flag it.
@@ -31,8 +31,8 @@ static int nibble(char ch) {
 }
 
 static bool parse_key(const char *h, u32 *key) {
-    if (strlen(h) != 8 * KEY_WORDS) return false;
-    for (int j = 0; j < KEY_WORDS; j++) {
+    if (strlen(h) != 8 * KEY_HEAD) return false;
+    for (int j = 0; j < KEY_HEAD; j++) {
         u32 v = 0;
         for (int c = 0; c < 8; c++) {
             int x = nibble(h[8 * j + c]);
@@ -71,7 +71,7 @@ int main(int argc, char **argv) {
         char *f[2];
         int nf = 0;
         for (char *tok = strtok(line, " \n"); tok && nf < 2; tok = strtok(nullptr, " \n")) f[nf++] = tok;
-        u32 key[KEY_WORDS], sig[SIG_WORDS], ok[1];
+        u32 key[KEY_HEAD], sig[SIG_WORDS], ok[1];  // signing reads the head only
         if (nf != 2 || !parse_key(f[0], key) || !parse_msg(f[1], msg)) {
             fprintf(stderr, "bad input line\n");
             return 1;

@@ -4,12 +4,15 @@
 // the GPU runs.
 //
 // Buffers (ABI; ed25519.cu says it once more):
-//   key: KEY_WORDS = 24 words, one key per batch. [0, 8): a, the clamped
-//        secret scalar (first half of SHA-512(seed), clamped), 8
-//        little-endian limbs; [8, 16): prefix (second half of SHA-512(seed))
-//        and [16, 24): A, the 32-byte encoded public key, both as bytes
-//        packed little-endian (byte j in word j/4, bits 8(j%4)) - which is
-//        also the little-endian integer those bytes encode.
+//   key: KEY_WORDS = KEY_HEAD + TABLE_WORDS words, one key per batch.
+//        [0, 8): a, the clamped secret scalar (first half of
+//        SHA-512(seed), clamped), 8 little-endian limbs; [8, 16): prefix
+//        (second half of SHA-512(seed)) and [16, 24): A, the 32-byte encoded
+//        public key, both as bytes packed little-endian (byte j in word j/4,
+//        bits 8(j%4)) - which is also the little-endian integer those bytes
+//        encode. Then, from KEY_HEAD = 24, the comb table of -A (comb.cuh,
+//        comb_table_build_neg; public), which the check kernel walks
+//        together with B's. Signing reads only the first 24 words.
 //   msg, off: message i is msg[off[i] .. off[i+1]).
 //   sig: SIG_WORDS = 16 words per item, structure of arrays (word w of item
 //        i at sig[w * count + i]): the 64 bytes R || S packed like A.
@@ -24,7 +27,7 @@
 namespace smx {
 namespace ed25519 {
 
-enum { KEY_WORDS = 24, SIG_WORDS = 16 };
+enum { KEY_HEAD = 24, KEY_WORDS = KEY_HEAD + TABLE_WORDS, SIG_WORDS = 16 };
 
 // k = SHA-512(head || A || M) mod L (the challenge), or with no A
 // (a_enc = 0) SHA-512(prefix || M) mod L (the nonce r).
@@ -83,10 +86,13 @@ EC_FN void sign_lanes(const u32 *table, const u32 *key, const u8 *msg, const u32
     }
 }
 
-// One check of public data, variable time: ok = 1 when S < L, A decodes and
-// enc([S]B - [k]A) equals the R bytes (cofactorless, on the encodings). R
-// itself is not decoded: the left side is the canonical encoding of a point
-// of the curve, so a non-canonical or off-curve R never matches it.
+// One check of public data, variable time: ok = 1 when S < L and
+// enc([S]B + [k](-A)) equals the R bytes (cofactorless, on the encodings),
+// both scalar multiplications in one comb pass over B's table and the key
+// blob's table of -A (which the host built when it packed the key, so A
+// decodes). R itself is not decoded: the left side is the canonical
+// encoding of a point of the curve, so a non-canonical or off-curve R never
+// matches it.
 EC_FN void check_item(const u32 *table, const u32 *key, const u8 *msg, const u32 *off,
                       const u32 *sig, u32 *ok, u32 count, u32 i) {
     const u8 *m = msg + off[i];
@@ -96,13 +102,12 @@ EC_FN void check_item(const u32 *table, const u32 *key, const u8 *msg, const u32
         rb[j] = sig[j * count + i];
         s[j] = sig[(8 + j) * count + i];
     }
-    point_t a;
-    if (!ec::limbs_lt_public<8>(s, ED_L) || !a.decode_public(key + 16)) {
+    if (!ec::limbs_lt_public<8>(s, ED_L)) {
         ok[i] = 0;
         return;
     }
     hash_mod_l(rb, key + 16, m, n, k);
-    mul_base(table, s).add(mul_var_public(a.neg(), k)).encode(e);
+    mul_base2(table, s, key + KEY_HEAD, k).encode(e);
     u32 diff = 0;
     for (int j = 0; j < 8; j++) diff |= e[j] ^ rb[j];
     ok[i] = diff == 0;

@@ -75,11 +75,15 @@ extern "C" void smx_ed25519_mul_base(const u32 *table, const u32 *k, u32 *out) {
     mul_base(table, k).encode(out);
 }
 
-// enc(k Q) by the check kernel's windowed multiplication; 0 when q does not
-// decode.
-extern "C" u32 smx_ed25519_mul_var(const u32 *q, const u32 *k, u32 *out) {
-    point_t a;
-    if (!a.decode_public(q)) return 0;
-    mul_var_public(a, k).encode(out);
-    return 1;
+// enc(s B + k Q) as the check kernel computes it, from B's table and Q's
+// (smx_ed25519_neg_table makes the table of -A).
+extern "C" void smx_ed25519_mul_base2(const u32 *tb, const u32 *s, const u32 *tq, const u32 *k,
+                                      u32 *out) {
+    mul_base2(tb, s, tq, k).encode(out);
+}
+
+// The comb table of -A (TABLE_WORDS) from A's encoding: the tail of the key
+// blob. 0 when A does not decode.
+extern "C" u32 smx_ed25519_neg_table(const u32 *a_enc, u32 *out) {
+    return comb_table_build_neg(out, a_enc) ? 1 : 0;
 }

@@ -5,9 +5,11 @@
 //! in word `j / 4` at bits `8 * (j % 4)`, so a 32-byte little-endian scalar
 //! is also its own 8-limb integer. One key per batch.
 //!
-//! - key blob ([`pack_key`], [`KEY_WORDS`] = 24 words): `a`, the clamped
-//!   secret scalar (first half of SHA-512 of the seed, RFC 8032 5.1.5);
-//!   `prefix` (second half); `A`, the encoded public key.
+//! - key blob ([`pack_key`], [`KEY_WORDS`] = 24 + 3072 words): `a`, the
+//!   clamped secret scalar (first half of SHA-512 of the seed, RFC 8032
+//!   5.1.5); `prefix` (second half); `A`, the encoded public key; then the
+//!   comb table of -A (public; built by the kernels' host code when the key
+//!   is packed), which the check kernel walks together with B's.
 //! - messages ([`pack_messages`]): every message's bytes one after the
 //!   other, and `count + 1` byte offsets (message `i` is
 //!   `msg[off[i] .. off[i + 1]]`).
@@ -20,7 +22,7 @@ use openssl::pkey::{Id, PKey, Private};
 use zeroize::Zeroizing;
 
 /// Words of a packed key.
-pub const KEY_WORDS: usize = 24;
+pub const KEY_WORDS: usize = 24 + super::host_ed25519::TABLE_WORDS;
 
 /// Words of one signature.
 pub const SIG_WORDS: usize = 16;
@@ -61,24 +63,31 @@ pub fn pack_key(pkey: &PKey<Private>) -> Result<Zeroizing<Vec<u32>>, String> {
         .map_err(|_| "public key is not 32 bytes".to_string())?;
     let mut s = Zeroizing::new([0u8; 32]);
     s.copy_from_slice(&seed);
-    Ok(key_words(&s, &public))
+    key_words(&s, &public)
 }
 
 /// The key blob for a 32-byte seed and its encoded public key `A`
 /// (RFC 8032 5.1.5: `a` = the first half of SHA-512(seed) with the low
 /// three bits and the top bit cleared and bit 254 set; `prefix` = the
 /// second half).
-pub fn key_words(seed: &[u8; 32], public: &[u8; 32]) -> Zeroizing<Vec<u32>> {
+///
+/// # Errors
+///
+/// When `public` does not decode to a point (then it is not the key's).
+pub fn key_words(seed: &[u8; 32], public: &[u8; 32]) -> Result<Zeroizing<Vec<u32>>, String> {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, seed);
     let mut h = Zeroizing::new([0u8; 64]);
     h.copy_from_slice(digest.as_ref());
     h[0] &= 248;
     h[31] &= 127;
     h[31] |= 64;
+    let table = super::host_ed25519::neg_table(public)
+        .ok_or_else(|| "the public key does not decode to a curve point".to_string())?;
     let mut out = Zeroizing::new(Vec::with_capacity(KEY_WORDS));
     out.extend(bytes_to_words(&h[..]));
     out.extend(bytes_to_words(public));
-    out
+    out.extend(table);
+    Ok(out)
 }
 
 /// The messages of a batch as the kernels read them: packed bytes and the

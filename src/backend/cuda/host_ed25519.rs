@@ -6,8 +6,9 @@
 
 use super::ed_layout;
 
-/// Words of the comb table for B (4 combs x 16 entries x 24 words).
-pub const TABLE_WORDS: usize = 1536;
+/// Words of a comb table, B's or a key's -A (8 combs x 16 entries x 24
+/// words).
+pub const TABLE_WORDS: usize = 3072;
 pub use super::ed_layout::{KEY_WORDS, SIG_WORDS};
 
 unsafe extern "C" {
@@ -36,7 +37,14 @@ unsafe extern "C" {
     fn smx_ed25519_decode(p: *const u32, out: *mut u32) -> u32;
     fn smx_ed25519_point_op(op: u32, p: *const u32, q: *const u32, out: *mut u32) -> u32;
     fn smx_ed25519_mul_base(t: *const u32, k: *const u32, out: *mut u32);
-    fn smx_ed25519_mul_var(q: *const u32, k: *const u32, out: *mut u32) -> u32;
+    fn smx_ed25519_mul_base2(
+        tb: *const u32,
+        s: *const u32,
+        tq: *const u32,
+        k: *const u32,
+        out: *mut u32,
+    );
+    fn smx_ed25519_neg_table(a: *const u32, out: *mut u32) -> u32;
 }
 
 /// Bytes packed little-endian into words (the length a multiple of 4).
@@ -53,7 +61,9 @@ pub fn unpack_bytes(w: &[u32]) -> Vec<u8> {
 /// The key blob for a 32-byte seed and its encoded public key A
 /// ([`ed_layout::key_words`]).
 pub fn pack_key(seed: &[u8; 32], public: &[u8; 32]) -> Vec<u32> {
-    ed_layout::key_words(seed, public).to_vec()
+    ed_layout::key_words(seed, public)
+        .expect("the public key decodes")
+        .to_vec()
 }
 
 fn check_len(what: &str, got: usize, want: usize) {
@@ -209,11 +219,32 @@ pub fn mul_base(table: &[u32], k: &[u32; 8]) -> [u8; 32] {
     unpack_bytes(&out).try_into().unwrap()
 }
 
-/// enc(k Q) as the check kernel computes k A; `None` when q does not decode.
-pub fn mul_var(q: &[u8; 32], k: &[u32; 8]) -> Option<[u8; 32]> {
-    let q = pack_bytes(q);
-    // SAFETY: 8 words each.
-    enc_call(|out| unsafe { smx_ed25519_mul_var(q.as_ptr(), k.as_ptr(), out) })
+/// The comb table of -A for an encoded public key A (the tail of the key
+/// blob, which the check kernel walks with B's); `None` when A does not
+/// decode.
+pub fn neg_table(a: &[u8; 32]) -> Option<Vec<u32>> {
+    let a = pack_bytes(a);
+    let mut t = vec![0u32; TABLE_WORDS];
+    // SAFETY: 8 words in, a table's worth out.
+    (unsafe { smx_ed25519_neg_table(a.as_ptr(), t.as_mut_ptr()) } == 1).then_some(t)
+}
+
+/// enc(s B + k Q) as the check kernel computes it, from B's table and Q's.
+pub fn mul_base2(tb: &[u32], s: &[u32; 8], tq: &[u32], k: &[u32; 8]) -> [u8; 32] {
+    check_len("B table", tb.len(), TABLE_WORDS);
+    check_len("Q table", tq.len(), TABLE_WORDS);
+    let mut out = [0u32; 8];
+    // SAFETY: sized buffers.
+    unsafe {
+        smx_ed25519_mul_base2(
+            tb.as_ptr(),
+            s.as_ptr(),
+            tq.as_ptr(),
+            k.as_ptr(),
+            out.as_mut_ptr(),
+        )
+    };
+    unpack_bytes(&out).try_into().unwrap()
 }
 
 #[cfg(test)]
@@ -482,10 +513,14 @@ mod tests {
             let mut want = vec![0; cases.len()];
             want.push(1);
             assert_eq!(check(&table, &k.words, &msgs, &sigs), want);
-            // A non-canonical (y + p, only possible for y < 19) or off-curve
-            // public key rejects everything
+            // A non-canonical (y + p, only possible for y < 19) public key
+            // cannot be packed: -A's table is built from its decoding
+            assert!(neg_table(&non_canonical_identity()).is_none());
+            assert!(ed_layout::key_words(&[7u8; 32], &non_canonical_identity()).is_err());
+            // a blob whose table is another key's rejects the good signature
+            let other = key(&[round as u8 ^ 0x5a; 32]);
             let mut bad_key = k.words.clone();
-            bad_key[16..].copy_from_slice(&pack_bytes(&non_canonical_identity()));
+            bad_key[24..].copy_from_slice(&other.words[24..]);
             assert_eq!(check(&table, &bad_key, &[&msg], &[good]), vec![0]);
         }
     }
@@ -646,12 +681,20 @@ mod tests {
                 Some(twice),
                 "P + P mixed"
             );
-            // 2 (k B) through the comb with 2k mod L, and k B by the check's
-            // windowed multiplication from B
+            // 2 (k B) through the comb with 2k mod L, and through the
+            // check's two-table comb as k B + k (-(-B)) with -B's table
             let k2 = mod_op(Modulus::L, ModOp::Add, &k, &k);
             assert_eq!(mul_base(&table, &k2), twice, "comb 2k");
             let b = mul_base(&table, &[1, 0, 0, 0, 0, 0, 0, 0]);
-            assert_eq!(mul_var(&b, &k), Some(p), "windowed k B");
+            let mut nb = b;
+            nb[31] ^= 0x80; // -B
+            let tb = neg_table(&nb).expect("-B decodes");
+            assert_eq!(mul_base2(&table, &k, &tb, &k), twice, "k B + k B");
+            assert_eq!(
+                mul_base2(&table, &k2, &tb, &k),
+                point_op(PointOp::Add, &twice, &p).unwrap(),
+                "2k B + k B"
+            );
             // P + Q both ways
             let q = mul_base(&table, &rand_words::<8>(&mut rng));
             let pq = point_op(PointOp::Add, &p, &q).unwrap();
