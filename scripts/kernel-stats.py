@@ -11,7 +11,8 @@ at hand ($NVDISASM, or the `nvidia-cuda-nvdisasm` wheel, which this script
 pip-installs into .cache/nvdisasm on first use) it also disassembles the
 CUBIN and prints every loop (a conditional backward branch) of each kernel
 with its SASS instruction mix: all instructions, integer multiplies (IMAD,
-IMAD.HI, IMAD.WIDE; not the IMAD forms that only move, add or shift),
+IMAD.HI, IMAD.WIDE, fused ones with carry in included; not the IMAD forms
+that only move, add or shift),
 shuffles and memory operations. --functions adds the device functions that
 are not kernels (the __noinline__ point operations and exponentiations of
 the EC kernels) with their whole instruction mix: for straight-line code
@@ -102,7 +103,9 @@ def find_nvdisasm():
     return hits[0] if hits else None
 
 
-MUL = re.compile(r"^IMAD(\.HI|\.WIDE)?(\.U32)?$|^IMAD\.HI\.U32$|^IMAD\.WIDE\.U32$")
+# Multiplies: IMAD, IMAD.HI and IMAD.WIDE, with carry in (.X) or not; not
+# IMAD.X / IMAD.MOV / IMAD.SHL / IMAD.IADD, which only add, move or shift.
+MUL = re.compile(r"^IMAD(\.U32)?$|^IMAD\.(HI|WIDE)(\.U32)?(\.X)?$")
 
 
 def mix(c):
