@@ -41,7 +41,7 @@ template <class C> struct comb_t {
 
 // The comb table for the point B = (bx, by) (plain integers; G unless
 // given): public, built on the host, for G once at start and for each
-// key's Q when the key is packed (src/backend/cuda/ec_layout.rs). The 64
+// key's Q when the key is packed (src/backend/cuda/ec_layout.rs). The
 // entries are summed in projective form and made affine together: one
 // inversion for all (Montgomery's trick) instead of one each. Entries that
 // are O (digit 0) are stored as zeros.
