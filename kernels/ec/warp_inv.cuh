@@ -62,8 +62,8 @@ template <class F> EC_FN warp_val<F> warp_mul(const warp_val<F> &a, const warp_v
     return r;
 }
 
-// The value `delta` lanes below (up = true) or above; `fill` where that
-// lane does not exist.
+// The value `delta` lanes below (up = true) or above; 1 where that lane
+// does not exist.
 template <class F>
 EC_FN warp_val<F> warp_shift(const warp_val<F> &a, int delta, bool up, const lane_t &lane) {
     warp_val<F> r;
