@@ -67,22 +67,12 @@ inline void comb_table_build(u32 *table, const u32 *bx = C::gx(), const u32 *by 
             for (int t = 0; t < C::TEETH; t++)
                 if (digit >> t & 1) a = a.add(base[c * C::TEETH + t]);
         }
-    // pre[e] = the product of the nonzero Z of entries below e
-    fp pre[N], run = fp::one();
+    fp zi[N];
+    for (int e = 0; e < N; e++) zi[e] = acc[e].z;
+    batch_invert(zi);
     for (int e = 0; e < N; e++) {
-        pre[e] = run;
-        if (!acc[e].z.is_zero()) run *= acc[e].z;  // public data
-    }
-    fp inv = run.inv();  // 1 / (product of all nonzero Z)
-    for (int e = N - 1; e >= 0; e--) {
         u32 *out = table + e * 2 * L;
-        if (acc[e].z.is_zero()) {
-            for (int j = 0; j < 2 * L; j++) out[j] = 0;
-            continue;
-        }
-        fp zi = inv * pre[e];
-        inv *= acc[e].z;
-        fp ax = acc[e].x * zi, ay = acc[e].y * zi;
+        fp ax = acc[e].x * zi[e], ay = acc[e].y * zi[e];  // O (Z = 0): zeros
         for (int j = 0; j < L; j++) {
             out[j] = ax.v[j];
             out[L + j] = ay.v[j];

@@ -363,5 +363,23 @@ EC_UNROLL
     EC_FN mont_t inv() const { return pow_public(P::exp_inv()); }
 };
 
+// Host-side table building (the comb tables): every nonzero z[e] replaced
+// by its inverse and zeros kept, with one inversion for all (Montgomery's
+// trick). Public data only: it branches on which values are zero.
+template <class F, int N> inline void batch_invert(F (&z)[N]) {
+    F pre[N], run = F::one();
+    for (int e = 0; e < N; e++) {
+        pre[e] = run;
+        if (!z[e].is_zero()) run *= z[e];
+    }
+    F inv = run.inv();  // 1 / (the product of the nonzero values)
+    for (int e = N - 1; e >= 0; e--) {
+        if (z[e].is_zero()) continue;
+        F ze = z[e];
+        z[e] = inv * pre[e];
+        inv *= ze;
+    }
+}
+
 }  // namespace ec
 }  // namespace smx

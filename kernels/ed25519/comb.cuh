@@ -49,8 +49,8 @@ static const u32 ED_BX[8] = {0x8f25d51au, 0xc9562d60u, 0x9525a7b2u, 0x692cc760u,
 static const u32 ED_BY[8] = {0x66666658u, 0x66666666u, 0x66666666u, 0x66666666u, 0x66666666u, 0x66666666u, 0x66666666u, 0x66666666u};
 
 // The comb table for the point p (public): the entries summed in extended
-// coordinates, then made affine together with one inversion (Montgomery's
-// trick; Z is never zero on the Edwards curve).
+// coordinates, then made affine together with one inversion (batch_invert;
+// Z is never zero on the Edwards curve).
 inline void comb_table_build_for(u32 *table, const point_t &p) {
     enum { N = COMB_COMBS * COMB_ENTRIES };
     point_t base[COMB_TEETH * COMB_COMBS];
@@ -67,17 +67,11 @@ inline void comb_table_build_for(u32 *table, const point_t &p) {
             for (int t = 0; t < COMB_TEETH; t++)
                 if (digit >> t & 1) a = a.add(base[c * COMB_TEETH + t]);
         }
-    fe pre[N], run = fe::one();
-    for (int e = 0; e < N; e++) {
-        pre[e] = run;
-        run *= acc[e].z;
-    }
-    fe inv = run.inv();
-    for (int e = N - 1; e >= 0; e--) {
-        fe zi = inv * pre[e];
-        inv *= acc[e].z;
-        put_niels(table + e * COMB_ENTRY_WORDS, to_niels(acc[e].x * zi, acc[e].y * zi));
-    }
+    fe zi[N];
+    for (int e = 0; e < N; e++) zi[e] = acc[e].z;
+    ec::batch_invert(zi);
+    for (int e = 0; e < N; e++)
+        put_niels(table + e * COMB_ENTRY_WORDS, to_niels(acc[e].x * zi[e], acc[e].y * zi[e]));
 }
 
 // The comb table for B.
