@@ -7,6 +7,8 @@
 // instructions than rsa.cu's (173 against 267 per row at RSA-2048) and needs
 // ~22 more registers (scripts/kernel-stats.py). Which is faster is measured
 // on a GPU (mapping `wide` against `thread`, scripts/gpu-bench.sh).
+// Squarings are the same in both (arith.cuh's mont_sqr): only the products
+// of the exponentiation and the conversions take these rows.
 //
 // Exports, for B in 2048, 3072, 4096, with rsa.cu's rsa{B}_sign contract
 // (key blob, SoA batches, any grid):

@@ -2,7 +2,7 @@
 """What a kernel costs, read from the compiled code, without a GPU.
 
 Usage: source scripts/deps.sh; python3 scripts/kernel-stats.py [rsa.cu ...]
-       [--arch sm_90] [--kernel NAME_SUBSTRING] [--functions]
+       [--arch sm_90] [--kernel NAME_SUBSTRING] [--functions] [--tree]
 
 For each program (default: every kernels/*.cu) this compiles with NVRTC for
 --arch the way scripts/nvrtc-check.py does, with ptxas' verbose report, and
@@ -16,7 +16,12 @@ that only move, add or shift),
 shuffles and memory operations. --functions adds the device functions that
 are not kernels (the __noinline__ point operations and exponentiations of
 the EC kernels) with their whole instruction mix: for straight-line code
-such as a point addition that is what one call issues.
+such as a point addition that is what one call issues. --tree prints each
+kernel's loops as a nesting tree instead, each with the instructions it
+issues per trip outside its inner loops ("own"), so a cost per operation
+is the sum of own counts times trip counts read off the source (e.g. an
+RSA exponent window: the window loop's own + 4 x (squaring's own + N x
+reduction row) + 16 x lookup + N x product row).
 
 These are static counts: they say what one trip of a loop issues, not how
 often it runs or how fast the GPU issues it. Use them to compare kernels
@@ -181,11 +186,50 @@ def loops(sass):
     return out
 
 
+def loop_tree(sass, kernel):
+    """[(depth, first, last, own (instructions, multiplies, shuffles, memory
+    ops), wide multiplies)] for the loops of one kernel, outermost first:
+    own counts leave out the loop's inner loops."""
+    ins, pos, cur = [], {}, None
+    for line in sass.splitlines():
+        m = re.match(r"\.text\.(\S+):", line)
+        if m:
+            cur = m.group(1)
+            continue
+        if cur != kernel:
+            continue
+        m = re.match(r"(\.L_x_\d+):", line.strip())
+        if m:
+            pos[m.group(1)] = len(ins)
+        m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(.*?);", line)
+        if m:
+            ins.append(m.group(1).strip())
+    spans = []
+    for i, text in enumerate(ins):
+        m = re.search(r"BRA\s+`\((\.L_x_\d+)\)", text)
+        if m and text.startswith("@") and pos.get(m.group(1), i) < i:
+            spans.append((pos[m.group(1)], i))
+    spans.sort(key=lambda s: (s[0], -s[1]))
+    out = []
+    for a, b in spans:
+        depth = sum(1 for c, d in spans if (c, d) != (a, b) and c <= a and b <= d)
+        inner = set()
+        for c, d in spans:
+            if (c, d) != (a, b) and a <= c and d <= b:
+                inner.update(range(c, d + 1))
+        c = collections.Counter(opcode(ins[k]) for k in range(a, b + 1) if k not in inner)
+        wide = sum(v for op, v in c.items() if op.startswith("IMAD.WIDE"))
+        out.append((depth, a, b, mix(c), wide))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("programs", nargs="*")
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--kernel", default="", help="only kernels whose name contains this")
+    ap.add_argument("--tree", action="store_true",
+                    help="print each kernel's loops as a nesting tree with per-trip counts outside inner loops")
     ap.add_argument("--functions", action="store_true",
                     help="also list the non-kernel device functions (__noinline__) with their instruction mix")
     a = ap.parse_args()
@@ -207,6 +251,11 @@ def main():
                 continue
             r, stack, st, ld = regs[k]
             print(f"{program} {a.arch} {k}: {r} registers, {stack} B stack, spills {st} B stored / {ld} B loaded")
+            if a.tree and sass:
+                for depth, first, last, (n, mul, shfl, mem), wide in loop_tree(sass, k):
+                    print(f"    {'  ' * depth}loop {first}..{last}: own {n:6} instr  {mul:5} mul"
+                          f" ({wide} wide)  {shfl:4} shfl  {mem:4} mem")
+                continue
             seen = collections.Counter(per_loop.get(k, []))
             for (n, mul, shfl, mem), times in sorted(seen.items(), key=lambda x: -x[0][1] * x[1])[:8]:
                 share = f"{mul / n:.0%}" if n else "-"

@@ -304,6 +304,121 @@ SMX_HD void mont_mul(u32 *r, const u32 *a, const u32 *b, const u32 *m, u32 m0) {
 #endif
 }
 
+// Squaring. 80 % of an exponentiation's Montgomery operations are
+// squarings (four per 4-bit window), and a square needs only the N(N-1)/2
+// cross products a_i a_j (i < j), doubled, plus the N squares a_i^2: about
+// half of a product's N^2 limb products. mont_sqr computes the whole square
+// first (sqr_wide), then reduces it; the reduction rows are mont_mul's
+// q * m rows. Per RSA-2048 half (N = 32) on sm_90 SASS a squaring issues
+// ~5,300 instructions and ~3,100 multiply slots (a fused 64-bit multiply
+// counted as two) against mont_mul's ~8,700 and 4,160
+// (scripts/kernel-stats.py rsa.cu --tree).
+//
+// The square is straight-line code: each row of cross products is shorter
+// than the last, so no fixed-shape loop (with register arrays indexed by
+// constants) can hold it. Its code grows as N^2/2 products; the exponent
+// loop runs it from one place per CRT half.
+#if defined(SMX_RSA_CHAINS)
+// w[0..2N) = a^2. Cross products go to two accumulators by the parity of
+// their position i + j, as in ec/field.cuh's mul_wide: w for even
+// positions, o (word k at position k + 1) for odd ones, so every product
+// fills an aligned word pair next to the pair of a_{j+2} a_i in ONE carry
+// chain, which ptxas fuses into one IMAD.WIDE.U32.X per product. A row's
+// carry goes to the word above its chain, where at most the previous row's
+// carry is (rows start two positions apart and end one apart), so it stays
+// below 3. Then w = 2 (w + o * 2^32) + sum a_i^2 2^(64 i), three chains.
+template <int N>
+SMX_HD void sqr_wide(u32 *w, const u32 *a) {
+    u32 o[2 * N - 1];
+    SMX_RSA_UNROLL
+    for (int k = 0; k < 2 * N; k++) w[k] = 0;
+    SMX_RSA_UNROLL
+    for (int k = 0; k < 2 * N - 1; k++) o[k] = 0;
+    SMX_RSA_UNROLL
+    for (int i = 0; i + 1 < N; i++) {
+        // Even positions: a_i a_j for j = i + 2, i + 4, ...
+        if (i + 2 < N) {
+            SMX_RSA_MAD_LO_CC(w[2 * i + 2], a[i + 2], a[i], w[2 * i + 2]);
+            SMX_RSA_MADC_HI_CC(w[2 * i + 3], a[i + 2], a[i], w[2 * i + 3]);
+            int j = i + 4;
+            SMX_RSA_UNROLL
+            for (; j < N; j += 2) {
+                SMX_RSA_MADC_LO_CC(w[i + j], a[j], a[i], w[i + j]);
+                SMX_RSA_MADC_HI_CC(w[i + j + 1], a[j], a[i], w[i + j + 1]);
+            }
+            // (past the top word nothing carries: the cross sum is < 2^(64N-1))
+            if (i + j < 2 * N) SMX_RSA_ADDC(w[i + j], w[i + j], 0u);
+        }
+        // Odd positions: j = i + 1, i + 3, ...
+        SMX_RSA_MAD_LO_CC(o[2 * i], a[i + 1], a[i], o[2 * i]);
+        SMX_RSA_MADC_HI_CC(o[2 * i + 1], a[i + 1], a[i], o[2 * i + 1]);
+        int j = i + 3;
+        SMX_RSA_UNROLL
+        for (; j < N; j += 2) {
+            SMX_RSA_MADC_LO_CC(o[i + j - 1], a[j], a[i], o[i + j - 1]);
+            SMX_RSA_MADC_HI_CC(o[i + j], a[j], a[i], o[i + j]);
+        }
+        if (i + j - 1 < 2 * N - 1) SMX_RSA_ADDC(o[i + j - 1], o[i + j - 1], 0u);
+    }
+    // The cross sum, doubled (below 2^(64N) after doubling: no carry out).
+    SMX_RSA_ADD_CC(w[1], w[1], o[0]);
+    SMX_RSA_UNROLL
+    for (int k = 2; k < 2 * N - 1; k++) SMX_RSA_ADDC_CC(w[k], w[k], o[k - 1]);
+    SMX_RSA_ADDC(w[2 * N - 1], w[2 * N - 1], o[2 * N - 2]);
+    SMX_RSA_ADD_CC(w[0], w[0], w[0]);
+    SMX_RSA_UNROLL
+    for (int k = 1; k < 2 * N - 1; k++) SMX_RSA_ADDC_CC(w[k], w[k], w[k]);
+    SMX_RSA_ADDC(w[2 * N - 1], w[2 * N - 1], w[2 * N - 1]);
+    // The squares on the even pairs (a^2 < 2^(64N): no carry out).
+    SMX_RSA_MAD_LO_CC(w[0], a[0], a[0], w[0]);
+    SMX_RSA_MADC_HI_CC(w[1], a[0], a[0], w[1]);
+    SMX_RSA_UNROLL
+    for (int i = 1; i < N; i++) {
+        SMX_RSA_MADC_LO_CC(w[2 * i], a[i], a[i], w[2 * i]);
+        SMX_RSA_MADC_HI_CC(w[2 * i + 1], a[i], a[i], w[2 * i + 1]);
+    }
+}
+#endif
+
+// r = a^2 * 2^(-32N) mod m, for a < m, with mont_mul's conditions on m. r
+// may alias a. With T = a^2 = T_H R + T_L: the N reduction rows run over
+// T_L alone, giving (T_L + Q m) / R <= m (T_L < R, Q < R), then T_H < m is
+// added: below 2m, so one masked subtraction finishes. Without the carry
+// chains (the portable host build) this is mont_mul(a, a).
+template <int N>
+SMX_HD void mont_sqr(u32 *r, const u32 *a, const u32 *m, u32 m0) {
+#if defined(SMX_RSA_CHAINS)
+    u32 w[2 * N];
+    sqr_wide<N>(w, a);
+    u32 t[N + 2];
+    SMX_RSA_UNROLL
+    for (int j = 0; j < N; j++) t[j] = w[j];
+    t[N] = t[N + 1] = 0;
+    // (The even/odd rows of the `wide` form do not help here: ptxas fuses
+    // none of the q * m products either way, and they cost more registers.)
+    SMX_RSA_NO_UNROLL
+    for (int i = 0; i < N; i++) {
+        const u32 q = t[0] * m0;
+        mac_row<N>(t, m, q);  // t[0] becomes 0
+        SMX_RSA_UNROLL
+        for (int j = 0; j < N + 1; j++) t[j] = t[j + 1];
+        t[N + 1] = 0;
+    }
+    u32 top;
+    SMX_RSA_ADD_CC(t[0], t[0], w[N]);
+    SMX_RSA_UNROLL
+    for (int j = 1; j < N; j++) SMX_RSA_ADDC_CC(t[j], t[j], w[N + j]);
+    SMX_RSA_ADDC(top, t[N], 0u);
+    u32 s[N];
+    u32 borrow = sub_n<N>(s, t, m);
+    // Keep t when nothing is above its N words and t - m borrows.
+    u32 keep = borrow & ~mask_from(top);
+    select_n<N>(r, keep, t, s);
+#else
+    mont_mul<N>(r, a, a, m, m0);
+#endif
+}
+
 // r = a mod m for a < 2m with a < 2^(32N) (e.g. any N-limb a when m has its
 // top bit set): one subtraction, selected by mask.
 template <int N>

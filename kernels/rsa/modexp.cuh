@@ -78,7 +78,11 @@ SMX_HD mont_t<N> pow_public(const mont_t<N> &x, u32 e) {
     while (!((e >> top) & 1)) top--;
     acc = x;
     for (int b = top - 1; b >= 0; b--) {
-        acc.sqr();
+        // A product, not sqr(): the check squares 17 times per signature
+        // (e = 65537) at 2N limbs, where sqr's straight-line square would
+        // add ~(2N)^2 / 2 products of code to a kernel at its register
+        // limit for a saving of ~1 % of the work.
+        acc *= acc;
         if ((e >> b) & 1) acc *= x;
     }
     return acc;

@@ -46,8 +46,9 @@ struct mont_t {
         return *this;
     }
     SMX_RSA_HDM friend mont_t operator*(mont_t a, const mont_t &b) { return a *= b; }
+    // The square (arith.cuh's mont_sqr: the cross products once, doubled).
     SMX_RSA_HDM mont_t &sqr() {
-        mont_mul<N>(v, v, v, F->m, F->m0);
+        mont_sqr<N>(v, v, F->m, F->m0);
         return *this;
     }
     SMX_RSA_HDM friend mont_t operator+(mont_t a, const mont_t &b) {
