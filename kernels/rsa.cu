@@ -1,12 +1,15 @@
 // Batched RSA private operations (CRT) and public checks, one NVRTC program.
 //
 // Exports, for B in 2048, 3072, 4096:
-//   rsa{B}_sign (const u32* key, const u32* in, u32* out, u32 count)
-//       out[i] = in[i]^d mod n (in[i] < n), constant time in the key.
+//   rsa{B}_sign (u32 slot, const u32* in, u32* out, u32 count)
+//       out[i] = in[i]^d mod n (in[i] < n), constant time in the key, for
+//       the key blob in constant-memory slot `slot` (< kKeySlots) of
+//       smx_rsa_key_slots (rsa/crt.cuh says why constant memory).
 //   rsa{B}_check(const u32* key, const u32* sig, const u32* expected,
 //                u32* ok, u32 count)
 //       ok[i] = 1 when sig[i] < n and sig[i]^e mod n == expected[i].
-// key: the blob of Rust rsa_layout::pack_key (layout in rsa/crt.cuh).
+// key (and a slot's contents): the blob of Rust rsa_layout::pack_key
+// (layout in rsa/crt.cuh).
 // in/out/sig/expected are structure-of-arrays of B/32 little-endian 32-bit
 // limbs: limb j of item i at [j*count + i].
 //
@@ -23,13 +26,15 @@
 //       (count * 2T threads do all the work at once).
 #include "rsa/coop.cuh"
 
+SMX_RSA_KEY_SLOTS
+
 #define SMX_RSA_KERNELS(B)                                                                  \
-    SMX_KERNEL void rsa##B##_sign(const smx::u32 *key, const smx::u32 *in, smx::u32 *out,   \
+    SMX_KERNEL void rsa##B##_sign(smx::u32 slot, const smx::u32 *in, smx::u32 *out,         \
                                   smx::u32 count) {                                         \
         const smx::u64 stride = (smx::u64)gridDim.x * blockDim.x;                           \
         for (smx::u64 i = (smx::u64)blockIdx.x * blockDim.x + threadIdx.x; i < count;       \
              i += stride)                                                                   \
-            smx::rsa::sign_item<(B) / 64>(key, in, out, count, i);                          \
+            smx::rsa::sign_item<(B) / 64>(smx_rsa_key_slots[slot], in, out, count, i);      \
     }                                                                                       \
     SMX_KERNEL void rsa##B##_check(const smx::u32 *key, const smx::u32 *sig,                \
                                    const smx::u32 *expected, smx::u32 *ok, smx::u32 count) { \

@@ -11,19 +11,22 @@
 // of the exponentiation and the conversions take these rows.
 //
 // Exports, for B in 2048, 3072, 4096, with rsa.cu's rsa{B}_sign contract
-// (key blob, SoA batches, any grid):
-//   rsa{B}_sign_wide(const u32* key, const u32* in, u32* out, u32 count)
+// (the key in constant-memory slot `slot` of this program's own
+// smx_rsa_key_slots, SoA batches, any grid):
+//   rsa{B}_sign_wide(u32 slot, const u32* in, u32* out, u32 count)
 // The check stays rsa.cu's rsa{B}_check.
 #define SMX_RSA_WIDE 1
 #include "rsa/crt.cuh"
 
+SMX_RSA_KEY_SLOTS
+
 #define SMX_RSA_WIDE_KERNEL(B)                                                              \
-    SMX_KERNEL void rsa##B##_sign_wide(const smx::u32 *key, const smx::u32 *in,             \
-                                       smx::u32 *out, smx::u32 count) {                     \
+    SMX_KERNEL void rsa##B##_sign_wide(smx::u32 slot, const smx::u32 *in, smx::u32 *out,    \
+                                       smx::u32 count) {                                    \
         const smx::u64 stride = (smx::u64)gridDim.x * blockDim.x;                           \
         for (smx::u64 i = (smx::u64)blockIdx.x * blockDim.x + threadIdx.x; i < count;       \
              i += stride)                                                                   \
-            smx::rsa::sign_item<(B) / 64>(key, in, out, count, i);                          \
+            smx::rsa::sign_item<(B) / 64>(smx_rsa_key_slots[slot], in, out, count, i);      \
     }
 
 SMX_RSA_WIDE_KERNEL(2048)

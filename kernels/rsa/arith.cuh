@@ -309,10 +309,11 @@ SMX_HD void mont_mul(u32 *r, const u32 *a, const u32 *b, const u32 *m, u32 m0) {
 // cross products a_i a_j (i < j), doubled, plus the N squares a_i^2: about
 // half of a product's N^2 limb products. mont_sqr computes the whole square
 // first (sqr_wide), then reduces it; the reduction rows are mont_mul's
-// q * m rows. Per RSA-2048 half (N = 32) on sm_90 SASS a squaring issues
-// ~5,300 instructions and ~3,100 multiply slots (a fused 64-bit multiply
-// counted as two) against mont_mul's ~8,700 and 4,160
-// (scripts/kernel-stats.py rsa.cu --tree).
+// q * m rows in the even/odd form. Per RSA-2048 half (N = 32) on sm_90
+// SASS, with the key in constant memory as the kernels have it, a squaring
+// issues ~3,300 instructions and ~3,100 multiply slots (a fused 64-bit
+// multiply counted as two) against the `thread` mapping's mont_mul's ~8,700
+// and 4,160 (scripts/kernel-stats.py rsa.cu --tree).
 //
 // The square is straight-line code: each row of cross products is shorter
 // than the last, so no fixed-shape loop (with register arrays indexed by
@@ -380,35 +381,77 @@ SMX_HD void sqr_wide(u32 *w, const u32 *a) {
 }
 #endif
 
+#if defined(SMX_RSA_CHAINS)
+// One reduction row in the even/odd form (mont_row without the a * b
+// products): on entry P is the low accumulator of the previous row before
+// its division by 2^32 (P[0] = 0), Q its high one (positions 1..N), c at
+// position N, x at N+1; the division happens inside the first chain, as in
+// mont_row. q is computed after folding P[1] into Q[0], the new position 0;
+// that fold's carry belongs to position 1, where the high accumulator's
+// chain starts at once. On exit the roles of P and Q are swapped.
+template <int N>
+SMX_HD void redc_row(u32 *P, u32 *Q, u32 &c, u32 &x, const u32 *m, u32 m0) {
+    SMX_RSA_ADD_CC(Q[0], Q[0], P[1]);
+    const u32 q = Q[0] * m0;  // (not a .cc instruction: the carry waits)
+    SMX_RSA_UNROLL
+    for (int k = 0; k + 2 < N; k += 2) {
+        SMX_RSA_MADC_LO_CC(P[k], m[k + 1], q, P[k + 2]);
+        SMX_RSA_MADC_HI_CC(P[k + 1], m[k + 1], q, P[k + 3]);
+    }
+    SMX_RSA_MADC_LO_CC(P[N - 2], m[N - 1], q, c);
+    SMX_RSA_MADC_HI_CC(P[N - 1], m[N - 1], q, x);
+    SMX_RSA_ADDC(x, 0u, 0u);
+    SMX_RSA_MAD_LO_CC(Q[0], m[0], q, Q[0]);
+    SMX_RSA_MADC_HI_CC(Q[1], m[0], q, Q[1]);
+    SMX_RSA_UNROLL
+    for (int k = 2; k < N; k += 2) {
+        SMX_RSA_MADC_LO_CC(Q[k], m[k], q, Q[k]);
+        SMX_RSA_MADC_HI_CC(Q[k + 1], m[k], q, Q[k + 1]);
+    }
+    SMX_RSA_ADDC(c, 0u, 0u);
+}
+#endif
+
 // r = a^2 * 2^(-32N) mod m, for a < m, with mont_mul's conditions on m. r
 // may alias a. With T = a^2 = T_H R + T_L: the N reduction rows run over
 // T_L alone, giving (T_L + Q m) / R <= m (T_L < R, Q < R), then T_H < m is
 // added: below 2m, so one masked subtraction finishes. Without the carry
 // chains (the portable host build) this is mont_mul(a, a).
+//
+// The rows are in the even/odd form (redc_row), so each q * m_k can be one
+// fused multiply-add; ptxas fuses them only when m is not in vector
+// registers: the kernels read the key from constant memory (rsa.cu), where
+// m sits in uniform registers.
 template <int N>
 SMX_HD void mont_sqr(u32 *r, const u32 *a, const u32 *m, u32 m0) {
 #if defined(SMX_RSA_CHAINS)
+    static_assert(N % 2 == 0 && N >= 4, "the even/odd rows take an even limb count");
     u32 w[2 * N];
     sqr_wide<N>(w, a);
-    u32 t[N + 2];
+    // T_L * 2^32 as the state before a division: all of it in the high
+    // accumulator (positions 1..N).
+    u32 P[N], Q[N], c = 0, x = 0;
     SMX_RSA_UNROLL
-    for (int j = 0; j < N; j++) t[j] = w[j];
-    t[N] = t[N + 1] = 0;
-    // (The even/odd rows of the `wide` form do not help here: ptxas fuses
-    // none of the q * m products either way, and they cost more registers.)
-    SMX_RSA_NO_UNROLL
-    for (int i = 0; i < N; i++) {
-        const u32 q = t[0] * m0;
-        mac_row<N>(t, m, q);  // t[0] becomes 0
-        SMX_RSA_UNROLL
-        for (int j = 0; j < N + 1; j++) t[j] = t[j + 1];
-        t[N + 1] = 0;
+    for (int j = 0; j < N; j++) {
+        P[j] = 0;
+        Q[j] = w[j];
     }
-    u32 top;
+    SMX_RSA_NO_UNROLL
+    for (int i = 0; i < N; i += 2) {
+        redc_row<N>(P, Q, c, x, m, m0);
+        redc_row<N>(Q, P, c, x, m, m0);
+    }
+    // The last division (as mont_mul's wide form), then + T_H.
+    u32 t[N], top;
+    SMX_RSA_ADD_CC(t[0], P[1], Q[0]);
+    SMX_RSA_UNROLL
+    for (int j = 1; j + 1 < N; j++) SMX_RSA_ADDC_CC(t[j], P[j + 1], Q[j]);
+    SMX_RSA_ADDC_CC(t[N - 1], Q[N - 1], c);
+    SMX_RSA_ADDC(top, x, 0u);
     SMX_RSA_ADD_CC(t[0], t[0], w[N]);
     SMX_RSA_UNROLL
     for (int j = 1; j < N; j++) SMX_RSA_ADDC_CC(t[j], t[j], w[N + j]);
-    SMX_RSA_ADDC(top, t[N], 0u);
+    SMX_RSA_ADDC(top, top, 0u);
     u32 s[N];
     u32 borrow = sub_n<N>(s, t, m);
     // Keep t when nothing is above its N words and t - m borrows.

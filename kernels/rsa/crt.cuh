@@ -49,6 +49,29 @@ struct KeyLayout {
     static_assert(WORDS == 8 + 11 * N, "key blob layout");
 };
 
+// Key slots in constant memory, for the one-thread sign kernels
+// (rsa{B}_sign, rsa{B}_sign_wide): the host copies a batch's key blob into
+// its lane's slot before the launch (device to device, from the key cache)
+// and zeroes the slot after it (src/backend/cuda/backend.rs). Every thread
+// of a batch reads the same key words, so in constant memory they sit in
+// the warp's uniform registers (or are read straight from the constant
+// bank) instead of taking 2N of each thread's vector registers, and ptxas
+// then fuses each q * m_k of the Montgomery rows into one IMAD.WIDE.U32.X,
+// which it does not do with the modulus in vector registers
+// (scripts/kernel-stats.py --tree: an RSA-2048 `wide` row 104 instructions
+// instead of 173, a squaring's 2 reduction rows 158 instead of 267). A slot
+// holds the largest blob (RSA-4096, 712 words), rounded up to 256 bytes so
+// that no constant-cache line spans two slots (lanes fill their slots while
+// other lanes' kernels run); kKeySlots of them take 48 KiB of the 64 KiB a
+// program may have.
+constexpr int kKeySlots = 16;
+constexpr int kKeySlotWords = 768;
+static_assert(kKeySlotWords >= 8 + 11 * 64 && kKeySlotWords % 64 == 0, "a slot holds any blob");
+#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
+#define SMX_RSA_KEY_SLOTS \
+    __constant__ __align__(256) smx::u32 smx_rsa_key_slots[smx::rsa::kKeySlots][smx::rsa::kKeySlotWords];
+#endif
+
 // x mod m in Montgomery form, for a 2N-limb x = hi*R + lo (x < m*R):
 // to_mont(hi) is hi*R^2*R^-1 = hi*R mod m, numerically the high half's
 // contribution, so lo + hi*R mod m is x mod m, which to_mont lifts.

@@ -51,11 +51,11 @@ template <int N>
 SMX_HD mont_t<N> pow_ct(const mont_t<N> &x, const u32 *exp) {
     constexpr int W = 32 * N / kWindow;
     u32 table[kTable][N];
-    mont_t<N> acc = x.F->one();
+    mont_t<N> acc = x.F.one();
     copy_n<N>(table[0], acc.v);
     copy_n<N>(table[1], x.v);
     SMX_RSA_NO_UNROLL
-    for (int k = 2; k < kTable; k++) mont_mul<N>(table[k], table[k - 1], x.v, x.F->m, x.F->m0);
+    for (int k = 2; k < kTable; k++) mont_mul<N>(table[k], table[k - 1], x.v, x.F.m, x.F.m0);
 
     mont_t<N> y = acc;
     ct_lookup<N>(acc.v, table, window<N>(exp, W - 1));
@@ -72,7 +72,7 @@ SMX_HD mont_t<N> pow_ct(const mont_t<N> &x, const u32 *exp) {
 // x^e for a public e; x and the result in Montgomery form. Variable time.
 template <int N>
 SMX_HD mont_t<N> pow_public(const mont_t<N> &x, u32 e) {
-    mont_t<N> acc = x.F->one();
+    mont_t<N> acc = x.F.one();
     if (e == 0) return acc;
     int top = 31;
     while (!((e >> top) & 1)) top--;

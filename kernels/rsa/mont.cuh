@@ -39,24 +39,24 @@ struct Field {
 template <int N>
 struct mont_t {
     u32 v[N];
-    const Field<N> *F;
+    Field<N> F;  // by value: the kernels' key pointers stay visible as constant memory
 
     SMX_RSA_HDM mont_t &operator*=(const mont_t &b) {
-        mont_mul<N>(v, v, b.v, F->m, F->m0);
+        mont_mul<N>(v, v, b.v, F.m, F.m0);
         return *this;
     }
     SMX_RSA_HDM friend mont_t operator*(mont_t a, const mont_t &b) { return a *= b; }
     // The square (arith.cuh's mont_sqr: the cross products once, doubled).
     SMX_RSA_HDM mont_t &sqr() {
-        mont_sqr<N>(v, v, F->m, F->m0);
+        mont_sqr<N>(v, v, F.m, F.m0);
         return *this;
     }
     SMX_RSA_HDM friend mont_t operator+(mont_t a, const mont_t &b) {
-        mod_add<N>(a.v, a.v, b.v, a.F->m);
+        mod_add<N>(a.v, a.v, b.v, a.F.m);
         return a;
     }
     SMX_RSA_HDM friend mont_t operator-(mont_t a, const mont_t &b) {
-        mod_sub<N>(a.v, a.v, b.v, a.F->m);
+        mod_sub<N>(a.v, a.v, b.v, a.F.m);
         return a;
     }
     // out = this * R^-1 mod m: the plain value.
@@ -64,17 +64,17 @@ struct mont_t {
         u32 one[N];
         SMX_RSA_UNROLL
         for (int j = 0; j < N; j++) one[j] = j == 0;
-        mont_mul<N>(out, v, one, F->m, F->m0);
+        mont_mul<N>(out, v, one, F.m, F.m0);
     }
     // out = this * b * R^-1 mod m for a plain b < m: the plain product of
     // the value this represents and b.
-    SMX_RSA_HDM void mul_plain(u32 *out, const u32 *b) const { mont_mul<N>(out, v, b, F->m, F->m0); }
+    SMX_RSA_HDM void mul_plain(u32 *out, const u32 *b) const { mont_mul<N>(out, v, b, F.m, F.m0); }
 };
 
 template <int N>
 SMX_RSA_HDM mont_t<N> Field<N>::to_mont(const u32 *a) const {
     mont_t<N> x;
-    x.F = this;
+    x.F = *this;
     reduce_once<N>(x.v, a, m);
     mont_mul<N>(x.v, x.v, rr, m, m0);
     return x;
@@ -84,7 +84,7 @@ template <int N>
 SMX_RSA_HDM mont_t<N> Field<N>::one() const {
     // R mod m = R - m (m > R/2): the two's complement of m.
     mont_t<N> x;
-    x.F = this;
+    x.F = *this;
     u32 zero[N];
     SMX_RSA_UNROLL
     for (int j = 0; j < N; j++) zero[j] = 0;

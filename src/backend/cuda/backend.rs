@@ -17,23 +17,29 @@
 //! the batch redone elsewhere.
 //!
 //! RSA signs with the kernel of the configured thread mapping
-//! (`rsa_mapping`: `rsa{B}_sign`, one thread per signature, or
-//! `rsa{B}_sign_coop{T}`, `2T` threads per signature); the check kernel is
-//! the same for every mapping, so a new mapping is checked like the old.
+//! (`rsa_mapping`: `rsa{B}_sign` or `rsa{B}_sign_wide`, one thread per
+//! signature, or `rsa{B}_sign_coop{T}`, `2T` threads per signature); the
+//! check kernel is the same for every mapping, so a new mapping is checked
+//! like the old. The one-thread kernels read the key from a constant-memory
+//! slot of their program (kernels/rsa/crt.cuh says why): each lane copies
+//! the key's cached device copy into its slot before the launch and zeroes
+//! the slot right after it, on its stream.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use cudarc::driver::sys as cu;
 use cudarc::driver::{
-    CudaSlice, CudaStream, DriverError, LaunchConfig, PinnedHostSlice, PushKernelArg,
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PinnedHostSlice,
+    PushKernelArg,
 };
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde_json::json;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::device::{Gpu, driver_error, version_text};
+use super::device::{Gpu, KEY_SLOT_WORDS, KEY_SLOTS, driver_error, version_text};
 use super::ec_layout::{self, Curve as EcCurve};
 use super::ed_layout;
 use super::key_cache::KeyCache;
@@ -169,6 +175,10 @@ impl Grow {
 /// One stream with its buffers; used by one batch at a time.
 struct Lane {
     stream: Arc<CudaStream>,
+    /// The constant-memory key slot this lane's one-thread RSA launches
+    /// use (lanes beyond [`KEY_SLOTS`] share slots, taking turns through
+    /// [`CudaBackend::slot_locks`]).
+    slot: usize,
     /// RSA: encoded messages / raw inputs; ECDSA: z.
     input: Grow,
     /// RSA: signatures; ECDSA: r.
@@ -192,9 +202,10 @@ struct Lane {
 }
 
 impl Lane {
-    fn new(stream: Arc<CudaStream>) -> Lane {
+    fn new(stream: Arc<CudaStream>, slot: usize) -> Lane {
         Lane {
             stream,
+            slot,
             input: Grow::new(true),
             out_a: Grow::new(true),
             out_b: Grow::new(true),
@@ -275,6 +286,10 @@ pub struct CudaBackend {
     caps: Capabilities,
     gpu: Arc<Gpu>,
     lanes: Lanes,
+    /// One per constant-memory key slot: held from the key's copy into the
+    /// slot until the batch is synchronised, so lanes that share a slot
+    /// (more streams than slots) never overwrite each other's key.
+    slot_locks: Vec<Mutex<()>>,
     keys: Mutex<KeyCache<DeviceKey>>,
     held: RwLock<HashMap<KeyId, bool>>,
     tables: Tables,
@@ -374,11 +389,12 @@ impl CudaBackend {
         };
         let streams = cfg.streams.max(1);
         let mut free = Vec::with_capacity(streams);
-        for _ in 0..streams {
+        for i in 0..streams {
             free.push(Lane::new(
                 gpu.ctx
                     .new_stream()
                     .map_err(|e| fail("cannot create a stream", e))?,
+                i % KEY_SLOTS,
             ));
         }
         let mut backend = CudaBackend {
@@ -394,6 +410,7 @@ impl CudaBackend {
                 free: Mutex::new(free),
                 ready: Condvar::new(),
             },
+            slot_locks: (0..KEY_SLOTS).map(|_| Mutex::new(())).collect(),
             keys: Mutex::new(KeyCache::new(cfg.key_cache_bytes)),
             held: RwLock::new(HashMap::new()),
             tables,
@@ -668,23 +685,102 @@ impl CudaBackend {
             .ensure(&stream, n)
             .map_err(self.drv("device memory"))?;
         let count = n as u32;
-        let cfg = self.launch_config(n);
         let sign_cfg = self.launch_config_threads(n * mapping.threads_per_item());
         let key_words = dk.slice()?;
-        // SAFETY: argument order and types follow kernels/rsa.cu's ABI (the
-        // same for every mapping); every buffer holds at least
-        // `limbs * count` (or `count`) words. The coop kernels' spare
-        // threads past the last item store nothing.
-        unsafe {
+        // Held until this function returns, after the batch's synchronise.
+        let _slot = mapping
+            .key_in_constant()
+            .then(|| self.slot_locks[lane.slot].lock());
+        if mapping.key_in_constant() {
+            let slot = self.gpu.key_slot(mapping.program(), lane.slot)?;
+            self.rsa_sign_from_slot(lane, sign, sign_cfg, key_words, slot, count)?;
+        } else {
+            // SAFETY: argument order and types follow kernels/rsa.cu's
+            // rsa{B}_sign_coop{T} (key, in, out, count); every buffer holds
+            // at least `limbs * count` words. The spare threads past the
+            // last item store nothing.
+            unsafe {
+                stream
+                    .launch_builder(sign)
+                    .arg(key_words)
+                    .arg(lane.input.dev())
+                    .arg(lane.out_a.dev())
+                    .arg(&count)
+                    .launch(sign_cfg)
+            }
+            .map_err(self.drv("rsa sign launch"))?;
+        }
+        self.rsa_check_and_collect(lane, check, key_words, scheme, n, words, limbs)
+    }
+
+    /// The one-thread sign kernels' launch: the key blob copied into the
+    /// lane's constant-memory slot (device to device, on the lane's
+    /// stream), the kernel, and the slot zeroed behind it on the same
+    /// stream, so the secret words stay in constant memory only while the
+    /// kernel runs. The slot is zeroed even when the launch fails.
+    fn rsa_sign_from_slot(
+        &self,
+        lane: &mut Lane,
+        sign: &CudaFunction,
+        cfg: LaunchConfig,
+        key_words: &CudaSlice<u32>,
+        slot: cu::CUdeviceptr,
+        count: u32,
+    ) -> Result<()> {
+        let stream = lane.stream.clone();
+        let bytes = key_words.len() * 4;
+        if key_words.len() > KEY_SLOT_WORDS {
+            return Err(Error::backend(
+                self.name.clone(),
+                format!(
+                    "a key blob of {} words does not fit a key slot",
+                    key_words.len()
+                ),
+            ));
+        }
+        let slot_arg = lane.slot as u32;
+        let (src, _sync) = key_words.device_ptr(&stream);
+        // SAFETY: `slot` is a slot of the loaded program's constant array
+        // (Gpu::key_slot), at least KEY_SLOT_WORDS words, and `src` holds
+        // `bytes`; both copies are ordered on the lane's stream with the
+        // kernel that reads the slot.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(slot, src, bytes, stream.cu_stream()) }
+            .map_err(self.drv("key to constant memory"))?;
+        // SAFETY: kernels/rsa.cu's and rsa_wide.cu's one-thread ABI (slot,
+        // in, out, count); the buffers hold at least `limbs * count` words.
+        let launched = unsafe {
             stream
                 .launch_builder(sign)
-                .arg(key_words)
+                .arg(&slot_arg)
                 .arg(lane.input.dev())
                 .arg(lane.out_a.dev())
                 .arg(&count)
-                .launch(sign_cfg)
-        }
-        .map_err(self.drv("rsa sign launch"))?;
+                .launch(cfg)
+        };
+        // SAFETY: as the copy above.
+        let wiped =
+            unsafe { cudarc::driver::result::memset_d8_async(slot, 0, bytes, stream.cu_stream()) };
+        launched.map_err(self.drv("rsa sign launch"))?;
+        wiped.map_err(self.drv("key slot wipe"))?;
+        Ok(())
+    }
+
+    /// After the sign kernel: the fault hook, the check kernel over every
+    /// result, the copies back and the verdict.
+    #[allow(clippy::too_many_arguments)]
+    fn rsa_check_and_collect(
+        &self,
+        lane: &mut Lane,
+        check: &CudaFunction,
+        key_words: &CudaSlice<u32>,
+        scheme: Scheme,
+        n: usize,
+        words: usize,
+        limbs: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let stream = lane.stream.clone();
+        let count = n as u32;
+        let cfg = self.launch_config(n);
         if self.take_fault() {
             stream
                 .memset_zeros(&mut lane.out_a.dev_mut().slice_mut(0..1))

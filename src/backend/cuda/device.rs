@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::sys as cu;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError};
 use cudarc::nvrtc::Ptx;
 
 use super::nvrtc::{self, KernelCache, Nvrtc, Origin};
@@ -54,6 +54,15 @@ pub fn version_text(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
 
+/// The constant-memory array of RSA key slots (kernels/rsa/crt.cuh) in
+/// each program with one-thread RSA sign kernels.
+pub const KEY_SLOTS_SYMBOL: &str = "smx_rsa_key_slots";
+/// Key slots per program (`kKeySlots` in kernels/rsa/crt.cuh).
+pub const KEY_SLOTS: usize = 16;
+/// 32-bit words per slot (`kKeySlotWords`): the largest key blob,
+/// RSA-4096's 712 words, rounded up to 256 bytes.
+pub const KEY_SLOT_WORDS: usize = 768;
+
 /// The kernel programs every device loads.
 pub const PROGRAMS: [&str; 5] = [
     "rsa.cu",
@@ -62,6 +71,12 @@ pub const PROGRAMS: [&str; 5] = [
     "nonce.cu",
     "ed25519.cu",
 ];
+
+/// Whether `program`'s sign kernels read the key from constant-memory
+/// slots (the one-thread RSA mappings; kernels/rsa/crt.cuh).
+pub fn has_key_slots(program: &str) -> bool {
+    matches!(program, "rsa.cu" | "rsa_wide.cu")
+}
 
 /// The kernels each program must export.
 pub fn kernel_names(program: &str) -> Vec<String> {
@@ -114,6 +129,9 @@ pub struct Gpu {
     /// before anything else uses the memory.
     pub admin: Arc<CudaStream>,
     functions: HashMap<String, CudaFunction>,
+    /// Device address of [`KEY_SLOTS_SYMBOL`] per program that has it (the
+    /// programs stay loaded: their functions hold them).
+    key_slots: HashMap<&'static str, cu::CUdeviceptr>,
     /// How each program was obtained (cache hit or compiled).
     pub programs: Vec<(String, &'static str)>,
 }
@@ -154,6 +172,7 @@ impl Gpu {
             .map_err(|e| fail("cannot create a stream", e))?;
         let arch = nvrtc::target_for(cc)?;
         let mut functions = HashMap::new();
+        let mut key_slots = HashMap::new();
         let mut programs = Vec::new();
         for program in PROGRAMS {
             let (image, origin) = nvrtc::compile_cached(nvrtc, program, &arch, cache)
@@ -166,6 +185,23 @@ impl Gpu {
                     .load_function(&k)
                     .map_err(|e| fail(&format!("{program} has no kernel {k}"), e))?;
                 functions.insert(k, f);
+            }
+            if has_key_slots(program) {
+                let view = module
+                    .get_global(KEY_SLOTS_SYMBOL, &admin)
+                    .map_err(|e| fail(&format!("{program} has no {KEY_SLOTS_SYMBOL}"), e))?;
+                if view.len() < KEY_SLOTS * KEY_SLOT_WORDS * 4 {
+                    return Err(Error::backend(
+                        who.clone(),
+                        format!(
+                            "{program}: {KEY_SLOTS_SYMBOL} holds {} bytes, not {}",
+                            view.len(),
+                            KEY_SLOTS * KEY_SLOT_WORDS * 4
+                        ),
+                    ));
+                }
+                let (base, _sync) = view.device_ptr(&admin);
+                key_slots.insert(program, base);
             }
             programs.push((
                 program.to_string(),
@@ -185,8 +221,22 @@ impl Gpu {
             ctx,
             admin,
             functions,
+            key_slots,
             programs,
         })
+    }
+
+    /// The device address of key slot `slot` (below [`KEY_SLOTS`]) of
+    /// `program`, which the host fills before a one-thread RSA sign launch
+    /// and zeroes after it.
+    pub fn key_slot(&self, program: &str, slot: usize) -> Result<cu::CUdeviceptr> {
+        match self.key_slots.get(program) {
+            Some(&base) if slot < KEY_SLOTS => Ok(base + (slot * KEY_SLOT_WORDS * 4) as u64),
+            _ => Err(Error::backend(
+                format!("cuda:{}", self.ordinal),
+                format!("{program} has no key slot {slot}"),
+            )),
+        }
     }
 
     /// Per loaded kernel, what the driver says it needs: registers per

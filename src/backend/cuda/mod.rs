@@ -126,6 +126,22 @@ impl RsaMapping {
         }
     }
 
+    /// The program that holds the sign kernels.
+    pub fn program(self) -> &'static str {
+        match self {
+            RsaMapping::Wide => "rsa_wide.cu",
+            RsaMapping::Thread | RsaMapping::Coop(_) => "rsa.cu",
+        }
+    }
+
+    /// Whether the sign kernel reads the key from a constant-memory slot
+    /// (its first argument is the slot number) rather than through a
+    /// pointer to the key's device copy: the one-thread mappings, whose
+    /// threads all read the same key words (kernels/rsa/crt.cuh says why).
+    pub fn key_in_constant(self) -> bool {
+        matches!(self, RsaMapping::Thread | RsaMapping::Wide)
+    }
+
     /// Threads that compute one signature: 1, or `2T` for `coop:T` (the
     /// coop kernels have no grid-stride loop, so the grid must hold this
     /// many threads per item).

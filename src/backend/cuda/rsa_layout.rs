@@ -402,4 +402,28 @@ mod tests {
         let soa = to_soa(&[&[1], &[0xaa, 0xbb, 1, 2, 3, 4]], 2);
         assert_eq!(soa, vec![1, 0x01020304, 0, 0xaabb]);
     }
+
+    /// The host's idea of the constant-memory key slots is the kernels':
+    /// the same count and size as kernels/rsa/crt.cuh declares, and every
+    /// key size's blob fits one.
+    #[test]
+    fn key_slots_match_the_kernels() {
+        use crate::backend::cuda::device::{KEY_SLOT_WORDS, KEY_SLOTS};
+        let crt = crate::kernels::file("rsa/crt.cuh").expect("rsa/crt.cuh is embedded");
+        let constant = |name: &str| -> usize {
+            let decl = format!("constexpr int {name} = ");
+            let at = crt
+                .find(&decl)
+                .unwrap_or_else(|| panic!("{name} in crt.cuh"));
+            let rest = &crt[at + decl.len()..];
+            rest[..rest.find(';').unwrap()].trim().parse().unwrap()
+        };
+        assert_eq!(constant("kKeySlots"), KEY_SLOTS);
+        assert_eq!(constant("kKeySlotWords"), KEY_SLOT_WORDS);
+        for bits in [2048, 3072, 4096] {
+            assert!(key_words(bits) <= KEY_SLOT_WORDS, "rsa{bits}");
+        }
+        // 256-byte slots: no constant-cache line spans two of them.
+        assert_eq!(KEY_SLOT_WORDS * 4 % 256, 0);
+    }
 }
