@@ -100,8 +100,10 @@ p256-b65536-all|--scheme ecdsa_secp256r1_sha256 --batch 65536 --concurrency 2621
 ed25519-b65536-sample64|--scheme ed25519 --batch 65536 --concurrency 262144 --compare-raw --cuda-check sample:64
 p384-b65536-sample64|--scheme ecdsa_secp384r1_sha384 --batch 65536 --concurrency 262144 --compare-raw --cuda-check sample:64
 rsa4096-b16384-thread|--scheme rsa_pkcs1_sha256 --kind rsa4096 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping thread
+rsa4096-b16384-wide|--scheme rsa_pkcs1_sha256 --kind rsa4096 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping wide
 rsa4096-b16384-coop16|--scheme rsa_pkcs1_sha256 --kind rsa4096 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping coop:16
 rsa3072-b16384-thread|--scheme rsa_pkcs1_sha256 --kind rsa3072 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping thread
+rsa3072-b16384-wide|--scheme rsa_pkcs1_sha256 --kind rsa3072 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping wide
 rsa3072-b16384-coop8|--scheme rsa_pkcs1_sha256 --kind rsa3072 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping coop:8
 rsa2048-b65536-coop8|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 65536 --concurrency 262144 --compare-raw --cuda-rsa-mapping coop:8
 p256-b262144-sample64|--scheme ecdsa_secp256r1_sha256 --batch 262144 --concurrency 1048576 --compare-raw --cuda-check sample:64

@@ -2,9 +2,10 @@
 //! device and NVRTC: set SIGMUX_NVRTC_LIB or have libnvrtc.so.13 on the
 //! library path) every scheme is signed through the engine on the GPU and
 //! verified with OpenSSL, RSA also under every thread mapping
-//! (`rsa_mapping`: thread, wide, coop:8, coop:16), the key cache evicts and
-//! re-uploads, and an injected device fault quarantines the GPU while the
-//! CPU answers. Without
+//! (`rsa_mapping`: thread, wide, coop:8, coop:16) and from concurrent
+//! threads on more lanes than constant-memory key slots, the key cache
+//! evicts and re-uploads, and an injected device fault quarantines the GPU
+//! while the CPU answers. Without
 //! a GPU the backend must report `unavailable: <reason>` and `sigmux
 //! backends` must show it. Each test prints which path it ran. The test
 //! binary can be copied to a GPU machine and run there as is
@@ -285,6 +286,68 @@ fn rsa_signs_under_every_thread_mapping_and_verifies() {
         .unwrap_err();
     assert!(matches!(err, sigmux::Error::WrongResult { .. }), "{err}");
     assert_eq!(gpu.device_check_faults(), before + 1);
+}
+
+#[test]
+fn concurrent_rsa_batches_with_more_lanes_than_key_slots_use_their_own_keys() {
+    // The one-thread RSA kernels read the key from their lane's constant
+    // memory slot: 20 lanes share 16 slots, so lanes 16..19 take turns with
+    // lanes 0..3. 24 threads sign at once with four keys of two sizes,
+    // changing key from batch to batch, so a slot is refilled with another
+    // key while other lanes' kernels run; every signature must verify under
+    // its own key (a stale or foreign key would fail the device check and
+    // the call).
+    let cfg = CudaConfig {
+        streams: 20,
+        ..cuda_cfg()
+    };
+    let Some(mut gpus) = gpus("key_slots", &cfg) else {
+        return;
+    };
+    let mut gpu = gpus.swap_remove(0);
+    let keys: Vec<Arc<Key>> = [
+        KeyKind::Rsa2048,
+        KeyKind::Rsa2048,
+        KeyKind::Rsa4096,
+        KeyKind::Rsa2048,
+    ]
+    .into_iter()
+    .map(|k| Key::ephemeral("gpu-test", k).unwrap())
+    .collect();
+    for mapping in [RsaMapping::Thread, RsaMapping::Wide] {
+        Arc::get_mut(&mut gpu)
+            .expect("no other handle between runs")
+            .set_rsa_mapping(mapping);
+        let workers: Vec<_> = (0..24)
+            .map(|t| {
+                let (gpu, keys) = (gpu.clone(), keys.clone());
+                std::thread::spawn(move || {
+                    for b in 0..6 {
+                        let key = &keys[(t + b) % keys.len()];
+                        let scheme = Scheme::RsaPkcs1Sha256;
+                        let items: Vec<Vec<u8>> = inputs(key, scheme, 48)
+                            .into_iter()
+                            .map(|(i, _)| i)
+                            .collect();
+                        let sigs = gpu
+                            .sign_batch(key, scheme, &items)
+                            .unwrap_or_else(|e| panic!("{mapping} thread {t} batch {b}: {e}"));
+                        for (i, (input, sig)) in items.iter().zip(&sigs).enumerate() {
+                            assert!(
+                                verifies(key, scheme, input, sig),
+                                "{mapping} thread {t} batch {b} item {i} does not verify"
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("a signing thread failed");
+        }
+        eprintln!("{mapping}: 24 threads x 6 batches on 20 lanes verified");
+    }
+    assert_eq!(gpu.device_check_faults(), 0);
 }
 
 #[test]
