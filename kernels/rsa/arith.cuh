@@ -184,6 +184,49 @@ SMX_HD void mac_row(u32 *t, const u32 *a, u32 b) {
 #endif
 }
 
+#if defined(SMX_RSA_CHAINS)
+// The first half of an even/odd row (mont_row, redc_row): t += a * b with
+// the state of the previous row before its division by 2^32 (P the low
+// accumulator with P[0] = 0, Q the high one at positions 1..N, c at N, x at
+// N+1), the division done on the way. The caller has just folded P[1] into
+// Q[0] (the new position 0) with a carry-setting add, whose carry belongs
+// to position 1, where the high accumulator's chain starts here. The high
+// accumulator's words move down two places inside its chain: each product
+// is added to the word two up and written two down. Afterwards Q is the low
+// accumulator (positions 0..N-1), P the high one, c at N, x at N+1.
+template <int N>
+SMX_HD void mac_shifted(u32 *P, u32 *Q, u32 &c, u32 &x, const u32 *a, u32 b) {
+    SMX_RSA_UNROLL
+    for (int k = 0; k + 2 < N; k += 2) {
+        SMX_RSA_MADC_LO_CC(P[k], a[k + 1], b, P[k + 2]);
+        SMX_RSA_MADC_HI_CC(P[k + 1], a[k + 1], b, P[k + 3]);
+    }
+    SMX_RSA_MADC_LO_CC(P[N - 2], a[N - 1], b, c);
+    SMX_RSA_MADC_HI_CC(P[N - 1], a[N - 1], b, x);
+    SMX_RSA_ADDC(x, 0u, 0u);
+    // Low accumulator += even limbs of a times b.
+    SMX_RSA_MAD_LO_CC(Q[0], a[0], b, Q[0]);
+    SMX_RSA_MADC_HI_CC(Q[1], a[0], b, Q[1]);
+    SMX_RSA_UNROLL
+    for (int k = 2; k < N; k += 2) {
+        SMX_RSA_MADC_LO_CC(Q[k], a[k], b, Q[k]);
+        SMX_RSA_MADC_HI_CC(Q[k + 1], a[k], b, Q[k + 1]);
+    }
+    SMX_RSA_ADDC(c, 0u, 0u);
+}
+
+// One reduction row alone in the even/odd form (mont_sqr's rows): the fold
+// of P[1] into Q[0], q from the new position 0 (a plain multiply: the
+// fold's carry waits for the chain), then q * m added on the shift. Same
+// state in and out as mont_row, the roles of P and Q swapped.
+template <int N>
+SMX_HD void redc_row(u32 *P, u32 *Q, u32 &c, u32 &x, const u32 *m, u32 m0) {
+    SMX_RSA_ADD_CC(Q[0], Q[0], P[1]);
+    const u32 q = Q[0] * m0;
+    mac_shifted<N>(P, Q, c, x, m, q);
+}
+#endif
+
 #if defined(SMX_RSA_CHAINS) && defined(SMX_RSA_WIDE)
 // The "wide" form (programs that define SMX_RSA_WIDE: rsa_wide.cu, the
 // `wide` RSA mapping). One CIOS row of mont_mul in the even/odd form: the row's
@@ -211,23 +254,7 @@ SMX_HD void mont_row(u32 *P, u32 *Q, u32 &c, u32 &x, const u32 *a, u32 b, const 
     // Q[0] += P[1]; its carry belongs to position 1, the first word of the
     // high accumulator's chain, which follows at once.
     SMX_RSA_ADD_CC(Q[0], Q[0], P[1]);
-    SMX_RSA_UNROLL
-    for (int k = 0; k + 2 < N; k += 2) {
-        SMX_RSA_MADC_LO_CC(P[k], a[k + 1], b, P[k + 2]);
-        SMX_RSA_MADC_HI_CC(P[k + 1], a[k + 1], b, P[k + 3]);
-    }
-    SMX_RSA_MADC_LO_CC(P[N - 2], a[N - 1], b, c);
-    SMX_RSA_MADC_HI_CC(P[N - 1], a[N - 1], b, x);
-    SMX_RSA_ADDC(x, 0u, 0u);
-    // Low accumulator += even limbs of a times b.
-    SMX_RSA_MAD_LO_CC(Q[0], a[0], b, Q[0]);
-    SMX_RSA_MADC_HI_CC(Q[1], a[0], b, Q[1]);
-    SMX_RSA_UNROLL
-    for (int k = 2; k < N; k += 2) {
-        SMX_RSA_MADC_LO_CC(Q[k], a[k], b, Q[k]);
-        SMX_RSA_MADC_HI_CC(Q[k + 1], a[k], b, Q[k + 1]);
-    }
-    SMX_RSA_ADDC(c, 0u, 0u);
+    mac_shifted<N>(P, Q, c, x, a, b);
     // The reduction: q makes position 0 zero.
     const u32 q = Q[0] * m0;
     SMX_RSA_MAD_LO_CC(Q[0], m[0], q, Q[0]);
@@ -381,36 +408,6 @@ SMX_HD void sqr_wide(u32 *w, const u32 *a) {
 }
 #endif
 
-#if defined(SMX_RSA_CHAINS)
-// One reduction row in the even/odd form (mont_row without the a * b
-// products): on entry P is the low accumulator of the previous row before
-// its division by 2^32 (P[0] = 0), Q its high one (positions 1..N), c at
-// position N, x at N+1; the division happens inside the first chain, as in
-// mont_row. q is computed after folding P[1] into Q[0], the new position 0;
-// that fold's carry belongs to position 1, where the high accumulator's
-// chain starts at once. On exit the roles of P and Q are swapped.
-template <int N>
-SMX_HD void redc_row(u32 *P, u32 *Q, u32 &c, u32 &x, const u32 *m, u32 m0) {
-    SMX_RSA_ADD_CC(Q[0], Q[0], P[1]);
-    const u32 q = Q[0] * m0;  // (not a .cc instruction: the carry waits)
-    SMX_RSA_UNROLL
-    for (int k = 0; k + 2 < N; k += 2) {
-        SMX_RSA_MADC_LO_CC(P[k], m[k + 1], q, P[k + 2]);
-        SMX_RSA_MADC_HI_CC(P[k + 1], m[k + 1], q, P[k + 3]);
-    }
-    SMX_RSA_MADC_LO_CC(P[N - 2], m[N - 1], q, c);
-    SMX_RSA_MADC_HI_CC(P[N - 1], m[N - 1], q, x);
-    SMX_RSA_ADDC(x, 0u, 0u);
-    SMX_RSA_MAD_LO_CC(Q[0], m[0], q, Q[0]);
-    SMX_RSA_MADC_HI_CC(Q[1], m[0], q, Q[1]);
-    SMX_RSA_UNROLL
-    for (int k = 2; k < N; k += 2) {
-        SMX_RSA_MADC_LO_CC(Q[k], m[k], q, Q[k]);
-        SMX_RSA_MADC_HI_CC(Q[k + 1], m[k], q, Q[k + 1]);
-    }
-    SMX_RSA_ADDC(c, 0u, 0u);
-}
-#endif
 
 // r = a^2 * 2^(-32N) mod m, for a < m, with mont_mul's conditions on m. r
 // may alias a. With T = a^2 = T_H R + T_L: the N reduction rows run over
