@@ -786,7 +786,8 @@ impl CudaBackend {
                 .memset_zeros(&mut lane.out_a.dev_mut().slice_mut(0..1))
                 .map_err(self.drv("fault injection"))?;
         }
-        // SAFETY: as above (rsa{B}_check: key, sig, expected, ok, count).
+        // SAFETY: kernels/rsa.cu's rsa{B}_check ABI (key, sig, expected, ok,
+        // count); out_a and input hold `limbs * count` words, ok `count`.
         unsafe {
             stream
                 .launch_builder(check)
