@@ -31,7 +31,8 @@
 # flight); each part says its count of runs. Without a warm cache the first
 # run of a session also compiles (minutes): run `check` first.
 # The kernel cache lives in $SIGMUX_DATA (default /tmp/sigmux-gpu-data),
-# so later parts of the same session start without compiling.
+# so later parts of the same session start without compiling; it is seeded
+# from carry/gpu/kernel-cache (gpu-pack.sh), so even the first may not.
 set -uo pipefail
 part=${1:?usage: gpu-bench.sh check|tests|first|rsa|rsa-mapping|ecdsa|ed25519}
 out=${OUT:-/tmp/gpu-out}
@@ -43,6 +44,14 @@ if [ -z "${SIGMUX_NVRTC_LIB:-}" ]; then
   for c in /usr/local/cuda/lib64/libnvrtc.so.13 \
     "$(python3 -c 'import nvidia,os;print(os.path.join(nvidia.__path__[0],"cu13","lib","libnvrtc.so.13"))' 2>/dev/null)"; do
     [ -f "$c" ] && export SIGMUX_NVRTC_LIB=$c && break
+  done
+fi
+# Kernels precompiled by gpu-pack.sh: into the bench's cache and the device
+# tests' (tests/cuda.rs uses $TMPDIR/sigmux-test-kernel-cache), so neither
+# compiles when the driver and NVRTC versions match the pack's.
+if [ -d carry/gpu/kernel-cache ]; then
+  for c in "$data/kernel-cache" "${TMPDIR:-/tmp}/sigmux-test-kernel-cache"; do
+    mkdir -p "$c" && cp -n carry/gpu/kernel-cache/*.bin "$c/" 2>/dev/null
   done
 fi
 day=$(date -u +%Y-%m-%d)

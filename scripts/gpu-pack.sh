@@ -30,5 +30,13 @@ for l in sys.stdin:
 mkdir -p carry/gpu
 strip -o carry/gpu/sigmux target/release/sigmux
 strip -o carry/gpu/cuda-tests "$test_bin"
+# The kernels compiled here for sm_90 under the cache key of a CUDA 13.0
+# driver (GPU_DRIVER_VERSION, cuDriverGetVersion's number), so the device's
+# first start reads them instead of spending minutes of the lease in NVRTC;
+# gpu-bench.sh seeds its caches from this folder. A device with another
+# driver or NVRTC version just misses and compiles.
+rm -rf carry/gpu/kernel-cache
+cargo run --release --quiet "${features[@]}" --example precompile_kernels -- \
+  carry/gpu/kernel-cache sm_90 "${GPU_DRIVER_VERSION:-13000}"
 ls -l carry/gpu
 du -ch carry/gpu | tail -1
