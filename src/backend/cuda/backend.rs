@@ -687,13 +687,20 @@ impl CudaBackend {
         let count = n as u32;
         let sign_cfg = self.launch_config_threads(n * mapping.threads_per_item());
         let key_words = dk.slice()?;
-        // Held until this function returns, after the batch's synchronise.
-        let _slot = mapping
-            .key_in_constant()
-            .then(|| self.slot_locks[lane.slot].lock());
         if mapping.key_in_constant() {
+            let _slot = self.slot_locks[lane.slot].lock();
             let slot = self.gpu.key_slot(mapping.program(), lane.slot)?;
-            self.rsa_sign_from_slot(lane, sign, sign_cfg, key_words, slot, count)?;
+            let out = self
+                .rsa_sign_from_slot(lane, sign, sign_cfg, key_words, slot, count)
+                .and_then(|()| {
+                    self.rsa_check_and_collect(lane, check, key_words, scheme, n, words, limbs)
+                });
+            // On an error the copy, the kernel or the wipe may still be
+            // queued: they finish before another lane may refill the slot.
+            if out.is_err() {
+                let _ = stream.synchronize();
+            }
+            out
         } else {
             // SAFETY: argument order and types follow kernels/rsa.cu's
             // rsa{B}_sign_coop{T} (key, in, out, count); every buffer holds
@@ -709,8 +716,8 @@ impl CudaBackend {
                     .launch(sign_cfg)
             }
             .map_err(self.drv("rsa sign launch"))?;
+            self.rsa_check_and_collect(lane, check, key_words, scheme, n, words, limbs)
         }
-        self.rsa_check_and_collect(lane, check, key_words, scheme, n, words, limbs)
     }
 
     /// The one-thread sign kernels' launch: the key blob copied into the
