@@ -80,14 +80,34 @@ pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, DerError> {
         ));
     }
     let (r, s) = raw.split_at(raw.len() / 2);
-    let mut body = Vec::with_capacity(raw.len() + 6);
-    push_uint(&mut body, r);
-    push_uint(&mut body, s);
-    let mut out = Vec::with_capacity(body.len() + 3);
+    // One allocation of the exact size: GPU batches encode millions of
+    // these a second.
+    let body = uint_len(r) + uint_len(s);
+    let mut out = Vec::with_capacity(1 + len_len(body) + body);
     out.push(0x30);
-    push_len(&mut out, body.len());
-    out.extend_from_slice(&body);
+    push_len(&mut out, body);
+    push_uint(&mut out, r);
+    push_uint(&mut out, s);
     Ok(out)
+}
+
+/// The length of [`push_uint`]'s encoding of `bytes`.
+fn uint_len(bytes: &[u8]) -> usize {
+    let digits = match bytes.iter().position(|&b| b != 0) {
+        Some(start) => &bytes[start..],
+        None => &[0u8][..],
+    };
+    let content = digits.len() + usize::from(digits[0] & 0x80 != 0);
+    1 + len_len(content) + content
+}
+
+/// The length of [`push_len`]'s encoding of `len`.
+fn len_len(len: usize) -> usize {
+    match len {
+        0..0x80 => 1,
+        0x80..0x100 => 2,
+        _ => 3,
+    }
 }
 
 /// Turns a DER `ECDSA-Sig-Value` into fixed-width `r‖s`, each half
@@ -183,6 +203,43 @@ mod tests {
         let der = ecdsa_raw_to_der(&raw).unwrap();
         assert_eq!(&der[..2], &[0x30, 0x66]);
         assert_eq!(ecdsa_der_to_raw(&der, 48).unwrap(), raw);
+    }
+
+    /// The same bytes as OpenSSL's encoder, for values with and without
+    /// a sign pad and with leading zero bytes, up to P-521's 66 bytes (the
+    /// outer length then takes the long form), in exactly the space used.
+    #[test]
+    fn der_matches_openssl_byte_for_byte() {
+        use openssl::bn::BigNum;
+        use openssl::ecdsa::EcdsaSig;
+        for half in [32usize, 48, 66] {
+            for case in 0..64u32 {
+                let mut raw = vec![0u8; 2 * half];
+                openssl::rand::rand_bytes(&mut raw).unwrap();
+                if case & 1 == 1 {
+                    raw[0] |= 0x80;
+                }
+                if case & 2 == 2 {
+                    raw[half] &= 0x7f;
+                }
+                let zeros = (case as usize >> 2) % half;
+                raw[half..half + zeros].fill(0);
+                if case == 63 {
+                    raw[..half - 1].fill(0);
+                }
+                let (r, s) = raw.split_at(half);
+                let want = EcdsaSig::from_private_components(
+                    BigNum::from_slice(r).unwrap(),
+                    BigNum::from_slice(s).unwrap(),
+                )
+                .unwrap()
+                .to_der()
+                .unwrap();
+                let got = ecdsa_raw_to_der(&raw).unwrap();
+                assert_eq!(got, want, "{half}-byte halves, case {case}");
+                assert_eq!(got.len(), got.capacity(), "one exact allocation");
+            }
+        }
     }
 
     #[test]

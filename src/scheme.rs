@@ -483,19 +483,24 @@ mod tests {
 pub mod rsa_encoding {
     use super::HashAlg;
 
-    /// MGF1 with `hash`, `len` bytes of mask from `seed`.
-    pub fn mgf1(hash: HashAlg, seed: &[u8], len: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + hash.len());
-        let mut counter: u32 = 0;
-        while out.len() < len {
-            let mut ctx = aws_lc_rs::digest::Context::new(hash.aws());
-            ctx.update(seed);
-            ctx.update(&counter.to_be_bytes());
-            out.extend_from_slice(ctx.finish().as_ref());
-            counter += 1;
+    /// XORs `out.len()` bytes of MGF1(`hash`, `seed`) into `out`, with no
+    /// allocation (GPU batches encode millions of PSS messages a second).
+    /// `seed` is a digest (at most 64 bytes), as in PSS.
+    ///
+    /// # Panics
+    ///
+    /// If `seed` is longer than 64 bytes.
+    pub fn mgf1_xor(hash: HashAlg, seed: &[u8], out: &mut [u8]) {
+        let mut block = [0u8; 64 + 4];
+        let s = seed.len();
+        block[..s].copy_from_slice(seed);
+        for (counter, chunk) in (0u32..).zip(out.chunks_mut(hash.len())) {
+            block[s..s + 4].copy_from_slice(&counter.to_be_bytes());
+            let mask = aws_lc_rs::digest::digest(hash.aws(), &block[..s + 4]);
+            for (o, m) in chunk.iter_mut().zip(mask.as_ref()) {
+                *o ^= m;
+            }
         }
-        out.truncate(len);
-        out
     }
 
     /// EMSA-PKCS1-v1_5 over an already built `T` (DigestInfo ‖ digest, or
@@ -545,12 +550,13 @@ pub mod rsa_encoding {
         pkcs1_v15_raw(&hash.digest_info(digest), k)
     }
 
-    fn pss_hash(hash: HashAlg, digest: &[u8], salt: &[u8]) -> Vec<u8> {
+    /// H = Hash(0^8 ‖ mHash ‖ salt) into `out` (the hash's length).
+    fn pss_hash_into(hash: HashAlg, digest: &[u8], salt: &[u8], out: &mut [u8]) {
         let mut ctx = aws_lc_rs::digest::Context::new(hash.aws());
         ctx.update(&[0u8; 8]);
         ctx.update(digest);
         ctx.update(salt);
-        ctx.finish().as_ref().to_vec()
+        out.copy_from_slice(ctx.finish().as_ref());
     }
 
     /// EMSA-PSS-ENCODE with salt length = hash length, for a modulus of
@@ -561,27 +567,45 @@ pub mod rsa_encoding {
         salt: &[u8],
         mod_bits: usize,
     ) -> Option<Vec<u8>> {
+        let mut out = vec![0u8; mod_bits.div_ceil(8)];
+        pss_encode_into(hash, digest, salt, mod_bits, &mut out).then_some(out)
+    }
+
+    /// [`pss_encode`] into `out`, which holds the modulus length
+    /// (`mod_bits` rounded up to bytes), with no allocation. `false` when
+    /// the lengths do not fit.
+    pub fn pss_encode_into(
+        hash: HashAlg,
+        digest: &[u8],
+        salt: &[u8],
+        mod_bits: usize,
+        out: &mut [u8],
+    ) -> bool {
         let h_len = hash.len();
         let em_bits = mod_bits - 1;
         let em_len = em_bits.div_ceil(8);
-        if digest.len() != h_len || salt.len() != h_len || em_len < h_len + salt.len() + 2 {
-            return None;
+        let k = mod_bits.div_ceil(8);
+        if digest.len() != h_len
+            || salt.len() != h_len
+            || em_len < h_len + salt.len() + 2
+            || out.len() != k
+        {
+            return false;
         }
-        let h = pss_hash(hash, digest, salt);
-        let db_len = em_len - h_len - 1;
-        let mut db = vec![0u8; db_len];
+        // out = leading zero (when emLen < k) ‖ maskedDB ‖ H ‖ 0xbc
+        let (lead, em) = out.split_at_mut(k - em_len);
+        lead.fill(0);
+        let (db, rest) = em.split_at_mut(em_len - h_len - 1);
+        let (h, bc) = rest.split_at_mut(h_len);
+        pss_hash_into(hash, digest, salt, h);
+        bc[0] = 0xbc;
+        let db_len = db.len();
+        db.fill(0);
         db[db_len - salt.len() - 1] = 1;
         db[db_len - salt.len()..].copy_from_slice(salt);
-        for (d, m) in db.iter_mut().zip(mgf1(hash, &h, db_len)) {
-            *d ^= m;
-        }
+        mgf1_xor(hash, h, db);
         db[0] &= 0xff >> (8 * em_len - em_bits);
-        let k = mod_bits.div_ceil(8);
-        let mut out = vec![0u8; k - em_len];
-        out.extend_from_slice(&db);
-        out.extend_from_slice(&h);
-        out.push(0xbc);
-        Some(out)
+        true
     }
 
     /// EMSA-PSS-VERIFY with salt length = hash length. `em` is the
@@ -606,18 +630,17 @@ pub mod rsa_encoding {
         if unused > 0 && masked_db[0] & top_mask != 0 {
             return false;
         }
-        let mut db: Vec<u8> = masked_db
-            .iter()
-            .zip(mgf1(hash, h, masked_db.len()))
-            .map(|(a, b)| a ^ b)
-            .collect();
+        let mut db = masked_db.to_vec();
+        mgf1_xor(hash, h, &mut db);
         db[0] &= 0xff >> unused;
         let ps_len = em_len - 2 * h_len - 2;
         if db[..ps_len].iter().any(|&b| b != 0) || db[ps_len] != 1 {
             return false;
         }
         let salt = &db[ps_len + 1..];
-        pss_hash(hash, digest, salt) == h
+        let mut want = [0u8; 64];
+        pss_hash_into(hash, digest, salt, &mut want[..h_len]);
+        want[..h_len] == *h
     }
 
     #[cfg(test)]

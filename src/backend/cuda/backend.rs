@@ -146,9 +146,20 @@ impl Grow {
     }
 
     fn upload(&mut self, stream: &Arc<CudaStream>, words: &[u32]) -> Result<(), DriverError> {
-        self.ensure(stream, words.len())?;
-        let n = words.len();
-        self.host()?[..n].copy_from_slice(words);
+        self.staging(stream, words.len())?.copy_from_slice(words);
+        self.send(stream, words.len())
+    }
+
+    /// The first `n` words of the pinned mirror (grown to hold them), for
+    /// the host to write a batch into before [`Grow::send`].
+    fn staging(&mut self, stream: &Arc<CudaStream>, n: usize) -> Result<&mut [u32], DriverError> {
+        self.ensure(stream, n)?;
+        Ok(&mut self.host()?[..n])
+    }
+
+    /// Queues a copy of the first `n` words of the pinned mirror to the
+    /// device.
+    fn send(&mut self, stream: &Arc<CudaStream>, n: usize) -> Result<(), DriverError> {
         let (host, dev) = (
             self.host
                 .as_mut()
@@ -644,12 +655,6 @@ impl CudaBackend {
 
     // ---------------------------------------------------------------- RSA
 
-    /// What the RSA kernels sign for each input ([`codec::rsa_messages`]).
-    fn rsa_encode(&self, key: &Key, scheme: Scheme, inputs: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
-        codec::rsa_messages(key, scheme, inputs)
-            .map_err(|reason| Error::backend(self.name.clone(), format!("{scheme}: {reason}")))
-    }
-
     fn rsa_batch(
         &self,
         lane: &mut Lane,
@@ -665,19 +670,22 @@ impl CudaBackend {
         let limbs = bits / 32;
         let n = inputs.len();
         let words = limbs * n;
-        let ems = self.rsa_encode(key, scheme, inputs)?;
-        let refs: Vec<&[u8]> = ems.iter().map(|e| e.as_slice()).collect();
-        let mut soa = Zeroizing::new(rsa_layout::to_soa(&refs, limbs));
-        drop(refs);
         // One read: the kernel and its grid must agree.
         let mapping = self.rsa_mapping;
         let sign = self.gpu.function(&mapping.kernel(bits))?;
         let check = self.gpu.function(&format!("rsa{bits}_check"))?;
         let stream = lane.stream.clone();
+        // Encoded straight into the pinned upload buffer, in parallel for
+        // large batches.
+        let staging = lane
+            .input
+            .staging(&stream, words)
+            .map_err(self.drv("host buffer"))?;
+        codec::rsa_encode(key, scheme, inputs, staging)
+            .map_err(|reason| Error::backend(self.name.clone(), format!("{scheme}: {reason}")))?;
         lane.input
-            .upload(&stream, &soa)
+            .send(&stream, words)
             .map_err(self.drv("copy to device"))?;
-        soa.zeroize();
         lane.out_a
             .ensure(&stream, words)
             .map_err(self.drv("device memory"))?;
@@ -819,7 +827,7 @@ impl CudaBackend {
             .filter(|&&o| o != 1)
             .count();
         let out = lane.out_a.host().map_err(self.drv("host buffer"))?;
-        let sigs = rsa_layout::from_soa(&out[..words], n, limbs);
+        let sigs = codec::rsa_signatures(&out[..words], n, limbs);
         if scheme == Scheme::RsaRaw {
             // Raw results are decrypted secrets (TLS premaster): leave no
             // copy in the lane's buffers.
@@ -853,7 +861,6 @@ impl CudaBackend {
         let limbs = curve.limbs();
         let n = inputs.len();
         let words = limbs * n;
-        let z = codec::ec_z(curve, scheme, inputs).map_err(fail)?;
         let p = curve_prefix(curve);
         let nonce_k = self.gpu.function(&format!("{p}_nonce"))?;
         let sign_k = self.gpu.function(&format!("{p}_sign"))?;
@@ -864,8 +871,13 @@ impl CudaBackend {
         };
         let stream = lane.stream.clone();
         let mem = self.drv("device memory");
+        let staging = lane
+            .input
+            .staging(&stream, words)
+            .map_err(self.drv("host buffer"))?;
+        codec::ec_z_into(curve, scheme, inputs, staging).map_err(fail)?;
         lane.input
-            .upload(&stream, &z)
+            .send(&stream, words)
             .map_err(self.drv("copy to device"))?;
         let seed = {
             let mut bytes = Zeroizing::new([0u8; 32]);
@@ -974,6 +986,7 @@ impl CudaBackend {
                 return Err(self.wrong(bad, scheme));
             }
         } else if let CheckPolicy::Sample(every) = self.check {
+            let z = lane.input.host().map_err(self.drv("host buffer"))?[..words].to_vec();
             self.sample_check(
                 lane, table, key_words, check_k, limbs, every, &z, &r, &s, &ok, n, scheme,
             )?;

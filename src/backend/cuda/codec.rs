@@ -4,87 +4,197 @@
 //! the launches so the same code runs in CI against the kernels' host build
 //! (the tests below sign through the whole pipeline and OpenSSL verifies).
 
+use rayon::prelude::*;
 use zeroize::Zeroizing;
 
 use super::ec_layout::{self, Curve};
-use super::rsa_layout;
+use super::soa;
 use crate::engine::check;
 use crate::keys::Key;
 use crate::scheme::{Scheme, rsa_encoding};
 
+/// The RSA kernels' input for one batch: per item, EMSA-PKCS1-v1_5 or
+/// EMSA-PSS (a fresh random salt of the hash's length) of the digest, or
+/// the raw input (which must be below n), as an integer of the modulus
+/// length.
+struct RsaEncoder<'a> {
+    key: &'a Key,
+    scheme: Scheme,
+    /// Modulus bytes and bits.
+    k: usize,
+    bits: usize,
+    /// PSS salts, `hash.len()` bytes per item.
+    salts: Zeroizing<Vec<u8>>,
+}
+
+impl<'a> RsaEncoder<'a> {
+    fn new(key: &'a Key, scheme: Scheme, n: usize) -> Result<RsaEncoder<'a>, String> {
+        let rsa = key.rsa_public().ok_or("not an RSA key")?;
+        let (k, bits) = (rsa.size() as usize, rsa.n().num_bits() as usize);
+        let salt_len = match scheme.hash() {
+            Some(h) if scheme.is_pss() => h.len(),
+            _ => 0,
+        };
+        let mut salts = Zeroizing::new(vec![0u8; salt_len * n]);
+        if salt_len > 0 {
+            // In parallel too: 2 MB of DRBG output for 65,536 items.
+            salts
+                .par_chunks_mut(soa::TASK_ITEMS * salt_len)
+                .try_for_each(aws_lc_rs::rand::fill)
+                .map_err(|_| "no random salt".to_string())?;
+        }
+        Ok(RsaEncoder {
+            key,
+            scheme,
+            k,
+            bits,
+            salts,
+        })
+    }
+
+    /// Item `i` (`input`) into `out`, which holds the modulus length.
+    fn encode(&self, i: usize, input: &[u8], out: &mut [u8]) -> Result<(), String> {
+        let scheme = self.scheme;
+        if scheme == Scheme::RsaRaw {
+            // The engine admits only such inputs; checked again because a
+            // wrong one would make the device check fail and quarantine
+            // the GPU.
+            check::admit_input(self.key, scheme, input).map_err(|e| e.to_string())?;
+            let pad = self.k - input.len();
+            out[..pad].fill(0);
+            out[pad..].copy_from_slice(input);
+            return Ok(());
+        }
+        let h = scheme.hash().ok_or("no digest")?;
+        if input.len() != h.len() {
+            return Err(format!("item {i}: digest length"));
+        }
+        let too_small = || "the modulus is too small for the encoding".to_string();
+        if scheme.is_pss() {
+            let salt = &self.salts[i * h.len()..(i + 1) * h.len()];
+            rsa_encoding::pss_encode_into(h, input, salt, self.bits, out)
+                .then_some(())
+                .ok_or_else(too_small)
+        } else {
+            let em = rsa_encoding::pkcs1_v15(h, input, self.k).ok_or_else(too_small)?;
+            out.copy_from_slice(&em);
+            Ok(())
+        }
+    }
+}
+
 /// What the RSA kernels sign for each input, as big-endian integers of the
 /// modulus length: EMSA-PKCS1-v1_5 or EMSA-PSS (a fresh random salt of the
 /// hash's length) of the digest, or the raw input (which must be below n).
+/// One vector per item; the backend writes the batch straight into its
+/// upload buffer with [`rsa_encode`] instead.
 ///
 /// # Errors
 ///
 /// A reason naming the input that cannot be encoded.
 pub fn rsa_messages(key: &Key, scheme: Scheme, inputs: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, String> {
-    let rsa = key.rsa_public().ok_or("not an RSA key")?;
-    let k = rsa.size() as usize;
-    let bits = rsa.n().num_bits() as usize;
-    if scheme == Scheme::RsaRaw {
-        // The engine admits only such inputs; checked again because a wrong
-        // one would make the device check fail and quarantine the GPU.
-        return inputs
-            .iter()
-            .map(|i| {
-                check::admit_input(key, scheme, i)
-                    .map(|()| i.clone())
-                    .map_err(|e| e.to_string())
-            })
-            .collect();
-    }
-    let h = scheme.hash().ok_or("no digest")?;
-    let pss = scheme.is_pss();
-    let mut salts = Zeroizing::new(vec![0u8; if pss { h.len() * inputs.len() } else { 0 }]);
-    if pss {
-        aws_lc_rs::rand::fill(&mut salts).map_err(|_| "no random salt".to_string())?;
-    }
+    let enc = RsaEncoder::new(key, scheme, inputs.len())?;
     inputs
         .iter()
         .enumerate()
-        .map(|(i, d)| {
-            if d.len() != h.len() {
-                return Err("digest length".to_string());
-            }
-            if pss {
-                rsa_encoding::pss_encode(h, d, &salts[i * h.len()..(i + 1) * h.len()], bits)
-            } else {
-                rsa_encoding::pkcs1_v15(h, d, k)
-            }
-            .ok_or_else(|| "the modulus is too small for the encoding".to_string())
+        .map(|(i, input)| {
+            let mut em = vec![0u8; enc.k];
+            enc.encode(i, input, &mut em).map(|()| em)
         })
         .collect()
 }
 
+/// [`rsa_messages`] of a batch written into `dst` in the kernels'
+/// structure-of-arrays layout (`limbs` = the modulus' 32-bit words, `dst`
+/// holding `limbs * inputs.len()` words), in parallel for large batches
+/// ([`soa::fill`]).
+///
+/// # Errors
+///
+/// A reason naming an input that cannot be encoded.
+pub fn rsa_encode(
+    key: &Key,
+    scheme: Scheme,
+    inputs: &[Vec<u8>],
+    dst: &mut [u32],
+) -> Result<(), String> {
+    let enc = RsaEncoder::new(key, scheme, inputs.len())?;
+    let limbs = enc.k.div_ceil(4);
+    if dst.len() != limbs * inputs.len() {
+        return Err(format!(
+            "a buffer of {} words for {} items",
+            dst.len(),
+            inputs.len()
+        ));
+    }
+    soa::fill(dst, inputs.len(), limbs, |i, words| {
+        let mut em = Zeroizing::new([0u8; soa::MAX_LIMBS * 4]);
+        let em = &mut em[..enc.k];
+        enc.encode(i, &inputs[i], em)?;
+        soa::from_be_bytes(em, words);
+        Ok(())
+    })
+}
+
+/// The signatures of a batch of `n` RSA results in structure-of-arrays
+/// layout, as big-endian byte strings of `limbs * 4` bytes; in parallel
+/// for large batches.
+pub fn rsa_signatures(out: &[u32], n: usize, limbs: usize) -> Vec<Vec<u8>> {
+    let words = |i| {
+        let mut w = [0u32; soa::MAX_LIMBS];
+        soa::gather(out, n, i, &mut w[..limbs]);
+        Ok::<_, std::convert::Infallible>(soa::to_be_bytes(&w[..limbs]))
+    };
+    match soa::map(n, words) {
+        Ok(sigs) => sigs,
+        Err(never) => match never {},
+    }
+}
+
 /// z = bits2int(digest) of every input, structure-of-arrays (limb j of item
-/// i at `[j * n + i]`), as the nonce, sign and check kernels read it.
+/// i at `[j * n + i]`), as the nonce, sign and check kernels read it,
+/// written into `dst` (`curve.limbs() * inputs.len()` words).
 ///
 /// # Errors
 ///
 /// A reason when a digest has the wrong length for `scheme` (1 to 64 bytes
 /// for the any-digest schemes).
-pub fn ec_z(curve: Curve, scheme: Scheme, inputs: &[Vec<u8>]) -> Result<Vec<u32>, String> {
+pub fn ec_z_into(
+    curve: Curve,
+    scheme: Scheme,
+    inputs: &[Vec<u8>],
+    dst: &mut [u32],
+) -> Result<(), String> {
     let limbs = curve.limbs();
-    let n = inputs.len();
-    let mut z = vec![0u32; limbs * n];
-    for (i, d) in inputs.iter().enumerate() {
+    if dst.len() != limbs * inputs.len() {
+        return Err(format!(
+            "a buffer of {} words for {} items",
+            dst.len(),
+            inputs.len()
+        ));
+    }
+    soa::fill(dst, inputs.len(), limbs, |i, words| {
+        let d = &inputs[i];
         let ok_len = match scheme.hash() {
             Some(h) => d.len() == h.len(),
             None => (1..=64).contains(&d.len()),
         };
         if !ok_len {
-            return Err(format!("digest of {} bytes", d.len()));
+            return Err(format!("item {i}: digest of {} bytes", d.len()));
         }
-        for (j, w) in ec_layout::z_from_digest(curve, d)
-            .iter()
-            .enumerate()
-            .take(limbs)
-        {
-            z[j * n + i] = *w;
-        }
-    }
+        words.copy_from_slice(&ec_layout::z_from_digest(curve, d)[..limbs]);
+        Ok(())
+    })
+}
+
+/// [`ec_z_into`] into a new vector.
+///
+/// # Errors
+///
+/// As [`ec_z_into`].
+pub fn ec_z(curve: Curve, scheme: Scheme, inputs: &[Vec<u8>]) -> Result<Vec<u32>, String> {
+    let mut z = vec![0u32; curve.limbs() * inputs.len()];
+    ec_z_into(curve, scheme, inputs, &mut z)?;
     Ok(z)
 }
 
@@ -106,16 +216,21 @@ pub fn seed_words(bytes: &[u8; 32]) -> Zeroizing<[u32; 8]> {
 ///
 /// A reason when a value cannot be encoded (r or s zero).
 pub fn ec_der(r: &[u32], s: &[u32], n: usize, limbs: usize) -> Result<Vec<Vec<u8>>, String> {
-    let rs = rsa_layout::from_soa(r, n, limbs);
-    let ss = rsa_layout::from_soa(s, n, limbs);
-    rs.into_iter()
-        .zip(ss)
-        .map(|(rb, sb)| {
-            let mut raw = rb;
-            raw.extend_from_slice(&sb);
-            crate::der::ecdsa_raw_to_der(&raw).map_err(|e| e.to_string())
-        })
-        .collect()
+    if limbs > 16 || r.len() < n * limbs || s.len() < n * limbs {
+        return Err(format!("{n} signatures of {limbs} limbs"));
+    }
+    soa::map(n, |i| {
+        let mut w = [0u32; 16];
+        let mut raw = [0u8; 128];
+        for (half, src) in [r, s].into_iter().enumerate() {
+            soa::gather(src, n, i, &mut w[..limbs]);
+            let at = half * limbs * 4;
+            for (j, v) in w[..limbs].iter().rev().enumerate() {
+                raw[at + 4 * j..at + 4 * j + 4].copy_from_slice(&v.to_be_bytes());
+            }
+        }
+        crate::der::ecdsa_raw_to_der(&raw[..8 * limbs]).map_err(|e| e.to_string())
+    })
 }
 
 #[cfg(test)]
@@ -134,7 +249,7 @@ mod tests {
 
     use super::*;
     use crate::backend::cuda::host_nonce::{self, NonceCurve};
-    use crate::backend::cuda::{host_ec, host_rsa};
+    use crate::backend::cuda::{host_ec, host_rsa, rsa_layout};
     use crate::scheme::KeyKind;
 
     fn digests(scheme: Scheme, n: usize) -> Vec<Vec<u8>> {
@@ -159,40 +274,23 @@ mod tests {
             Scheme::RsaPssRsaeSha512,
         ] {
             let inputs = digests(scheme, 5);
-            let ems = rsa_messages(&key, scheme, &inputs).unwrap();
-            let refs: Vec<&[u8]> = ems.iter().map(Vec::as_slice).collect();
-            let soa = rsa_layout::to_soa(&refs, limbs);
+            let mut soa = vec![0u32; limbs * inputs.len()];
+            rsa_encode(&key, scheme, &inputs, &mut soa).unwrap();
             let out = host_rsa::sign(&packed, &soa, inputs.len()).unwrap();
             let ok = host_rsa::check(&packed, &out, &soa, inputs.len()).unwrap();
             assert!(ok.iter().all(|&o| o == 1), "{scheme}: check kernel");
-            let md = match scheme.hash().unwrap().len() {
-                32 => Md::sha256(),
-                48 => Md::sha384(),
-                _ => Md::sha512(),
-            };
-            for (d, sig) in inputs
-                .iter()
-                .zip(rsa_layout::from_soa(&out, inputs.len(), limbs))
-            {
-                let mut ctx = PkeyCtx::new(&pk).unwrap();
-                ctx.verify_init().unwrap();
-                if scheme.is_pss() {
-                    ctx.set_rsa_padding(Padding::PKCS1_PSS).unwrap();
-                    ctx.set_rsa_pss_saltlen(RsaPssSaltlen::DIGEST_LENGTH)
-                        .unwrap();
-                } else {
-                    ctx.set_rsa_padding(Padding::PKCS1).unwrap();
-                }
-                ctx.set_signature_md(md).unwrap();
-                assert!(ctx.verify(d, &sig).unwrap(), "{scheme}");
+            for (d, sig) in inputs.iter().zip(rsa_signatures(&out, inputs.len(), limbs)) {
+                verify_rsa(&pk, scheme, d, &sig);
             }
         }
         // Raw: s^e mod n gives the input back.
         let mut m = key.rsa_public().unwrap().n().to_vec();
         m[255] -= 1;
-        let soa = rsa_layout::to_soa(&[&m[..]], limbs);
+        let mut soa = vec![0u32; limbs];
+        rsa_encode(&key, Scheme::RsaRaw, std::slice::from_ref(&m), &mut soa).unwrap();
+        assert_eq!(soa, rsa_layout::to_soa(&[&m[..]], limbs));
         let out = host_rsa::sign(&packed, &soa, 1).unwrap();
-        let sig = rsa_layout::from_soa(&out, 1, limbs).remove(0);
+        let sig = rsa_signatures(&out, 1, limbs).remove(0);
         let mut back = vec![0u8; 256];
         key.rsa_public()
             .unwrap()
@@ -200,7 +298,63 @@ mod tests {
             .unwrap();
         assert_eq!(back, m);
         let n = key.rsa_public().unwrap().n().to_vec();
-        assert!(rsa_messages(&key, Scheme::RsaRaw, &[n]).is_err());
+        assert!(rsa_messages(&key, Scheme::RsaRaw, std::slice::from_ref(&n)).is_err());
+        assert!(rsa_encode(&key, Scheme::RsaRaw, &[n], &mut soa).is_err());
+    }
+
+    /// OpenSSL verifies `sig` over digest `d` under `scheme`.
+    fn verify_rsa(pk: &PKey<openssl::pkey::Public>, scheme: Scheme, d: &[u8], sig: &[u8]) {
+        let md = match scheme.hash().unwrap().len() {
+            32 => Md::sha256(),
+            48 => Md::sha384(),
+            _ => Md::sha512(),
+        };
+        let mut ctx = PkeyCtx::new(pk).unwrap();
+        ctx.verify_init().unwrap();
+        if scheme.is_pss() {
+            ctx.set_rsa_padding(Padding::PKCS1_PSS).unwrap();
+            ctx.set_rsa_pss_saltlen(RsaPssSaltlen::DIGEST_LENGTH)
+                .unwrap();
+        } else {
+            ctx.set_rsa_padding(Padding::PKCS1).unwrap();
+        }
+        ctx.set_signature_md(md).unwrap();
+        assert!(ctx.verify(d, sig).unwrap(), "{scheme}");
+    }
+
+    /// A batch large enough to run in parallel tasks, at a modulus whose
+    /// byte length is not a multiple of the limb size apart (RSA-3072 is
+    /// 96 limbs): the PKCS#1 v1.5 layout equals the plain per-item one,
+    /// and every PSS encoding, raised to d by OpenSSL (no padding), is a
+    /// signature OpenSSL verifies; the salts differ item to item.
+    #[test]
+    fn large_rsa_batches_encode_in_parallel_tasks() {
+        let key: Arc<Key> = Key::ephemeral("gpu-rsa-3072", KeyKind::Rsa3072).unwrap();
+        let rsa = key.secret().unwrap().to_openssl().unwrap().rsa().unwrap();
+        let pk = PKey::public_key_from_der(key.spki_der()).unwrap();
+        let (limbs, n) = (96, 2 * soa::TASK_ITEMS + 3);
+        let inputs = digests(Scheme::RsaPkcs1Sha256, n);
+        let mut got = vec![0u32; limbs * n];
+        rsa_encode(&key, Scheme::RsaPkcs1Sha256, &inputs, &mut got).unwrap();
+        let ems = rsa_messages(&key, Scheme::RsaPkcs1Sha256, &inputs).unwrap();
+        let refs: Vec<&[u8]> = ems.iter().map(Vec::as_slice).collect();
+        assert_eq!(got, rsa_layout::to_soa(&refs, limbs));
+        assert_eq!(rsa_signatures(&got, n, limbs), ems);
+
+        rsa_encode(&key, Scheme::RsaPssRsaeSha256, &inputs, &mut got).unwrap();
+        let ems = rsa_signatures(&got, n, limbs);
+        let mut seen = std::collections::HashSet::new();
+        for (i, (d, em)) in inputs.iter().zip(&ems).enumerate() {
+            let mut sig = vec![0u8; 384];
+            rsa.private_encrypt(em, &mut sig, Padding::NONE).unwrap();
+            verify_rsa(&pk, Scheme::RsaPssRsaeSha256, d, &sig);
+            assert!(seen.insert(em.clone()), "item {i} repeats an encoding");
+        }
+        let mut short = inputs.clone();
+        short[700].pop();
+        let err = rsa_encode(&key, Scheme::RsaPssRsaeSha256, &short, &mut got).unwrap_err();
+        assert_eq!(err, "item 700: digest length");
+        assert!(rsa_encode(&key, Scheme::RsaPssRsaeSha256, &inputs, &mut got[1..]).is_err());
     }
 
     #[test]
@@ -250,6 +404,54 @@ mod tests {
             }
             assert!(ec_z(curve, schemes[0], &[vec![0; 5]]).is_err());
             assert!(ec_z(curve, schemes[1], &[vec![]]).is_err());
+        }
+    }
+
+    /// ECDSA's per-item host work in parallel tasks: z equals the plain
+    /// per-item layout and every DER signature equals OpenSSL's encoding
+    /// of the same r and s (values with the top bit set and with leading
+    /// zero limbs included).
+    #[test]
+    fn large_ecdsa_batches_encode_and_decode_in_parallel_tasks() {
+        use openssl::bn::BigNum;
+        let n = 2 * soa::TASK_ITEMS + 5;
+        for (curve, scheme) in [
+            (Curve::P256, Scheme::EcdsaSecp256r1Sha256),
+            (Curve::P384, Scheme::EcdsaP384AnyDigest),
+        ] {
+            let l = curve.limbs();
+            let mut inputs = digests(Scheme::EcdsaSecp384r1Sha384, n);
+            if scheme.hash().is_some() {
+                inputs = digests(scheme, n);
+            }
+            let z = ec_z(curve, scheme, &inputs).unwrap();
+            let items: Vec<Vec<u32>> = inputs
+                .iter()
+                .map(|d| ec_layout::z_from_digest(curve, d))
+                .collect();
+            assert_eq!(z, ec_layout::to_soa(&items, l), "{scheme}");
+            let mut bytes = vec![0u8; 4 * l * n];
+            openssl::rand::rand_bytes(&mut bytes).unwrap();
+            let mut r: Vec<u32> = bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let mut s = z.clone();
+            for i in (0..n).step_by(7) {
+                r[(l - 1) * n + i] = 0;
+                s[(l - 1) * n + i] |= 0x8000_0000;
+            }
+            let ders = ec_der(&r, &s, n, l).unwrap();
+            let (rs, ss) = (ec_layout::from_soa(&r, l, n), ec_layout::from_soa(&s, l, n));
+            for i in 0..n {
+                let big = |w: &[u32]| BigNum::from_slice(&ec_layout::limbs_to_be(w)).unwrap();
+                let want =
+                    openssl::ecdsa::EcdsaSig::from_private_components(big(&rs[i]), big(&ss[i]))
+                        .unwrap()
+                        .to_der()
+                        .unwrap();
+                assert_eq!(ders[i], want, "{scheme} item {i}");
+            }
         }
     }
 

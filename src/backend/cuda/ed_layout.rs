@@ -116,15 +116,22 @@ pub fn pack_messages<T: AsRef<[u8]>>(inputs: &[T]) -> Result<(Vec<u32>, Vec<u32>
     Ok((words, off))
 }
 
-/// The `n` signatures (64 bytes each) of a structure-of-arrays result.
+/// The `n` signatures (64 bytes each) of a structure-of-arrays result; in
+/// parallel for large batches ([`super::soa::map`]).
 pub fn signatures(soa: &[u32], n: usize) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            (0..SIG_WORDS)
-                .flat_map(|w| soa[w * n + i].to_le_bytes())
-                .collect()
-        })
-        .collect()
+    let one = |i| {
+        let mut w = [0u32; SIG_WORDS];
+        super::soa::gather(soa, n, i, &mut w);
+        let mut sig = Vec::with_capacity(4 * SIG_WORDS);
+        for v in w {
+            sig.extend_from_slice(&v.to_le_bytes());
+        }
+        Ok::<_, std::convert::Infallible>(sig)
+    };
+    match super::soa::map(n, one) {
+        Ok(sigs) => sigs,
+        Err(never) => match never {},
+    }
 }
 
 /// Signatures back into the kernels' structure-of-arrays layout (for
@@ -206,5 +213,11 @@ mod tests {
         // word 1 of item 2 at [1 * 3 + 2]
         assert_eq!(soa[5], u32::from_le_bytes([28 ^ 2, 35 ^ 2, 42 ^ 2, 49 ^ 2]));
         assert_eq!(signatures(&soa, 3), sigs);
+        // Enough for parallel tasks.
+        let n = 3 * super::super::soa::TASK_ITEMS + 1;
+        let sigs: Vec<Vec<u8>> = (0..n)
+            .map(|i| (0..64).map(|b| (i * 13 + b * 7) as u8).collect())
+            .collect();
+        assert_eq!(signatures(&signatures_to_soa(&sigs), n), sigs);
     }
 }

@@ -27,6 +27,7 @@ pub mod host_rsa;
 mod key_cache;
 pub mod nvrtc;
 pub mod rsa_layout;
+pub mod soa;
 
 use std::fmt;
 use std::path::PathBuf;
