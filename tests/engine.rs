@@ -645,6 +645,66 @@ fn a_group_is_answered_together_in_order() {
     assert_eq!(engine.queue_depth(), 0);
 }
 
+/// Groups and single requests for one key share batches (a batch then
+/// holds runs of several groups' members, answered a run at a time, and
+/// single requests between them); every answer reaches its own caller,
+/// in order, and the groups' queue capacity is all given back: a group
+/// of the whole capacity is admitted afterwards.
+#[test]
+fn groups_and_single_requests_share_batches_and_give_back_their_capacity() {
+    let cpu = cpu();
+    let backends: Vec<Arc<dyn Backend>> = vec![
+        TestBackend::new("a", &cpu, 2),
+        TestBackend::new("b", &cpu, 2),
+    ];
+    let engine = Engine::new(cfg(32, 5, 400), backends).unwrap();
+    let k = key(KeyKind::P256);
+    let s = Scheme::EcdsaSecp256r1Sha256;
+    let msg = |g: u32, i: u32| format!("group {g} item {i}").into_bytes();
+    let mut groups = Vec::new();
+    let mut singles = Vec::new();
+    for g in 0..6u32 {
+        let inputs = (0..50).map(|i| SignInput::Message(msg(g, i))).collect();
+        groups.push((g, engine.submit_group(k.clone(), s, inputs, None).unwrap()));
+        singles.push((
+            g,
+            engine
+                .submit(SignRequest::new(
+                    k.clone(),
+                    s,
+                    SignInput::Message(msg(g, 999)),
+                ))
+                .unwrap(),
+        ));
+    }
+    for (g, t) in groups {
+        let results = t.wait();
+        assert_eq!(results.len(), 50);
+        for (i, r) in (0..50).zip(results) {
+            let sig = r.unwrap_or_else(|e| panic!("group {g} item {i}: {e}"));
+            assert!(
+                openssl_verifies(&k, s, &msg(g, i), &sig.bytes),
+                "group {g} item {i}"
+            );
+        }
+    }
+    for (g, t) in singles {
+        let sig = t.wait().unwrap();
+        assert!(
+            openssl_verifies(&k, s, &msg(g, 999), &sig.bytes),
+            "single {g}"
+        );
+    }
+    assert_eq!(engine.queue_depth(), 0);
+    let whole = (0..400).map(|i| SignInput::Message(msg(9, i))).collect();
+    let results = engine
+        .submit_group(k.clone(), s, whole, None)
+        .unwrap()
+        .wait();
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(engine.queue_depth(), 0);
+}
+
 #[test]
 fn callbacks_receive_answers_on_the_engine_threads() {
     let engine = Engine::new(cfg(16, 1, 1024), vec![cpu()]).unwrap();

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use super::cost::{Candidate, CostModel, plan};
-use super::{Batch, Inner, Signature, check};
+use super::{Batch, Inner, Signature, Waiter, check};
 use crate::backend::{Availability, Backend};
 use crate::error::{Error, Result};
 use crate::keys::Key;
@@ -446,12 +446,15 @@ fn run_job(inner: &Inner, slot: &Slot, job: Job) {
             match verify(inner, slot, &batch, &sigs) {
                 0 => {
                     slot.mark_ok();
-                    for (w, bytes) in batch.waiters.into_iter().zip(sigs) {
-                        w.answer(Ok(Signature {
-                            bytes,
-                            backend: slot.name.clone(),
-                        }));
-                    }
+                    Waiter::answer_all(
+                        batch.waiters,
+                        sigs.into_iter().map(|bytes| {
+                            Ok(Signature {
+                                bytes,
+                                backend: slot.name.clone(),
+                            })
+                        }),
+                    );
                     return;
                 }
                 bad => {

@@ -267,8 +267,8 @@ impl Engine {
         inner.stats.accepted.fetch_add(n as u64, Ordering::Relaxed);
         let now = Instant::now();
         let deadline = now + deadline.unwrap_or(inner.cfg.deadline);
-        let admissions = (0..n).map(|_| Admission::share(&inner.admitted)).collect();
-        let (waiters, ticket) = Waiter::group(deadline, admissions);
+        let admission = Admission::share_n(&inner.admitted, n);
+        let (waiters, ticket) = Waiter::group(deadline, n, admission);
         if n > 0 {
             inner
                 .batcher

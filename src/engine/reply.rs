@@ -67,7 +67,7 @@ impl Future for GroupTicket {
 }
 
 /// Counts a request against the engine's queue capacity until answered.
-pub(crate) struct Admission(Arc<AtomicUsize>);
+pub(crate) struct Admission(Arc<AtomicUsize>, usize);
 
 impl Admission {
     /// Admits `n` requests unless that would pass `capacity`.
@@ -82,13 +82,22 @@ impl Admission {
 
     /// One admitted request's share (the count was added by `admit`).
     pub(crate) fn share(counter: &Arc<AtomicUsize>) -> Admission {
-        Admission(counter.clone())
+        Admission(counter.clone(), 1)
+    }
+
+    /// A whole group's `n` shares, given back together when its last
+    /// answer is in (the caller receives the answers only then, so nothing
+    /// is held longer than the caller waits). One count for the group
+    /// instead of one per member keeps the shared counter's cache line out
+    /// of every answer's path.
+    pub(crate) fn share_n(counter: &Arc<AtomicUsize>, n: usize) -> Admission {
+        Admission(counter.clone(), n)
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(self.1, Ordering::AcqRel);
     }
 }
 
@@ -97,6 +106,33 @@ struct Group {
     slots: Mutex<Vec<Option<Result<Signature>>>>,
     left: AtomicUsize,
     tx: Mutex<Option<oneshot::Sender<Vec<Result<Signature>>>>>,
+    /// The members' queue capacity, released before the answers are sent.
+    admission: Mutex<Option<Admission>>,
+}
+
+impl Group {
+    /// Records `answers` (member index, result); the call that records
+    /// the last one sends the group's answers.
+    fn record(&self, answers: impl IntoIterator<Item = (usize, Result<Signature>)>) {
+        let mut k = 0;
+        {
+            let mut slots = self.slots.lock();
+            for (i, r) in answers {
+                slots[i] = Some(r);
+                k += 1;
+            }
+        }
+        if k > 0 && self.left.fetch_sub(k, Ordering::AcqRel) == k {
+            let all = std::mem::take(&mut *self.slots.lock())
+                .into_iter()
+                .map(|r| r.unwrap_or(Err(Error::ShuttingDown)))
+                .collect();
+            drop(self.admission.lock().take());
+            if let Some(tx) = self.tx.lock().take() {
+                let _ = tx.send(all);
+            }
+        }
+    }
 }
 
 /// A function that receives one answer, on the engine's worker thread.
@@ -141,28 +177,57 @@ impl Waiter {
     /// Waiters for a group of `admissions.len()` requests and its ticket.
     pub(crate) fn group(
         deadline: Instant,
-        admissions: Vec<Admission>,
+        n: usize,
+        admission: Admission,
     ) -> (Vec<Waiter>, GroupTicket) {
-        let len = admissions.len();
         let (tx, rx) = oneshot::channel();
         let group = Arc::new(Group {
-            slots: Mutex::new((0..len).map(|_| None).collect()),
-            left: AtomicUsize::new(len),
+            slots: Mutex::new((0..n).map(|_| None).collect()),
+            left: AtomicUsize::new(n),
             tx: Mutex::new(Some(tx)),
+            admission: Mutex::new(Some(admission)),
         });
-        let waiters = admissions
-            .into_iter()
-            .enumerate()
-            .map(|(i, a)| Waiter {
+        let waiters = (0..n)
+            .map(|i| Waiter {
                 reply: Some(Reply::Member(group.clone(), i)),
                 deadline,
-                admission: Some(a),
+                admission: None,
             })
             .collect();
-        (waiters, GroupTicket { rx, len })
+        (waiters, GroupTicket { rx, len: n })
     }
 
-    /// Delivers the answer.
+    /// Answers `waiters` with `results`, in order. Consecutive members of
+    /// one group (a batch cut from a group holds long runs of them) are
+    /// recorded under one lock and one count, instead of one each.
+    pub(crate) fn answer_all(
+        waiters: Vec<Waiter>,
+        results: impl IntoIterator<Item = Result<Signature>>,
+    ) {
+        let mut run: Option<Arc<Group>> = None;
+        let mut answers: Vec<(usize, Result<Signature>)> = Vec::new();
+        for (mut w, result) in waiters.into_iter().zip(results) {
+            match w.reply.take() {
+                Some(Reply::Member(group, i)) => {
+                    if run.as_ref().is_some_and(|g| !Arc::ptr_eq(g, &group))
+                        && let Some(g) = run.take()
+                    {
+                        g.record(answers.drain(..));
+                    }
+                    run.get_or_insert(group);
+                    answers.push((i, result));
+                }
+                other => {
+                    w.reply = other;
+                    w.answer(result);
+                }
+            }
+        }
+        if let Some(g) = run {
+            g.record(answers);
+        }
+    }
+
     pub(crate) fn answer(mut self, result: Result<Signature>) {
         self.deliver(result);
     }
@@ -176,18 +241,7 @@ impl Waiter {
             Some(Reply::One(tx)) => {
                 let _ = tx.send(result);
             }
-            Some(Reply::Member(group, i)) => {
-                group.slots.lock()[i] = Some(result);
-                if group.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    let all = std::mem::take(&mut *group.slots.lock())
-                        .into_iter()
-                        .map(|r| r.unwrap_or(Err(Error::ShuttingDown)))
-                        .collect();
-                    if let Some(tx) = group.tx.lock().take() {
-                        let _ = tx.send(all);
-                    }
-                }
-            }
+            Some(Reply::Member(group, i)) => group.record([(i, result)]),
             Some(Reply::Call(f)) => f(result),
             None => {}
         }
