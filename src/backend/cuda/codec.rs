@@ -220,12 +220,12 @@ pub fn ec_der(r: &[u32], s: &[u32], n: usize, limbs: usize) -> Result<Vec<Vec<u8
         return Err(format!("{n} signatures of {limbs} limbs"));
     }
     soa::map(n, |i| {
-        let mut w = [0u32; 16];
         let mut raw = [0u8; 128];
         for (half, src) in [r, s].into_iter().enumerate() {
-            soa::gather(src, n, i, &mut w[..limbs]);
             let at = half * limbs * 4;
-            for (j, v) in w[..limbs].iter().rev().enumerate() {
+            // Most significant limb first.
+            for j in 0..limbs {
+                let v = src[(limbs - 1 - j) * n + i];
                 raw[at + 4 * j..at + 4 * j + 4].copy_from_slice(&v.to_be_bytes());
             }
         }
