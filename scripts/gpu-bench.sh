@@ -104,10 +104,10 @@ rsa2048-b16384-thread|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 16384 --c
 rsa2048-b16384-wide|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping wide
 rsa2048-b16384-coop8|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping coop:8
 rsa2048-b16384-coop16|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping coop:16
-p256-b65536-sample64|--scheme ecdsa_secp256r1_sha256 --batch 65536 --concurrency 262144 --compare-raw --cuda-check sample:64
-p256-b65536-all|--scheme ecdsa_secp256r1_sha256 --batch 65536 --concurrency 262144 --compare-raw --cuda-check all
-ed25519-b65536-sample64|--scheme ed25519 --batch 65536 --concurrency 262144 --compare-raw --cuda-check sample:64
-p384-b65536-sample64|--scheme ecdsa_secp384r1_sha384 --batch 65536 --concurrency 262144 --compare-raw --cuda-check sample:64
+p256-b65536-sample64|--scheme ecdsa_secp256r1_sha256 --batch 65536 --concurrency 524288 --compare-raw --cuda-check sample:64
+p256-b65536-all|--scheme ecdsa_secp256r1_sha256 --batch 65536 --concurrency 524288 --compare-raw --cuda-check all
+ed25519-b65536-sample64|--scheme ed25519 --batch 65536 --concurrency 524288 --compare-raw --cuda-check sample:64
+p384-b65536-sample64|--scheme ecdsa_secp384r1_sha384 --batch 65536 --concurrency 524288 --compare-raw --cuda-check sample:64
 rsa4096-b16384-thread|--scheme rsa_pkcs1_sha256 --kind rsa4096 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping thread
 rsa4096-b16384-wide|--scheme rsa_pkcs1_sha256 --kind rsa4096 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping wide
 rsa4096-b16384-coop16|--scheme rsa_pkcs1_sha256 --kind rsa4096 --batch 16384 --concurrency 65536 --compare-raw --cuda-rsa-mapping coop:16
@@ -122,6 +122,12 @@ p256-b1-all|--scheme ecdsa_secp256r1_sha256 --batch 1 --concurrency 4 --cuda-che
 rsa2048-b1024-coop8|--scheme rsa_pkcs1_sha256 --kind rsa2048 --batch 1024 --concurrency 4096 --compare-raw --cuda-rsa-mapping coop:8
 p256-b1024-sample64|--scheme ecdsa_secp256r1_sha256 --batch 1024 --concurrency 4096 --compare-raw --cuda-check sample:64
 RUNS
+    # The host's share at this machine's core count (short: about 20 s).
+    if [ -x carry/gpu/host-path ] && time_left 30; then
+      CRITERION_HOME="${TMPDIR:-/tmp}/criterion" carry/gpu/host-path --bench --warm-up-time 0.5 \
+        --measurement-time 1 >"$out/host-path.txt" 2>&1
+      echo "host path: exit $? ($(grep -c thrpt "$out/host-path.txt") figures in host-path.txt)" >>"$summary"
+    fi
     ;;
   check)
     { nvidia-smi; ldd "$bin" | grep -E 'not found|ssl|crypto'; echo "NVRTC: ${SIGMUX_NVRTC_LIB:-none}"; } | tee "$out/check.txt"

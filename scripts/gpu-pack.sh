@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds what a GPU machine needs to run sigmux's device tests and CUDA
 # benchmarks, for machines that have CUDA and a driver but no Rust toolchain:
-# the release `sigmux` binary and the `tests/cuda.rs` test binary, stripped,
-# into carry/gpu/ (git-ignored; name it in the device tool's `carry`).
+# the release `sigmux` binary, the `tests/cuda.rs` test binary and the
+# `benches/host_path.rs` bench, stripped, into carry/gpu/ (git-ignored; name it in the device tool's `carry`).
 #
 # On the GPU machine, first check that they load and what NVRTC there is:
 #   ldd carry/gpu/sigmux | grep 'not found'; nvidia-smi
@@ -27,9 +27,19 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "cuda" and m.get("executable"):
         print(m["executable"])')
+# The host side of GPU batches and the engine's cost per request
+# (benches/host_path.rs), to read the device rates against that machine's
+# host capacity.
+host_bin=$(cargo bench --no-run --bench host_path "${features[@]}" --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "host_path" and m.get("executable"):
+        print(m["executable"])')
 mkdir -p carry/gpu
 strip -o carry/gpu/sigmux target/release/sigmux
 strip -o carry/gpu/cuda-tests "$test_bin"
+strip -o carry/gpu/host-path "$host_bin"
 # The kernels compiled here for sm_90 under the cache key of a CUDA 13.0
 # driver (GPU_DRIVER_VERSION, cuDriverGetVersion's number), so the device's
 # first start reads them instead of spending minutes of the lease in NVRTC;
