@@ -240,6 +240,10 @@ pub struct BenchReport {
     /// was scheduled (`batch` or `normal`, see [`CallerSched`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller_sched: Option<String>,
+    /// Groups: the threads that built groups and took their answers (one
+    /// per group in flight, up to the cores).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller_threads: Option<usize>,
 }
 
 fn driver_name(opts: &BenchOptions) -> &'static str {
@@ -450,6 +454,7 @@ fn run_with_key(
         cuda_check: gpus.first().map(|g| g.check_policy().to_string()),
         cuda_rsa_mapping: gpus.first().map(|g| g.rsa_mapping().to_string()),
         caller_sched: measured.caller_sched.map(|c| c.name().to_string()),
+        caller_threads: measured.caller_threads,
     })
 }
 
@@ -470,6 +475,7 @@ struct Measured {
     /// The load generator's scheduling as applied (single requests from
     /// async tasks only).
     caller_sched: Option<CallerSched>,
+    caller_threads: Option<usize>,
 }
 
 impl Measured {
@@ -544,6 +550,7 @@ fn run_engine(engine: &Arc<Engine>, key: &Arc<Key>, opts: &BenchOptions) -> Resu
         seconds: opts.duration.as_secs_f64(),
         latencies_us: Vec::new(),
         caller_sched,
+        caller_threads: (driver_name(opts) == "groups").then_some(group_threads),
     };
     for (ops, errors, lat) in parts {
         result.ops += ops;
@@ -860,6 +867,7 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
             seconds: opts.duration.as_secs_f64(),
             latencies_us: Vec::new(),
             caller_sched: None,
+            caller_threads: None,
         };
         for task in tasks {
             if let Ok((o, e, l)) = task.await {
@@ -907,6 +915,7 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
         cuda_check: None,
         cuda_rsa_mapping: None,
         caller_sched: None,
+        caller_threads: None,
     })
 }
 

@@ -231,6 +231,7 @@ pub fn run(
         cuda_check: None,
         cuda_rsa_mapping: None,
         caller_sched: None,
+        caller_threads: None,
     })
 }
 

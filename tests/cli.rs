@@ -2152,6 +2152,21 @@ fn bench_reports_its_driver_and_caller_scheduling() {
     let mut args = common.to_vec();
     args.extend(["--caller-sched", "fifo"]);
     sigmux(dir.path(), None, &args).fails_with(&["--caller-sched", "fifo"]);
+    // Groups of 16, 64 in flight: four caller threads (this machine has at
+    // least two cores, so at least two), whole groups only.
+    let mut args = common.to_vec();
+    let at = args.len() - 3;
+    args[at] = "64";
+    args.extend(["--batch", "16"]);
+    sigmux(dir.path(), None, &args).ok();
+    let v: serde_json::Value = serde_json::from_slice(&read(&json)).expect("bench JSON");
+    assert_eq!(v["driver"], "groups", "{v:#}");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(v["caller_threads"], 4.min(cores), "{v:#}");
+    let ops = v["ops"].as_u64().unwrap();
+    assert!(ops > 0 && ops.is_multiple_of(16), "{v:#}");
+    assert_eq!(v["errors"], 0, "{v:#}");
+    assert!(v.get("caller_sched").is_none(), "{v:#}");
 }
 
 #[test]
