@@ -218,14 +218,9 @@ impl Engine {
         let now = Instant::now();
         let deadline = now + req.deadline.unwrap_or(inner.cfg.deadline);
         let waiter = waiter(deadline, Admission::share(&inner.admitted));
-        inner.batcher.push(
-            inner,
-            now,
-            req.key,
-            req.scheme,
-            [input],
-            std::iter::once(waiter),
-        );
+        inner
+            .batcher
+            .push(inner, now, req.key, req.scheme, vec![input], vec![waiter]);
         Ok(())
     }
 
@@ -246,16 +241,16 @@ impl Engine {
         }
         scheme.check_fits(key.kind())?;
         let n = inputs.len();
-        let prepared = inputs
-            .into_iter()
-            .enumerate()
-            .map(|(i, input)| {
-                scheme
-                    .prepare(input)
-                    .and_then(|p| check::admit_input(&key, scheme, &p).map(|()| p))
-                    .map_err(|e| Error::Invalid(format!("item {i}: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // One allocation of the group's size (collecting into a `Result`
+        // would grow the vector step by step).
+        let mut prepared = Vec::with_capacity(n);
+        for (i, input) in inputs.into_iter().enumerate() {
+            let p = scheme
+                .prepare(input)
+                .and_then(|p| check::admit_input(&key, scheme, &p).map(|()| p))
+                .map_err(|e| Error::Invalid(format!("item {i}: {e}")))?;
+            prepared.push(p);
+        }
         inner.check_some_backend(&key, scheme)?;
         if Admission::admit(&inner.admitted, n, inner.cfg.queue_capacity).is_none() {
             inner
@@ -272,7 +267,7 @@ impl Engine {
         if n > 0 {
             inner
                 .batcher
-                .push(inner, now, key, scheme, prepared, waiters.into_iter());
+                .push(inner, now, key, scheme, prepared, waiters);
         }
         Ok(ticket)
     }

@@ -103,7 +103,9 @@ impl Drop for Admission {
 
 /// The answers of a group, filled in as batches finish.
 struct Group {
-    slots: Mutex<Vec<Option<Result<Signature>>>>,
+    /// Every member's answer, `ShuttingDown` until its own arrives, so
+    /// the finished vector is sent as it is.
+    slots: Mutex<Vec<Result<Signature>>>,
     left: AtomicUsize,
     tx: Mutex<Option<oneshot::Sender<Vec<Result<Signature>>>>>,
     /// The members' queue capacity, released before the answers are sent.
@@ -111,22 +113,11 @@ struct Group {
 }
 
 impl Group {
-    /// Records `answers` (member index, result); the call that records
-    /// the last one sends the group's answers.
-    fn record(&self, answers: impl IntoIterator<Item = (usize, Result<Signature>)>) {
-        let mut k = 0;
-        {
-            let mut slots = self.slots.lock();
-            for (i, r) in answers {
-                slots[i] = Some(r);
-                k += 1;
-            }
-        }
+    /// Counts `k` more answers recorded; the call that counts the last
+    /// one sends the group's answers.
+    fn recorded(&self, k: usize) {
         if k > 0 && self.left.fetch_sub(k, Ordering::AcqRel) == k {
-            let all = std::mem::take(&mut *self.slots.lock())
-                .into_iter()
-                .map(|r| r.unwrap_or(Err(Error::ShuttingDown)))
-                .collect();
+            let all = std::mem::take(&mut *self.slots.lock());
             drop(self.admission.lock().take());
             if let Some(tx) = self.tx.lock().take() {
                 let _ = tx.send(all);
@@ -182,7 +173,7 @@ impl Waiter {
     ) -> (Vec<Waiter>, GroupTicket) {
         let (tx, rx) = oneshot::channel();
         let group = Arc::new(Group {
-            slots: Mutex::new((0..n).map(|_| None).collect()),
+            slots: Mutex::new((0..n).map(|_| Err(Error::ShuttingDown)).collect()),
             left: AtomicUsize::new(n),
             tx: Mutex::new(Some(tx)),
             admission: Mutex::new(Some(admission)),
@@ -204,27 +195,36 @@ impl Waiter {
         waiters: Vec<Waiter>,
         results: impl IntoIterator<Item = Result<Signature>>,
     ) {
-        let mut run: Option<Arc<Group>> = None;
-        let mut answers: Vec<(usize, Result<Signature>)> = Vec::new();
-        for (mut w, result) in waiters.into_iter().zip(results) {
+        let mut it = waiters.into_iter().zip(results).peekable();
+        while let Some((mut w, result)) = it.next() {
             match w.reply.take() {
                 Some(Reply::Member(group, i)) => {
-                    if run.as_ref().is_some_and(|g| !Arc::ptr_eq(g, &group))
-                        && let Some(g) = run.take()
+                    let mut k = 1;
                     {
-                        g.record(answers.drain(..));
+                        let mut slots = group.slots.lock();
+                        slots[i] = result;
+                        // The rest of this group's run, under the same lock.
+                        while let Some((next, _)) = it.peek() {
+                            match &next.reply {
+                                Some(Reply::Member(g, _)) if Arc::ptr_eq(g, &group) => {}
+                                _ => break,
+                            }
+                            let Some((mut next, r)) = it.next() else {
+                                break;
+                            };
+                            if let Some(Reply::Member(_, j)) = next.reply.take() {
+                                slots[j] = r;
+                                k += 1;
+                            }
+                        }
                     }
-                    run.get_or_insert(group);
-                    answers.push((i, result));
+                    group.recorded(k);
                 }
                 other => {
                     w.reply = other;
                     w.answer(result);
                 }
             }
-        }
-        if let Some(g) = run {
-            g.record(answers);
         }
     }
 
@@ -241,7 +241,10 @@ impl Waiter {
             Some(Reply::One(tx)) => {
                 let _ = tx.send(result);
             }
-            Some(Reply::Member(group, i)) => group.record([(i, result)]),
+            Some(Reply::Member(group, i)) => {
+                group.slots.lock()[i] = result;
+                group.recorded(1);
+            }
             Some(Reply::Call(f)) => f(result),
             None => {}
         }
