@@ -185,43 +185,70 @@ EC_FN void sign_lanes(const u32 *table, const u32 *key, const u32 *z, const u32 
     }
 }
 
-// One check: ok = 1 when 1 <= r, s < n and x(u1 G + u2 Q) mod n = r with
-// w = s^-1, u1 = z w, u2 = r w. Public inputs: variable time. The sum
-// stays projective: x = X / Z is r or r + n (x < p < 2n), so it is enough
-// to compare X with r Z and (r + n) Z, which saves an inversion mod p.
+// The checks of items first .. first + 31, one per lane of a warp (fewer
+// at the end of the batch): ok = 1 when 1 <= r, s < n and
+// x(u1 G + u2 Q) mod n = r with w = s^-1, u1 = z w, u2 = r w. The warp
+// shares the inversions of s (warp_invert: one cooperative exponentiation
+// and a few products per lane, where a Fermat inversion per lane was about
+// a sixth of a check's instructions). Public inputs: variable time, but
+// every lane of the warp must call this with the same `first` and reach
+// the inversion; a lane whose r or s is out of range inverts 1 and reports
+// 0. The sum stays projective: x = X / Z is r or r + n (x < p < 2n), so it
+// is enough to compare X with r Z and (r + n) Z, which saves an inversion
+// mod p.
 template <class C>
-EC_FN void check_item(const u32 *table, const u32 *key, const u32 *z, const u32 *r, const u32 *s,
-                      u32 *ok, u32 count, u32 i) {
+EC_FN void check_lanes(const u32 *table, const u32 *key, const u32 *z, const u32 *r, const u32 *s,
+                       u32 *ok, u32 count, u32 first) {
     typedef typename C::fp fp;
     typedef typename C::fn fn;
     const int L = C::L;
-    u32 rr[L], ss[L], zz[L], u1[L], u2[L], rn[L];
-    for (int j = 0; j < L; j++) {
-        rr[j] = r[j * count + i];
-        ss[j] = s[j * count + i];
-        zz[j] = z[j * count + i];
-    }
     const u32 *n = C::fn_mod();
-    if (limbs_zero_mask<L>(rr) || limbs_zero_mask<L>(ss) || !limbs_lt_public<L>(rr, n) ||
-        !limbs_lt_public<L>(ss, n)) {
-        ok[i] = 0;
-        return;
+    const lane_t lane = warp_lane();
+    warp_val<fn> W;
+    u32 valid[SMX_LANES];
+    for (int w = 0; w < SMX_LANES; w++) {
+        const u32 i = first + lane.x[w];
+        W.v[w] = fn::one();
+        valid[w] = 0;
+        if (i >= count) continue;
+        u32 rr[L], ss[L];
+        for (int j = 0; j < L; j++) {
+            rr[j] = r[j * count + i];
+            ss[j] = s[j * count + i];
+        }
+        if (limbs_zero_mask<L>(rr) || limbs_zero_mask<L>(ss) || !limbs_lt_public<L>(rr, n) ||
+            !limbs_lt_public<L>(ss, n))
+            continue;
+        valid[w] = 1;
+        W.v[w] = fn::from_int(ss);
     }
-    fn w = fn::from_int(ss).inv();
-    (fn::from_int(zz) * w).to_int(u1);
-    (fn::from_int(rr) * w).to_int(u2);
-    point_t<C> sum = mul_base2<C>(table, u1, key + 3 * L, u2);
-    if (sum.z.is_zero()) {  // O has no x
-        ok[i] = 0;
-        return;
+    warp_invert<C::COOP_T>(W, lane);
+    for (int w = 0; w < SMX_LANES; w++) {
+        const u32 i = first + lane.x[w];
+        if (i >= count) continue;
+        if (!valid[w]) {
+            ok[i] = 0;
+            continue;
+        }
+        u32 rr[L], zz[L], u1[L], u2[L], rn[L];
+        for (int j = 0; j < L; j++) {
+            rr[j] = r[j * count + i];
+            zz[j] = z[j * count + i];
+        }
+        (fn::from_int(zz) * W.v[w]).to_int(u1);
+        (fn::from_int(rr) * W.v[w]).to_int(u2);
+        point_t<C> sum = mul_base2<C>(table, u1, key + 3 * L, u2);
+        if (sum.z.is_zero()) {  // O has no x
+            ok[i] = 0;
+            continue;
+        }
+        bool match = limbs_equal_public<L>((fp::from_int(rr) * sum.z).v, sum.x.v);
+        u32 carry = 0;
+        for (int j = 0; j < L; j++) rn[j] = add_carry(rr[j], n[j], carry);
+        if (!carry && limbs_lt_public<L>(rn, fp::traits::mod()))
+            match = match || limbs_equal_public<L>((fp::from_int(rn) * sum.z).v, sum.x.v);
+        ok[i] = match;
     }
-    bool match = limbs_equal_public<L>((fp::from_int(rr) * sum.z).v, sum.x.v);
-    u32 carry = 0;
-    for (int j = 0; j < L; j++) rn[j] = add_carry(rr[j], n[j], carry);
-    if (!carry && limbs_lt_public<L>(rn, fp::traits::mod()))
-        match = match || limbs_equal_public<L>((fp::from_int(rn) * sum.z).v, sum.x.v);
-    ok[i] = match;
 }
-
 }  // namespace ec
 }  // namespace smx

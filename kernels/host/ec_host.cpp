@@ -19,7 +19,7 @@ void sign_host(const u32 *table, const u32 *key, const u32 *z, const u32 *k, u32
 template <class C>
 void check_host(const u32 *table, const u32 *key, const u32 *z, const u32 *r, const u32 *s,
                 u32 *ok, u32 count) {
-    for (u32 i = 0; i < count; i++) check_item<C>(table, key, z, r, s, ok, count, i);
+    for (u32 first = 0; first < count; first += 32) check_lanes<C>(table, key, z, r, s, ok, count, first);
 }
 
 template <class F> void mod_op(u32 op, const u32 *a, const u32 *b, u32 *out) {

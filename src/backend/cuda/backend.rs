@@ -57,7 +57,8 @@ use crate::scheme::{Family, KeyKind, Scheme};
 /// exactly item `blockIdx.x * blockDim.x + threadIdx.x`, so a capped grid
 /// would leave nonces unset. `rsa{B}_sign_coop{T}` gets `2T` threads per
 /// item; its groups are aligned within warps, so this stays a multiple of
-/// 32, as `{C}_sign` (ECDSA) needs too: it strides a whole warp at a time.
+/// 32, as `{C}_sign` and `{C}_check` (ECDSA) need too: they stride a whole
+/// warp at a time.
 const THREADS: u32 = 128;
 const _: () = assert!(THREADS.is_multiple_of(32), "kernels take whole warps");
 /// Most `holds` answers remembered.

@@ -505,6 +505,20 @@ mod tests {
                     .iter()
                     .all(|&o| o == 0)
             );
+            // Good and bad items in the same warps (the warp shares its
+            // inversions of s; a bad item must neither fail its neighbours
+            // nor pass itself): exactly the bad ones are rejected.
+            let (mut mix_r, mut mix_s) = (out.r.clone(), out.s.clone());
+            let bad: Vec<bool> = (0..per_key).map(|i| i % 3 == 1).collect();
+            for i in (0..per_key).filter(|&i| bad[i]) {
+                for j in 0..l {
+                    mix_r[j * per_key + i] = bad_r[j * per_key + i];
+                    mix_s[j * per_key + i] = bad_s[j * per_key + i];
+                }
+            }
+            let got = check(curve, &table, &blob, &z, &mix_r, &mix_s);
+            let want: Vec<u32> = bad.iter().map(|&b| u32::from(!b)).collect();
+            assert_eq!(got, want, "{curve:?}: mixed batch");
             // r + n (when it still fits) and s + n are rejected too
             let mut rn = BigNum::new().unwrap();
             rn.checked_add(&bn(&rs[0]), &c.n).unwrap();
