@@ -19,9 +19,9 @@
 //          sig[w * count + i]): the 64 bytes R || S packed like A. Written by
 //          sign, read by check.
 //   ok:    sign writes 1 for every item; check 1 (valid) or 0 (invalid).
-// One thread per item. ed25519_sign strides over the grid a warp of items
-// at a time (the warp shares its inversions, ec/warp_inv.cuh), so its
-// blocks must be whole warps; ed25519_check strides a thread at a time.
+// One thread per item. Both kernels stride over the grid a warp of items
+// at a time (the warp shares its inversions, ec/warp_inv.cuh), so their
+// blocks must be whole warps.
 #include "ed25519/eddsa.cuh"
 
 using smx::u32;
@@ -37,6 +37,7 @@ SMX_KERNEL void ed25519_sign(const u32 *__restrict__ table, const u32 *__restric
 SMX_KERNEL void ed25519_check(const u32 *__restrict__ table, const u32 *__restrict__ key,
                               const unsigned char *__restrict__ msg, const u32 *__restrict__ off,
                               const u32 *__restrict__ sig, u32 *__restrict__ ok, u32 count) {
-    for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += blockDim.x * gridDim.x)
-        smx::ed25519::check_item(table, key, msg, off, sig, ok, count, i);
+    for (u32 first = (blockIdx.x * blockDim.x + threadIdx.x) & ~31u; first < count;
+         first += blockDim.x * gridDim.x)
+        smx::ed25519::check_lanes(table, key, msg, off, sig, ok, count, first);
 }

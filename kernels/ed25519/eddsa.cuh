@@ -86,31 +86,52 @@ EC_FN void sign_lanes(const u32 *table, const u32 *key, const u8 *msg, const u32
     }
 }
 
-// One check of public data, variable time: ok = 1 when S < L and
-// enc([S]B + [k](-A)) equals the R bytes (cofactorless, on the encodings),
-// both scalar multiplications in one comb pass over B's table and the key
-// blob's table of -A (which the host built when it packed the key, so A
-// decodes). R itself is not decoded: the left side is the canonical
-// encoding of a point of the curve, so a non-canonical or off-curve R never
-// matches it.
-EC_FN void check_item(const u32 *table, const u32 *key, const u8 *msg, const u32 *off,
-                      const u32 *sig, u32 *ok, u32 count, u32 i) {
-    const u8 *m = msg + off[i];
-    u32 n = off[i + 1] - off[i];
-    u32 rb[8], s[8], k[8], e[8];
-    for (int j = 0; j < 8; j++) {
-        rb[j] = sig[j * count + i];
-        s[j] = sig[(8 + j) * count + i];
+// The checks of items first .. first + 31, one per lane of a warp (fewer
+// at the end of the batch), of public data, variable time: ok = 1 when
+// S < L and enc([S]B + [k](-A)) equals the R bytes (cofactorless, on the
+// encodings), both scalar multiplications in one comb pass over B's table
+// and the key blob's table of -A (which the host built when it packed the
+// key, so A decodes). The inversion of Z that the encoding needs is shared
+// by the warp (ec/warp_inv.cuh), as in signing; a lane with S >= L (or
+// past the batch) inverts the identity's Z = 1 and reports 0. R itself is
+// not decoded: the left side is the canonical encoding of a point of the
+// curve, so a non-canonical or off-curve R never matches it. Every lane of
+// the warp must call this with the same `first`.
+EC_FN void check_lanes(const u32 *table, const u32 *key, const u8 *msg, const u32 *off,
+                       const u32 *sig, u32 *ok, u32 count, u32 first) {
+    using ec::lane_t;
+    using ec::warp_val;
+    const lane_t lane = ec::warp_lane();
+    point_t P[SMX_LANES];
+    warp_val<fe> Z;
+    u32 valid[SMX_LANES];
+    for (int w = 0; w < SMX_LANES; w++) {
+        const u32 i = first + lane.x[w];
+        P[w] = point_t::identity();
+        valid[w] = 0;
+        if (i < count) {
+            u32 rb[8], s[8], k[8];
+            for (int j = 0; j < 8; j++) {
+                rb[j] = sig[j * count + i];
+                s[j] = sig[(8 + j) * count + i];
+            }
+            if (ec::limbs_lt_public<8>(s, ED_L)) {
+                hash_mod_l(rb, key + 16, msg + off[i], off[i + 1] - off[i], k);
+                P[w] = mul_base2(table, s, key + KEY_HEAD, k);
+                valid[w] = 1;
+            }
+        }
+        Z.v[w] = P[w].z;
     }
-    if (!ec::limbs_lt_public<8>(s, ED_L)) {
-        ok[i] = 0;
-        return;
+    ec::warp_invert<8>(Z, lane);
+    for (int w = 0; w < SMX_LANES; w++) {
+        const u32 i = first + lane.x[w];
+        if (i >= count) continue;
+        u32 e[8], diff = 0;
+        P[w].encode_with(Z.v[w], e);
+        for (int j = 0; j < 8; j++) diff |= e[j] ^ sig[j * count + i];
+        ok[i] = valid[w] && diff == 0;
     }
-    hash_mod_l(rb, key + 16, m, n, k);
-    mul_base2(table, s, key + KEY_HEAD, k).encode(e);
-    u32 diff = 0;
-    for (int j = 0; j < 8; j++) diff |= e[j] ^ rb[j];
-    ok[i] = diff == 0;
 }
 
 }  // namespace ed25519

@@ -17,7 +17,7 @@ extern "C" void smx_ed25519_sign_host(const u32 *table, const u32 *key, const un
 
 extern "C" void smx_ed25519_check_host(const u32 *table, const u32 *key, const unsigned char *msg,
                                        const u32 *off, const u32 *sig, u32 *ok, u32 count) {
-    for (u32 i = 0; i < count; i++) check_item(table, key, msg, off, sig, ok, count, i);
+    for (u32 first = 0; first < count; first += 32) check_lanes(table, key, msg, off, sig, ok, count, first);
 }
 
 extern "C" u32 smx_ed25519_table_words(void) { return TABLE_WORDS; }
