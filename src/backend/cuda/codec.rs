@@ -120,13 +120,7 @@ pub fn rsa_encode(
 ) -> Result<(), String> {
     let enc = RsaEncoder::new(key, scheme, inputs.len())?;
     let limbs = enc.k.div_ceil(4);
-    if dst.len() != limbs * inputs.len() {
-        return Err(format!(
-            "a buffer of {} words for {} items",
-            dst.len(),
-            inputs.len()
-        ));
-    }
+    buffer_fits(dst, limbs, inputs.len())?;
     soa::fill(dst, inputs.len(), limbs, |i, words| {
         let mut em = Zeroizing::new([0u8; soa::MAX_LIMBS * 4]);
         let em = &mut em[..enc.k];
@@ -134,6 +128,15 @@ pub fn rsa_encode(
         soa::from_be_bytes(em, words);
         Ok(())
     })
+}
+
+/// Whether `dst` holds exactly `n` items of `limbs` words.
+fn buffer_fits(dst: &[u32], limbs: usize, n: usize) -> Result<(), String> {
+    if dst.len() == limbs * n {
+        Ok(())
+    } else {
+        Err(format!("a buffer of {} words for {n} items", dst.len()))
+    }
 }
 
 /// The signatures of a batch of `n` RSA results in structure-of-arrays
@@ -166,13 +169,7 @@ pub fn ec_z_into(
     dst: &mut [u32],
 ) -> Result<(), String> {
     let limbs = curve.limbs();
-    if dst.len() != limbs * inputs.len() {
-        return Err(format!(
-            "a buffer of {} words for {} items",
-            dst.len(),
-            inputs.len()
-        ));
-    }
+    buffer_fits(dst, limbs, inputs.len())?;
     soa::fill(dst, inputs.len(), limbs, |i, words| {
         let d = &inputs[i];
         let ok_len = match scheme.hash() {
