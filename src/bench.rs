@@ -501,12 +501,14 @@ fn run_engine(engine: &Arc<Engine>, key: &Arc<Key>, opts: &BenchOptions) -> Resu
     // about 0.15 µs a request on the caller's thread (measured on the
     // 2-core CI machine), which one thread could not keep up with at GPU
     // rates.
-    let group_threads = match opts.batch {
-        Some(b) if b > 1 => (opts.concurrency / b).clamp(
+    let group_threads = if driver_name(opts) == "groups" {
+        let group = opts.batch.unwrap_or(1).max(1);
+        (opts.concurrency / group).clamp(
             1,
             std::thread::available_parallelism().map_or(1, |n| n.get()),
-        ),
-        _ => 1,
+        )
+    } else {
+        1
     };
     let rt = if group_threads > 1 {
         tokio::runtime::Builder::new_multi_thread()

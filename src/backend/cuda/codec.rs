@@ -143,15 +143,11 @@ fn buffer_fits(dst: &[u32], limbs: usize, n: usize) -> Result<(), String> {
 /// layout, as big-endian byte strings of `limbs * 4` bytes; in parallel
 /// for large batches.
 pub fn rsa_signatures(out: &[u32], n: usize, limbs: usize) -> Vec<Vec<u8>> {
-    let words = |i| {
+    soa::each(n, |i| {
         let mut w = [0u32; soa::MAX_LIMBS];
         soa::gather(out, n, i, &mut w[..limbs]);
-        Ok::<_, std::convert::Infallible>(soa::to_be_bytes(&w[..limbs]))
-    };
-    match soa::map(n, words) {
-        Ok(sigs) => sigs,
-        Err(never) => match never {},
-    }
+        soa::to_be_bytes(&w[..limbs])
+    })
 }
 
 /// z = bits2int(digest) of every input, structure-of-arrays (limb j of item

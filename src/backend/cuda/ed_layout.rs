@@ -117,21 +117,17 @@ pub fn pack_messages<T: AsRef<[u8]>>(inputs: &[T]) -> Result<(Vec<u32>, Vec<u32>
 }
 
 /// The `n` signatures (64 bytes each) of a structure-of-arrays result; in
-/// parallel for large batches ([`super::soa::map`]).
+/// parallel for large batches ([`super::soa::each`]).
 pub fn signatures(soa: &[u32], n: usize) -> Vec<Vec<u8>> {
-    let one = |i| {
+    super::soa::each(n, |i| {
         let mut w = [0u32; SIG_WORDS];
         super::soa::gather(soa, n, i, &mut w);
         let mut sig = Vec::with_capacity(4 * SIG_WORDS);
         for v in w {
             sig.extend_from_slice(&v.to_le_bytes());
         }
-        Ok::<_, std::convert::Infallible>(sig)
-    };
-    match super::soa::map(n, one) {
-        Ok(sigs) => sigs,
-        Err(never) => match never {},
-    }
+        sig
+    })
 }
 
 /// Signatures back into the kernels' structure-of-arrays layout (for

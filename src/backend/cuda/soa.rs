@@ -92,6 +92,18 @@ pub fn gather(src: &[u32], n: usize, i: usize, words: &mut [u32]) {
 /// `item(i)` for every `i < n`, in order: on the calling thread for up to
 /// [`TASK_ITEMS`] items, on rayon's global pool in tasks of that many
 /// otherwise.
+pub fn each<T: Send>(n: usize, item: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    if n <= TASK_ITEMS {
+        return (0..n).map(item).collect();
+    }
+    (0..n)
+        .into_par_iter()
+        .with_min_len(TASK_ITEMS)
+        .map(item)
+        .collect()
+}
+
+/// [`each`] for items that can fail.
 ///
 /// # Errors
 ///
@@ -100,18 +112,10 @@ pub fn map<T: Send, E: Send>(
     n: usize,
     item: impl Fn(usize) -> Result<T, E> + Sync + Send,
 ) -> Result<Vec<T>, E> {
-    if n <= TASK_ITEMS {
-        return (0..n).map(item).collect();
-    }
     // Collected as plain results first: rayon collects an indexed iterator
     // straight into place, but a `Result<Vec<_>, _>` through a list of
     // pieces (measured: 0.055 against 0.045 µs a P-256 DER signature).
-    let all: Vec<Result<T, E>> = (0..n)
-        .into_par_iter()
-        .with_min_len(TASK_ITEMS)
-        .map(item)
-        .collect();
-    all.into_iter().collect()
+    each(n, item).into_iter().collect()
 }
 
 /// Item `i` of a structure-of-arrays batch as a big-endian byte string of
