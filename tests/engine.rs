@@ -257,6 +257,56 @@ fn sync_and_async_callers_get_verified_signatures() {
     }
 }
 
+/// Two engines over one CPU backend at the same time, and one engine that
+/// lists the backend twice: the backend's pool can run only one slot's
+/// worker loops, so the others must run on threads of their own rather than
+/// wait for loops that end only when their engine does.
+#[test]
+fn engines_that_share_a_cpu_backend_all_make_progress() {
+    let shared: Arc<CpuBackend> = Arc::new(
+        CpuBackend::new(&CpuConfig {
+            threads: 2,
+            engine: EngineChoice::Fixed(CpuEngine::AwsLc),
+            max_batch: 64,
+        })
+        .unwrap(),
+    );
+    let first = Arc::new(Engine::new(cfg(16, 1, 1024), vec![shared.clone()]).unwrap());
+    let second = Arc::new(Engine::new(cfg(16, 1, 1024), vec![shared.clone()]).unwrap());
+    let twice =
+        Arc::new(Engine::new(cfg(16, 1, 1024), vec![shared.clone(), shared.clone()]).unwrap());
+    let k = key(KeyKind::Ed25519);
+    let s = Scheme::Ed25519;
+    // Callers on threads of their own, so a hang fails the test by the
+    // timeout below instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (e, engine) in [&second, &twice, &first].into_iter().enumerate() {
+        let (tx, k, engine) = (tx.clone(), k.clone(), engine.clone());
+        std::thread::spawn(move || {
+            let base = 1000 * e as u32;
+            let tickets: Vec<_> = (0..100u32)
+                .map(|i| engine.submit(req(&k, s, base + i)).unwrap())
+                .collect();
+            for (i, t) in (base..).zip(tickets) {
+                let _ = tx.send((i, t.wait()));
+            }
+        });
+    }
+    drop(tx);
+    for _ in 0..300 {
+        let (i, r) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("an engine over a shared CPU backend stopped answering");
+        let sig = r.unwrap();
+        assert!(openssl_verifies(&k, s, &i.to_be_bytes(), &sig.bytes));
+    }
+    // And an engine started after them gets answers too.
+    drop((first, second, twice));
+    let again = Engine::new(cfg(16, 1, 1024), vec![shared]).unwrap();
+    let sig = again.sign_blocking(req(&k, s, 7)).unwrap();
+    assert!(openssl_verifies(&k, s, &7u32.to_be_bytes(), &sig.bytes));
+}
+
 #[test]
 fn batches_flush_on_size() {
     let tb = TestBackend::new("gated", &cpu(), 1);

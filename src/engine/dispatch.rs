@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use super::cost::{Candidate, CostModel, plan};
+use super::pools::PoolClaim;
 use super::{Batch, Inner, Signature, Waiter, check};
 use crate::backend::{Availability, Backend};
 use crate::error::{Error, Result};
@@ -75,6 +76,9 @@ pub(crate) struct Slot {
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
     workers: usize,
+    /// Set when this slot's workers are the threads of its backend's pool;
+    /// released when they are told to stop.
+    pool_claim: Mutex<Option<PoolClaim>>,
     in_flight_ops: AtomicUsize,
     in_flight_jobs: AtomicUsize,
     queued_us: AtomicU64,
@@ -92,11 +96,20 @@ impl Slot {
         let caps = backend.capabilities();
         // On a backend's own pool, one worker per pool thread; otherwise one
         // per unit of parallelism (HSM sessions, GPU streams), two at least
-        // so one batch's hand-off overlaps another's signing.
-        let workers = match backend.executor() {
-            Some(pool) => pool.current_num_threads(),
+        // so one batch's hand-off overlaps another's signing. A pool already
+        // running another slot's workers is left alone (engine::pools).
+        let pool_claim = if available {
+            backend
+                .executor()
+                .and_then(|pool| Some((pool.current_num_threads(), PoolClaim::try_claim(pool)?)))
+        } else {
+            None
+        };
+        let workers = match &pool_claim {
+            Some((threads, _)) => *threads,
             None => caps.parallelism.clamp(2, 256),
         };
+        let pool_claim = Mutex::new(pool_claim.map(|(_, claim)| claim));
         let mut costs = HashMap::new();
         for &kind in KeyKind::all() {
             for scheme in kind.schemes() {
@@ -116,6 +129,7 @@ impl Slot {
             tx,
             rx,
             workers,
+            pool_claim,
             in_flight_ops: AtomicUsize::new(0),
             in_flight_jobs: AtomicUsize::new(0),
             queued_us: AtomicU64::new(0),
@@ -380,7 +394,7 @@ pub(crate) fn spawn_workers(inner: &Arc<Inner>, slot: &Arc<Slot>) -> Result<Vec<
     if !slot.available {
         return Ok(Vec::new());
     }
-    if let Some(pool) = slot.backend.executor() {
+    if let (Some(pool), true) = (slot.backend.executor(), slot.pool_claim.lock().is_some()) {
         // The pool's threads become the workers: each pulls batches in
         // order from the slot's queue, so no batch can be starved by work
         // stealing, and signing and checking stay on one warm thread.
@@ -413,6 +427,9 @@ pub(crate) fn stop_workers(inner: &Inner) {
         for _ in 0..slot.workers {
             let _ = slot.tx.send(Msg::Stop);
         }
+        // Loops still finishing their jobs end at the Stop; the next
+        // claimant's loops queue behind them on the pool's threads.
+        slot.pool_claim.lock().take();
     }
 }
 

@@ -6,6 +6,7 @@ mod batcher;
 pub mod check;
 pub mod cost;
 mod dispatch;
+mod pools;
 mod reply;
 
 use std::sync::Arc;
@@ -153,16 +154,28 @@ impl Engine {
             stopping: AtomicBool::new(false),
         });
         let mut threads = Vec::new();
-        for slot in &inner.slots {
-            threads.extend(dispatch::spawn_workers(&inner, slot)?);
+        let started = (|| {
+            for slot in &inner.slots {
+                threads.extend(dispatch::spawn_workers(&inner, slot)?);
+            }
+            let flusher = inner.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("sigmux-batcher".into())
+                    .spawn(move || batcher::run_flusher(&flusher))
+                    .map_err(|e| Error::Invalid(format!("cannot start batcher thread: {e}")))?,
+            );
+            Ok(())
+        })();
+        if let Err(e) = started {
+            // Workers already running on a backend's pool would otherwise
+            // hold its threads (and their claim on it) for good.
+            dispatch::stop_workers(&inner);
+            for h in threads {
+                let _ = h.join();
+            }
+            return Err(e);
         }
-        let flusher = inner.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("sigmux-batcher".into())
-                .spawn(move || batcher::run_flusher(&flusher))
-                .map_err(|e| Error::Invalid(format!("cannot start batcher thread: {e}")))?,
-        );
         Ok(Engine {
             inner,
             threads: Mutex::new(threads),
