@@ -34,7 +34,13 @@ use crate::error::{Error, Result};
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Longest line `verify` reads; a longer one is reported, not loaded.
-const MAX_LINE: usize = 1 << 20;
+/// `append_many` refuses a record whose line would be longer, so the log
+/// it writes always verifies.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// Room on a line for what `finish_line` adds: `"prev":"<64 hex>",`,
+/// `"seq":<20 digits>` and the closing brace.
+const CHAIN_FIELDS_LEN: usize = 100;
 
 /// Default size at which the current file becomes a segment: 64 MiB.
 pub const DEFAULT_MAX_SEGMENT_BYTES: u64 = 64 << 20;
@@ -232,7 +238,18 @@ impl AuditLog {
         let time = now_secs();
         let bodies = records
             .iter()
-            .map(|(event, fields)| record_body(event.as_ref(), fields, time))
+            .map(|(event, fields)| {
+                let body = record_body(event.as_ref(), fields, time)?;
+                if body.len() + CHAIN_FIELDS_LEN > MAX_LINE {
+                    return Err(Error::Invalid(format!(
+                        "audit record '{}' is {} bytes, over the log's line limit of {MAX_LINE}; \
+                         nothing of this batch was written",
+                        event.as_ref().escape_debug(),
+                        body.len()
+                    )));
+                }
+                Ok(body)
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut tail = self.state.lock();
         let (mut seq, mut last) = (tail.seq, tail.last.clone());
@@ -422,6 +439,32 @@ mod tests {
         let rec: Value = serde_json::from_str(&last).unwrap();
         assert_eq!(rec["seq"], 3);
         assert_eq!(rec["event"], "key.import");
+    }
+
+    #[test]
+    fn a_record_too_long_to_verify_is_refused_and_the_log_stays_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        let log = AuditLog::open(&p).unwrap();
+        log.append("before", json!({"i": 1})).unwrap();
+        // The longest record that fits is written and verifies.
+        let fits = "x".repeat(MAX_LINE - CHAIN_FIELDS_LEN - 200);
+        log.append("fits", json!({ "s": fits })).unwrap();
+        let huge = "x".repeat(MAX_LINE);
+        let e = log
+            .append_many(vec![
+                ("ok", json!({"i": 2})),
+                ("huge", json!({ "s": huge })),
+            ])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'huge'") && e.contains("line limit"), "{e}");
+        log.append("after", json!({"i": 3})).unwrap();
+        drop(log);
+        // Nothing of the refused batch was written, and the log reopens.
+        let v = verify(&p).unwrap();
+        assert_eq!(v.records, 3);
+        AuditLog::open(&p).unwrap();
     }
 
     #[test]

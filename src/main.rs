@@ -619,7 +619,8 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
             let name = name.ok_or_else(|| Error::Invalid("give --name".into()))?;
             let file =
                 file.ok_or_else(|| Error::Invalid("give --file with the private key".into()))?;
-            let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+            let bytes =
+                zeroize::Zeroizing::new(std::fs::read(&file).map_err(|e| Error::io(&file, e))?);
             sigmux::keys::validate_name(&name)?;
             sigmux::keys::check_import(&bytes)?;
             let store = app::open_keys(cfg, KekUse::CreateIfNew)?;

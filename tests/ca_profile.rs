@@ -1192,6 +1192,39 @@ async fn jwt_svids_verify_and_carry_the_right_claims() {
     .await
     .unwrap_err();
     assert!(matches!(e, SvidError::EmptyAudience));
+    // Bounded: 32 values of up to 1 KiB each.
+    let many: Vec<String> = (0..33).map(|i| format!("aud-{i}")).collect();
+    let long = vec!["a".repeat(1025)];
+    for aud in [&many, &long] {
+        let e = mint_jwt(
+            &engine,
+            key.clone(),
+            None,
+            Scheme::EcdsaSecp256r1Sha256,
+            &sub,
+            aud,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, SvidError::AudienceTooLarge { .. }), "{e}");
+        assert_eq!(e.code(), "jwt");
+    }
+    let most: Vec<String> = (0..32)
+        .map(|i| format!("{i}{}", "a".repeat(1020)))
+        .collect();
+    let token = mint_jwt(
+        &engine,
+        key.clone(),
+        None,
+        Scheme::EcdsaSecp256r1Sha256,
+        &sub,
+        &most,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(token.split('.').count(), 3);
     let e = mint_jwt(
         &engine,
         key.clone(),

@@ -217,6 +217,23 @@ impl SpiffeIdError {
     }
 }
 
+/// A requested SPIFFE ID as a record (an audit line) keeps it: whole when
+/// it is no longer than an ID may be, else its first [`MAX_ID_LEN`] bytes
+/// (at a character boundary) and `...`, so a refused oversized request
+/// cannot make a record of any size.
+#[must_use]
+pub fn for_record(mut requested: String) -> String {
+    if requested.len() > MAX_ID_LEN {
+        let mut end = MAX_ID_LEN;
+        while !requested.is_char_boundary(end) {
+            end -= 1;
+        }
+        requested.truncate(end);
+        requested.push_str("...");
+    }
+    requested
+}
+
 /// Returns at most [`MAX_EXCERPT_CHARS`] characters of `s`, with `...`
 /// appended when truncated. Works on char boundaries, so never panics.
 fn excerpt(s: &str) -> String {
@@ -1165,5 +1182,19 @@ mod tests {
             valid > 100,
             "generator should produce some valid IDs ({valid})"
         );
+    }
+
+    #[test]
+    fn records_keep_an_id_whole_and_bound_anything_longer() {
+        let id = format!("spiffe://td/{}", "a".repeat(MAX_ID_LEN - 12));
+        assert_eq!(for_record(id.clone()), id);
+        let long = format!("spiffe://td/{}", "\u{e9}".repeat(MAX_ID_LEN));
+        let r = for_record(long);
+        assert!(
+            r.len() <= MAX_ID_LEN + 3 && r.ends_with("..."),
+            "{}",
+            r.len()
+        );
+        assert!(r.starts_with("spiffe://td/\u{e9}"));
     }
 }

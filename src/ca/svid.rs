@@ -138,7 +138,25 @@ pub enum SvidError {
     /// A JWT-SVID needs at least one non-empty audience.
     #[error("JWT-SVID audience must hold at least one non-empty value")]
     EmptyAudience,
+    /// Too many audiences, or one too long: a token is a bearer header
+    /// that every hop must carry, and its record goes into the audit log.
+    #[error(
+        "JWT-SVID audience holds {count} values of up to {longest} bytes; at most \
+         {MAX_JWT_AUDIENCES} values of at most {MAX_JWT_AUDIENCE_LEN} bytes are allowed"
+    )]
+    AudienceTooLarge {
+        /// Values given.
+        count: usize,
+        /// Length of the longest, in bytes.
+        longest: usize,
+    },
 }
+
+/// Most audience values in one JWT-SVID.
+pub const MAX_JWT_AUDIENCES: usize = 32;
+
+/// Longest audience value in a JWT-SVID, in bytes.
+pub const MAX_JWT_AUDIENCE_LEN: usize = 1024;
 
 impl SvidError {
     /// A stable, machine-readable code for API responses.
@@ -151,7 +169,9 @@ impl SvidError {
             | SvidError::DuplicateDnsName(_)
             | SvidError::TooManyDnsNames { .. } => "dns_name",
             SvidError::ZeroTtl => "ttl",
-            SvidError::UnsupportedJwtScheme(_) | SvidError::EmptyAudience => "jwt",
+            SvidError::UnsupportedJwtScheme(_)
+            | SvidError::EmptyAudience
+            | SvidError::AudienceTooLarge { .. } => "jwt",
             SvidError::Signing(e) if matches!(**e, crate::Error::Overloaded) => "overloaded",
             SvidError::Signing(_) => "signing",
             SvidError::ClockBeforeEpoch
@@ -903,7 +923,8 @@ pub fn jwt_alg(scheme: Scheme) -> Option<&'static str> {
 /// # Errors
 ///
 /// [`SvidError::UnsupportedJwtScheme`], [`SvidError::SchemeMismatch`],
-/// [`SvidError::EmptyAudience`], [`SvidError::ZeroTtl`] or
+/// [`SvidError::EmptyAudience`], [`SvidError::AudienceTooLarge`],
+/// [`SvidError::ZeroTtl`] or
 /// [`SvidError::Signing`].
 pub async fn mint_jwt(
     engine: &Engine,
@@ -923,6 +944,13 @@ pub async fn mint_jwt(
     }
     if aud.is_empty() || aud.iter().any(String::is_empty) {
         return Err(SvidError::EmptyAudience);
+    }
+    let longest = aud.iter().map(String::len).max().unwrap_or(0);
+    if aud.len() > MAX_JWT_AUDIENCES || longest > MAX_JWT_AUDIENCE_LEN {
+        return Err(SvidError::AudienceTooLarge {
+            count: aud.len(),
+            longest,
+        });
     }
     if ttl.as_secs() == 0 {
         return Err(SvidError::ZeroTtl);

@@ -84,15 +84,18 @@ const ENCRYPTED: &str =
 /// Reads a private key in any of the accepted encodings.
 pub fn import(bytes: &[u8]) -> Result<Material> {
     let pkey = if let Some(text) = pem_text(bytes) {
-        let blocks = pem::parse_many(text)
-            .map_err(|e| Error::Import(format!("PEM could not be parsed: {e}")))?;
+        let blocks = WipedPem(
+            pem::parse_many(text)
+                .map_err(|e| Error::Import(format!("PEM could not be parsed: {e}")))?,
+        );
         // Skip what is not a key (`openssl ecparam -genkey` writes the
         // curve parameters first).
         let block = blocks
+            .0
             .iter()
             .find(|b| b.tag().ends_with("PRIVATE KEY"))
             .ok_or_else(|| {
-                let tags: Vec<&str> = blocks.iter().map(|b| b.tag()).collect();
+                let tags: Vec<&str> = blocks.0.iter().map(|b| b.tag()).collect();
                 Error::Import(format!(
                     "PEM holds {}, which is not a private key (expected PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)",
                     if tags.is_empty() { "no block".to_string() } else { tags.join(", ") }
@@ -135,6 +138,18 @@ pub fn import(bytes: &[u8]) -> Result<Material> {
             })?
     };
     from_openssl(&pkey)
+}
+
+/// Parsed PEM blocks whose contents (a private key's DER) are wiped when
+/// they are dropped.
+struct WipedPem(Vec<pem::Pem>);
+
+impl Drop for WipedPem {
+    fn drop(&mut self) {
+        for block in std::mem::take(&mut self.0) {
+            drop(Zeroizing::new(block.into_contents()));
+        }
+    }
 }
 
 /// The PEM text in `bytes`, from its first block on, if there is one.
