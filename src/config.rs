@@ -24,6 +24,10 @@ pub struct Config {
     /// Where keys and state live.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Seconds `serve` gives requests in flight to finish after SIGTERM or
+    /// SIGINT, once its listeners are closed.
+    #[serde(default = "default_shutdown_grace_seconds")]
+    pub shutdown_grace_seconds: u64,
     /// Key-encryption key source.
     #[serde(default)]
     pub keys: KeysSection,
@@ -49,6 +53,10 @@ pub struct Config {
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./sigmux-data")
+}
+
+fn default_shutdown_grace_seconds() -> u64 {
+    20
 }
 
 /// `[keys]`.
@@ -304,18 +312,77 @@ pub struct HttpSection {
     /// Listen address for /healthz and /metrics.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Open connections at most; more are closed at once.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+    /// Seconds allowed for a request's head, and for an idle keep-alive
+    /// connection.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_seconds: u64,
+    /// Seconds a write may stay blocked (the client not reading) before
+    /// the connection is dropped.
+    #[serde(default = "default_http_write_timeout")]
+    pub write_timeout_seconds: u64,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:9407".into()
 }
 
+fn default_http_max_connections() -> usize {
+    256
+}
+
+fn default_header_timeout() -> u64 {
+    10
+}
+
+fn default_http_write_timeout() -> u64 {
+    30
+}
+
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             listen: default_listen(),
+            max_connections: default_http_max_connections(),
+            header_timeout_seconds: default_header_timeout(),
+            write_timeout_seconds: default_http_write_timeout(),
         }
     }
+}
+
+/// Checks the connection limits and timeouts of an HTTP listener
+/// (`section` is `http` or `issuance`).
+fn serve_limits(
+    section: &str,
+    max_connections: usize,
+    header_timeout_seconds: u64,
+    write_timeout_seconds: u64,
+) -> Result<crate::api::ServeLimits> {
+    if !(1..=1_000_000).contains(&max_connections) {
+        return Err(bad(
+            &format!("{section}.max_connections"),
+            "must be between 1 and 1000000",
+        ));
+    }
+    if !(1..=3600).contains(&header_timeout_seconds) {
+        return Err(bad(
+            &format!("{section}.header_timeout_seconds"),
+            "must be between 1 and 3600",
+        ));
+    }
+    if !(1..=3600).contains(&write_timeout_seconds) {
+        return Err(bad(
+            &format!("{section}.write_timeout_seconds"),
+            "must be between 1 and 3600",
+        ));
+    }
+    Ok(crate::api::ServeLimits {
+        max_connections,
+        header_timeout: Duration::from_secs(header_timeout_seconds),
+        write_timeout: Duration::from_secs(write_timeout_seconds),
+    })
 }
 
 /// `[keyless]`.
@@ -334,6 +401,21 @@ pub struct KeylessSection {
     /// Unanswered requests per connection before the server stops reading.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Bytes of requests and their answers held per connection (until each
+    /// answer is written) before the server stops reading.
+    #[serde(default = "default_keyless_max_bytes_in_flight")]
+    pub max_bytes_in_flight: usize,
+    /// Open connections (handshakes included); more are closed at once.
+    #[serde(default = "default_keyless_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client may leave an answer unread before it is
+    /// disconnected.
+    #[serde(default = "default_keyless_write_timeout")]
+    pub write_timeout_seconds: u64,
+    /// Seconds a connection with no request in flight may send nothing
+    /// before it is closed.
+    #[serde(default = "default_keyless_idle_timeout")]
+    pub idle_timeout_seconds: u64,
     /// Which client may use which keys.
     #[serde(default)]
     pub clients: Vec<KeylessClientRule>,
@@ -359,6 +441,22 @@ fn default_max_in_flight() -> usize {
     1024
 }
 
+fn default_keyless_max_bytes_in_flight() -> usize {
+    4 << 20
+}
+
+fn default_keyless_max_connections() -> usize {
+    4096
+}
+
+fn default_keyless_write_timeout() -> u64 {
+    30
+}
+
+fn default_keyless_idle_timeout() -> u64 {
+    300
+}
+
 impl Default for KeylessSection {
     fn default() -> Self {
         KeylessSection {
@@ -367,6 +465,10 @@ impl Default for KeylessSection {
             key: None,
             client_ca: None,
             max_in_flight: default_max_in_flight(),
+            max_bytes_in_flight: default_keyless_max_bytes_in_flight(),
+            max_connections: default_keyless_max_connections(),
+            write_timeout_seconds: default_keyless_write_timeout(),
+            idle_timeout_seconds: default_keyless_idle_timeout(),
             clients: Vec::new(),
         }
     }
@@ -390,6 +492,24 @@ pub struct IssuanceSection {
     pub max_items: usize,
     /// Upper bound on an SVID's lifetime, seconds (unset: the CA default).
     pub max_ttl_seconds: Option<u64>,
+    /// Open connections at most, TLS handshakes included; more are closed
+    /// at once.
+    #[serde(default = "default_issuance_max_connections")]
+    pub max_connections: usize,
+    /// X.509-SVID batches worked on at once; more are answered 503.
+    #[serde(default = "default_max_concurrent_batches")]
+    pub max_concurrent_batches: usize,
+    /// Seconds allowed for a request's head, and for an idle keep-alive
+    /// connection.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_seconds: u64,
+    /// Seconds allowed to receive a request body; past it the answer is 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_seconds: u64,
+    /// Seconds a write may stay blocked (the caller not reading) before
+    /// the connection is dropped.
+    #[serde(default = "default_http_write_timeout")]
+    pub write_timeout_seconds: u64,
     /// Which caller may request which SPIFFE IDs.
     #[serde(default)]
     pub callers: Vec<IssuanceCallerRule>,
@@ -416,6 +536,18 @@ fn default_max_items() -> usize {
     1000
 }
 
+fn default_issuance_max_connections() -> usize {
+    1024
+}
+
+fn default_max_concurrent_batches() -> usize {
+    32
+}
+
+fn default_body_timeout() -> u64 {
+    30
+}
+
 impl Default for IssuanceSection {
     fn default() -> Self {
         IssuanceSection {
@@ -425,6 +557,11 @@ impl Default for IssuanceSection {
             client_ca: None,
             max_items: default_max_items(),
             max_ttl_seconds: None,
+            max_connections: default_issuance_max_connections(),
+            max_concurrent_batches: default_max_concurrent_batches(),
+            header_timeout_seconds: default_header_timeout(),
+            body_timeout_seconds: default_body_timeout(),
+            write_timeout_seconds: default_http_write_timeout(),
             callers: Vec::new(),
         }
     }
@@ -498,6 +635,7 @@ impl Config {
         // in a released binary.
         Config::parse(DEFAULT_TOML, "embedded defaults").unwrap_or_else(|_| Config {
             data_dir: default_data_dir(),
+            shutdown_grace_seconds: default_shutdown_grace_seconds(),
             keys: KeysSection::default(),
             engine: EngineSection::default(),
             backends: BackendsSection::default(),
@@ -562,6 +700,7 @@ impl Config {
         if e.deadline_ms == 0 {
             return Err(bad("engine.deadline_ms", "must be at least 1"));
         }
+        self.shutdown_grace()?;
         let c = &self.backends.cpu;
         self.cpu_engine()?;
         if c.threads > 1024 {
@@ -604,8 +743,18 @@ impl Config {
         }
     }
 
-    /// The health/metrics listen address.
+    /// How long `serve` waits for requests in flight at shutdown.
+    pub fn shutdown_grace(&self) -> Result<Duration> {
+        if !(1..=3600).contains(&self.shutdown_grace_seconds) {
+            return Err(bad("shutdown_grace_seconds", "must be between 1 and 3600"));
+        }
+        Ok(Duration::from_secs(self.shutdown_grace_seconds))
+    }
+
+    /// The health/metrics listen address (the rest of `[http]` is checked
+    /// too, so a bad limit is refused at load).
     pub fn http_listen(&self) -> Result<SocketAddr> {
+        self.http_limits()?;
         self.http.listen.parse().map_err(|_| {
             bad(
                 "http.listen",
@@ -615,6 +764,18 @@ impl Config {
                 ),
             )
         })
+    }
+
+    /// The connection limits and timeouts of the health/metrics listener,
+    /// for [`crate::api::serve_plain`].
+    pub fn http_limits(&self) -> Result<crate::api::ServeLimits> {
+        let h = &self.http;
+        serve_limits(
+            "http",
+            h.max_connections,
+            h.header_timeout_seconds,
+            h.write_timeout_seconds,
+        )
     }
 
     /// The keyless listener's address and settings, or `None` when it is
@@ -643,6 +804,31 @@ impl Config {
         if !(1..=65_536).contains(&k.max_in_flight) {
             return Err(bad("keyless.max_in_flight", "must be between 1 and 65536"));
         }
+        // At least two of the largest requests (64 KiB, with their answers).
+        if !((256 << 10)..=(1 << 30)).contains(&k.max_bytes_in_flight) {
+            return Err(bad(
+                "keyless.max_bytes_in_flight",
+                "must be between 262144 (256 KiB) and 1073741824 (1 GiB)",
+            ));
+        }
+        if !(1..=1_000_000).contains(&k.max_connections) {
+            return Err(bad(
+                "keyless.max_connections",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(1..=3600).contains(&k.write_timeout_seconds) {
+            return Err(bad(
+                "keyless.write_timeout_seconds",
+                "must be between 1 and 3600",
+            ));
+        }
+        if !(1..=86_400).contains(&k.idle_timeout_seconds) {
+            return Err(bad(
+                "keyless.idle_timeout_seconds",
+                "must be between 1 and 86400",
+            ));
+        }
         let mut rules = Vec::new();
         for (i, r) in k.clients.iter().enumerate() {
             let field = format!("keyless.clients[{i}]");
@@ -665,6 +851,10 @@ impl Config {
                 key,
                 client_ca: ca,
                 max_in_flight: k.max_in_flight,
+                max_bytes_in_flight: k.max_bytes_in_flight,
+                max_connections: k.max_connections,
+                write_timeout: Duration::from_secs(k.write_timeout_seconds),
+                idle_timeout: Duration::from_secs(k.idle_timeout_seconds),
                 policy: Policy::new(rules),
             },
         )))
@@ -694,6 +884,24 @@ impl Config {
         })?;
         if !(1..=100_000).contains(&s.max_items) {
             return Err(bad("issuance.max_items", "must be between 1 and 100000"));
+        }
+        let limits = serve_limits(
+            "issuance",
+            s.max_connections,
+            s.header_timeout_seconds,
+            s.write_timeout_seconds,
+        )?;
+        if !(1..=10_000).contains(&s.max_concurrent_batches) {
+            return Err(bad(
+                "issuance.max_concurrent_batches",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=3600).contains(&s.body_timeout_seconds) {
+            return Err(bad(
+                "issuance.body_timeout_seconds",
+                "must be between 1 and 3600",
+            ));
         }
         let max_ttl = match s.max_ttl_seconds {
             None => None,
@@ -730,6 +938,9 @@ impl Config {
             max_items: s.max_items,
             max_ttl,
             callers,
+            limits,
+            body_timeout: Duration::from_secs(s.body_timeout_seconds),
+            max_concurrent_batches: s.max_concurrent_batches,
         }))
     }
 

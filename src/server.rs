@@ -110,6 +110,10 @@ pub async fn serve(cfg: Config) -> Result<()> {
         backends = ?engine.backend_names(),
         "sigmux engine started"
     );
+    // Turned true at SIGTERM/SIGINT: every listener closes and drains.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let grace = cfg.shutdown_grace()?;
+    let mut drains: Vec<(&str, tokio::task::JoinHandle<()>)> = Vec::new();
     let keyless = match cfg.keyless_settings()? {
         None => {
             say(format_args!(
@@ -127,7 +131,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
                 .map_err(|e| Error::io("keyless listener", e))?;
             say(format_args!("sigmux: keyless listening on {bound}"));
             let metrics = server.metrics.clone();
-            tokio::spawn(server.serve(l));
+            drains.push(("keyless", tokio::spawn(server.serve(l, stop_rx.clone()))));
             Some(metrics)
         }
     };
@@ -136,13 +140,15 @@ pub async fn serve(cfg: Config) -> Result<()> {
             "sigmux: issuance listener off (set issuance.cert, issuance.key and issuance.client_ca to start it)"
         )),
         Some(settings) => {
-            let bound = crate::api::start(
+            let (bound, task) = crate::api::start(
                 &settings,
                 cfg.data_dir.clone(),
                 engine.clone(),
                 keys.clone(),
+                stop_rx.clone(),
             )
             .await?;
+            drains.push(("issuance", task));
             say(format_args!("sigmux: issuance listening on {bound}"));
         }
     }
@@ -163,12 +169,41 @@ pub async fn serve(cfg: Config) -> Result<()> {
     say(format_args!(
         "sigmux: serving /healthz and /metrics on http://{local}"
     ));
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| Error::Invalid(format!("http server failed: {e}")))?;
-    say(format_args!("sigmux: shutting down"));
+    let mut stopped = stop_rx.clone();
+    let http = crate::api::serve_plain(listener, router(shared), cfg.http_limits()?, async move {
+        crate::api::stopped(&mut stopped).await;
+    });
+    drains.push((
+        "http",
+        tokio::spawn(async move {
+            if let Err(e) = http.await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        }),
+    ));
+    shutdown_signal().await;
+    say(format_args!(
+        "sigmux: shutting down: listeners closed; answering requests in flight (up to {} s)",
+        grace.as_secs()
+    ));
+    let _ = stop_tx.send(true);
+    drain(drains, grace).await;
+    say(format_args!("sigmux: stopped"));
     Ok(())
+}
+
+/// Waits for each listener's task to finish its connections, all within
+/// `grace`; names on stderr those cut off when it runs out.
+async fn drain(tasks: Vec<(&str, tokio::task::JoinHandle<()>)>, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    for (name, task) in tasks {
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            say(format_args!(
+                "sigmux: warning: {name} connections still open after {} s; closing them",
+                grace.as_secs()
+            ));
+        }
+    }
 }
 
 /// Starts the rotation schedule: every `check_every`, [`rotation_step`] on

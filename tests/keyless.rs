@@ -722,3 +722,423 @@ fn ecdsa_with_the_digests_of_older_tls_versions_verifies() {
         }
     });
 }
+
+/// Starts another `sigmux serve` on the fixture's data dir whose `[keyless]`
+/// section adds `extra`; returns it with its keyless and HTTP addresses.
+fn limited_server(f: &Fixture, name: &str, extra: &str) -> (ServerProcess, String, String) {
+    let file = format!("{name}.toml");
+    std::fs::write(
+        f.dir.join(&file),
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n[keyless]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n{extra}\n[[keyless.clients]]\nid = \"spiffe://test.example/proxy\"\nkeys = [\"edge-ec\", \"edge-rsa\"]\n"
+        ),
+    )
+    .unwrap();
+    let (child, keyless, http, lines) = start_server(&f.dir, &file);
+    std::thread::spawn(move || for _ in lines {});
+    (ServerProcess(child), keyless, http)
+}
+
+/// One value of the server's /metrics (the first line starting `name `).
+fn metric(http: &str, name: &str) -> i64 {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://{http}/metrics")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} not in {text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Polls a metric until `ok` holds (generous wait), returning its last value.
+async fn wait_metric(http: &str, name: &str, ok: impl Fn(i64) -> bool) -> i64 {
+    let mut v = metric(http, name);
+    for _ in 0..300 {
+        if ok(v) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        v = metric(http, name);
+    }
+    v
+}
+
+/// Sends `n` ECDSA signing requests on `s`, checks every answer verifies.
+async fn signs_correctly(f: &Fixture, s: &mut Tls, round: u32, n: u32) {
+    let msg = format!("round {round}").into_bytes();
+    let d = sha256(&msg);
+    let mut frames = Vec::new();
+    for i in 0..n {
+        frames.extend(sign_request(
+            round * 1000 + i,
+            f.ec_ski,
+            Op::EcdsaSignSha256,
+            d.clone(),
+        ));
+    }
+    s.write_all(&frames).await.unwrap();
+    let rs = read_responses(s, n as usize).await;
+    assert_eq!(rs.len(), n as usize, "round {round}");
+    for r in rs {
+        let ResponseBody::Payload(sig) = &r.body else {
+            panic!("round {round}, request {}: {:?}", r.id, r.body)
+        };
+        assert!(verify(&f.dir.join("edge-ec.pub.pem"), "ecdsa", &msg, sig));
+    }
+}
+
+/// A ping answered on `s`, or `None` when the connection is closed.
+async fn ping(s: &mut Tls, id: u32) -> Option<Response> {
+    s.write_all(
+        &Request::new(id, Op::Ping, b"are you there".to_vec())
+            .encode()
+            .unwrap(),
+    )
+    .await
+    .ok()?;
+    read_responses(s, 1).await.pop()
+}
+
+#[test]
+fn a_client_that_never_reads_is_disconnected_and_others_keep_signing() {
+    let f = fixture();
+    let (_server, addr, http) = limited_server(
+        f,
+        "write-timeout",
+        "max_in_flight = 1024\nmax_bytes_in_flight = 262144\nwrite_timeout_seconds = 1\n",
+    );
+    rt().block_on(async {
+        // Pipelines the largest pings there are and never reads an answer;
+        // writes until the server drops the connection.
+        let mut greedy = connect_to(f, &addr, "proxy", false).await.unwrap();
+        let flood = tokio::spawn(async move {
+            let mut sent = 0u64;
+            let mut id = 0u32;
+            loop {
+                let mut batch = Vec::new();
+                for _ in 0..16 {
+                    id += 1;
+                    batch.extend(
+                        Request::new(id, Op::Ping, vec![0x5a; 65_000])
+                            .encode()
+                            .unwrap(),
+                    );
+                }
+                if let Err(e) = greedy.write_all(&batch).await {
+                    return (sent, e);
+                }
+                sent += batch.len() as u64;
+            }
+        });
+        // Meanwhile another client of the same server signs as usual.
+        let mut good = connect_to(f, &addr, "proxy", false).await.unwrap();
+        let mut round = 1;
+        while !flood.is_finished() && round < 1000 {
+            signs_correctly(f, &mut good, round, 4).await;
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (sent, err) = tokio::time::timeout(Duration::from_secs(60), flood)
+            .await
+            .expect("the greedy client was never disconnected")
+            .unwrap();
+        // It got far more out than the server holds for one connection.
+        assert!(sent > 262_144, "{sent} bytes, then {err}");
+        assert!(wait_metric(&http, "sigmux_keyless_write_timeouts_total", |v| v >= 1).await >= 1);
+        // Its work was dropped; the other connection still signs.
+        signs_correctly(f, &mut good, round, 20).await;
+        assert_eq!(
+            wait_metric(&http, "sigmux_keyless_in_flight", |v| v == 0).await,
+            0
+        );
+        assert_eq!(
+            wait_metric(&http, "sigmux_keyless_bytes_in_flight", |v| v == 0).await,
+            0
+        );
+        assert_eq!(
+            wait_metric(&http, "sigmux_keyless_connections", |v| v == 1).await,
+            1
+        );
+    });
+}
+
+#[test]
+fn connections_past_max_connections_are_closed_and_the_limit_frees_up() {
+    let f = fixture();
+    let (_server, addr, http) = limited_server(f, "max-connections", "max_connections = 2\n");
+    rt().block_on(async {
+        let mut first = connect_to(f, &addr, "proxy", false).await.unwrap();
+        let mut second = connect_to(f, &addr, "proxy", true).await.unwrap();
+        assert!(ping(&mut first, 1).await.is_some());
+        assert!(ping(&mut second, 2).await.is_some());
+        // A third: closed before any handshake.
+        let refused = match connect_to(f, &addr, "proxy", false).await {
+            Err(_) => true,
+            Ok(mut s) => ping(&mut s, 3).await.is_none(),
+        };
+        assert!(refused, "a third connection was served");
+        assert!(metric(&http, "sigmux_keyless_connections_rejected_total") >= 1);
+        // The two open ones are unaffected.
+        signs_correctly(f, &mut first, 1, 3).await;
+        signs_correctly(f, &mut second, 2, 3).await;
+        // Once one closes, a new connection is served.
+        drop(first);
+        let mut served = None;
+        for attempt in 0..100u32 {
+            if let Ok(mut s) = connect_to(f, &addr, "proxy", false).await
+                && ping(&mut s, 10 + attempt).await.is_some()
+            {
+                served = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut third = served.expect("no connection served after one closed");
+        signs_correctly(f, &mut third, 3, 3).await;
+        signs_correctly(f, &mut second, 4, 3).await;
+    });
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout() {
+    let f = fixture();
+    let (_server, addr, http) = limited_server(f, "idle", "idle_timeout_seconds = 1\n");
+    rt().block_on(async {
+        let mut s = connect_to(f, &addr, "proxy", false).await.unwrap();
+        signs_correctly(f, &mut s, 1, 2).await;
+        // Half a frame, then nothing: still idle.
+        s.write_all(&[1, 0, 0]).await.unwrap();
+        let mut chunk = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(30), s.read(&mut chunk))
+            .await
+            .expect("idle connection still open after 30 s");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        assert!(metric(&http, "sigmux_keyless_idle_closed_total") >= 1);
+        // New connections are served as usual.
+        let mut s = connect_to(f, &addr, "proxy", true).await.unwrap();
+        signs_correctly(f, &mut s, 2, 2).await;
+    });
+}
+
+#[test]
+fn keyless_limit_errors_name_the_field() {
+    let base = "[keys]\nkek_env = \"K\"\n[keyless]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n";
+    for (extra, field) in [
+        ("write_timeout_seconds = 0", "keyless.write_timeout_seconds"),
+        ("idle_timeout_seconds = 0", "keyless.idle_timeout_seconds"),
+        ("max_connections = 0", "keyless.max_connections"),
+        ("max_bytes_in_flight = 1000", "keyless.max_bytes_in_flight"),
+        ("write_timeout_secs = 5", "write_timeout_secs"),
+    ] {
+        let err = sigmux::config::Config::parse(&format!("{base}{extra}\n"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(field), "{extra}: {err}");
+    }
+    let ok = sigmux::config::Config::parse(
+        &format!("{base}write_timeout_seconds = 5\nidle_timeout_seconds = 60\nmax_connections = 10\nmax_bytes_in_flight = 1048576\n"),
+        "t.toml",
+    )
+    .unwrap();
+    let (_, s) = ok.keyless_settings().unwrap().unwrap();
+    assert_eq!(
+        (
+            s.write_timeout,
+            s.idle_timeout,
+            s.max_connections,
+            s.max_bytes_in_flight
+        ),
+        (Duration::from_secs(5), Duration::from_secs(60), 10, 1 << 20)
+    );
+}
+
+/// Holds every batch at a gate until the test opens it; signs with the CPU
+/// backend (mocked: only the gate).
+struct GatedCpu {
+    cpu: sigmux::backend::cpu::CpuBackend,
+    open: parking_lot::Mutex<bool>,
+    opened: parking_lot::Condvar,
+    entered: std::sync::atomic::AtomicUsize,
+}
+
+impl sigmux::backend::Backend for GatedCpu {
+    fn name(&self) -> &str {
+        "gated-cpu"
+    }
+    fn capabilities(&self) -> &sigmux::backend::Capabilities {
+        self.cpu.capabilities()
+    }
+    fn sign_batch(
+        &self,
+        key: &Arc<sigmux::Key>,
+        scheme: sigmux::Scheme,
+        inputs: &[Vec<u8>],
+    ) -> sigmux::Result<Vec<Vec<u8>>> {
+        self.entered
+            .fetch_add(inputs.len(), std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.open.lock();
+        while !*open {
+            self.opened.wait(&mut open);
+        }
+        drop(open);
+        self.cpu.sign_batch(key, scheme, inputs)
+    }
+    fn cost_seed(
+        &self,
+        kind: sigmux::KeyKind,
+        scheme: sigmux::Scheme,
+    ) -> Option<sigmux::backend::CostSeed> {
+        self.cpu.cost_seed(kind, scheme)
+    }
+}
+
+/// Shutdown of the keyless listener, in process so that requests can be
+/// held in flight deterministically: once stopped, it takes no new
+/// connection and no new request, answers every request it had read, then
+/// closes the connection and returns.
+#[test]
+fn a_stopping_server_answers_what_it_read_then_closes() {
+    use sigmux::backend::cpu::{CpuBackend, CpuConfig, CpuEngine, EngineChoice};
+    use sigmux::keyless::auth::{ClientMatch, Policy, Rule};
+    use sigmux::keyless::server::{KeylessServer, KeylessSettings};
+    let f = fixture();
+    let store_dir = tempfile::tempdir().unwrap();
+    let kek = sigmux::keys::Kek::from_bytes(&[9u8; 32]).unwrap();
+    let keys = Arc::new(sigmux::keys::KeyStore::open(store_dir.path(), Some(kek)).unwrap());
+    let key = keys.generate("drain-ec", sigmux::KeyKind::P256).unwrap();
+    let ski = sigmux::keys::Ski::of_spki(key.spki_der()).unwrap().0;
+    let public = store_dir.path().join("drain-ec.pub.pem");
+    let pk = openssl::pkey::PKey::public_key_from_der(key.spki_der()).unwrap();
+    std::fs::write(&public, pk.public_key_to_pem().unwrap()).unwrap();
+    let gated = Arc::new(GatedCpu {
+        cpu: CpuBackend::new(&CpuConfig {
+            threads: 2,
+            engine: EngineChoice::Fixed(CpuEngine::AwsLc),
+            max_batch: 256,
+        })
+        .unwrap(),
+        open: parking_lot::Mutex::new(false),
+        opened: parking_lot::Condvar::new(),
+        entered: Default::default(),
+    });
+    let engine = Arc::new(
+        sigmux::Engine::new(sigmux::EngineConfig::default(), vec![gated.clone()]).unwrap(),
+    );
+    let settings = KeylessSettings {
+        cert: f.dir.join("server.pem"),
+        key: f.dir.join("server.key"),
+        client_ca: f.dir.join("ca.pem"),
+        max_in_flight: 1024,
+        max_bytes_in_flight: 4 << 20,
+        max_connections: 16,
+        write_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(300),
+        policy: Policy::new(vec![Rule {
+            client: ClientMatch::SpiffeId("spiffe://test.example/proxy".into()),
+            keys: vec!["drain-ec".into()],
+        }]),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Opens the gate however the test ends, so a failure cannot leave the
+    // engine's threads (and the runtime's shutdown, which comes first)
+    // waiting on it.
+    struct OpenOnDrop(Arc<GatedCpu>);
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            *self.0.open.lock() = true;
+            self.0.opened.notify_all();
+        }
+    }
+    let _open_at_end = OpenOnDrop(gated.clone());
+    rt.block_on(async {
+        let server = KeylessServer::new(&settings, engine, keys).unwrap();
+        let metrics = server.metrics.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let serving = tokio::spawn(server.serve(listener, stop_rx));
+
+        let mut s = connect_to(f, &addr, "proxy", false).await.unwrap();
+        let msg = b"drained".to_vec();
+        let d = sha256(&msg);
+        let n = 40usize;
+        let mut frames = Vec::new();
+        for i in 0..n as u32 {
+            frames.extend(sign_request(i, ski, Op::EcdsaSignSha256, d.clone()));
+        }
+        s.write_all(&frames).await.unwrap();
+        // Every request is read and in flight: the first batches held at
+        // the backend's gate, the rest queued behind them in the engine.
+        let in_flight = || metrics.in_flight.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..2000 {
+            if in_flight() >= n as i64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(in_flight(), n as i64);
+        assert!(gated.entered.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+        stop.send(true).unwrap();
+        // The listener closes: a new connection is refused or cut off.
+        let mut closed = false;
+        for _ in 0..200 {
+            match connect_to(f, &addr, "proxy", false).await {
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+                Ok(mut late) => {
+                    if ping(&mut late, 1).await.is_none() {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            closed,
+            "the listener still takes connections after the stop"
+        );
+        // A request sent after the stop is not taken on.
+        s.write_all(&sign_request(999, ski, Op::EcdsaSignSha256, d.clone()))
+            .await
+            .unwrap();
+        assert!(!serving.is_finished(), "serve returned with answers due");
+
+        // Released, every request read before the stop is answered and
+        // verifies; then the connection ends and serve returns.
+        *gated.open.lock() = true;
+        gated.opened.notify_all();
+        let answers = read_responses(&mut s, n + 1).await;
+        assert_eq!(
+            answers.len(),
+            n,
+            "answers: {:?}",
+            answers.iter().map(|r| r.id).collect::<Vec<_>>()
+        );
+        for r in &answers {
+            assert!(r.id < n as u32);
+            let ResponseBody::Payload(sig) = &r.body else {
+                panic!("request {}: {:?}", r.id, r.body)
+            };
+            assert!(verify(&public, "ecdsa", &msg, sig));
+        }
+        // Having read the close, the client closes too (until then the
+        // server reads and drops what it sent after the stop, so that its
+        // close is not a reset that would lose answers in flight).
+        drop(s);
+        tokio::time::timeout(Duration::from_secs(20), serving)
+            .await
+            .expect("serve did not return after its last connection closed")
+            .unwrap();
+    });
+}

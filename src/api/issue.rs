@@ -3,9 +3,14 @@
 //! `GET /v1/bundle.jwks` (the SPIFFE bundle as a JWK Set).
 //!
 //! Request bodies are parsed strictly (unknown fields are refused) and a
-//! malformed one gets 400 with a JSON error. In a batch, a bad item fails
-//! alone; every valid item is signed in one engine group.
+//! malformed one gets 400 with a JSON error; a body not received within
+//! `issuance.body_timeout_seconds` gets 408. In a batch, a bad item fails
+//! alone; every valid item is signed in one engine group. A batch's CPU
+//! work (CSR checks, certificate building, JSON) runs on a blocking thread,
+//! never on the async workers the keyless server shares, and at most
+//! `issuance.max_concurrent_batches` run at once.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -13,7 +18,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,7 +27,8 @@ use serde_json::json;
 
 use super::{IssuanceSettings, Peer, caller_allows};
 use crate::ca::authority::{self, CaState, CaStatus};
-use crate::ca::csr;
+use crate::ca::crl::CrlCache;
+use crate::ca::csr::{self, CsrError};
 use crate::ca::spiffe::{SpiffeId, TrustDomain};
 use crate::ca::svid::{self, Issuer, SvidPolicy, SvidRequest};
 use crate::engine::Engine;
@@ -48,6 +54,38 @@ pub struct ApiState {
     /// The CA state as last read, with the file's stamp: re-read only when
     /// `ca rotate`/`ca revoke` (or the server's own rotation) replaced it.
     pub ca_state: Arc<parking_lot::Mutex<CachedState>>,
+    /// One permit per X.509-SVID batch being worked on
+    /// (`issuance.max_concurrent_batches`).
+    pub batches: Arc<tokio::sync::Semaphore>,
+    /// Signed CRLs, reused until they near their nextUpdate or the CA
+    /// state they list changes.
+    pub crl_cache: Arc<CrlCache>,
+}
+
+impl ApiState {
+    /// The state of a listener with `settings`, nothing cached yet.
+    #[must_use]
+    pub fn new(
+        data_dir: PathBuf,
+        engine: Arc<Engine>,
+        keys: Arc<KeyStore>,
+        settings: Arc<IssuanceSettings>,
+        audit: Arc<crate::audit::AuditLog>,
+    ) -> ApiState {
+        let batches = Arc::new(tokio::sync::Semaphore::new(
+            settings.max_concurrent_batches.max(1),
+        ));
+        ApiState {
+            data_dir,
+            engine,
+            keys,
+            settings,
+            audit,
+            ca_state: Arc::default(),
+            batches,
+            crl_cache: Arc::default(),
+        }
+    }
 }
 
 /// The CA state and the stamp of the file it was read from.
@@ -119,6 +157,52 @@ fn body_bytes(s: &ApiState, body: Result<Bytes, BytesRejection>) -> Result<Bytes
     }
 }
 
+/// Reads the request body within `issuance.body_timeout_seconds` (408
+/// `body_timeout` past it: a caller trickling its body cannot hold the
+/// connection), then checks it as [`body_bytes`] does.
+async fn read_body(s: &ApiState, req: Request) -> Result<Bytes, ApiError> {
+    let limit = s.settings.body_timeout;
+    match tokio::time::timeout(limit, Bytes::from_request(req, s)).await {
+        Ok(body) => body_bytes(s, body),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "request body not received within {} s (issuance.body_timeout_seconds)",
+                limit.as_secs_f64()
+            ),
+        )),
+    }
+}
+
+/// The CSR as [`csr::parse_and_verify`] takes it: PEM as given, anything
+/// else decoded from standard base64 (whitespace ignored, padding
+/// optional) into DER.
+fn csr_input(text: &str) -> Result<Cow<'_, [u8]>, CsrError> {
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const B64: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let t = text.trim_ascii();
+    if t.is_empty() || t.starts_with("-----BEGIN") {
+        return Ok(Cow::Borrowed(text.as_bytes()));
+    }
+    let compact: Vec<u8> = t.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if compact.len() / 4 * 3 > csr::MAX_CSR_LEN {
+        return Err(CsrError::TooLarge {
+            len: compact.len() / 4 * 3,
+            max: csr::MAX_CSR_LEN,
+        });
+    }
+    B64.decode(&compact).map(Cow::Owned).map_err(|e| {
+        CsrError::Malformed(format!(
+            "not PEM ('-----BEGIN CERTIFICATE REQUEST-----') and not standard base64 of DER ({e})"
+        ))
+    })
+}
+
 /// `POST /v1/x509svids:batch` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -170,7 +254,7 @@ impl IntoResponse for ApiError {
             axum::Json(json!({"error": {"code": self.code, "message": self.message}})),
         )
             .into_response();
-        if self.code == "overloaded" {
+        if matches!(self.code, "overloaded" | "too_many_batches") {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
@@ -191,6 +275,19 @@ fn overloaded() -> ApiError {
         StatusCode::SERVICE_UNAVAILABLE,
         "overloaded",
         "the signing engine is overloaded; retry later",
+    )
+}
+
+/// 503 when `issuance.max_concurrent_batches` batches are already being
+/// worked on.
+fn too_many_batches(s: &ApiState) -> ApiError {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_batches",
+        format!(
+            "{} X.509-SVID batches are already being issued (issuance.max_concurrent_batches); retry later",
+            s.settings.max_concurrent_batches
+        ),
     )
 }
 
@@ -351,18 +448,43 @@ enum ItemRecord {
 async fn x509_batch(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    let r = x509_batch_inner(&s, &peer, body).await;
+    let r = async {
+        let body = read_body(&s, req).await?;
+        // Taken once the body is in, so a slow sender holds no slot.
+        let permit = s
+            .batches
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| too_many_batches(&s))?;
+        let (st, who) = (s.clone(), peer.clone());
+        let rt = tokio::runtime::Handle::current();
+        // Parsing up to `max_items` CSRs (RSA keys up to 8192 bits), building
+        // the certificates and the JSON is CPU work: it runs on a blocking
+        // thread, which also waits there for the engine's signatures.
+        tokio::task::spawn_blocking(move || {
+            let r = rt.block_on(x509_batch_inner(&st, &who, body));
+            drop(permit);
+            r
+        })
+        .await
+        .map_err(|e| internal(format!("issuing the batch: {e}")))?
+    }
+    .await;
     audit_refusal(&s, &peer, "/v1/x509svids:batch", r).await
 }
 
 async fn jwt_svid(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    let r = jwt_svid_inner(&s, &peer, body).await;
+    let r = async {
+        let body = read_body(&s, req).await?;
+        jwt_svid_inner(&s, &peer, body).await
+    }
+    .await;
     audit_refusal(&s, &peer, "/v1/jwtsvids", r).await
 }
 
@@ -390,13 +512,11 @@ async fn audit_refusal(
     }
 }
 
-async fn x509_batch_inner(
-    s: &ApiState,
-    peer: &Peer,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let s = s.clone();
-    let req: BatchRequest = parse_body(&body_bytes(&s, body)?)?;
+/// One X.509-SVID batch. Runs on a blocking thread (under
+/// `Handle::block_on`), so its CPU-bound steps, and the audit write, are
+/// done inline.
+async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Response, ApiError> {
+    let req: BatchRequest = parse_body(&body)?;
     if req.items.len() > s.settings.max_items {
         return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -408,23 +528,23 @@ async fn x509_batch_inner(
             ),
         ));
     }
-    let st = load_state(&s).await?;
+    let st = load_state(s).await?;
     let td = TrustDomain::parse(&st.trust_domain)
         .map_err(|e| internal(format!("CA trust domain: {e}")))?;
-    let issuer = active_issuer(&s, &st)?;
-    let policy = policy(&s, td.clone());
+    let issuer = active_issuer(s, &st)?;
+    let policy = policy(s, td.clone());
     // Per item: either an error already, or an index into `reqs`.
     let mut slots: Vec<Result<usize, ItemResult>> = Vec::with_capacity(req.items.len());
     let mut reqs = Vec::new();
     for item in &req.items {
-        let id = match check_id(&s, &td, peer, &item.spiffe_id) {
+        let id = match check_id(s, &td, peer, &item.spiffe_id) {
             Ok(id) => id,
             Err((code, msg)) => {
                 slots.push(Err(item_error(code, msg)));
                 continue;
             }
         };
-        let csr = match csr::parse_and_verify(item.csr.as_bytes()) {
+        let csr = match csr_input(&item.csr).and_then(|der| csr::parse_and_verify(&der)) {
             Ok(c) => c,
             Err(e) => {
                 slots.push(Err(item_error(e.code(), e.to_string())));
@@ -488,7 +608,7 @@ async fn x509_batch_inner(
                 "svid_refused",
                 ItemRecord::Refused {
                     caller: caller.clone(),
-                    spiffe_id: item.spiffe_id,
+                    spiffe_id: crate::ca::spiffe::for_record(item.spiffe_id),
                     code,
                 },
             ));
@@ -506,22 +626,17 @@ async fn x509_batch_inner(
         "X.509-SVID batch"
     );
     // Group commit: the certificates leave only once their records are on
-    // disk; a failure to record fails the request.
-    let audit = s.audit.clone();
-    tokio::task::spawn_blocking(move || audit.append_many(records))
-        .await
-        .map_err(|e| internal(format!("audit log: {e}")))?
+    // disk; a failure to record fails the request. (A blocking thread: see
+    // above.)
+    s.audit
+        .append_many(records)
         .map_err(|e| internal(format!("audit log: {e}")))?;
     Ok(axum::Json(BatchResponse { results }).into_response())
 }
 
-async fn jwt_svid_inner(
-    s: &ApiState,
-    peer: &Peer,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+async fn jwt_svid_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Response, ApiError> {
     let s = s.clone();
-    let req: JwtRequest = parse_body(&body_bytes(&s, body)?)?;
+    let req: JwtRequest = parse_body(&body)?;
     let st = load_state(&s).await?;
     let td = TrustDomain::parse(&st.trust_domain)
         .map_err(|e| internal(format!("CA trust domain: {e}")))?;
@@ -595,7 +710,10 @@ async fn bundle_jwks(State(s): State<ApiState>) -> Result<Response, ApiError> {
     Ok(axum::Json(v).into_response())
 }
 
-/// `GET /v1/crl/{serial}`: the intermediate's current CRL, DER, made fresh.
+/// `GET /v1/crl/{serial}`: the intermediate's current CRL, DER. One signed
+/// CRL is served until it nears its nextUpdate or the CA state it lists
+/// changes (a revocation, a rotation), so callers cannot spend CA
+/// signatures at will.
 async fn crl(
     State(s): State<ApiState>,
     axum::extract::Path(serial): axum::extract::Path<String>,
@@ -603,13 +721,106 @@ async fn crl(
     let st = load_state(&s).await?;
     let now = std::time::SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    match crate::ca::crl::crl_der(&s.engine, &s.keys, &st, &serial, now).await {
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    match s.crl_cache.get(&s.engine, &s.keys, &st, &serial, now).await {
         Ok(der) => Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response()),
         Err(crate::Error::Overloaded) => Err(overloaded()),
         Err(e @ crate::Error::Invalid(_)) => {
             Err(error(StatusCode::NOT_FOUND, "no_crl", e.to_string()))
         }
         Err(e) => Err(internal(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::{CpuBackend, CpuConfig, CpuEngine, EngineChoice};
+    use crate::engine::EngineConfig;
+    use crate::keyless::auth::ClientIdentity;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_past_the_concurrency_limit_gets_503_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = crate::keys::Kek::from_bytes(&[7u8; 32]).unwrap();
+        let keys = Arc::new(KeyStore::open(dir.path(), Some(kek)).unwrap());
+        let cpu = CpuBackend::new(&CpuConfig {
+            threads: 1,
+            engine: EngineChoice::Fixed(CpuEngine::AwsLc),
+            max_batch: 16,
+        })
+        .unwrap();
+        let engine = Arc::new(Engine::new(EngineConfig::default(), vec![Arc::new(cpu)]).unwrap());
+        let settings = IssuanceSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert: "unused".into(),
+            key: "unused".into(),
+            client_ca: "unused".into(),
+            max_items: 4,
+            max_ttl: None,
+            callers: Vec::new(),
+            limits: super::super::ServeLimits::default(),
+            body_timeout: Duration::from_secs(5),
+            max_concurrent_batches: 1,
+        };
+        let audit_path = dir.path().join("audit.log");
+        let audit = Arc::new(crate::audit::AuditLog::open(&audit_path).unwrap());
+        let s = ApiState::new(
+            dir.path().to_path_buf(),
+            engine,
+            keys,
+            Arc::new(settings),
+            audit,
+        );
+        let peer = Peer {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            identity: ClientIdentity {
+                spiffe_id: Some("spiffe://example.org/issuer".into()),
+                fingerprint: [1; 32],
+            },
+        };
+        let call = || {
+            let req = Request::builder()
+                .method("POST")
+                .uri("/v1/x509svids:batch")
+                .body(axum::body::Body::from(r#"{"items":[]}"#))
+                .unwrap();
+            x509_batch(State(s.clone()), ConnectInfo(peer.clone()), req)
+        };
+        // The one batch slot is taken: refused at once, with Retry-After.
+        let held = s.batches.clone().try_acquire_owned().unwrap();
+        let e = call().await.unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "too_many_batches")
+        );
+        assert!(
+            e.message.contains("issuance.max_concurrent_batches"),
+            "{}",
+            e.message
+        );
+        let r = e.into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        // Freed: the batch goes on (and stops at the missing CA).
+        drop(held);
+        let e = call().await.unwrap_err();
+        assert_eq!(e.code, "no_ca");
+        let log = std::fs::read_to_string(&audit_path).unwrap();
+        assert!(log.contains("\"code\":\"too_many_batches\""), "{log}");
+    }
+
+    #[test]
+    fn csr_input_takes_pem_as_is_and_base64_der() {
+        let pem = "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n";
+        assert_eq!(&*csr_input(pem).unwrap(), pem.as_bytes());
+        assert_eq!(&*csr_input("  \n").unwrap(), b"  \n");
+        // Standard base64, with or without padding, line breaks ignored.
+        assert_eq!(&*csr_input("MIIBAA==").unwrap(), [0x30, 0x82, 0x01, 0x00]);
+        assert_eq!(&*csr_input("MIIB\r\nAA").unwrap(), [0x30, 0x82, 0x01, 0x00]);
+        let e = csr_input("MIIB_-AA").unwrap_err();
+        assert_eq!(e.code(), "csr_malformed");
+        assert!(e.to_string().contains("base64"), "{e}");
+        let big = "A".repeat(csr::MAX_CSR_LEN / 3 * 4 + 8);
+        assert_eq!(csr_input(&big).unwrap_err().code(), "csr_too_large");
     }
 }

@@ -3,24 +3,38 @@
 //! the SPIFFE ID or fingerprint of their certificate
 //! ([`ClientIdentity`]), and `[[issuance.callers]]` rules say which SPIFFE
 //! IDs each may request.
+//!
+//! Connections are served here rather than by `axum::serve`, which sets no
+//! timeouts: each listener has a connection cap (one more is closed at
+//! once), a request-head timeout that is also the keep-alive idle time, and
+//! a timeout on writes the peer does not read ([`ServeLimits`]); request
+//! bodies have their own timeout in [`issue`]. [`serve_plain`] does the same
+//! for the plaintext `/healthz` and `/metrics` listener.
 
 pub mod client;
 pub mod issue;
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::ca::spiffe::{SpiffeId, SpiffeIdPrefix};
 use crate::engine::Engine;
@@ -30,9 +44,6 @@ use crate::keys::KeyStore;
 
 /// How long a caller has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Finished handshakes waiting for the HTTP server to pick them up.
-const ACCEPT_QUEUE: usize = 64;
 
 /// One `[[issuance.callers]]` rule: a caller and the SPIFFE ID prefixes it
 /// may request.
@@ -74,6 +85,40 @@ pub struct IssuanceSettings {
     pub max_ttl: Option<Duration>,
     /// Who may request which IDs.
     pub callers: Vec<CallerRule>,
+    /// Connection limits and timeouts of the listener.
+    pub limits: ServeLimits,
+    /// Time allowed to receive a whole request body, from the end of its
+    /// head (`issuance.body_timeout_seconds`).
+    pub body_timeout: Duration,
+    /// X.509-SVID batches worked on at once; one more is answered 503
+    /// (`issuance.max_concurrent_batches`).
+    pub max_concurrent_batches: usize,
+}
+
+/// Connection limits and timeouts of one HTTP listener (`[issuance]` and
+/// `[http]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Open connections at most, TLS handshakes included; a connection
+    /// accepted past this is closed at once.
+    pub max_connections: usize,
+    /// Time allowed for a request's head, counted from when the server
+    /// starts waiting for it: it is also how long an idle keep-alive
+    /// connection stays open.
+    pub header_timeout: Duration,
+    /// Time a write may stay blocked (the peer not reading what it is
+    /// sent) before the connection is dropped.
+    pub write_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
@@ -132,7 +177,7 @@ pub fn tls_config(s: &IssuanceSettings) -> Result<rustls::ServerConfig> {
 }
 
 /// The far end of one connection: its address and the identity its
-/// certificate proved.
+/// certificate proved. Handlers get it as `ConnectInfo<Peer>`.
 #[derive(Clone, Debug)]
 pub struct Peer {
     /// The caller's address.
@@ -141,43 +186,238 @@ pub struct Peer {
     pub identity: ClientIdentity,
 }
 
-impl Connected<IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        stream.remote_addr().clone()
+/// An I/O stream whose writes fail with `TimedOut` once they have been
+/// blocked for longer than a limit: a peer that stops reading its answers
+/// cannot hold the connection (and its buffers) forever.
+struct WriteTimeout<T> {
+    io: T,
+    limit: Duration,
+    blocked: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteTimeout<T> {
+    fn new(io: T, limit: Duration) -> Self {
+        WriteTimeout {
+            io,
+            limit,
+            blocked: None,
+        }
+    }
+
+    /// Passes a write's outcome on; a write still blocked after `limit`
+    /// becomes an error.
+    fn watch<R>(&mut self, cx: &mut Context<'_>, p: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        match p {
+            Poll::Ready(r) => {
+                self.blocked = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = self.limit;
+                let timer = self
+                    .blocked
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the peer read nothing for {limit:?}"),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 }
 
-/// A listener that hands axum only connections whose TLS handshake (with a
-/// verified client certificate) has finished. Handshakes run in their own
-/// tasks, so a slow caller delays nobody else.
-pub struct TlsListener {
-    local: SocketAddr,
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, Peer)>,
-}
-
-impl TlsListener {
-    /// Starts accepting on `tcp` with `acceptor`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] when the socket's address cannot be read.
-    pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> Result<TlsListener> {
-        let local = tcp
-            .local_addr()
-            .map_err(|e| Error::io("issuance listener", e))?;
-        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-        tokio::spawn(accept_loop(tcp, acceptor, tx));
-        Ok(TlsListener { local, rx })
+impl<T: AsyncRead + Unpin> AsyncRead for WriteTimeout<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch(cx, p)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch(cx, p)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch(cx, p)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.watch(cx, p)
+    }
+}
+
+/// A permit for one more connection, or `None` (after a log line) when
+/// `limits.max_connections` are open: the caller then drops the socket,
+/// which closes it at once.
+fn admit(permits: &Arc<Semaphore>, addr: SocketAddr, what: &str) -> Option<OwnedSemaphorePermit> {
+    match permits.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => {
+            tracing::debug!(%addr, "{what}: connection limit reached; closing the new connection");
+            None
+        }
+    }
+}
+
+/// Resolves once `stop` turns true or its sender is gone.
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The value is dropped here: holding it across an await is not `Send`.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Serves HTTP/1.1 on one connection with `router` until it closes: the
+/// request head (and the idle time between requests) is bounded by
+/// `limits.header_timeout`, blocked writes by the stream's
+/// [`WriteTimeout`]. `info` reaches handlers as `ConnectInfo`. When
+/// `shutdown` turns true (or its sender is gone), the connection finishes
+/// its request in flight and closes.
+async fn serve_connection<I, C>(
+    io: I,
+    router: Router,
+    info: C,
+    limits: ServeLimits,
+    mut shutdown: watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Clone + Send + Sync + 'static,
+{
+    let svc = TowerToHyperService::new(router);
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(info.clone()));
+        hyper::service::Service::call(&svc, req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopped(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "HTTP connection ended");
+    }
+    drop(permit);
+}
+
+/// Serves plain HTTP/1.1 (the `/healthz` and `/metrics` listener) with
+/// connection limits and timeouts, until `shutdown` resolves; then stops
+/// accepting, lets each connection finish the request it is on, and
+/// returns once all are closed. A drop-in for
+/// `axum::serve(listener, router).with_graceful_shutdown(shutdown)`,
+/// which sets no timeouts:
+///
+/// ```ignore
+/// crate::api::serve_plain(listener, router, cfg.http_limits()?, shutdown_signal()).await
+/// ```
+///
+/// # Errors
+///
+/// None today (a failed accept is logged and retried); the `io::Result`
+/// keeps the signature of `axum::serve`.
+pub async fn serve_plain(
+    listener: TcpListener,
+    router: Router,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop, stopped) = watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (sock, addr) = tokio::select! {
+            () = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(permit) = admit(&permits, addr, "http") else {
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
+        let io = WriteTimeout::new(sock, limits.write_timeout);
+        tokio::spawn(serve_connection(
+            io,
+            router.clone(),
+            addr,
+            limits,
+            stopped.clone(),
+            permit,
+        ));
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    // Every connection holds a permit until it ends.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = permits.acquire_many(all).await;
+    Ok(())
+}
+
+/// Accepts callers on `tcp`: past `limits.max_connections` a connection is
+/// closed at once; otherwise its TLS handshake (with a verified client
+/// certificate) runs in its own task, so a slow caller delays nobody else,
+/// and the connection is then served there.
+///
+/// When `stop` turns true (or its sender is gone) it closes the listener,
+/// lets each connection finish the request it is on, and returns once all
+/// are closed.
 async fn accept_loop(
     tcp: TcpListener,
     acceptor: TlsAcceptor,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, Peer)>,
+    router: Router,
+    limits: ServeLimits,
+    stop: watch::Receiver<bool>,
 ) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut stopping = stop.clone();
     loop {
-        let (sock, addr) = match tcp.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            () = stopped(&mut stopping) => break,
+            a = tcp.accept() => a,
+        };
+        let (sock, addr) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "issuance accept failed");
@@ -185,13 +425,15 @@ async fn accept_loop(
                 continue;
             }
         };
-        if tx.is_closed() {
-            return;
-        }
+        let Some(permit) = admit(&permits, addr, "issuance") else {
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let tx = tx.clone();
+        let (router, stop) = (router.clone(), stop.clone());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+            let io = WriteTimeout::new(sock, limits.write_timeout);
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%addr, error = %e, "issuance TLS handshake failed");
@@ -206,36 +448,18 @@ async fn accept_loop(
                 return;
             };
             let identity = ClientIdentity::from_cert(cert.as_ref());
-            let _ = tx.send((tls, Peer { addr, identity })).await;
+            serve_connection(tls, router, Peer { addr, identity }, limits, stop, permit).await;
         });
     }
+    drop(tcp);
+    // Every connection holds a permit until it ends.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = permits.acquire_many(all).await;
 }
 
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = Peer;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(x) => x,
-            // The accept task only ends with the runtime.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(Peer {
-            addr: self.local,
-            identity: ClientIdentity {
-                spiffe_id: None,
-                fingerprint: [0; 32],
-            },
-        })
-    }
-}
-
-/// Binds the issuance listener and serves it in a background task; returns
-/// the bound address.
+/// Binds the issuance listener and serves it in a background task until
+/// `stop` turns true (see `accept_loop`); returns the bound address and the
+/// task, which ends once the last connection has closed.
 ///
 /// # Errors
 ///
@@ -246,7 +470,8 @@ pub async fn start(
     data_dir: PathBuf,
     engine: Arc<Engine>,
     keys: Arc<KeyStore>,
-) -> Result<SocketAddr> {
+    stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let acceptor = TlsAcceptor::from(Arc::new(tls_config(settings)?));
     let tcp = TcpListener::bind(settings.listen).await.map_err(|e| {
         Error::Invalid(format!(
@@ -254,29 +479,49 @@ pub async fn start(
             settings.listen
         ))
     })?;
-    let listener = TlsListener::new(tcp, acceptor)?;
-    let bound = listener.local;
+    let bound = tcp
+        .local_addr()
+        .map_err(|e| Error::io("issuance listener", e))?;
     let audit = Arc::new(crate::audit::AuditLog::open(&data_dir.join("audit.log"))?);
-    let state = issue::ApiState {
-        data_dir,
-        engine,
-        keys,
-        settings: Arc::new(settings.clone()),
-        audit,
-        ca_state: Arc::default(),
-    };
-    let app = issue::router(state).into_make_service_with_connect_info::<Peer>();
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "issuance server failed");
-        }
-    });
-    Ok(bound)
+    let state = issue::ApiState::new(data_dir, engine, keys, Arc::new(settings.clone()), audit);
+    let router = issue::router(state);
+    let task = tokio::spawn(accept_loop(tcp, acceptor, router, settings.limits, stop));
+    Ok((bound, task))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_write_blocked_past_the_limit_fails() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (near, far) = tokio::io::duplex(64);
+        let mut w = WriteTimeout::new(near, Duration::from_millis(200));
+        // The peer reads nothing: the write blocks, then fails.
+        let e = w.write_all(&[7u8; 1024]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        drop((w, far));
+        // A peer that keeps reading is never timed out, however long it all
+        // takes.
+        let (near, mut far2) = tokio::io::duplex(64);
+        let mut w = WriteTimeout::new(near, Duration::from_millis(200));
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 16];
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                match far2.read(&mut buf).await.unwrap() {
+                    0 => return got.len(),
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        w.write_all(&[7u8; 512]).await.unwrap();
+        w.shutdown().await.unwrap();
+        drop(w);
+        assert_eq!(reader.await.unwrap(), 512);
+    }
 
     #[test]
     fn callers_get_only_their_prefixes() {

@@ -3,7 +3,13 @@
 //! lists every revoked SVID serial the CA has recorded (serials are random
 //! 128-bit numbers, so listing one under an intermediate that did not issue
 //! it cannot revoke anything else).
+//!
+//! [`CrlCache`] keeps each signed CRL until it nears its nextUpdate or the
+//! CA state it was made from changes, so serving a CRL costs no signature.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::authority::{CaState, CaStatus, pem_to_der, secs};
@@ -15,6 +21,10 @@ use crate::scheme::{Scheme, SignInput};
 
 /// How long a CRL is good for; clients fetch a fresh one after this.
 pub const CRL_VALIDITY: Duration = Duration::from_secs(3600);
+
+/// A cached CRL is replaced this long before its nextUpdate, so a client
+/// never gets one about to expire.
+pub const CRL_REFRESH_BEFORE: Duration = Duration::from_secs(15 * 60);
 
 const OID_AKI: &[u8] = &[0x55, 0x1d, 0x23];
 const OID_CRL_NUMBER: &[u8] = &[0x55, 0x1d, 0x14];
@@ -105,4 +115,177 @@ pub async fn crl_der(
         ))
         .await?;
     assemble(&tbs, scheme, &sig.bytes).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// One signed CRL and what it was made from.
+struct CachedCrl {
+    /// The CA state it lists.
+    made_from: Arc<CaState>,
+    /// Its thisUpdate, Unix seconds.
+    this_update: i64,
+    der: Vec<u8>,
+}
+
+impl CachedCrl {
+    /// Whether it may still be served at `now` for `state`: not near its
+    /// nextUpdate (nor from the future: a clock set back), and made from a
+    /// state with the same intermediate record and revoked list.
+    fn serves(&self, state: &Arc<CaState>, serial: &str, now: i64) -> bool {
+        let until = self
+            .this_update
+            .saturating_add(secs(CRL_VALIDITY))
+            .saturating_sub(secs(CRL_REFRESH_BEFORE));
+        if now < self.this_update || now >= until {
+            return false;
+        }
+        if Arc::ptr_eq(&self.made_from, state) {
+            return true;
+        }
+        let record = |st: &CaState| {
+            st.intermediates
+                .iter()
+                .find(|i| i.serial == serial)
+                .cloned()
+        };
+        self.made_from.revoked == state.revoked && record(&self.made_from) == record(state)
+    }
+}
+
+/// Signed CRLs by intermediate serial. A CRL is signed again only when the
+/// cached one nears its nextUpdate ([`CRL_REFRESH_BEFORE`]) or when the CA
+/// state changes what it would say: a revocation, or a rotation changing the
+/// intermediate's record (status, certificate). Concurrent misses wait for
+/// one signature rather than each making their own.
+#[derive(Default)]
+pub struct CrlCache {
+    entries: tokio::sync::Mutex<HashMap<String, CachedCrl>>,
+    signed: AtomicU64,
+}
+
+impl CrlCache {
+    /// The CRL (DER) of intermediate `serial` for `state` at `now`: the
+    /// cached one while it [serves](CachedCrl::serves), else a new one from
+    /// [`crl_der`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crl_der`]; an intermediate that no longer signs CRLs also drops
+    /// its cached one.
+    pub async fn get(
+        &self,
+        engine: &Engine,
+        store: &KeyStore,
+        state: &Arc<CaState>,
+        serial: &str,
+        now: i64,
+    ) -> Result<Vec<u8>> {
+        let serial = serial.to_ascii_lowercase();
+        let mut entries = self.entries.lock().await;
+        if let Some(c) = entries.get_mut(&serial)
+            && c.serves(state, &serial, now)
+        {
+            // The next lookup with this state is one pointer compare.
+            c.made_from = state.clone();
+            return Ok(c.der.clone());
+        }
+        match crl_der(engine, store, state, &serial, now).await {
+            Ok(der) => {
+                self.signed.fetch_add(1, Ordering::Relaxed);
+                entries.insert(
+                    serial,
+                    CachedCrl {
+                        made_from: state.clone(),
+                        this_update: now,
+                        der: der.clone(),
+                    },
+                );
+                Ok(der)
+            }
+            Err(e) => {
+                entries.remove(&serial);
+                Err(e)
+            }
+        }
+    }
+
+    /// CRLs signed through this cache so far.
+    #[must_use]
+    pub fn signed(&self) -> u64 {
+        self.signed.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::{CpuBackend, CpuConfig, CpuEngine, EngineChoice};
+    use crate::ca::authority::{InitOptions, RevokedSvid, init};
+    use crate::ca::spiffe::TrustDomain;
+    use crate::engine::EngineConfig;
+
+    #[test]
+    fn cache_signs_once_per_state_and_refreshes_before_next_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = crate::keys::Kek::from_bytes(&[7u8; 32]).unwrap();
+        let store = KeyStore::open(dir.path(), Some(kek)).unwrap();
+        let cpu = CpuBackend::new(&CpuConfig {
+            threads: 1,
+            engine: EngineChoice::Fixed(CpuEngine::AwsLc),
+            max_batch: 16,
+        })
+        .unwrap();
+        let engine = Engine::new(EngineConfig::default(), vec![Arc::new(cpu)]).unwrap();
+        let td = TrustDomain::parse("example.org").unwrap();
+        let st = init(dir.path(), &store, &engine, &InitOptions::new(td), None).unwrap();
+        let serial = st.intermediates[0].serial.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cache = CrlCache::default();
+        let get = |st: &Arc<CaState>, serial: &str, now: i64| {
+            rt.block_on(cache.get(&engine, &store, st, serial, now))
+        };
+        let t0 = 1_800_000_000;
+        let st1 = Arc::new(st);
+        let a = get(&st1, &serial, t0).unwrap();
+        // Later, the same state (or an equal copy, as after re-reading an
+        // unchanged file), upper-case serial: the same DER, no signature.
+        assert_eq!(get(&st1, &serial, t0 + 60).unwrap(), a);
+        let copy = Arc::new((*st1).clone());
+        assert_eq!(get(&copy, &serial.to_uppercase(), t0 + 120).unwrap(), a);
+        assert_eq!(cache.signed(), 1);
+        // A revocation: a new CRL, listing it.
+        let mut revoked = (*st1).clone();
+        revoked.revoked.push(RevokedSvid {
+            serial: "0badc0de".into(),
+            revoked_at: t0 + 130,
+        });
+        let st2 = Arc::new(revoked);
+        let b = get(&st2, &serial, t0 + 140).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(cache.signed(), 2);
+        let crl = openssl::x509::X509Crl::from_der(&b).unwrap();
+        let listed: Vec<Vec<u8>> = crl
+            .get_revoked()
+            .unwrap()
+            .iter()
+            .map(|r| r.serial_number().to_bn().unwrap().to_vec())
+            .collect();
+        assert_eq!(listed, vec![vec![0x0b, 0xad, 0xc0, 0xde]]);
+        // Near its nextUpdate, or with the clock set back: signed again.
+        let refresh = t0 + 140 + secs(CRL_VALIDITY) - secs(CRL_REFRESH_BEFORE);
+        assert_eq!(get(&st2, &serial, refresh - 1).unwrap(), b);
+        assert_eq!(cache.signed(), 2);
+        assert_ne!(get(&st2, &serial, refresh).unwrap(), b);
+        assert_eq!(cache.signed(), 3);
+        get(&st2, &serial, t0).unwrap();
+        assert_eq!(cache.signed(), 4);
+        // The intermediate retired: refused, and nothing stale is served.
+        let mut retired = (*st2).clone();
+        retired.intermediates[0].status = CaStatus::Retired;
+        assert!(get(&Arc::new(retired), &serial, t0 + 1).is_err());
+        assert!(get(&st2, "00ff", t0).is_err());
+        assert_eq!(cache.signed(), 4);
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::auth::{ClientIdentity, Policy};
-use super::metrics::KeylessMetrics;
+use super::metrics::{KeylessMetrics, LogThrottle};
 use super::protocol::{self, ErrorCode, HashAlg as OpHash, Op, OpKind, Request, Response};
 use crate::engine::{Engine, SignRequest, Signature};
 use crate::error::Error;
@@ -35,6 +35,9 @@ pub struct Handler {
     policy: Policy,
     /// The listener's metrics.
     pub metrics: Arc<KeylessMetrics>,
+    /// Refusals are logged at `info` at most once per interval (each one at
+    /// `debug`), since a client can send as many as it likes.
+    refusal_log: LogThrottle,
 }
 
 impl Handler {
@@ -45,6 +48,7 @@ impl Handler {
             keys,
             policy,
             metrics: Arc::new(KeylessMetrics::default()),
+            refusal_log: LogThrottle::default(),
         }
     }
 
@@ -199,10 +203,15 @@ impl Handler {
         who: &ClientIdentity,
     ) -> Response {
         match result {
-            Ok(raw) => match rsa_encoding::pkcs1_v15_unpad_encryption(&raw.bytes) {
-                Some(m) => Response::payload(id, m),
-                None => Response::error(id, ErrorCode::Crypto),
-            },
+            // The padded plaintext (a premaster secret, say) is wiped once
+            // the answer holds its payload.
+            Ok(raw) => {
+                match rsa_encoding::pkcs1_v15_unpad_encryption(&zeroize::Zeroizing::new(raw.bytes))
+                {
+                    Some(m) => Response::payload(id, m),
+                    None => Response::error(id, ErrorCode::Crypto),
+                }
+            }
             Err(e) => self.finish(id, Err(e), who),
         }
     }
@@ -242,7 +251,16 @@ impl Handler {
             _ => {
                 self.metrics.refused.fetch_add(1, Ordering::Relaxed);
                 let ski = req.ski.map(hex::encode).unwrap_or_default();
-                tracing::info!(client = %who.label(), %ski, "keyless request for a key the client may not use (or that does not exist)");
+                match self.refusal_log.allow() {
+                    Some(held_back) => tracing::info!(
+                        client = %who.label(), %ski, held_back,
+                        "keyless request for a key the client may not use (or that does not exist); \
+                         further refusals are logged at debug for 10 s and counted in sigmux_keyless_refused_total"
+                    ),
+                    None => {
+                        tracing::debug!(client = %who.label(), %ski, "keyless request for a key the client may not use (or that does not exist)")
+                    }
+                }
                 None
             }
         }

@@ -1,6 +1,13 @@
 //! The keyless TLS server: mutual TLS (1.2 and 1.3), many requests in
 //! flight per connection answered as they complete, and back-pressure by
-//! not reading past `max_in_flight` unanswered requests.
+//! not reading past `max_in_flight` unanswered requests or past
+//! `max_bytes_in_flight` bytes of requests and their answers.
+//!
+//! Limits keep a client from holding resources at will: at most
+//! `max_connections` connections (handshakes included; more are closed at
+//! once); a client that does not take an answer within `write_timeout` is
+//! disconnected and the work in flight for it dropped; a connection with
+//! nothing in flight that sends nothing for `idle_timeout` is closed.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,15 +18,16 @@ use std::time::Duration;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::auth::{ClientIdentity, Policy};
 use super::handler::Handler;
-use super::metrics::KeylessMetrics;
+use super::metrics::{KeylessMetrics, LogThrottle};
 use super::protocol::{self, ErrorCode, Response, split_frame};
+use crate::api::stopped;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::keys::KeyStore;
@@ -38,6 +46,18 @@ pub struct KeylessSettings {
     pub client_ca: std::path::PathBuf,
     /// Unanswered requests per connection before the server stops reading.
     pub max_in_flight: usize,
+    /// Bytes of requests and their answers held per connection, until each
+    /// answer is written, before the server stops reading.
+    pub max_bytes_in_flight: usize,
+    /// Open connections (handshakes included) past which new ones are
+    /// closed at once.
+    pub max_connections: usize,
+    /// How long a client may leave an answer unread before it is
+    /// disconnected.
+    pub write_timeout: Duration,
+    /// How long a connection with no request in flight may send nothing
+    /// before it is closed.
+    pub idle_timeout: Duration,
     /// Who may use which key.
     pub policy: Policy,
 }
@@ -47,8 +67,113 @@ pub struct KeylessServer {
     acceptor: TlsAcceptor,
     handler: Handler,
     max_in_flight: usize,
+    max_bytes_in_flight: usize,
+    write_timeout: Duration,
+    idle_timeout: Duration,
+    /// One permit per open connection, `max_connections` in all.
+    connection_slots: Arc<Semaphore>,
+    max_connections: usize,
+    /// Events any client can cause at will are logged at `info`/`warn` at
+    /// most once per interval (each one at `debug`) and counted.
+    handshake_log: LogThrottle,
+    limit_log: LogThrottle,
     /// Its metrics.
     pub metrics: Arc<KeylessMetrics>,
+}
+
+/// Bytes a request holds until its answer is written: the request frame and
+/// the largest answer it can get. Answers are padded to 1024 bytes (1026 at
+/// most, see `protocol`), and the largest, a pong, echoes no more than the
+/// request's payload, so it is never longer than the request frame.
+fn charge(frame_len: usize) -> usize {
+    frame_len + frame_len.max(protocol::PADDED_LEN + 2)
+}
+
+/// What one request holds from the moment it is read until its answer is
+/// written, or dropped with the connection.
+struct Slot {
+    _count: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+    bytes: i64,
+    metrics: Arc<KeylessMetrics>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics
+            .bytes_in_flight
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Counts a request in `in_flight` until its answer is computed (or its
+/// work dropped).
+struct InFlight(Arc<KeylessMetrics>);
+
+impl InFlight {
+    fn new(m: &Arc<KeylessMetrics>) -> InFlight {
+        m.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(m.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An answer on its way to the writer, with what it holds.
+type Answer = (Vec<u8>, Option<Slot>);
+
+/// Why a connection's writer stopped.
+#[derive(Debug, PartialEq)]
+enum WriterEnd {
+    /// Every answer written and the connection shut down.
+    Done,
+    /// The connection failed.
+    Failed,
+    /// The client did not take an answer within the write timeout.
+    TimedOut,
+}
+
+/// Writes answers as they come until every sender is gone, giving each
+/// write (and flush) at most `limit`.
+async fn write_answers<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    rx: &mut mpsc::Receiver<Answer>,
+    limit: Duration,
+) -> WriterEnd {
+    async fn timed<F: std::future::Future<Output = std::io::Result<()>>>(
+        limit: Duration,
+        f: F,
+    ) -> std::result::Result<(), WriterEnd> {
+        match tokio::time::timeout(limit, f).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriterEnd::Failed),
+            Err(_) => Err(WriterEnd::TimedOut),
+        }
+    }
+    while let Some((frame, slot)) = rx.recv().await {
+        if let Err(end) = timed(limit, wr.write_all(&frame)).await {
+            return end;
+        }
+        drop((frame, slot));
+        // Write out whatever else is ready before flushing.
+        while let Ok((frame, slot)) = rx.try_recv() {
+            if let Err(end) = timed(limit, wr.write_all(&frame)).await {
+                return end;
+            }
+            drop((frame, slot));
+        }
+        if let Err(end) = timed(limit, wr.flush()).await {
+            return end;
+        }
+    }
+    match timed(limit, wr.shutdown()).await {
+        Ok(()) => WriterEnd::Done,
+        Err(end) => end,
+    }
 }
 
 fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
@@ -108,18 +233,35 @@ impl KeylessServer {
         keys: Arc<KeyStore>,
     ) -> Result<Arc<KeylessServer>> {
         let handler = Handler::new(engine, keys, settings.policy.clone());
+        let max_connections = settings.max_connections.clamp(1, Semaphore::MAX_PERMITS);
         Ok(Arc::new(KeylessServer {
             acceptor: TlsAcceptor::from(Arc::new(tls_config(settings)?)),
             metrics: handler.metrics.clone(),
             handler,
             max_in_flight: settings.max_in_flight.max(1),
+            max_bytes_in_flight: settings.max_bytes_in_flight.clamp(1, u32::MAX as usize),
+            write_timeout: settings.write_timeout.max(Duration::from_millis(1)),
+            idle_timeout: settings.idle_timeout.max(Duration::from_millis(1)),
+            connection_slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            handshake_log: LogThrottle::default(),
+            limit_log: LogThrottle::default(),
         }))
     }
 
-    /// Accepts connections until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts connections until `stop` turns true (or its sender is
+    /// gone); then closes the listener, and each connection stops reading
+    /// requests, writes the answers to those it has, and closes. Returns
+    /// once every connection is closed.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
+        let mut stopping = stop.clone();
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                biased;
+                () = stopped(&mut stopping) => break,
+                a = listener.accept() => a,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, go on.
@@ -128,25 +270,83 @@ impl KeylessServer {
                     continue;
                 }
             };
+            // At the limit: close at once, before any handshake work.
+            let Ok(slot) = self.connection_slots.clone().try_acquire_owned() else {
+                self.metrics
+                    .connections_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                match self.limit_log.allow() {
+                    Some(held_back) => tracing::warn!(
+                        %peer, max_connections = self.max_connections, held_back,
+                        "keyless connection limit reached; closing new connections (counted in sigmux_keyless_connections_rejected_total)"
+                    ),
+                    None => tracing::debug!(%peer, "keyless connection over the limit closed"),
+                }
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
-            let me = self.clone();
-            tokio::spawn(async move { me.connection(tcp, peer).await });
+            let (me, stop) = (self.clone(), stop.clone());
+            tokio::spawn(async move {
+                me.connection(tcp, peer, stop).await;
+                drop(slot);
+            });
+        }
+        drop(listener);
+        // Every connection holds one of the slots until it is closed.
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        let _ = self.connection_slots.acquire_many(all).await;
+    }
+
+    /// Takes a request's share of the connection's budgets, waiting (and
+    /// so not reading) while they are spent.
+    async fn slot(
+        &self,
+        count: &Arc<Semaphore>,
+        bytes: &Arc<Semaphore>,
+        frame_len: usize,
+    ) -> Option<Slot> {
+        let n = charge(frame_len).min(self.max_bytes_in_flight);
+        let c = count.clone().acquire_owned().await.ok()?;
+        let b = bytes.clone().acquire_many_owned(n as u32).await.ok()?;
+        self.metrics
+            .bytes_in_flight
+            .fetch_add(n as i64, Ordering::Relaxed);
+        Some(Slot {
+            _count: c,
+            _bytes: b,
+            bytes: n as i64,
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    fn log_handshake_failure(&self, peer: SocketAddr, error: &dyn std::fmt::Display) {
+        match self.handshake_log.allow() {
+            Some(held_back) => {
+                tracing::info!(%peer, %error, held_back, "keyless handshake failed (more within 10 s at debug; see sigmux_keyless_handshake_failures_total)")
+            }
+            None => tracing::debug!(%peer, %error, "keyless handshake failed"),
         }
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let m = &self.metrics;
         m.connections_total.fetch_add(1, Ordering::Relaxed);
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 m.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%peer, error = %e, "keyless handshake failed");
+                self.log_handshake_failure(peer, &e);
                 return;
             }
             Err(_) => {
                 m.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%peer, "keyless handshake timed out");
+                self.log_handshake_failure(peer, &"timed out");
                 return;
             }
         };
@@ -163,46 +363,53 @@ impl KeylessServer {
         tracing::debug!(%peer, client = %identity.label(), "keyless connection");
         let identity = Arc::new(identity);
         let (mut rd, mut wr) = tokio::io::split(tls);
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(self.max_in_flight);
+        // Every answer in the channel holds a count permit, so the channel
+        // never holds more than `max_in_flight` and sends never wait.
+        let (tx, mut rx) = mpsc::channel::<Answer>(self.max_in_flight);
+        let write_timeout = self.write_timeout;
         let writer = tokio::spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                if wr.write_all(&frame).await.is_err() {
-                    break;
-                }
-                // Write out whatever else is ready before flushing.
-                while let Ok(more) = rx.try_recv() {
-                    if wr.write_all(&more).await.is_err() {
-                        return;
-                    }
-                }
-                if wr.flush().await.is_err() {
-                    break;
-                }
-            }
-            let _ = wr.shutdown().await;
+            let end = write_answers(&mut wr, &mut rx, write_timeout).await;
+            // Answers not written yet are dropped with the channel, and
+            // requests still being worked on see it closed and stop.
+            drop(rx);
+            (wr, end)
         });
-        let permits = Arc::new(Semaphore::new(self.max_in_flight));
+        let count = Arc::new(Semaphore::new(self.max_in_flight));
+        let bytes = Arc::new(Semaphore::new(self.max_bytes_in_flight));
         let mut buf: Vec<u8> = Vec::with_capacity(4096);
         let mut chunk = vec![0u8; 16 * 1024];
+        // Set when the server's shutdown, not the client, ended reading:
+        // the client may still be sending.
+        let mut stopping = false;
         'read: loop {
             loop {
                 match split_frame(&buf) {
                     Ok(None) => break,
                     Ok(Some((header, len))) => {
-                        // Back-pressure: wait for a free slot before taking
-                        // on another request (the socket is not read meanwhile).
-                        let Ok(permit) = permits.clone().acquire_owned().await else {
-                            break 'read;
+                        // Back-pressure: wait for room before taking on
+                        // another request (the socket is not read
+                        // meanwhile), unless the writer gives up first.
+                        let slot = tokio::select! {
+                            biased;
+                            _ = tx.closed() => break 'read,
+                            s = self.slot(&count, &bytes, len) => match s {
+                                Some(s) => s,
+                                None => break 'read,
+                            },
                         };
                         let body = buf[protocol::HEADER_LEN..len].to_vec();
                         buf.drain(..len);
                         let (me, tx, who) = (self.clone(), tx.clone(), identity.clone());
-                        m.in_flight.fetch_add(1, Ordering::Relaxed);
+                        let in_flight = InFlight::new(m);
                         tokio::spawn(async move {
-                            let frame = me.handler.answer(&header, &body, &who).await;
-                            me.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-                            let _ = tx.send(frame).await;
-                            drop(permit);
+                            let frame = tokio::select! {
+                                f = me.handler.answer(&header, &body, &who) => f,
+                                // The connection is gone: drop the work.
+                                _ = tx.closed() => return,
+                            };
+                            drop(body);
+                            drop(in_flight);
+                            let _ = tx.send((frame, Some(slot))).await;
                         });
                     }
                     Err(e) => {
@@ -212,21 +419,66 @@ impl KeylessServer {
                         if let protocol::ProtocolError::BadVersion { id, .. } = e
                             && let Ok(f) = Response::error(id, ErrorCode::VersionMismatch).encode()
                         {
-                            let _ = tx.send(f).await;
+                            let _ = tx.send((f, None)).await;
                         }
                         tracing::info!(client = %identity.label(), error = %e, "keyless framing error; closing");
                         break 'read;
                     }
                 }
             }
-            match rd.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            let read = tokio::select! {
+                biased;
+                _ = tx.closed() => break 'read,
+                // Shutting down: no new requests; those read are answered.
+                () = stopped(&mut stop) => {
+                    stopping = true;
+                    break 'read;
+                }
+                r = tokio::time::timeout(self.idle_timeout, rd.read(&mut chunk)) => r,
+            };
+            match read {
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                // Silent for the idle timeout with nothing in flight.
+                Err(_) if count.available_permits() == self.max_in_flight => {
+                    m.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, client = %identity.label(), "keyless connection idle; closing");
+                    break;
+                }
+                // Answers are still due: keep waiting.
+                Err(_) => {}
             }
         }
         drop(tx);
-        // Answers still being computed are written before the close.
-        let _ = writer.await;
+        drop(buf);
+        // Answers still being computed are written before the close,
+        // unless the client stopped taking them.
+        match writer.await {
+            Ok((wr, WriterEnd::TimedOut)) => {
+                m.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, client = %identity.label(), "keyless client did not read its answers; disconnected");
+                // Reset the connection rather than leave unread answers
+                // queued in the kernel.
+                let tls = rd.unsplit(wr);
+                let _ = tls.get_ref().0.set_zero_linger();
+            }
+            Ok((_wr, WriterEnd::Done)) if stopping => {
+                // Closing a socket with unread requests in it sends a
+                // reset, and a reset makes the client's kernel drop the
+                // answers it has not read yet. So the requests sent after
+                // the stop are read and dropped until the client, having
+                // read every answer and the close, closes too.
+                let _ = tokio::time::timeout(self.write_timeout, async {
+                    while let Ok(n) = rd.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+            _ => {}
+        }
         m.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
