@@ -81,7 +81,9 @@ time_left() { [ $((SECONDS - started + ${1:-20})) -lt "${DEADLINE_S:-540}" ]; }
 
 case $part in
   first)
-    { nvidia-smi; ldd "$bin" | grep -E 'not found|ssl|crypto'; echo "NVRTC: ${SIGMUX_NVRTC_LIB:-none}"; } >"$out/check.txt" 2>&1
+    # cudarc opens `libnvrtc.so` by name first: a different copy than
+    # $SIGMUX_NVRTC_LIB makes the backend report itself unavailable.
+    { nvidia-smi; ldd "$bin" | grep -E 'not found|ssl|crypto'; echo "NVRTC: ${SIGMUX_NVRTC_LIB:-none}"; ldconfig -p | grep nvrtc; } >"$out/check.txt" 2>&1
     # Compiles every kernel into the cache (minutes, once) and records the
     # kernels' registers and local memory.
     { time "$bin" --data-dir "$data" backends --json; } >"$out/backends.json" 2>"$out/backends.log"
@@ -130,7 +132,7 @@ RUNS
     fi
     ;;
   check)
-    { nvidia-smi; ldd "$bin" | grep -E 'not found|ssl|crypto'; echo "NVRTC: ${SIGMUX_NVRTC_LIB:-none}"; } | tee "$out/check.txt"
+    { nvidia-smi; ldd "$bin" | grep -E 'not found|ssl|crypto'; echo "NVRTC: ${SIGMUX_NVRTC_LIB:-none}"; ldconfig -p | grep nvrtc; } | tee "$out/check.txt"
     time "$bin" --data-dir "$data" backends --json | tee "$out/backends.json"
     ;;
   tests)

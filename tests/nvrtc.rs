@@ -120,3 +120,44 @@ fn the_kernel_cache_is_hit_and_a_corrupt_file_is_recompiled() {
     let (_, origin) = nvrtc::compile_cached(&nv, program, "sm_90", Some(&cache)).unwrap();
     assert_eq!(origin, Origin::Cached);
 }
+
+/// cudarc opens NVRTC as `libnvrtc.so` before any other name, so a second
+/// copy of NVRTC under that name on the library path (a toolkit beside the
+/// wheel, say) is the one that compiles, not the configured one. The
+/// backend then names that copy and compiles with it instead of refusing
+/// the GPU: a child process with such a copy first on LD_LIBRARY_PATH
+/// loads NVRTC, reports the copy, and compiles a kernel program.
+#[test]
+fn a_second_nvrtc_on_the_library_path_is_used_and_named() {
+    const CHILD: &str = "SIGMUX_NVRTC_TEST_SECOND_COPY";
+    const NAME: &str = "a_second_nvrtc_on_the_library_path_is_used_and_named";
+    if let Some(copy) = std::env::var_os(CHILD) {
+        let n = nvrtc::load(None).expect("NVRTC loads with a second copy on the path");
+        assert_eq!(
+            std::path::Path::new(&n.library),
+            std::path::Path::new(&copy)
+        );
+        let image = nvrtc::compile_program("nonce.cu", "sm_90").expect("the copy compiles");
+        assert!(image.starts_with(b"\x7fELF"));
+        return;
+    }
+    let Some(n) = nvrtc_or_skip("second_copy") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("libnvrtc.so");
+    std::fs::copy(std::fs::canonicalize(&n.library).unwrap(), &copy).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
+        .env(CHILD, &copy)
+        .env("LD_LIBRARY_PATH", tmp.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}

@@ -269,6 +269,16 @@ impl LaneGuard<'_> {
 impl Drop for LaneGuard<'_> {
     fn drop(&mut self) {
         if let Some(l) = self.lane.take() {
+            // A batch that failed part-way (a launch or copy refused) can
+            // leave copies and kernels queued on the stream. They read the
+            // lane's buffers, which the next batch may grow (freeing the old
+            // pinned memory), and the batch's device key, which is dropped
+            // (and may be wiped and freed on eviction) right after this
+            // guard. So the lane goes back only once its stream is idle; a
+            // batch that finished has already waited for it, and this is a
+            // no-op then. An error here is the context's own sticky error,
+            // which the next call on it reports.
+            let _ = l.stream.synchronize();
             self.lanes.free.lock().push(l);
             self.lanes.ready.notify_one();
         }
@@ -1427,6 +1437,8 @@ impl Backend for CudaBackend {
             return Ok(Vec::new());
         }
         let dk = self.device_key(key)?;
+        // Declared after `dk`, so dropped before it: the lane's stream is
+        // idle (see `LaneGuard`'s drop) before the key can be released.
         let mut guard = self.lanes.take();
         let mut out = Vec::with_capacity(inputs.len());
         for chunk in chunks(inputs, scheme, self.caps.max_batch) {

@@ -143,9 +143,9 @@ impl RsaMapping {
         matches!(self, RsaMapping::Thread | RsaMapping::Wide)
     }
 
-    /// Threads that compute one signature: 1, or `2T` for `coop:T` (the
-    /// coop kernels have no grid-stride loop, so the grid must hold this
-    /// many threads per item).
+    /// Threads that compute one signature: 1, or `2T` for `coop:T`. The
+    /// launch sizes its grid by this (the coop kernels' grid-stride loop
+    /// would also cover a smaller grid, a whole warp per trip).
     pub fn threads_per_item(self) -> usize {
         match self {
             RsaMapping::Thread | RsaMapping::Wide => 1,

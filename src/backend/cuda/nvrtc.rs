@@ -82,6 +82,24 @@ fn dlsym(handle: *mut c_void, name: &CStr) -> Option<usize> {
     (!p.is_null()).then_some(p as usize)
 }
 
+/// The file of the loaded library that holds the code at `addr`.
+fn library_of(addr: usize) -> Option<String> {
+    // SAFETY: dladdr only reads the loader's tables; `info` is a valid
+    // out-pointer, and dli_fname, when set, is a NUL-terminated string the
+    // loader keeps while the library stays loaded (never unloaded here).
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(addr as *const c_void, &mut info) == 0 || info.dli_fname.is_null() {
+            return None;
+        }
+        Some(
+            CStr::from_ptr(info.dli_fname)
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
 /// The library files to try, in order: the configured path, else the
 /// environment variable, else the usual names (for the dynamic loader's own
 /// search) and the toolkit folder.
@@ -177,11 +195,23 @@ fn load_uncached(configured: Option<&Path>) -> std::result::Result<Nvrtc, String
             .map(|s| *s as usize)
     }
     .map_err(|e| format!("cudarc's NVRTC has no nvrtcVersion: {e}"))?;
-    if theirs != ours {
-        return Err(format!(
-            "cudarc loaded a different NVRTC than {library} (another libnvrtc is on the library path)"
-        ));
-    }
+    // cudarc asks for `libnvrtc.so` first; where the library path has
+    // another file of that name (a toolkit beside the wheel, say), it loads
+    // that second copy. Both are NVRTC, so that copy, the one that will
+    // compile, is named and used (its version is read below), rather than
+    // leaving the GPU unused over which copy of the compiler runs.
+    let library = if theirs == ours {
+        library
+    } else {
+        let used = library_of(theirs).unwrap_or_else(|| "an unnamed copy".into());
+        tracing::warn!(
+            requested = %library,
+            used = %used,
+            "cudarc loaded another NVRTC than the one configured (another libnvrtc.so is on \
+             the library path); compiling with it"
+        );
+        used
+    };
     let (mut major, mut minor) = (0 as c_int, 0 as c_int);
     // SAFETY: valid out-pointers.
     unsafe { nv::nvrtcVersion(&mut major, &mut minor) }
