@@ -907,67 +907,73 @@ impl CudaBackend {
         let cfg = self.launch_config(n);
         let key_words = dk.slice()?;
         let corrupt = all && self.take_fault();
-        {
-            let ok = lane.ok.dev();
-            let (ok_nonce, ok_sign) = (ok.slice(0..n), ok.slice(n..2 * n));
-            // SAFETY: argument order and types follow kernels/nonce.cu and
-            // kernels/ecdsa.cu; every buffer holds `limbs * count` words
-            // (flags: `count`), the seed 32 bytes.
-            unsafe {
-                stream
-                    .launch_builder(nonce_k)
-                    .arg(key_words)
-                    .arg(lane.input.dev())
-                    .arg(lane.seed.dev())
-                    .arg(lane.nonce.dev())
-                    .arg(&ok_nonce)
-                    .arg(&count)
-                    .launch(cfg)
+        let launched = (|| -> Result<()> {
+            {
+                let ok = lane.ok.dev();
+                let (ok_nonce, ok_sign) = (ok.slice(0..n), ok.slice(n..2 * n));
+                // SAFETY: argument order and types follow kernels/nonce.cu and
+                // kernels/ecdsa.cu; every buffer holds `limbs * count` words
+                // (flags: `count`), the seed 32 bytes.
+                unsafe {
+                    stream
+                        .launch_builder(nonce_k)
+                        .arg(key_words)
+                        .arg(lane.input.dev())
+                        .arg(lane.seed.dev())
+                        .arg(lane.nonce.dev())
+                        .arg(&ok_nonce)
+                        .arg(&count)
+                        .launch(cfg)
+                }
+                .map_err(self.drv("nonce launch"))?;
+                // SAFETY: as above.
+                unsafe {
+                    stream
+                        .launch_builder(sign_k)
+                        .arg(table)
+                        .arg(key_words)
+                        .arg(lane.input.dev())
+                        .arg(lane.nonce.dev())
+                        .arg(lane.out_a.dev())
+                        .arg(lane.out_b.dev())
+                        .arg(&ok_sign)
+                        .arg(&count)
+                        .launch(cfg)
+                }
+                .map_err(self.drv("ecdsa sign launch"))?;
             }
-            .map_err(self.drv("nonce launch"))?;
-            // SAFETY: as above.
-            unsafe {
+            if corrupt {
+                // Test hook: item 0's s changes between sign and check.
                 stream
-                    .launch_builder(sign_k)
-                    .arg(table)
-                    .arg(key_words)
-                    .arg(lane.input.dev())
-                    .arg(lane.nonce.dev())
-                    .arg(lane.out_a.dev())
-                    .arg(lane.out_b.dev())
-                    .arg(&ok_sign)
-                    .arg(&count)
-                    .launch(cfg)
+                    .memset_zeros(&mut lane.out_b.dev_mut().slice_mut(0..1))
+                    .map_err(self.drv("fault injection"))?;
             }
-            .map_err(self.drv("ecdsa sign launch"))?;
-        }
-        if corrupt {
-            // Test hook: item 0's s changes between sign and check.
-            stream
-                .memset_zeros(&mut lane.out_b.dev_mut().slice_mut(0..1))
-                .map_err(self.drv("fault injection"))?;
-        }
-        if all {
-            let ok_check = lane.ok.dev().slice(2 * n..3 * n);
-            // SAFETY: {C}_check's ABI: table, key, z, r, s, ok, count.
-            unsafe {
-                stream
-                    .launch_builder(check_k)
-                    .arg(table)
-                    .arg(key_words)
-                    .arg(lane.input.dev())
-                    .arg(lane.out_a.dev())
-                    .arg(lane.out_b.dev())
-                    .arg(&ok_check)
-                    .arg(&count)
-                    .launch(cfg)
+            if all {
+                let ok_check = lane.ok.dev().slice(2 * n..3 * n);
+                // SAFETY: {C}_check's ABI: table, key, z, r, s, ok, count.
+                unsafe {
+                    stream
+                        .launch_builder(check_k)
+                        .arg(table)
+                        .arg(key_words)
+                        .arg(lane.input.dev())
+                        .arg(lane.out_a.dev())
+                        .arg(lane.out_b.dev())
+                        .arg(&ok_check)
+                        .arg(&count)
+                        .launch(cfg)
+                }
+                .map_err(self.drv("ecdsa check launch"))?;
             }
-            .map_err(self.drv("ecdsa check launch"))?;
-        }
-        // A nonce reveals the key: none stays on the device.
-        stream
+            Ok(())
+        })();
+        // A nonce reveals the key: none stays on the device, also when a
+        // launch after the nonce kernel's was refused.
+        let wiped = stream
             .memset_zeros(&mut lane.nonce.dev_mut().slice_mut(0..words))
-            .map_err(self.drv("nonce wipe"))?;
+            .map_err(self.drv("nonce wipe"));
+        launched?;
+        wiped?;
         lane.out_a
             .download(&stream, words)
             .map_err(self.drv("copy from device"))?;
