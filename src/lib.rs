@@ -18,6 +18,7 @@ pub mod keyless;
 pub mod keys;
 pub mod scheme;
 pub mod server;
+mod shutdown;
 #[cfg(test)]
 mod testutil;
 

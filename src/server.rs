@@ -171,7 +171,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
     ));
     let mut stopped = stop_rx.clone();
     let http = crate::api::serve_plain(listener, router(shared), cfg.http_limits()?, async move {
-        crate::api::stopped(&mut stopped).await;
+        crate::shutdown::stopped(&mut stopped).await;
     });
     drains.push((
         "http",
@@ -324,23 +324,14 @@ fn say(args: std::fmt::Arguments<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::{CpuBackend, CpuConfig, CpuEngine, EngineChoice};
     use crate::ca::authority::{InitOptions, init};
     use crate::ca::spiffe::TrustDomain;
-    use crate::engine::EngineConfig;
 
     #[test]
     fn rotation_step_records_what_it_did_in_the_audit_log() {
         let dir = tempfile::tempdir().unwrap();
-        let kek = crate::keys::Kek::from_bytes(&[7u8; 32]).unwrap();
-        let store = KeyStore::open(dir.path(), Some(kek)).unwrap();
-        let cpu = CpuBackend::new(&CpuConfig {
-            threads: 1,
-            engine: EngineChoice::Fixed(CpuEngine::AwsLc),
-            max_batch: 16,
-        })
-        .unwrap();
-        let engine = Engine::new(EngineConfig::default(), vec![Arc::new(cpu)]).unwrap();
+        let store = crate::testutil::key_store(dir.path());
+        let engine = crate::testutil::cpu_engine();
         let hour = Duration::from_secs(3600);
 
         // No CA yet: nothing, and no audit log is made.

@@ -735,22 +735,13 @@ async fn crl(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::{CpuBackend, CpuConfig, CpuEngine, EngineChoice};
-    use crate::engine::EngineConfig;
     use crate::keyless::auth::ClientIdentity;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_past_the_concurrency_limit_gets_503_naming_it() {
         let dir = tempfile::tempdir().unwrap();
-        let kek = crate::keys::Kek::from_bytes(&[7u8; 32]).unwrap();
-        let keys = Arc::new(KeyStore::open(dir.path(), Some(kek)).unwrap());
-        let cpu = CpuBackend::new(&CpuConfig {
-            threads: 1,
-            engine: EngineChoice::Fixed(CpuEngine::AwsLc),
-            max_batch: 16,
-        })
-        .unwrap();
-        let engine = Arc::new(Engine::new(EngineConfig::default(), vec![Arc::new(cpu)]).unwrap());
+        let keys = Arc::new(crate::testutil::key_store(dir.path()));
+        let engine = Arc::new(crate::testutil::cpu_engine());
         let settings = IssuanceSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             cert: "unused".into(),

@@ -41,6 +41,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::keyless::auth::{ClientIdentity, ClientMatch};
 use crate::keys::KeyStore;
+use crate::shutdown::{all_closed, stopped};
 
 /// How long a caller has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -290,12 +291,6 @@ fn admit(permits: &Arc<Semaphore>, addr: SocketAddr, what: &str) -> Option<Owned
     }
 }
 
-/// Resolves once `stop` turns true or its sender is gone.
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The value is dropped here: holding it across an await is not `Send`.
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 /// Serves HTTP/1.1 on one connection with `router` until it closes: the
 /// request head (and the idle time between requests) is bounded by
 /// `limits.header_timeout`, blocked writes by the stream's
@@ -389,8 +384,7 @@ pub async fn serve_plain(
     drop(listener);
     let _ = stop.send(true);
     // Every connection holds a permit until it ends.
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = permits.acquire_many(all).await;
+    all_closed(&permits, limits.max_connections).await;
     Ok(())
 }
 
@@ -453,8 +447,7 @@ async fn accept_loop(
     }
     drop(tcp);
     // Every connection holds a permit until it ends.
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = permits.acquire_many(all).await;
+    all_closed(&permits, limits.max_connections).await;
 }
 
 /// Binds the issuance listener and serves it in a background task until

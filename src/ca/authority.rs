@@ -774,17 +774,9 @@ fn jwk_params(spki: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::{CpuBackend, CpuConfig, CpuEngine, EngineChoice};
-    use crate::engine::EngineConfig;
 
     fn engine() -> Engine {
-        let cpu = CpuBackend::new(&CpuConfig {
-            threads: 1,
-            engine: EngineChoice::Fixed(CpuEngine::AwsLc),
-            max_batch: 16,
-        })
-        .unwrap();
-        Engine::new(EngineConfig::default(), vec![Arc::new(cpu)]).unwrap()
+        crate::testutil::cpu_engine()
     }
 
     #[test]
@@ -813,8 +805,7 @@ mod tests {
     #[test]
     fn init_makes_a_chain_the_svid_profile_accepts() {
         let dir = tempfile::tempdir().unwrap();
-        let kek = crate::keys::Kek::from_bytes(&[7u8; 32]).unwrap();
-        let store = KeyStore::open(dir.path(), Some(kek)).unwrap();
+        let store = crate::testutil::key_store(dir.path());
         let engine = engine();
         let td = TrustDomain::parse("example.org").unwrap();
         let state = init(

@@ -218,23 +218,14 @@ impl CrlCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::{CpuBackend, CpuConfig, CpuEngine, EngineChoice};
     use crate::ca::authority::{InitOptions, RevokedSvid, init};
     use crate::ca::spiffe::TrustDomain;
-    use crate::engine::EngineConfig;
 
     #[test]
     fn cache_signs_once_per_state_and_refreshes_before_next_update() {
         let dir = tempfile::tempdir().unwrap();
-        let kek = crate::keys::Kek::from_bytes(&[7u8; 32]).unwrap();
-        let store = KeyStore::open(dir.path(), Some(kek)).unwrap();
-        let cpu = CpuBackend::new(&CpuConfig {
-            threads: 1,
-            engine: EngineChoice::Fixed(CpuEngine::AwsLc),
-            max_batch: 16,
-        })
-        .unwrap();
-        let engine = Engine::new(EngineConfig::default(), vec![Arc::new(cpu)]).unwrap();
+        let store = crate::testutil::key_store(dir.path());
+        let engine = crate::testutil::cpu_engine();
         let td = TrustDomain::parse("example.org").unwrap();
         let st = init(dir.path(), &store, &engine, &InitOptions::new(td), None).unwrap();
         let serial = st.intermediates[0].serial.clone();

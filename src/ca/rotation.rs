@@ -512,23 +512,14 @@ pub fn revoke_intermediate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::{CpuBackend, CpuConfig, CpuEngine, EngineChoice};
     use crate::ca::authority::{InitOptions, init};
-    use crate::engine::EngineConfig;
 
     fn engine() -> Engine {
-        let cpu = CpuBackend::new(&CpuConfig {
-            threads: 1,
-            engine: EngineChoice::Fixed(CpuEngine::AwsLc),
-            max_batch: 16,
-        })
-        .unwrap();
-        Engine::new(EngineConfig::default(), vec![Arc::new(cpu)]).unwrap()
+        crate::testutil::cpu_engine()
     }
 
     fn store(dir: &Path) -> KeyStore {
-        let kek = crate::keys::Kek::from_bytes(&[7u8; 32]).unwrap();
-        KeyStore::open(dir, Some(kek)).unwrap()
+        crate::testutil::key_store(dir)
     }
 
     fn statuses(dir: &Path) -> Vec<CaStatus> {

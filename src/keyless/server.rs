@@ -27,10 +27,10 @@ use super::auth::{ClientIdentity, Policy};
 use super::handler::Handler;
 use super::metrics::{KeylessMetrics, LogThrottle};
 use super::protocol::{self, ErrorCode, Response, split_frame};
-use crate::api::stopped;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::keys::KeyStore;
+use crate::shutdown::{all_closed, stopped};
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -294,8 +294,7 @@ impl KeylessServer {
         }
         drop(listener);
         // Every connection holds one of the slots until it is closed.
-        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
-        let _ = self.connection_slots.acquire_many(all).await;
+        all_closed(&self.connection_slots, self.max_connections).await;
     }
 
     /// Takes a request's share of the connection's budgets, waiting (and
