@@ -16,7 +16,8 @@ cargo clippy --locked --all-targets -- -D warnings
 
 step "tests (unit, integration against real processes and the openssl CLI)"
 export SIGMUX_REQUIRE_NVRTC=1   # tests/nvrtc.rs: a missing NVRTC fails, not skips
-cargo test --locked --all-targets
+# --no-fail-fast: one CI run names every failing test, not just the first binary's.
+cargo test --locked --all-targets --no-fail-fast
 
 step "doc tests"
 cargo test --locked --doc
