@@ -405,6 +405,10 @@ pub struct KeylessSection {
     /// answer is written) before the server stops reading.
     #[serde(default = "default_keyless_max_bytes_in_flight")]
     pub max_bytes_in_flight: usize,
+    /// Bytes of requests and answers held by all connections together
+    /// before every connection stops reading.
+    #[serde(default = "default_keyless_max_total_bytes_in_flight")]
+    pub max_total_bytes_in_flight: usize,
     /// Open connections (handshakes included); more are closed at once.
     #[serde(default = "default_keyless_max_connections")]
     pub max_connections: usize,
@@ -416,6 +420,9 @@ pub struct KeylessSection {
     /// before it is closed.
     #[serde(default = "default_keyless_idle_timeout")]
     pub idle_timeout_seconds: u64,
+    /// Seconds a new connection has to finish its TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_seconds: u64,
     /// Which client may use which keys.
     #[serde(default)]
     pub clients: Vec<KeylessClientRule>,
@@ -445,6 +452,10 @@ fn default_keyless_max_bytes_in_flight() -> usize {
     4 << 20
 }
 
+fn default_keyless_max_total_bytes_in_flight() -> usize {
+    512 << 20
+}
+
 fn default_keyless_max_connections() -> usize {
     4096
 }
@@ -457,6 +468,21 @@ fn default_keyless_idle_timeout() -> u64 {
     300
 }
 
+fn default_handshake_timeout() -> u64 {
+    10
+}
+
+/// Checks `<section>.handshake_timeout_seconds`.
+fn handshake_timeout(section: &str, seconds: u64) -> Result<Duration> {
+    if !(1..=300).contains(&seconds) {
+        return Err(bad(
+            &format!("{section}.handshake_timeout_seconds"),
+            "must be between 1 and 300",
+        ));
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
 impl Default for KeylessSection {
     fn default() -> Self {
         KeylessSection {
@@ -466,9 +492,11 @@ impl Default for KeylessSection {
             client_ca: None,
             max_in_flight: default_max_in_flight(),
             max_bytes_in_flight: default_keyless_max_bytes_in_flight(),
+            max_total_bytes_in_flight: default_keyless_max_total_bytes_in_flight(),
             max_connections: default_keyless_max_connections(),
             write_timeout_seconds: default_keyless_write_timeout(),
             idle_timeout_seconds: default_keyless_idle_timeout(),
+            handshake_timeout_seconds: default_handshake_timeout(),
             clients: Vec::new(),
         }
     }
@@ -510,6 +538,13 @@ pub struct IssuanceSection {
     /// the connection is dropped.
     #[serde(default = "default_http_write_timeout")]
     pub write_timeout_seconds: u64,
+    /// Seconds a new connection has to finish its TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_seconds: u64,
+    /// Refusals per caller and minute recorded in the audit log in full;
+    /// past it they are counted in a `refusals_summarized` record.
+    #[serde(default = "default_max_refusal_records")]
+    pub max_refusal_records_per_minute: u64,
     /// Which caller may request which SPIFFE IDs.
     #[serde(default)]
     pub callers: Vec<IssuanceCallerRule>,
@@ -548,6 +583,10 @@ fn default_body_timeout() -> u64 {
     30
 }
 
+fn default_max_refusal_records() -> u64 {
+    1000
+}
+
 impl Default for IssuanceSection {
     fn default() -> Self {
         IssuanceSection {
@@ -562,6 +601,8 @@ impl Default for IssuanceSection {
             header_timeout_seconds: default_header_timeout(),
             body_timeout_seconds: default_body_timeout(),
             write_timeout_seconds: default_http_write_timeout(),
+            handshake_timeout_seconds: default_handshake_timeout(),
+            max_refusal_records_per_minute: default_max_refusal_records(),
             callers: Vec::new(),
         }
     }
@@ -829,6 +870,13 @@ impl Config {
                 "must be between 1 and 86400",
             ));
         }
+        if !(k.max_bytes_in_flight..=(64 << 30)).contains(&k.max_total_bytes_in_flight) {
+            return Err(bad(
+                "keyless.max_total_bytes_in_flight",
+                "must be at least keyless.max_bytes_in_flight and at most 68719476736 (64 GiB)",
+            ));
+        }
+        let handshake_timeout = handshake_timeout("keyless", k.handshake_timeout_seconds)?;
         let mut rules = Vec::new();
         for (i, r) in k.clients.iter().enumerate() {
             let field = format!("keyless.clients[{i}]");
@@ -852,9 +900,11 @@ impl Config {
                 client_ca: ca,
                 max_in_flight: k.max_in_flight,
                 max_bytes_in_flight: k.max_bytes_in_flight,
+                max_total_bytes_in_flight: k.max_total_bytes_in_flight,
                 max_connections: k.max_connections,
                 write_timeout: Duration::from_secs(k.write_timeout_seconds),
                 idle_timeout: Duration::from_secs(k.idle_timeout_seconds),
+                handshake_timeout,
                 policy: Policy::new(rules),
             },
         )))
@@ -895,6 +945,13 @@ impl Config {
             return Err(bad(
                 "issuance.max_concurrent_batches",
                 "must be between 1 and 10000",
+            ));
+        }
+        let handshake_timeout = handshake_timeout("issuance", s.handshake_timeout_seconds)?;
+        if s.max_refusal_records_per_minute > 10_000_000 {
+            return Err(bad(
+                "issuance.max_refusal_records_per_minute",
+                "must be at most 10000000 (0: every refusal only counted)",
             ));
         }
         if !(1..=3600).contains(&s.body_timeout_seconds) {
@@ -940,7 +997,9 @@ impl Config {
             callers,
             limits,
             body_timeout: Duration::from_secs(s.body_timeout_seconds),
+            handshake_timeout,
             max_concurrent_batches: s.max_concurrent_batches,
+            max_refusal_records_per_minute: s.max_refusal_records_per_minute,
         }))
     }
 

@@ -866,6 +866,57 @@ fn a_client_that_never_reads_is_disconnected_and_others_keep_signing() {
 }
 
 #[test]
+fn the_listener_wide_byte_budget_holds_every_connection_back_until_answers_go_out() {
+    let f = fixture();
+    // One connection's budget is the whole listener's.
+    let (_server, addr, http) = limited_server(
+        f,
+        "total-bytes",
+        "max_bytes_in_flight = 262144\nmax_total_bytes_in_flight = 262144\nwrite_timeout_seconds = 6\n",
+    );
+    rt().block_on(async {
+        // Pings it never reads: once the socket buffers are full, its
+        // unwritten answers hold the budget until its write timeout.
+        let mut greedy = connect_to(f, &addr, "proxy", false).await.unwrap();
+        let flood = tokio::spawn(async move {
+            let mut id = 0u32;
+            loop {
+                id += 1;
+                let ping = Request::new(id, Op::Ping, vec![0x5a; 65_000])
+                    .encode()
+                    .unwrap();
+                if greedy.write_all(&ping).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let held = wait_metric(&http, "sigmux_keyless_bytes_in_flight", |v| v >= 200_000).await;
+        assert!(held >= 200_000, "the greedy client holds only {held} bytes");
+        // Another connection, with its own budget untouched, asks for more
+        // than is left of the listener's: it waits...
+        let mut other = connect_to(f, &addr, "proxy", true).await.unwrap();
+        other
+            .write_all(&Request::new(1, Op::Ping, vec![7; 10_000]).encode().unwrap())
+            .await
+            .unwrap();
+        let answer = tokio::spawn(async move { read_responses(&mut other, 1).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !answer.is_finished(),
+            "answered while the listener's budget was spent"
+        );
+        // ...until the greedy one is cut off and its budget comes back.
+        let pong = answer.await.unwrap();
+        assert_eq!(pong.len(), 1);
+        assert_eq!(pong[0].body, ResponseBody::Pong(vec![7; 10_000]));
+        tokio::time::timeout(Duration::from_secs(30), flood)
+            .await
+            .expect("the greedy client was never disconnected")
+            .unwrap();
+    });
+}
+
+#[test]
 fn connections_past_max_connections_are_closed_and_the_limit_frees_up() {
     let f = fixture();
     let (_server, addr, http) = limited_server(f, "max-connections", "max_connections = 2\n");
@@ -903,9 +954,27 @@ fn connections_past_max_connections_are_closed_and_the_limit_frees_up() {
 }
 
 #[test]
-fn idle_connections_are_closed_after_the_idle_timeout() {
+fn idle_connections_and_stalled_handshakes_are_closed_after_their_timeouts() {
     let f = fixture();
-    let (_server, addr, http) = limited_server(f, "idle", "idle_timeout_seconds = 1\n");
+    let (_server, addr, http) = limited_server(
+        f,
+        "idle",
+        "idle_timeout_seconds = 1\nhandshake_timeout_seconds = 1\n",
+    );
+    // A TCP connection that never starts its handshake is closed after
+    // 1 s (well before the default 10 s this read would outlast).
+    let failures = metric(&http, "sigmux_keyless_handshake_failures_total");
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(&mut stalled, &mut byte) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("a stalled handshake was not closed after 1 s: {other:?}"),
+    }
+    assert!(metric(&http, "sigmux_keyless_handshake_failures_total") > failures);
     rt().block_on(async {
         let mut s = connect_to(f, &addr, "proxy", false).await.unwrap();
         signs_correctly(f, &mut s, 1, 2).await;
@@ -929,8 +998,16 @@ fn keyless_limit_errors_name_the_field() {
     for (extra, field) in [
         ("write_timeout_seconds = 0", "keyless.write_timeout_seconds"),
         ("idle_timeout_seconds = 0", "keyless.idle_timeout_seconds"),
+        (
+            "handshake_timeout_seconds = 301",
+            "keyless.handshake_timeout_seconds",
+        ),
         ("max_connections = 0", "keyless.max_connections"),
         ("max_bytes_in_flight = 1000", "keyless.max_bytes_in_flight"),
+        (
+            "max_total_bytes_in_flight = 300000",
+            "keyless.max_total_bytes_in_flight",
+        ),
         ("write_timeout_secs = 5", "write_timeout_secs"),
     ] {
         let err = sigmux::config::Config::parse(&format!("{base}{extra}\n"), "t.toml")
@@ -944,6 +1021,7 @@ fn keyless_limit_errors_name_the_field() {
     )
     .unwrap();
     let (_, s) = ok.keyless_settings().unwrap().unwrap();
+    assert_eq!(s.handshake_timeout, Duration::from_secs(10), "the default");
     assert_eq!(
         (
             s.write_timeout,
@@ -1033,9 +1111,11 @@ fn a_stopping_server_answers_what_it_read_then_closes() {
         client_ca: f.dir.join("ca.pem"),
         max_in_flight: 1024,
         max_bytes_in_flight: 4 << 20,
+        max_total_bytes_in_flight: 64 << 20,
         max_connections: 16,
         write_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(300),
+        handshake_timeout: Duration::from_secs(10),
         policy: Policy::new(vec![Rule {
             client: ClientMatch::SpiffeId("spiffe://test.example/proxy".into()),
             keys: vec!["drain-ec".into()],

@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -25,6 +25,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::refusals::{self, RefusalBudget};
 use super::{IssuanceSettings, Peer, caller_allows};
 use crate::ca::authority::{self, CaState, CaStatus};
 use crate::ca::crl::CrlCache;
@@ -60,6 +61,10 @@ pub struct ApiState {
     /// Signed CRLs, reused until they near their nextUpdate or the CA
     /// state they list changes.
     pub crl_cache: Arc<CrlCache>,
+    /// Refusal records each caller may add to the audit log per minute
+    /// (`issuance.max_refusal_records_per_minute`); past it they are
+    /// counted in a summary record.
+    pub refusals: Arc<RefusalBudget>,
 }
 
 impl ApiState {
@@ -75,6 +80,10 @@ impl ApiState {
         let batches = Arc::new(tokio::sync::Semaphore::new(
             settings.max_concurrent_batches.max(1),
         ));
+        let refusals = Arc::new(RefusalBudget::new(
+            settings.max_refusal_records_per_minute,
+            Duration::from_secs(60),
+        ));
         ApiState {
             data_dir,
             engine,
@@ -84,7 +93,27 @@ impl ApiState {
             ca_state: Arc::default(),
             batches,
             crl_cache: Arc::default(),
+            refusals,
         }
+    }
+
+    /// Writes the summaries of refusal windows that have ended (all of
+    /// them when `all`, at shutdown) to the audit log.
+    ///
+    /// # Errors
+    ///
+    /// The audit log's, when it cannot be written.
+    pub fn record_refusal_summaries(&self, all: bool) -> crate::Result<()> {
+        let ended = self.refusals.take_ended(Instant::now(), all);
+        if ended.is_empty() {
+            return Ok(());
+        }
+        self.audit.append_many(
+            ended
+                .into_iter()
+                .map(|s| (refusals::SUMMARY_EVENT, s))
+                .collect(),
+        )
     }
 }
 
@@ -443,6 +472,8 @@ enum ItemRecord {
         spiffe_id: String,
         code: &'static str,
     },
+    /// A `refusals_summarized` record (see [`RefusalBudget`]).
+    Summary(serde_json::Value),
 }
 
 async fn x509_batch(
@@ -498,14 +529,26 @@ async fn audit_refusal(
     r: Result<Response, ApiError>,
 ) -> Result<Response, ApiError> {
     let Err(e) = r else { return r };
-    let record = json!({
-        "caller": peer.identity.label(),
-        "path": path,
-        "status": e.status.as_u16(),
-        "code": e.code,
-    });
+    let caller = peer.identity.label();
+    let (full, ended) = s.refusals.admit(&caller, e.code, Instant::now());
+    let mut records: Vec<(&str, serde_json::Value)> = Vec::new();
+    records.extend(ended.map(|summary| (refusals::SUMMARY_EVENT, summary)));
+    if full {
+        records.push((
+            "request_refused",
+            json!({
+                "caller": caller,
+                "path": path,
+                "status": e.status.as_u16(),
+                "code": e.code,
+            }),
+        ));
+    }
+    if records.is_empty() {
+        return Err(e);
+    }
     let audit = s.audit.clone();
-    match tokio::task::spawn_blocking(move || audit.append("request_refused", record)).await {
+    match tokio::task::spawn_blocking(move || audit.append_many(records)).await {
         Ok(Ok(())) => Err(e),
         Ok(Err(a)) => Err(internal(format!("audit log: {a}"))),
         Err(a) => Err(internal(format!("audit log: {a}"))),
@@ -572,6 +615,7 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
     let ca_key_id: Arc<str> = issuer.key.id().to_string().into();
     let mut records = Vec::with_capacity(slots.len());
     let mut results = Vec::with_capacity(slots.len());
+    let now = Instant::now();
     for (slot, mut item) in slots.into_iter().zip(req.items) {
         let result = match slot {
             Err(e) => e,
@@ -604,20 +648,26 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
             },
         };
         if let ItemResult::Error { code, .. } = &result {
-            records.push((
-                "svid_refused",
-                ItemRecord::Refused {
-                    caller: caller.clone(),
-                    spiffe_id: crate::ca::spiffe::for_record(item.spiffe_id),
-                    code,
-                },
-            ));
+            let (full, ended) = s.refusals.admit(&caller, code, now);
+            if let Some(summary) = ended {
+                records.push((refusals::SUMMARY_EVENT, ItemRecord::Summary(summary)));
+            }
+            if full {
+                records.push((
+                    "svid_refused",
+                    ItemRecord::Refused {
+                        caller: caller.clone(),
+                        spiffe_id: crate::ca::spiffe::for_record(item.spiffe_id),
+                        code,
+                    },
+                ));
+            }
         }
         results.push(result);
     }
-    let refused = records
+    let refused = results
         .iter()
-        .filter(|(_, r)| matches!(r, ItemRecord::Refused { .. }))
+        .filter(|r| matches!(r, ItemResult::Error { .. }))
         .count();
     tracing::info!(
         caller = %caller,
@@ -752,7 +802,9 @@ mod tests {
             callers: Vec::new(),
             limits: super::super::ServeLimits::default(),
             body_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
             max_concurrent_batches: 1,
+            max_refusal_records_per_minute: 1000,
         };
         let audit_path = dir.path().join("audit.log");
         let audit = Arc::new(crate::audit::AuditLog::open(&audit_path).unwrap());

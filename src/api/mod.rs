@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod issue;
+pub mod refusals;
 
 use std::future::Future;
 use std::io;
@@ -42,9 +43,6 @@ use crate::error::{Error, Result};
 use crate::keyless::auth::{ClientIdentity, ClientMatch};
 use crate::keys::KeyStore;
 use crate::shutdown::{all_closed, stopped};
-
-/// How long a caller has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One `[[issuance.callers]]` rule: a caller and the SPIFFE ID prefixes it
 /// may request.
@@ -94,6 +92,13 @@ pub struct IssuanceSettings {
     /// X.509-SVID batches worked on at once; one more is answered 503
     /// (`issuance.max_concurrent_batches`).
     pub max_concurrent_batches: usize,
+    /// Time a new connection has to finish its TLS handshake
+    /// (`issuance.handshake_timeout_seconds`).
+    pub handshake_timeout: Duration,
+    /// Refusals per caller and minute recorded in the audit log in full;
+    /// past it they are counted in one summary record
+    /// (`issuance.max_refusal_records_per_minute`).
+    pub max_refusal_records_per_minute: u64,
 }
 
 /// Connection limits and timeouts of one HTTP listener (`[issuance]` and
@@ -390,7 +395,7 @@ pub async fn serve_plain(
 
 /// Accepts callers on `tcp`: past `limits.max_connections` a connection is
 /// closed at once; otherwise its TLS handshake (with a verified client
-/// certificate) runs in its own task, so a slow caller delays nobody else,
+/// certificate, within `handshake_timeout`) runs in its own task, so a slow caller delays nobody else,
 /// and the connection is then served there.
 ///
 /// When `stop` turns true (or its sender is gone) it closes the listener,
@@ -399,6 +404,7 @@ pub async fn serve_plain(
 async fn accept_loop(
     tcp: TcpListener,
     acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
     router: Router,
     limits: ServeLimits,
     stop: watch::Receiver<bool>,
@@ -427,7 +433,7 @@ async fn accept_loop(
         let (router, stop) = (router.clone(), stop.clone());
         tokio::spawn(async move {
             let io = WriteTimeout::new(sock, limits.write_timeout);
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%addr, error = %e, "issuance TLS handshake failed");
@@ -448,6 +454,24 @@ async fn accept_loop(
     drop(tcp);
     // Every connection holds a permit until it ends.
     all_closed(&permits, limits.max_connections).await;
+}
+
+/// Records the summaries of refusal windows as they end, until `stop`.
+async fn record_refusal_summaries(state: issue::ApiState, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(state.refusals.window() / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        let s = state.clone();
+        match tokio::task::spawn_blocking(move || s.record_refusal_summaries(false)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "audit log: refusal summaries not recorded"),
+            Err(e) => tracing::error!(error = %e, "audit log: refusal summaries not recorded"),
+        }
+    }
 }
 
 /// Binds the issuance listener and serves it in a background task until
@@ -477,8 +501,27 @@ pub async fn start(
         .map_err(|e| Error::io("issuance listener", e))?;
     let audit = Arc::new(crate::audit::AuditLog::open(&data_dir.join("audit.log"))?);
     let state = issue::ApiState::new(data_dir, engine, keys, Arc::new(settings.clone()), audit);
-    let router = issue::router(state);
-    let task = tokio::spawn(accept_loop(tcp, acceptor, router, settings.limits, stop));
+    let router = issue::router(state.clone());
+    let summaries = tokio::spawn(record_refusal_summaries(state.clone(), stop.clone()));
+    let serving = accept_loop(
+        tcp,
+        acceptor,
+        settings.handshake_timeout,
+        router,
+        settings.limits,
+        stop,
+    );
+    let task = tokio::spawn(async move {
+        serving.await;
+        // Every connection has closed: what is left of the refusal windows
+        // is summarized before `serve` exits.
+        summaries.abort();
+        let _ = summaries.await;
+        let done = tokio::task::spawn_blocking(move || state.record_refusal_summaries(true)).await;
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::error!("audit log: the last refusal summaries could not be recorded");
+        }
+    });
     Ok((bound, task))
 }
 

@@ -154,13 +154,19 @@ impl CachedCrl {
 /// Signed CRLs by intermediate serial. A CRL is signed again only when the
 /// cached one nears its nextUpdate ([`CRL_REFRESH_BEFORE`]) or when the CA
 /// state changes what it would say: a revocation, or a rotation changing the
-/// intermediate's record (status, certificate). Concurrent misses wait for
-/// one signature rather than each making their own.
+/// intermediate's record (status, certificate). Concurrent misses for one
+/// intermediate wait for one signature rather than each making their own;
+/// misses for different intermediates do not wait for each other.
 #[derive(Default)]
 pub struct CrlCache {
-    entries: tokio::sync::Mutex<HashMap<String, CachedCrl>>,
+    /// One slot per intermediate of the CA state (never per asked-for
+    /// serial, so unknown serials cannot grow it).
+    slots: parking_lot::Mutex<HashMap<String, Arc<CrlSlot>>>,
     signed: AtomicU64,
 }
+
+/// The cached CRL of one intermediate; its lock is held while signing.
+type CrlSlot = tokio::sync::Mutex<Option<CachedCrl>>;
 
 impl CrlCache {
     /// The CRL (DER) of intermediate `serial` for `state` at `now`: the
@@ -180,8 +186,13 @@ impl CrlCache {
         now: i64,
     ) -> Result<Vec<u8>> {
         let serial = serial.to_ascii_lowercase();
-        let mut entries = self.entries.lock().await;
-        if let Some(c) = entries.get_mut(&serial)
+        if !state.intermediates.iter().any(|i| i.serial == serial) {
+            // Not one of ours: crl_der names the problem; nothing is kept.
+            return crl_der(engine, store, state, &serial, now).await;
+        }
+        let slot = self.slots.lock().entry(serial.clone()).or_default().clone();
+        let mut cached = slot.lock().await;
+        if let Some(c) = cached.as_mut()
             && c.serves(state, &serial, now)
         {
             // The next lookup with this state is one pointer compare.
@@ -191,18 +202,18 @@ impl CrlCache {
         match crl_der(engine, store, state, &serial, now).await {
             Ok(der) => {
                 self.signed.fetch_add(1, Ordering::Relaxed);
-                entries.insert(
-                    serial,
-                    CachedCrl {
-                        made_from: state.clone(),
-                        this_update: now,
-                        der: der.clone(),
-                    },
-                );
+                *cached = Some(CachedCrl {
+                    made_from: state.clone(),
+                    this_update: now,
+                    der: der.clone(),
+                });
                 Ok(der)
             }
             Err(e) => {
-                entries.remove(&serial);
+                // Retired or revoked: it signs no more CRLs.
+                *cached = None;
+                drop(cached);
+                self.slots.lock().remove(&serial);
                 Err(e)
             }
         }

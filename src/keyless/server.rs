@@ -1,7 +1,10 @@
 //! The keyless TLS server: mutual TLS (1.2 and 1.3), many requests in
 //! flight per connection answered as they complete, and back-pressure by
 //! not reading past `max_in_flight` unanswered requests or past
-//! `max_bytes_in_flight` bytes of requests and their answers.
+//! `max_bytes_in_flight` bytes of requests and their answers, and every
+//! connection stops reading while all of them together hold
+//! `max_total_bytes_in_flight` (so memory is bounded by that, not by
+//! connections times the per-connection budget).
 //!
 //! Limits keep a client from holding resources at will: at most
 //! `max_connections` connections (handshakes included; more are closed at
@@ -32,9 +35,6 @@ use crate::error::{Error, Result};
 use crate::keys::KeyStore;
 use crate::shutdown::{all_closed, stopped};
 
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Files and limits of a keyless listener.
 #[derive(Clone, Debug)]
 pub struct KeylessSettings {
@@ -49,6 +49,9 @@ pub struct KeylessSettings {
     /// Bytes of requests and their answers held per connection, until each
     /// answer is written, before the server stops reading.
     pub max_bytes_in_flight: usize,
+    /// Bytes of requests and answers held by all connections together
+    /// before every connection stops reading.
+    pub max_total_bytes_in_flight: usize,
     /// Open connections (handshakes included) past which new ones are
     /// closed at once.
     pub max_connections: usize,
@@ -58,6 +61,8 @@ pub struct KeylessSettings {
     /// How long a connection with no request in flight may send nothing
     /// before it is closed.
     pub idle_timeout: Duration,
+    /// How long a new connection has to finish its TLS handshake.
+    pub handshake_timeout: Duration,
     /// Who may use which key.
     pub policy: Policy,
 }
@@ -68,8 +73,11 @@ pub struct KeylessServer {
     handler: Handler,
     max_in_flight: usize,
     max_bytes_in_flight: usize,
+    /// The listener-wide byte budget, `max_total_bytes_in_flight` permits.
+    total_bytes: Arc<Semaphore>,
     write_timeout: Duration,
     idle_timeout: Duration,
+    handshake_timeout: Duration,
     /// One permit per open connection, `max_connections` in all.
     connection_slots: Arc<Semaphore>,
     max_connections: usize,
@@ -94,6 +102,7 @@ fn charge(frame_len: usize) -> usize {
 struct Slot {
     _count: OwnedSemaphorePermit,
     _bytes: OwnedSemaphorePermit,
+    _total: OwnedSemaphorePermit,
     bytes: i64,
     metrics: Arc<KeylessMetrics>,
 }
@@ -234,14 +243,20 @@ impl KeylessServer {
     ) -> Result<Arc<KeylessServer>> {
         let handler = Handler::new(engine, keys, settings.policy.clone());
         let max_connections = settings.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        let max_bytes_in_flight = settings.max_bytes_in_flight.clamp(1, u32::MAX as usize);
+        let max_total = settings
+            .max_total_bytes_in_flight
+            .clamp(max_bytes_in_flight, Semaphore::MAX_PERMITS);
         Ok(Arc::new(KeylessServer {
             acceptor: TlsAcceptor::from(Arc::new(tls_config(settings)?)),
             metrics: handler.metrics.clone(),
             handler,
             max_in_flight: settings.max_in_flight.max(1),
-            max_bytes_in_flight: settings.max_bytes_in_flight.clamp(1, u32::MAX as usize),
+            max_bytes_in_flight,
+            total_bytes: Arc::new(Semaphore::new(max_total)),
             write_timeout: settings.write_timeout.max(Duration::from_millis(1)),
             idle_timeout: settings.idle_timeout.max(Duration::from_millis(1)),
+            handshake_timeout: settings.handshake_timeout.max(Duration::from_millis(1)),
             connection_slots: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             handshake_log: LogThrottle::default(),
@@ -297,8 +312,8 @@ impl KeylessServer {
         all_closed(&self.connection_slots, self.max_connections).await;
     }
 
-    /// Takes a request's share of the connection's budgets, waiting (and
-    /// so not reading) while they are spent.
+    /// Takes a request's share of the connection's budgets and of the
+    /// listener's, waiting (and so not reading) while they are spent.
     async fn slot(
         &self,
         count: &Arc<Semaphore>,
@@ -308,12 +323,20 @@ impl KeylessServer {
         let n = charge(frame_len).min(self.max_bytes_in_flight);
         let c = count.clone().acquire_owned().await.ok()?;
         let b = bytes.clone().acquire_many_owned(n as u32).await.ok()?;
+        // Taken last: a connection waiting here holds nothing of it.
+        let t = self
+            .total_bytes
+            .clone()
+            .acquire_many_owned(n as u32)
+            .await
+            .ok()?;
         self.metrics
             .bytes_in_flight
             .fetch_add(n as i64, Ordering::Relaxed);
         Some(Slot {
             _count: c,
             _bytes: b,
+            _total: t,
             bytes: n as i64,
             metrics: self.metrics.clone(),
         })
@@ -336,19 +359,20 @@ impl KeylessServer {
     ) {
         let m = &self.metrics;
         m.connections_total.fetch_add(1, Ordering::Relaxed);
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                m.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                self.log_handshake_failure(peer, &e);
-                return;
-            }
-            Err(_) => {
-                m.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                self.log_handshake_failure(peer, &"timed out");
-                return;
-            }
-        };
+        let tls =
+            match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    m.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    self.log_handshake_failure(peer, &e);
+                    return;
+                }
+                Err(_) => {
+                    m.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    self.log_handshake_failure(peer, &"timed out");
+                    return;
+                }
+            };
         let Some(identity) = tls
             .get_ref()
             .1
