@@ -211,6 +211,7 @@ fn module(path: &Path) -> std::result::Result<Pkcs11, String> {
             ck(&e).trim_start_matches("cannot load the module: ")
         )
     })?;
+    end_at_exit_before_module_destructors();
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => {
@@ -219,6 +220,37 @@ fn module(path: &Path) -> std::result::Result<Pkcs11, String> {
     }
     map.insert(path.to_path_buf(), ctx.clone());
     Ok(ctx)
+}
+
+/// From now on, `exit` ends the process with `_exit` (its status kept)
+/// before the exit handlers registered so far run, among them the C++
+/// destructors of the module just loaded. SoftHSM2's crash at exit when
+/// they run beside OpenSSL's cleanup or a thread still in the module
+/// (SoftHSMv2 issues 635 and 729), which turned finished runs, test
+/// binaries included, into a SIGSEGV. `main`'s `leave` does the same for
+/// the binary on every platform; this covers any process that loads a
+/// module through this crate. Only glibc has `on_exit`, which passes the
+/// status on.
+fn end_at_exit_before_module_destructors() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        unsafe extern "C" {
+            fn on_exit(
+                f: extern "C" fn(libc::c_int, *mut libc::c_void),
+                arg: *mut libc::c_void,
+            ) -> libc::c_int;
+        }
+        extern "C" fn end_now(status: libc::c_int, _: *mut libc::c_void) {
+            // SAFETY: _exit ends the process at once; nothing runs after it.
+            unsafe { libc::_exit(status) }
+        }
+        // SAFETY: registers a handler with a 'static function and no
+        // argument; glibc calls it from exit() only.
+        ONCE.call_once(|| unsafe {
+            on_exit(end_now, std::ptr::null_mut());
+        });
+    }
 }
 
 fn read_pin(src: &PinSource) -> std::result::Result<AuthPin, String> {
@@ -310,23 +342,52 @@ impl Token {
         let who = format!("pkcs11:{}", cfg.token);
         let fail = |reason: String| Error::backend(who.clone(), reason);
         let ctx = module(&cfg.module).map_err(fail)?;
-        let slots = ctx
-            .get_slots_with_initialized_token()
-            .map_err(|e| fail(ck(&e)))?;
+        // Not get_slots_with_initialized_token: it fails outright when one
+        // token's C_GetTokenInfo does (see below).
+        let slots = ctx.get_slots_with_token().map_err(|e| fail(ck(&e)))?;
         let mut seen = Vec::new();
         let mut found = None;
-        for slot in slots {
-            let info = ctx.get_token_info(slot).map_err(|e| fail(ck(&e)))?;
-            let label = info.label().trim_end().to_string();
-            let hit = match &cfg.token {
-                TokenSelector::Label(l) => *l == label,
-                TokenSelector::Slot(id) => slot.id() == *id,
-            };
-            if hit {
-                found = Some((slot, label));
+        // A token another process is changing (SoftHSM2 reads its files
+        // here) can fail C_GetTokenInfo for a moment: such slots are passed
+        // over and asked again, so they stop neither this token's start nor
+        // the search for it.
+        let mut pending = slots;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let mut unreadable = Vec::new();
+            for slot in pending {
+                let info = match ctx.get_token_info(slot) {
+                    Ok(info) if !info.token_initialized() => continue,
+                    Ok(info) => info,
+                    Err(e) => {
+                        unreadable.push((slot, ck(&e)));
+                        continue;
+                    }
+                };
+                let label = info.label().trim_end().to_string();
+                let hit = match &cfg.token {
+                    TokenSelector::Label(l) => *l == label,
+                    TokenSelector::Slot(id) => slot.id() == *id,
+                };
+                if hit {
+                    found = Some((slot, label));
+                    break;
+                }
+                seen.push(format!("'{label}' (slot {})", slot.id()));
+            }
+            if found.is_some() || unreadable.is_empty() {
                 break;
             }
-            seen.push(format!("'{label}' (slot {})", slot.id()));
+            if attempt == 2 {
+                seen.extend(
+                    unreadable
+                        .iter()
+                        .map(|(slot, e)| format!("slot {} unreadable: {e}", slot.id())),
+                );
+            }
+            pending = unreadable.into_iter().map(|(slot, _)| slot).collect();
         }
         let (slot, label) = found.ok_or_else(|| {
             fail(format!(
