@@ -16,6 +16,7 @@ pub mod error;
 pub mod kernels;
 pub mod keyless;
 pub mod keys;
+mod metrics;
 pub mod scheme;
 pub mod server;
 mod shutdown;

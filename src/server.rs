@@ -30,6 +30,7 @@ struct Shared {
     engine: Arc<Engine>,
     keys: Arc<KeyStore>,
     keyless: Option<Arc<KeylessMetrics>>,
+    issuance: Option<crate::api::issue::ApiState>,
 }
 
 /// The health and metrics router.
@@ -77,6 +78,9 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     let mut text = s.engine.metrics_text();
     if let Some(k) = &s.keyless {
         k.render(&mut text);
+    }
+    if let Some(i) = &s.issuance {
+        i.render_metrics(&mut text).await;
     }
     text.push_str(&format!(
         "# HELP sigmux_keys Keys in the store.\n# TYPE sigmux_keys gauge\nsigmux_keys {}\n# HELP sigmux_build_info Build of the running binary.\n# TYPE sigmux_build_info gauge\nsigmux_build_info{{version=\"{}\",commit=\"{}\"}} 1\n",
@@ -135,12 +139,15 @@ pub async fn serve(cfg: Config) -> Result<()> {
             Some(metrics)
         }
     };
-    match cfg.issuance_settings()? {
-        None => say(format_args!(
-            "sigmux: issuance listener off (set issuance.cert, issuance.key and issuance.client_ca to start it)"
-        )),
+    let issuance = match cfg.issuance_settings()? {
+        None => {
+            say(format_args!(
+                "sigmux: issuance listener off (set issuance.cert, issuance.key and issuance.client_ca to start it)"
+            ));
+            None
+        }
         Some(settings) => {
-            let (bound, task) = crate::api::start(
+            let started = crate::api::start(
                 &settings,
                 cfg.data_dir.clone(),
                 engine.clone(),
@@ -148,10 +155,14 @@ pub async fn serve(cfg: Config) -> Result<()> {
                 stop_rx.clone(),
             )
             .await?;
-            drains.push(("issuance", task));
-            say(format_args!("sigmux: issuance listening on {bound}"));
+            drains.push(("issuance", started.task));
+            say(format_args!(
+                "sigmux: issuance listening on {}",
+                started.addr
+            ));
+            Some(started.state)
         }
-    }
+    };
     match cfg.rotation_settings()? {
         None => say(format_args!(
             "sigmux: scheduled CA rotation off (ca.auto_rotate = false)"
@@ -164,6 +175,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         engine: engine.clone(),
         keys,
         keyless,
+        issuance,
     };
     // Printed last, once every listener is up: scripts wait for this line.
     say(format_args!(

@@ -730,11 +730,11 @@ fn an_oversized_spiffe_id_is_refused_and_the_audit_log_still_verifies() {
 }
 
 #[test]
-fn refusals_past_the_per_minute_budget_are_summarized_and_issued_svids_never() {
+fn refusals_past_the_budget_are_summarized_in_the_audit_log_and_counted_in_metrics() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     setup(dir, "max_refusal_records_per_minute = 2\n");
-    let (mut server, addr) = start_server(dir);
+    let (mut server, addr, http) = start_server_with_http(dir);
     let url = format!("https://localhost:{}/v1/x509svids:batch", port(&addr));
     ec_key(dir, "w.key");
     openssl(
@@ -762,6 +762,56 @@ fn refusals_past_the_per_minute_budget_are_summarized_and_issued_svids_never() {
     // A whole request refused: past the budget too.
     let (code, _) = curl(dir, Some("caller"), "POST", &url, Some("{not json"));
     assert_eq!(code, 400);
+
+    // The same on /metrics, with the CA's expiry dates.
+    let (code, text) = curl(dir, None, "GET", &format!("http://{http}/metrics"), None);
+    assert_eq!(code, 200, "{text}");
+    let value = |series: &str| -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} not in {text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value("sigmux_issuance_svids_issued_total{kind=\"x509\"}"),
+        1
+    );
+    assert_eq!(
+        value("sigmux_issuance_refused_total{code=\"forbidden\"}"),
+        3
+    );
+    assert_eq!(
+        value("sigmux_issuance_refused_total{code=\"bad_request\"}"),
+        1
+    );
+    assert_eq!(value("sigmux_issuance_refusal_records_held_back_total"), 2);
+    assert_eq!(value("sigmux_issuance_batch_seconds_count"), 2);
+    assert_eq!(value("sigmux_issuance_connections_rejected_total"), 0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(value("sigmux_ca_root_not_after_timestamp_seconds") > now);
+    let active: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("sigmux_ca_intermediate_not_after_timestamp_seconds{")
+                && l.contains("status=\"active\"")
+        })
+        .collect();
+    assert_eq!(active.len(), 1, "{text}");
+    let expires: i64 = active[0].rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(expires > now, "{}", active[0]);
+    // Every sample line is `name{labels} value` or `name value`.
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, v) = l.rsplit_once(' ').unwrap_or_else(|| panic!("{l}"));
+        assert!(v.parse::<f64>().is_ok(), "{l}");
+        assert!(
+            !series.contains(' ') && (!series.contains('{') || series.ends_with('}')),
+            "{l}"
+        );
+    }
 
     // SIGTERM: the windows still open are summarized before the exit.
     let pid = server.0.id().to_string();

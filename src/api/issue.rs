@@ -13,6 +13,7 @@
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::Router;
@@ -25,6 +26,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::metrics::IssuanceMetrics;
 use super::refusals::{self, RefusalBudget};
 use super::{IssuanceSettings, Peer, caller_allows};
 use crate::ca::authority::{self, CaState, CaStatus};
@@ -65,6 +67,8 @@ pub struct ApiState {
     /// (`issuance.max_refusal_records_per_minute`); past it they are
     /// counted in a summary record.
     pub refusals: Arc<RefusalBudget>,
+    /// The listener's metrics (rendered on `/metrics`).
+    pub metrics: Arc<IssuanceMetrics>,
 }
 
 impl ApiState {
@@ -94,7 +98,35 @@ impl ApiState {
             batches,
             crl_cache: Arc::default(),
             refusals,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Appends the listener's metrics, and the CA's when its state can be
+    /// read, to `out`.
+    pub async fn render_metrics(&self, out: &mut String) {
+        let ca = load_state(self).await.ok();
+        self.metrics
+            .render(out, self.crl_cache.signed(), ca.as_deref());
+    }
+
+    /// Counts a refusal with `code` for `caller` in the metrics and its
+    /// refusal budget: whether to record it in full, and the summary of
+    /// the caller's previous window if this refusal starts a new one.
+    fn refusal(
+        &self,
+        caller: &str,
+        code: &'static str,
+        now: Instant,
+    ) -> (bool, Option<serde_json::Value>) {
+        self.metrics.refused(code);
+        let (full, ended) = self.refusals.admit(caller, code, now);
+        if !full {
+            self.metrics
+                .refusal_records_held_back
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        (full, ended)
     }
 
     /// Writes the summaries of refusal windows that have ended (all of
@@ -495,8 +527,10 @@ async fn x509_batch(
         // the certificates and the JSON is CPU work: it runs on a blocking
         // thread, which also waits there for the engine's signatures.
         tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let r = rt.block_on(x509_batch_inner(&st, &who, body));
             drop(permit);
+            st.metrics.batch(started.elapsed());
             r
         })
         .await
@@ -530,7 +564,7 @@ async fn audit_refusal(
 ) -> Result<Response, ApiError> {
     let Err(e) = r else { return r };
     let caller = peer.identity.label();
-    let (full, ended) = s.refusals.admit(&caller, e.code, Instant::now());
+    let (full, ended) = s.refusal(&caller, e.code, Instant::now());
     let mut records: Vec<(&str, serde_json::Value)> = Vec::new();
     records.extend(ended.map(|summary| (refusals::SUMMARY_EVENT, summary)));
     if full {
@@ -648,7 +682,7 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
             },
         };
         if let ItemResult::Error { code, .. } = &result {
-            let (full, ended) = s.refusals.admit(&caller, code, now);
+            let (full, ended) = s.refusal(&caller, code, now);
             if let Some(summary) = ended {
                 records.push((refusals::SUMMARY_EVENT, ItemRecord::Summary(summary)));
             }
@@ -681,6 +715,7 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
     s.audit
         .append_many(records)
         .map_err(|e| internal(format!("audit log: {e}")))?;
+    s.metrics.issued("x509", (results.len() - refused) as u64);
     Ok(axum::Json(BatchResponse { results }).into_response())
 }
 
@@ -738,6 +773,7 @@ async fn jwt_svid_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Respon
                 .await
                 .map_err(|e| internal(format!("audit log: {e}")))?
                 .map_err(|e| internal(format!("audit log: {e}")))?;
+            s.metrics.issued("jwt", 1);
             Ok(axum::Json(json!({ "token": token })).into_response())
         }
         Err(e) if e.code() == "overloaded" => Err(overloaded()),

@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod issue;
+pub mod metrics;
 pub mod refusals;
 
 use std::future::Future;
@@ -21,6 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -407,6 +409,7 @@ async fn accept_loop(
     handshake_timeout: Duration,
     router: Router,
     limits: ServeLimits,
+    metrics: Arc<metrics::IssuanceMetrics>,
     stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -426,12 +429,15 @@ async fn accept_loop(
             }
         };
         let Some(permit) = admit(&permits, addr, "issuance") else {
+            metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let _ = sock.set_nodelay(true);
         let acceptor = acceptor.clone();
         let (router, stop) = (router.clone(), stop.clone());
+        let open = metrics.open();
         tokio::spawn(async move {
+            let _open = open;
             let io = WriteTimeout::new(sock, limits.write_timeout);
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
                 Ok(Ok(tls)) => tls,
@@ -474,9 +480,19 @@ async fn record_refusal_summaries(state: issue::ApiState, mut stop: watch::Recei
     }
 }
 
+/// A running issuance listener.
+pub struct Started {
+    /// The address it is bound to.
+    pub addr: SocketAddr,
+    /// Its task, which ends once the last connection has closed after the
+    /// stop.
+    pub task: tokio::task::JoinHandle<()>,
+    /// The state its handlers share (for its metrics).
+    pub state: issue::ApiState,
+}
+
 /// Binds the issuance listener and serves it in a background task until
-/// `stop` turns true (see `accept_loop`); returns the bound address and the
-/// task, which ends once the last connection has closed.
+/// `stop` turns true (see `accept_loop`).
 ///
 /// # Errors
 ///
@@ -488,7 +504,7 @@ pub async fn start(
     engine: Arc<Engine>,
     keys: Arc<KeyStore>,
     stop: watch::Receiver<bool>,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+) -> Result<Started> {
     let acceptor = TlsAcceptor::from(Arc::new(tls_config(settings)?));
     let tcp = TcpListener::bind(settings.listen).await.map_err(|e| {
         Error::Invalid(format!(
@@ -509,8 +525,10 @@ pub async fn start(
         settings.handshake_timeout,
         router,
         settings.limits,
+        state.metrics.clone(),
         stop,
     );
+    let shared = state.clone();
     let task = tokio::spawn(async move {
         serving.await;
         // Every connection has closed: what is left of the refusal windows
@@ -522,7 +540,11 @@ pub async fn start(
             tracing::error!("audit log: the last refusal summaries could not be recorded");
         }
     });
-    Ok((bound, task))
+    Ok(Started {
+        addr: bound,
+        task,
+        state: shared,
+    })
 }
 
 #[cfg(test)]

@@ -11,18 +11,13 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::metrics::Histogram;
+
 /// Histogram bucket bounds in seconds: 25 µs to 2 s.
 const BUCKETS: [f64; 16] = [
     25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3,
     500e-3, 1.0, 2.0,
 ];
-
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
-}
 
 /// Counters of one keyless listener.
 #[derive(Default)]
@@ -55,16 +50,11 @@ impl KeylessMetrics {
     /// Records one answered request.
     pub fn observe(&self, op: &'static str, result: &'static str, took: Duration) {
         *self.requests.lock().entry((op, result)).or_default() += 1;
-        let secs = took.as_secs_f64();
-        let mut lat = self.latency.lock();
-        let h = lat.entry(op).or_default();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += secs;
-        h.count += 1;
+        self.latency
+            .lock()
+            .entry(op)
+            .or_insert_with(|| Histogram::new(&BUCKETS))
+            .observe(took.as_secs_f64());
     }
 
     /// Appends the metrics to `out`.
@@ -84,16 +74,10 @@ impl KeylessMetrics {
             "# HELP sigmux_keyless_request_seconds Time from reading a request to queueing its answer.\n# TYPE sigmux_keyless_request_seconds histogram"
         );
         for (op, h) in self.latency.lock().iter() {
-            for (b, c) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(
-                    out,
-                    "sigmux_keyless_request_seconds_bucket{{op=\"{op}\",le=\"{b}\"}} {c}"
-                );
-            }
-            let _ = writeln!(
+            h.render(
                 out,
-                "sigmux_keyless_request_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {}\nsigmux_keyless_request_seconds_sum{{op=\"{op}\"}} {}\nsigmux_keyless_request_seconds_count{{op=\"{op}\"}} {}",
-                h.count, h.sum, h.count
+                "sigmux_keyless_request_seconds",
+                &format!("op=\"{op}\","),
             );
         }
         let gauges = [
@@ -153,10 +137,7 @@ impl KeylessMetrics {
             ),
         ];
         for (name, kind, help, v) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
+            crate::metrics::single(out, name, kind, help, v);
         }
     }
 }

@@ -138,6 +138,13 @@ pub fn leaf(dir: &Path, ca: &str, name: &str, san: &str) {
 
 /// Starts `sigmux serve` and returns it with the issuance address.
 pub fn start_server(dir: &Path) -> (ServerProcess, String) {
+    let (server, issuance, _) = start_server_with_http(dir);
+    (server, issuance)
+}
+
+/// Starts `sigmux serve` and returns it with the issuance address and the
+/// address of its `/metrics` listener.
+pub fn start_server_with_http(dir: &Path) -> (ServerProcess, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sigmux"))
         .current_dir(dir)
         .args(["--config", "sigmux.toml", "serve"])
@@ -147,21 +154,24 @@ pub fn start_server(dir: &Path) -> (ServerProcess, String) {
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let server = ServerProcess(child);
-    let (mut issuance, mut http) = (None, false);
-    while !http {
+    let (mut issuance, mut http) = (None, None);
+    while http.is_none() {
         let Some(Ok(line)) = lines.next() else {
             panic!("serve exited before listening");
         };
         if let Some(a) = line.split("issuance listening on ").nth(1) {
-            assert!(!http, "issuance line must come before the serving line");
             issuance = Some(a.trim().to_string());
         }
-        if line.contains("on http://") {
-            http = true;
+        if let Some(a) = line.split("on http://").nth(1) {
+            http = Some(a.trim().to_string());
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    (server, issuance.expect("issuance listener line"))
+    (
+        server,
+        issuance.expect("issuance line before the serving line"),
+        http.unwrap_or_default(),
+    )
 }
 
 /// curl with the test CA; `who` is the client certificate, if any.
