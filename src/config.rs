@@ -545,6 +545,10 @@ pub struct IssuanceSection {
     /// past it they are counted in a `refusals_summarized` record.
     #[serde(default = "default_max_refusal_records")]
     pub max_refusal_records_per_minute: u64,
+    /// SVIDs each caller may ask for per second on average (a whole batch
+    /// at once); 0: no limit.
+    #[serde(default)]
+    pub svids_per_caller_per_second: f64,
     /// Which caller may request which SPIFFE IDs.
     #[serde(default)]
     pub callers: Vec<IssuanceCallerRule>,
@@ -603,6 +607,7 @@ impl Default for IssuanceSection {
             write_timeout_seconds: default_http_write_timeout(),
             handshake_timeout_seconds: default_handshake_timeout(),
             max_refusal_records_per_minute: default_max_refusal_records(),
+            svids_per_caller_per_second: 0.0,
             callers: Vec::new(),
         }
     }
@@ -948,6 +953,12 @@ impl Config {
             ));
         }
         let handshake_timeout = handshake_timeout("issuance", s.handshake_timeout_seconds)?;
+        if !(0.0..=10_000_000.0).contains(&s.svids_per_caller_per_second) {
+            return Err(bad(
+                "issuance.svids_per_caller_per_second",
+                "must be between 0 (no limit) and 10000000",
+            ));
+        }
         if s.max_refusal_records_per_minute > 10_000_000 {
             return Err(bad(
                 "issuance.max_refusal_records_per_minute",
@@ -1000,6 +1011,7 @@ impl Config {
             handshake_timeout,
             max_concurrent_batches: s.max_concurrent_batches,
             max_refusal_records_per_minute: s.max_refusal_records_per_minute,
+            svids_per_caller_per_second: s.svids_per_caller_per_second,
         }))
     }
 

@@ -42,6 +42,18 @@ fn setup(dir: &Path, extra: &str) {
     sigmux(dir, &["ca", "init", "--trust-domain", "example.org"]);
 }
 
+/// A CSR (PEM) for a new P-256 key, made by `openssl req`.
+fn ec_csr(dir: &Path) -> String {
+    ec_key(dir, "w.key");
+    openssl(
+        dir,
+        &[
+            "req", "-new", "-key", "w.key", "-subj", "/CN=x", "-out", "w.csr",
+        ],
+    );
+    std::fs::read_to_string(dir.join("w.csr")).unwrap()
+}
+
 fn port(addr: &str) -> u16 {
     addr.rsplit(':').next().unwrap().parse().unwrap()
 }
@@ -656,6 +668,14 @@ fn limits_have_documented_defaults_and_bad_values_name_the_field() {
             "issuance.handshake_timeout_seconds",
         ),
         (
+            format!("{on}svids_per_caller_per_second = -1\n"),
+            "issuance.svids_per_caller_per_second",
+        ),
+        (
+            format!("{on}max_refusal_records_per_minute = 10000001\n"),
+            "issuance.max_refusal_records_per_minute",
+        ),
+        (
             format!("{on}body_timeout_seconds = 0\n"),
             "issuance.body_timeout_seconds",
         ),
@@ -691,14 +711,7 @@ fn an_oversized_spiffe_id_is_refused_and_the_audit_log_still_verifies() {
     .unwrap();
     let (server, addr) = start_server(dir);
     let port = port(&addr);
-    ec_key(dir, "w.key");
-    openssl(
-        dir,
-        &[
-            "req", "-new", "-key", "w.key", "-subj", "/CN=x", "-out", "w.csr",
-        ],
-    );
-    let csr = std::fs::read_to_string(dir.join("w.csr")).unwrap();
+    let csr = ec_csr(dir);
     let huge = format!("spiffe://example.org/ns/{}", "a".repeat(2 << 20));
     let body = serde_json::json!({"items": [{"csr": csr, "spiffe_id": huge}]}).to_string();
     let (code, text) = curl(
@@ -736,14 +749,7 @@ fn refusals_past_the_budget_are_summarized_in_the_audit_log_and_counted_in_metri
     setup(dir, "max_refusal_records_per_minute = 2\n");
     let (mut server, addr, http) = start_server_with_http(dir);
     let url = format!("https://localhost:{}/v1/x509svids:batch", port(&addr));
-    ec_key(dir, "w.key");
-    openssl(
-        dir,
-        &[
-            "req", "-new", "-key", "w.key", "-subj", "/CN=x", "-out", "w.csr",
-        ],
-    );
-    let csr = std::fs::read_to_string(dir.join("w.csr")).unwrap();
+    let csr = ec_csr(dir);
     // One item the caller may have, three outside its prefix.
     let items: Vec<_> = ["ns/a", "other/b", "other/c", "other/d"]
         .iter()
@@ -853,4 +859,86 @@ fn refusals_past_the_budget_are_summarized_in_the_audit_log_and_counted_in_metri
         serde_json::json!({"bad_request": 1, "forbidden": 1})
     );
     assert!(s["from"].as_u64().unwrap() <= s["to"].as_u64().unwrap());
+}
+
+#[test]
+fn a_caller_past_its_svid_rate_gets_429_with_retry_after_and_then_is_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // One SVID every 4 s; a full allowance passes a whole batch (max_items
+    // 4). Slow enough that no refusal below depends on the machine's speed.
+    setup(dir, "svids_per_caller_per_second = 0.25\n");
+    let (_server, addr) = start_server(dir);
+    let base = format!("https://localhost:{}", port(&addr));
+    let csr = ec_csr(dir);
+    let batch = |n: usize| {
+        let items: Vec<_> = (0..n)
+            .map(|i| serde_json::json!({"csr": csr, "spiffe_id": format!("spiffe://example.org/ns/w{i}")}))
+            .collect();
+        serde_json::json!({ "items": items }).to_string()
+    };
+    let url = format!("{base}/v1/x509svids:batch");
+    let (code, text) = curl(dir, Some("caller"), "POST", &url, Some(&batch(4)));
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        json(&text)["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "ok")
+    );
+
+    // The allowance is spent: a batch and a JWT-SVID are refused, with the
+    // wait in Retry-After.
+    std::fs::write(dir.join("req.json"), batch(2)).unwrap();
+    let out = std::process::Command::new("curl")
+        .current_dir(dir)
+        .args([
+            "-sS",
+            "--cacert",
+            "ca.pem",
+            "--cert",
+            "caller.pem",
+            "--key",
+            "caller.key",
+            "-D",
+            "-",
+            "-o",
+            "body.out",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "@req.json",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 429"), "{head}");
+    let wait: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .unwrap_or_else(|| panic!("no Retry-After in {head}"))
+        .trim()
+        .parse()
+        .unwrap();
+    // 2 SVIDs at 0.25 a second: about 8 s.
+    assert!((1..=8).contains(&wait), "Retry-After {wait}");
+    let body = json(&std::fs::read_to_string(dir.join("body.out")).unwrap());
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    let jwt = serde_json::json!({"spiffe_id": "spiffe://example.org/ns/j", "audience": ["a"]})
+        .to_string();
+    let (code, text) = curl(
+        dir,
+        Some("caller"),
+        "POST",
+        &format!("{base}/v1/jwtsvids"),
+        Some(&jwt),
+    );
+    assert_eq!(code, 429, "{text}");
+
+    // One SVID's worth of waiting later, one is served again.
+    std::thread::sleep(Duration::from_secs(5));
+    let (code, text) = curl(dir, Some("caller"), "POST", &url, Some(&batch(1)));
+    assert_eq!(code, 200, "{text}");
 }

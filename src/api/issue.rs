@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::metrics::IssuanceMetrics;
+use super::rate::CallerRate;
 use super::refusals::{self, RefusalBudget};
 use super::{IssuanceSettings, Peer, caller_allows};
 use crate::ca::authority::{self, CaState, CaStatus};
@@ -69,6 +70,9 @@ pub struct ApiState {
     pub refusals: Arc<RefusalBudget>,
     /// The listener's metrics (rendered on `/metrics`).
     pub metrics: Arc<IssuanceMetrics>,
+    /// Each caller's SVID rate, when limited
+    /// (`issuance.svids_per_caller_per_second`).
+    pub rate: Option<Arc<CallerRate>>,
 }
 
 impl ApiState {
@@ -84,6 +88,14 @@ impl ApiState {
         let batches = Arc::new(tokio::sync::Semaphore::new(
             settings.max_concurrent_batches.max(1),
         ));
+        // A full bucket passes a whole batch.
+        let rate = (settings.svids_per_caller_per_second > 0.0).then(|| {
+            let per_second = settings.svids_per_caller_per_second;
+            Arc::new(CallerRate::new(
+                per_second,
+                per_second.max(settings.max_items as f64),
+            ))
+        });
         let refusals = Arc::new(RefusalBudget::new(
             settings.max_refusal_records_per_minute,
             Duration::from_secs(60),
@@ -99,6 +111,7 @@ impl ApiState {
             crl_cache: Arc::default(),
             refusals,
             metrics: Arc::default(),
+            rate,
         }
     }
 
@@ -306,6 +319,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for `Retry-After`, on answers that ask the caller to retry.
+    retry_after: Option<u64>,
 }
 
 impl IntoResponse for ApiError {
@@ -315,9 +330,9 @@ impl IntoResponse for ApiError {
             axum::Json(json!({"error": {"code": self.code, "message": self.message}})),
         )
             .into_response();
-        if matches!(self.code, "overloaded" | "too_many_batches") {
+        if let Some(secs) = self.retry_after {
             r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         r
     }
@@ -328,27 +343,60 @@ fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> 
         status,
         code,
         message: message.into(),
+        retry_after: None,
     }
 }
 
+/// `e`, asking the caller to retry after `secs` seconds.
+fn retry_after(mut e: ApiError, secs: u64) -> ApiError {
+    e.retry_after = Some(secs.max(1));
+    e
+}
+
+/// Takes `n` SVIDs from the caller's rate (`issuance.svids_per_caller_per_second`),
+/// or answers 429 `rate_limited` with the wait in `Retry-After`.
+fn check_rate(s: &ApiState, peer: &Peer, n: usize) -> Result<(), ApiError> {
+    let Some(rate) = &s.rate else { return Ok(()) };
+    rate.take(&peer.identity.label(), n, Instant::now())
+        .map_err(|wait| {
+            let secs = wait.as_secs_f64().ceil() as u64;
+            retry_after(
+                error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "{n} SVIDs asked for beyond this caller's rate (issuance.svids_per_caller_per_second); retry in {secs} s"
+                    ),
+                ),
+                secs,
+            )
+        })
+}
+
 fn overloaded() -> ApiError {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "overloaded",
-        "the signing engine is overloaded; retry later",
+    retry_after(
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the signing engine is overloaded; retry later",
+        ),
+        1,
     )
 }
 
 /// 503 when `issuance.max_concurrent_batches` batches are already being
 /// worked on.
 fn too_many_batches(s: &ApiState) -> ApiError {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too_many_batches",
-        format!(
-            "{} X.509-SVID batches are already being issued (issuance.max_concurrent_batches); retry later",
-            s.settings.max_concurrent_batches
+    retry_after(
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_batches",
+            format!(
+                "{} X.509-SVID batches are already being issued (issuance.max_concurrent_batches); retry later",
+                s.settings.max_concurrent_batches
+            ),
         ),
+        1,
     )
 }
 
@@ -605,6 +653,7 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
             ),
         ));
     }
+    check_rate(s, peer, req.items.len())?;
     let st = load_state(s).await?;
     let td = TrustDomain::parse(&st.trust_domain)
         .map_err(|e| internal(format!("CA trust domain: {e}")))?;
@@ -722,6 +771,7 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
 async fn jwt_svid_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Response, ApiError> {
     let s = s.clone();
     let req: JwtRequest = parse_body(&body)?;
+    check_rate(&s, peer, 1)?;
     let st = load_state(&s).await?;
     let td = TrustDomain::parse(&st.trust_domain)
         .map_err(|e| internal(format!("CA trust domain: {e}")))?;
@@ -841,6 +891,7 @@ mod tests {
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_batches: 1,
             max_refusal_records_per_minute: 1000,
+            svids_per_caller_per_second: 0.0,
         };
         let audit_path = dir.path().join("audit.log");
         let audit = Arc::new(crate::audit::AuditLog::open(&audit_path).unwrap());

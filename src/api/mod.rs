@@ -14,6 +14,7 @@
 pub mod client;
 pub mod issue;
 pub mod metrics;
+pub mod rate;
 pub mod refusals;
 
 use std::future::Future;
@@ -101,6 +102,9 @@ pub struct IssuanceSettings {
     /// past it they are counted in one summary record
     /// (`issuance.max_refusal_records_per_minute`).
     pub max_refusal_records_per_minute: u64,
+    /// SVIDs each caller may ask for per second on average, a whole batch
+    /// at once; 0 for no limit (`issuance.svids_per_caller_per_second`).
+    pub svids_per_caller_per_second: f64,
 }
 
 /// Connection limits and timeouts of one HTTP listener (`[issuance]` and
