@@ -256,6 +256,14 @@ enum KeysCommand {
         #[arg(long)]
         name: String,
     },
+    /// Delete a stored key (a running `serve` drops it at SIGHUP). For a
+    /// key in a PKCS#11 token only sigmux's reference goes. Keys the CA
+    /// state names are refused.
+    Delete {
+        /// The key's name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -504,8 +512,8 @@ fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
-/// Records a new key in the audit log and prints it.
-fn key_made(cfg: &Config, event: &str, key: &sigmux::Key) -> Result<()> {
+/// Records `event` for `key` in the audit log.
+fn key_event(cfg: &Config, event: &str, key: &sigmux::Key) -> Result<()> {
     let info = key.info();
     sigmux::audit::AuditLog::open(&cfg.data_dir.join("audit.log"))?.append(
         event,
@@ -515,7 +523,12 @@ fn key_made(cfg: &Config, event: &str, key: &sigmux::Key) -> Result<()> {
             "placement": info.placement,
             "key_id": info.key_id,
         }),
-    )?;
+    )
+}
+
+/// Records a new key in the audit log and prints it.
+fn key_made(cfg: &Config, event: &str, key: &sigmux::Key) -> Result<()> {
+    key_event(cfg, event, key)?;
     println!("{} {} {}", key.name(), key.kind(), key.id());
     Ok(())
 }
@@ -526,7 +539,7 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
     let audit = cfg.data_dir.join("audit.log");
     if matches!(
         cmd,
-        KeysCommand::Generate { .. } | KeysCommand::Import { .. }
+        KeysCommand::Generate { .. } | KeysCommand::Import { .. } | KeysCommand::Delete { .. }
     ) && audit.exists()
     {
         sigmux::audit::verify(&audit)?;
@@ -660,7 +673,46 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
             print!("{}", store.get(&name)?.info().public_pem());
             Ok(())
         }
+        KeysCommand::Delete { name } => {
+            let store = app::open_keys(cfg, KekUse::NotNeeded)?;
+            if let Some(role) = ca_role(cfg, &name)? {
+                return Err(Error::Invalid(format!(
+                    "key '{name}' is the CA's {role}; the CA's keys go with its rotation (sigmux ca rotate), not keys delete"
+                )));
+            }
+            let key = store.delete(&name)?;
+            key_event(cfg, "key.delete", &key)?;
+            match &key.info().hsm {
+                Some(h) => println!(
+                    "deleted {} {} (sigmux's reference only: the key stays in {})",
+                    key.name(),
+                    key.id(),
+                    h.token
+                        .as_deref()
+                        .map_or("its token".to_string(), |t| format!("token '{t}'"))
+                ),
+                None => println!("deleted {} {}", key.name(), key.id()),
+            }
+            Ok(())
+        }
     }
+}
+
+/// What the CA state uses key `name` for, if anything.
+fn ca_role(cfg: &Config, name: &str) -> Result<Option<String>> {
+    let Some(st) = sigmux::ca::authority::CaState::load(&cfg.data_dir)? else {
+        return Ok(None);
+    };
+    if st.root.key_name.as_deref() == Some(name) {
+        return Ok(Some("root key".into()));
+    }
+    if let Some(i) = st.intermediates.iter().find(|i| i.key_name == name) {
+        return Ok(Some(format!("intermediate {} ({:?})", i.serial, i.status)));
+    }
+    if let Some(j) = st.jwt_keys.iter().find(|j| j.key_name == name) {
+        return Ok(Some(format!("JWT signing key {} ({:?})", j.kid, j.status)));
+    }
+    Ok(None)
 }
 
 fn sign(cfg: &Config, a: SignArgs) -> Result<()> {

@@ -171,6 +171,8 @@ pub async fn serve(cfg: Config) -> Result<()> {
             spawn_rotation(r, cfg.data_dir.clone(), engine.clone(), keys.clone());
         }
     }
+    #[cfg(unix)]
+    spawn_key_reload(keys.clone())?;
     let shared = Shared {
         engine: engine.clone(),
         keys,
@@ -301,6 +303,38 @@ fn rotation_step(
     let records: Vec<_> = done.iter().filter_map(TickAction::audit_record).collect();
     audit.append_many(records)?;
     Ok((Some(audit), done))
+}
+
+/// On SIGHUP, brings the key store in line with its directory (keys
+/// generated, imported or deleted by the CLI since) and says what changed.
+#[cfg(unix)]
+fn spawn_key_reload(keys: Arc<KeyStore>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| Error::Invalid(format!("cannot watch for SIGHUP: {e}")))?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let store = keys.clone();
+            match tokio::task::spawn_blocking(move || store.rescan()).await {
+                Ok(Ok(r)) => {
+                    say(format_args!(
+                        "sigmux: keys reloaded: {} added {:?}, {} removed {:?}, {} unreadable",
+                        r.added.len(),
+                        r.added,
+                        r.removed.len(),
+                        r.removed,
+                        r.failed.len()
+                    ));
+                    for f in &r.failed {
+                        tracing::warn!(error = %f, "key file not loaded at reload; the key held before (if any) stays");
+                    }
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "key reload failed; the keys held stay"),
+                Err(e) => tracing::error!(error = %e, "key reload failed; the keys held stay"),
+            }
+        }
+    });
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -570,3 +570,40 @@ fn rotating_under_an_offline_root_asks_for_its_file_and_passphrase() {
     );
     assert_eq!(state(&data)["intermediates"][1]["status"], "prepared");
 }
+
+#[test]
+fn keys_delete_refuses_the_ca_keys_and_names_them() {
+    let (dir, _) = init_default();
+    let data = dir.path().join("data");
+    let st = state(&data);
+    let intermediate = st["intermediates"][0]["key_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let jwt = st["jwt_keys"][0]["key_name"].as_str().unwrap().to_string();
+    for (name, role) in [(&intermediate, "intermediate"), (&jwt, "JWT signing key")] {
+        let out = sigmux(&data, &["keys", "delete", "--name", name], None);
+        assert!(!out.status.success(), "deleted the CA's {role}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(role) && err.contains(name.as_str()), "{err}");
+        assert!(data.join(format!("keys/{name}.key")).exists());
+    }
+    // Any other key goes, and is recorded.
+    ok(
+        sigmux(
+            &data,
+            &["keys", "generate", "--name", "spare", "--kind", "p256"],
+            None,
+        ),
+        "keys generate",
+    );
+    let out = ok(
+        sigmux(&data, &["keys", "delete", "--name", "spare"], None),
+        "keys delete",
+    );
+    assert!(out.starts_with("deleted spare "), "{out}");
+    assert!(!data.join("keys/spare.key").exists());
+    let list = ok(sigmux(&data, &["keys", "list"], None), "keys list");
+    assert!(!list.contains("spare"), "{list}");
+    ok(sigmux(&data, &["audit", "verify"], None), "audit verify");
+}

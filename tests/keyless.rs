@@ -1222,3 +1222,129 @@ fn a_stopping_server_answers_what_it_read_then_closes() {
             .unwrap();
     });
 }
+
+/// Runs the CLI in the fixture's directory with `config`; returns stdout,
+/// or stderr as the error.
+fn cli(f: &Fixture, config: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_sigmux"))
+        .current_dir(&f.dir)
+        .args(["--config", config])
+        .args(args)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Sends SIGHUP to `server` and returns its "keys reloaded" line.
+fn reload(server: &ServerProcess, lines: &mut Lines) -> String {
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("keys reloaded") {
+            return line;
+        }
+    }
+    panic!("serve exited without reloading its keys");
+}
+
+/// One ECDSA P-256 signature over `msg` with the key whose SKI is `ski`.
+async fn sign_with(s: &mut Tls, id: u32, ski: [u8; 20], msg: &[u8]) -> ResponseBody {
+    s.write_all(&sign_request(id, ski, Op::EcdsaSignSha256, sha256(msg)))
+        .await
+        .unwrap();
+    read_responses(s, 1).await.remove(0).body
+}
+
+#[test]
+fn keys_generated_and_deleted_while_serving_are_picked_up_at_sighup() {
+    let f = fixture();
+    // A data dir of its own: the shared one's keys stay as other tests
+    // expect them.
+    let config = "reload.toml";
+    std::fs::write(
+        f.dir.join(config),
+        "data_dir = \"reload-data\"\n[http]\nlisten = \"127.0.0.1:0\"\n[keyless]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n[[keyless.clients]]\nid = \"spiffe://test.example/proxy\"\nkeys = [\"*\"]\n",
+    )
+    .unwrap();
+    let ski_of = |name: &str| -> [u8; 20] {
+        let list: serde_json::Value =
+            serde_json::from_str(&cli(f, config, &["keys", "list", "--json"]).unwrap()).unwrap();
+        let k = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .unwrap();
+        let mut out = [0u8; 20];
+        hex::decode_to_slice(k["ski"].as_str().unwrap(), &mut out).unwrap();
+        out
+    };
+    cli(
+        f,
+        config,
+        &["keys", "generate", "--name", "first", "--kind", "p256"],
+    )
+    .unwrap();
+    let (child, addr, _http, mut lines) = start_server(&f.dir, config);
+    let server = ServerProcess(child);
+
+    // Generated next to the running server: unknown to it until SIGHUP.
+    cli(
+        f,
+        config,
+        &["keys", "generate", "--name", "late", "--kind", "p256"],
+    )
+    .unwrap();
+    let late = ski_of("late");
+    let first = ski_of("first");
+    let pem = cli(f, config, &["keys", "public", "--name", "late"]).unwrap();
+    std::fs::write(f.dir.join("late.pub.pem"), pem).unwrap();
+    // One runtime for the connection's whole life.
+    let rt = rt();
+    let mut s = rt.block_on(connect_to(f, &addr, "proxy", false)).unwrap();
+    assert_eq!(
+        rt.block_on(sign_with(&mut s, 1, late, b"before")),
+        ResponseBody::Error(ErrorCode::KeyNotFound)
+    );
+    let line = reload(&server, &mut lines);
+    assert!(line.contains("1 added [\"late\"], 0 removed"), "{line}");
+    let ResponseBody::Payload(sig) = rt.block_on(sign_with(&mut s, 2, late, b"after")) else {
+        panic!("the reloaded key does not sign");
+    };
+    assert!(verify(&f.dir.join("late.pub.pem"), "ecdsa", b"after", &sig));
+
+    // Deleted: gone from the server at the next SIGHUP; the other stays.
+    let out = cli(f, config, &["keys", "delete", "--name", "late"]).unwrap();
+    assert!(out.starts_with("deleted late "), "{out}");
+    assert!(
+        cli(f, config, &["keys", "delete", "--name", "late"])
+            .unwrap_err()
+            .contains("late"),
+        "a second delete must name the missing key"
+    );
+    let line = reload(&server, &mut lines);
+    assert!(line.contains("0 added [], 1 removed [\"late\"]"), "{line}");
+    assert_eq!(
+        rt.block_on(sign_with(&mut s, 3, late, b"gone")),
+        ResponseBody::Error(ErrorCode::KeyNotFound)
+    );
+    assert!(matches!(
+        rt.block_on(sign_with(&mut s, 4, first, b"still")),
+        ResponseBody::Payload(_)
+    ));
+    // Both changes are in the audit log, whose chain still verifies.
+    cli(f, config, &["audit", "verify"]).unwrap();
+    let log = std::fs::read_to_string(f.dir.join("reload-data/audit.log")).unwrap();
+    assert!(log.contains("\"event\":\"key.delete\"") && log.contains("\"name\":\"late\""));
+}

@@ -4,7 +4,7 @@
 mod kek;
 mod material;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -381,6 +381,10 @@ struct Index {
     by_name: HashMap<String, Arc<Key>>,
     by_id: HashMap<KeyId, Arc<Key>>,
     by_ski: HashMap<Ski, Arc<Key>>,
+    /// Names of the keys that have a file in the store's directory (the
+    /// others, added by [`KeyStore::insert`], are never dropped by a
+    /// rescan).
+    files: HashSet<String>,
 }
 
 impl Index {
@@ -389,6 +393,46 @@ impl Index {
         self.by_ski.insert(key.info.ski, key.clone());
         self.by_name.insert(key.info.name.clone(), key);
     }
+
+    fn insert_file(&mut self, key: Arc<Key>) {
+        self.files.insert(key.info.name.clone());
+        self.insert(key);
+    }
+
+    /// Drops the key named `name` (and its id and SKI entries, when they
+    /// are its own).
+    fn remove(&mut self, name: &str) -> Option<Arc<Key>> {
+        self.files.remove(name);
+        let key = self.by_name.remove(name)?;
+        if self
+            .by_id
+            .get(&key.id())
+            .is_some_and(|k| Arc::ptr_eq(k, &key))
+        {
+            self.by_id.remove(&key.id());
+        }
+        if self
+            .by_ski
+            .get(&key.info.ski)
+            .is_some_and(|k| Arc::ptr_eq(k, &key))
+        {
+            self.by_ski.remove(&key.info.ski);
+        }
+        Some(key)
+    }
+}
+
+/// What [`KeyStore::rescan`] changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rescan {
+    /// Keys whose files appeared (or were replaced by another key) since
+    /// the store last looked, now loaded.
+    pub added: Vec<String>,
+    /// Keys whose files are gone, now dropped from the store.
+    pub removed: Vec<String>,
+    /// Files that could not be loaded, each with the reason; whatever the
+    /// store held under those names stays.
+    pub failed: Vec<String>,
 }
 
 /// The on-disk form of one key.
@@ -434,17 +478,9 @@ impl KeyStore {
     pub fn open(data_dir: &Path, kek: Option<Kek>) -> Result<KeyStore> {
         let dir = data_dir.join("keys");
         let mut index = Index::default();
-        if dir.exists() {
-            let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-                .map_err(|e| Error::io(&dir, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "key"))
-                .collect();
-            paths.sort();
-            for path in paths {
-                let key = load_file(&path, kek.as_ref())?;
-                index.insert(Arc::new(key));
-            }
+        for path in key_files(&dir)? {
+            let key = load_file(&path, kek.as_ref())?;
+            index.insert_file(Arc::new(key));
         }
         Ok(KeyStore {
             dir: Some(dir),
@@ -452,6 +488,85 @@ impl KeyStore {
             keys: RwLock::new(index),
             hsm_maker: RwLock::new(None),
         })
+    }
+
+    /// Brings the store in line with its directory: loads the keys whose
+    /// files appeared since (`sigmux keys generate` or `import` next to a
+    /// running `serve`), reloads a file that now holds another key under
+    /// the same name, and drops the keys whose files are gone (`sigmux keys
+    /// delete`). A file that cannot be loaded is reported in
+    /// [`Rescan::failed`] and changes nothing, so a bad file never takes a
+    /// working key away. Requests already holding a dropped key finish
+    /// with it.
+    ///
+    /// # Errors
+    ///
+    /// When the directory cannot be listed.
+    pub fn rescan(&self) -> Result<Rescan> {
+        let mut out = Rescan::default();
+        let Some(dir) = &self.dir else {
+            return Ok(out);
+        };
+        let mut present = HashSet::new();
+        for path in key_files(dir)? {
+            let Some(name) = path.file_stem().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            present.insert(name.to_owned());
+            let known = self.keys.read().by_name.get(name).map(|k| k.id());
+            match (known, key_file_id(&path)) {
+                (Some(id), Ok(now)) if id == now => continue,
+                (_, Err(e)) => {
+                    out.failed.push(e.to_string());
+                    continue;
+                }
+                _ => {}
+            }
+            match load_file(&path, self.kek.as_ref()) {
+                Ok(key) => {
+                    let mut index = self.keys.write();
+                    index.remove(name);
+                    index.insert_file(Arc::new(key));
+                    out.added.push(name.to_owned());
+                }
+                Err(e) => out.failed.push(e.to_string()),
+            }
+        }
+        let mut index = self.keys.write();
+        let mut gone: Vec<String> = index
+            .files
+            .iter()
+            .filter(|n| !present.contains(*n))
+            .cloned()
+            .collect();
+        gone.sort();
+        for name in gone {
+            index.remove(&name);
+            out.removed.push(name);
+        }
+        Ok(out)
+    }
+
+    /// Deletes the key named `name`: its file, then its entry. For a key
+    /// in a PKCS#11 token only sigmux's reference goes; the token keeps
+    /// the key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownKey`] when there is no such stored key, or the file
+    /// system's error.
+    pub fn delete(&self, name: &str) -> Result<Arc<Key>> {
+        let key = self.get(name)?;
+        let dir = self
+            .dir
+            .as_ref()
+            .filter(|_| self.keys.read().files.contains(name))
+            .ok_or_else(|| Error::UnknownKey(name.to_string()))?;
+        let path = dir.join(format!("{name}.key"));
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        crate::audit::sync_dir(dir)?;
+        self.keys.write().remove(name);
+        Ok(key)
     }
 
     /// Whether `data_dir` holds any stored key (decides whether a missing
@@ -569,6 +684,9 @@ impl KeyStore {
             let text = serde_json::to_vec_pretty(&file)
                 .map_err(|e| Error::Invalid(format!("cannot encode key file: {e}")))?;
             write_atomic(dir, &format!("{}.key", key.info.name), &text)?;
+            let key = Arc::new(key);
+            self.keys.write().insert_file(key.clone());
+            return Ok(key);
         }
         let key = Arc::new(key);
         self.keys.write().insert(key.clone());
@@ -596,7 +714,7 @@ impl KeyStore {
         if let Some(k) = index.by_name.get(name) {
             return Ok(k.clone());
         }
-        index.insert(key.clone());
+        index.insert_file(key.clone());
         Ok(key)
     }
 
@@ -622,6 +740,28 @@ impl KeyStore {
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
+}
+
+/// The key files (`*.key`) in `dir`, sorted; none when it does not exist.
+fn key_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "key"))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+/// The KeyId a key file records, read without decrypting anything.
+fn key_file_id(path: &Path) -> Result<KeyId> {
+    let bytes = std::fs::read(path).map_err(|e| Error::key_file(path, e.to_string()))?;
+    let file: KeyFile = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::key_file(path, format!("corrupt key file: {e}")))?;
+    Ok(file.info.key_id)
 }
 
 fn load_file(path: &Path, kek: Option<&Kek>) -> Result<Key> {
@@ -721,6 +861,40 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rescan_follows_the_directory_and_a_bad_file_takes_nothing_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = || Kek::from_bytes(&[3u8; 32]).unwrap();
+        let serving = KeyStore::open(dir.path(), Some(kek())).unwrap();
+        serving.insert(Key::ephemeral("in-memory", KeyKind::P256).unwrap());
+        // Another process (the CLI) adds two keys.
+        let cli = KeyStore::open(dir.path(), Some(kek())).unwrap();
+        let a = cli.generate("a", KeyKind::P256).unwrap();
+        cli.generate("b", KeyKind::Ed25519).unwrap();
+        let r = serving.rescan().unwrap();
+        assert_eq!((r.added, r.removed), (vec!["a".into(), "b".into()], vec![]));
+        assert_eq!(serving.by_ski(&a.info().ski).unwrap().id(), a.id());
+        assert_eq!(serving.rescan().unwrap(), Rescan::default());
+        // "a" deleted and made again: another key under the same name.
+        cli.delete("a").unwrap();
+        let a2 = cli.generate("a", KeyKind::P256).unwrap();
+        let r = serving.rescan().unwrap();
+        assert_eq!(r.added, vec!["a".to_string()]);
+        assert!(serving.by_ski(&a.info().ski).is_none());
+        assert_eq!(serving.get("a").unwrap().id(), a2.id());
+        // A corrupt "b" is reported and "b" stays; a deleted one goes; the
+        // in-memory key is never touched.
+        std::fs::write(dir.path().join("keys/b.key"), b"{").unwrap();
+        cli.delete("a").unwrap();
+        let r = serving.rescan().unwrap();
+        assert_eq!(r.removed, vec!["a".to_string()]);
+        assert_eq!(r.failed.len(), 1);
+        assert!(r.failed[0].contains("b.key"), "{:?}", r.failed);
+        assert!(serving.get("b").is_ok() && serving.get("in-memory").is_ok());
+        assert!(serving.get("a").is_err() && serving.by_id(&a2.id()).is_none());
+        assert!(matches!(cli.delete("a"), Err(Error::UnknownKey(_))));
+    }
 
     #[test]
     fn debug_never_shows_private_material() {
