@@ -22,6 +22,7 @@ pub mod server;
 mod shutdown;
 #[cfg(test)]
 mod testutil;
+pub mod tls_reload;
 
 pub use engine::{Engine, EngineConfig, SignRequest, Signature, Ticket};
 pub use error::{Error, Result};

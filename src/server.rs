@@ -118,6 +118,8 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grace = cfg.shutdown_grace()?;
     let mut drains: Vec<(&str, tokio::task::JoinHandle<()>)> = Vec::new();
+    // What SIGHUP reloads besides the keys.
+    let mut tls_slots = Vec::new();
     let keyless = match cfg.keyless_settings()? {
         None => {
             say(format_args!(
@@ -135,6 +137,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
                 .map_err(|e| Error::io("keyless listener", e))?;
             say(format_args!("sigmux: keyless listening on {bound}"));
             let metrics = server.metrics.clone();
+            tls_slots.push(server.tls());
             drains.push(("keyless", tokio::spawn(server.serve(l, stop_rx.clone()))));
             Some(metrics)
         }
@@ -156,6 +159,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
             )
             .await?;
             drains.push(("issuance", started.task));
+            tls_slots.push(started.tls);
             say(format_args!(
                 "sigmux: issuance listening on {}",
                 started.addr
@@ -172,7 +176,9 @@ pub async fn serve(cfg: Config) -> Result<()> {
         }
     }
     #[cfg(unix)]
-    spawn_key_reload(keys.clone())?;
+    spawn_reload(keys.clone(), tls_slots)?;
+    #[cfg(not(unix))]
+    drop(tls_slots);
     let shared = Shared {
         engine: engine.clone(),
         keys,
@@ -305,15 +311,29 @@ fn rotation_step(
     Ok((Some(audit), done))
 }
 
-/// On SIGHUP, brings the key store in line with its directory (keys
-/// generated, imported or deleted by the CLI since) and says what changed.
+/// On SIGHUP, rebuilds each listener's TLS configuration from its files
+/// (a renewed server certificate, a new client CA; on error the old one
+/// stays) and brings the key store in line with its directory (keys
+/// generated, imported or deleted by the CLI since), saying what changed.
+/// The keys line comes last.
 #[cfg(unix)]
-fn spawn_key_reload(keys: Arc<KeyStore>) -> Result<()> {
+fn spawn_reload(keys: Arc<KeyStore>, tls: Vec<Arc<crate::tls_reload::TlsSlot>>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())
         .map_err(|e| Error::Invalid(format!("cannot watch for SIGHUP: {e}")))?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            for slot in &tls {
+                let s = slot.clone();
+                match tokio::task::spawn_blocking(move || s.reload()).await {
+                    Ok(Ok(())) => say(format_args!("sigmux: {} TLS reloaded", slot.what())),
+                    Ok(Err(e)) => say(format_args!(
+                        "sigmux: {} TLS not reloaded, the old configuration stays: {e}",
+                        slot.what()
+                    )),
+                    Err(e) => tracing::error!(error = %e, "TLS reload failed"),
+                }
+            }
             let store = keys.clone();
             match tokio::task::spawn_blocking(move || store.rescan()).await {
                 Ok(Ok(r)) => {

@@ -1239,7 +1239,8 @@ fn cli(f: &Fixture, config: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// Sends SIGHUP to `server` and returns its "keys reloaded" line.
+/// Sends SIGHUP to `server` and returns what it printed up to its "keys
+/// reloaded" line (the last of a reload).
 fn reload(server: &ServerProcess, lines: &mut Lines) -> String {
     let pid = server.0.id().to_string();
     assert!(
@@ -1249,13 +1250,16 @@ fn reload(server: &ServerProcess, lines: &mut Lines) -> String {
             .unwrap()
             .success()
     );
+    let mut said = String::new();
     for line in lines.by_ref() {
         let line = line.unwrap();
+        said.push_str(&line);
+        said.push('\n');
         if line.contains("keys reloaded") {
-            return line;
+            return said;
         }
     }
-    panic!("serve exited without reloading its keys");
+    panic!("serve exited without reloading its keys: {said}");
 }
 
 /// One ECDSA P-256 signature over `msg` with the key whose SKI is `ski`.
@@ -1267,14 +1271,21 @@ async fn sign_with(s: &mut Tls, id: u32, ski: [u8; 20], msg: &[u8]) -> ResponseB
 }
 
 #[test]
-fn keys_generated_and_deleted_while_serving_are_picked_up_at_sighup() {
+fn keys_and_the_server_certificate_changed_while_serving_are_picked_up_at_sighup() {
     let f = fixture();
-    // A data dir of its own: the shared one's keys stay as other tests
-    // expect them.
+    // A data dir and server certificate files of its own: the shared ones
+    // stay as other tests expect them.
     let config = "reload.toml";
+    for ext in ["pem", "key"] {
+        std::fs::copy(
+            f.dir.join(format!("server.{ext}")),
+            f.dir.join(format!("reload-server.{ext}")),
+        )
+        .unwrap();
+    }
     std::fs::write(
         f.dir.join(config),
-        "data_dir = \"reload-data\"\n[http]\nlisten = \"127.0.0.1:0\"\n[keyless]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n[[keyless.clients]]\nid = \"spiffe://test.example/proxy\"\nkeys = [\"*\"]\n",
+        "data_dir = \"reload-data\"\n[http]\nlisten = \"127.0.0.1:0\"\n[keyless]\nlisten = \"127.0.0.1:0\"\ncert = \"reload-server.pem\"\nkey = \"reload-server.key\"\nclient_ca = \"ca.pem\"\n[[keyless.clients]]\nid = \"spiffe://test.example/proxy\"\nkeys = [\"*\"]\n",
     )
     .unwrap();
     let ski_of = |name: &str| -> [u8; 20] {
@@ -1347,4 +1358,42 @@ fn keys_generated_and_deleted_while_serving_are_picked_up_at_sighup() {
     cli(f, config, &["audit", "verify"]).unwrap();
     let log = std::fs::read_to_string(f.dir.join("reload-data/audit.log")).unwrap();
     assert!(log.contains("\"event\":\"key.delete\"") && log.contains("\"name\":\"late\""));
+
+    // A renewed server certificate: new connections get it, the open one
+    // goes on.
+    let presented = |s: &Tls| s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let first_cert = presented(&s);
+    issue(&f.dir, "ca", "reload-server2", "DNS:localhost,IP:127.0.0.1");
+    for ext in ["pem", "key"] {
+        std::fs::copy(
+            f.dir.join(format!("reload-server2.{ext}")),
+            f.dir.join(format!("reload-server.{ext}")),
+        )
+        .unwrap();
+    }
+    let renewed = CertificateDer::from_pem_file(f.dir.join("reload-server2.pem"))
+        .unwrap()
+        .to_vec();
+    assert_ne!(renewed, first_cert);
+    let said = reload(&server, &mut lines);
+    assert!(said.contains("sigmux: keyless TLS reloaded"), "{said}");
+    let mut s2 = rt.block_on(connect_to(f, &addr, "proxy", false)).unwrap();
+    assert_eq!(presented(&s2), renewed);
+    assert!(matches!(
+        rt.block_on(sign_with(&mut s2, 5, first, b"renewed")),
+        ResponseBody::Payload(_)
+    ));
+    assert!(matches!(
+        rt.block_on(sign_with(&mut s, 6, first, b"old connection")),
+        ResponseBody::Payload(_)
+    ));
+    // A broken file is refused and the renewed certificate stays.
+    std::fs::write(f.dir.join("reload-server.pem"), "not a certificate").unwrap();
+    let said = reload(&server, &mut lines);
+    assert!(
+        said.contains("keyless TLS not reloaded") && said.contains("keyless.cert"),
+        "{said}"
+    );
+    let s3 = rt.block_on(connect_to(f, &addr, "proxy", false)).unwrap();
+    assert_eq!(presented(&s3), renewed);
 }

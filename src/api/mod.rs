@@ -38,7 +38,6 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio_rustls::TlsAcceptor;
 
 use crate::ca::spiffe::{SpiffeId, SpiffeIdPrefix};
 use crate::engine::Engine;
@@ -46,6 +45,7 @@ use crate::error::{Error, Result};
 use crate::keyless::auth::{ClientIdentity, ClientMatch};
 use crate::keys::KeyStore;
 use crate::shutdown::{all_closed, stopped};
+use crate::tls_reload::TlsSlot;
 
 /// One `[[issuance.callers]]` rule: a caller and the SPIFFE ID prefixes it
 /// may request.
@@ -409,7 +409,7 @@ pub async fn serve_plain(
 /// are closed.
 async fn accept_loop(
     tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<TlsSlot>,
     handshake_timeout: Duration,
     router: Router,
     limits: ServeLimits,
@@ -437,7 +437,7 @@ async fn accept_loop(
             continue;
         };
         let _ = sock.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = tls.acceptor();
         let (router, stop) = (router.clone(), stop.clone());
         let open = metrics.open();
         tokio::spawn(async move {
@@ -493,6 +493,8 @@ pub struct Started {
     pub task: tokio::task::JoinHandle<()>,
     /// The state its handlers share (for its metrics).
     pub state: issue::ApiState,
+    /// Its TLS configuration, reloadable.
+    pub tls: Arc<TlsSlot>,
 }
 
 /// Binds the issuance listener and serves it in a background task until
@@ -509,7 +511,10 @@ pub async fn start(
     keys: Arc<KeyStore>,
     stop: watch::Receiver<bool>,
 ) -> Result<Started> {
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config(settings)?));
+    let tls = {
+        let s = settings.clone();
+        TlsSlot::new("issuance", Box::new(move || tls_config(&s)))?
+    };
     let tcp = TcpListener::bind(settings.listen).await.map_err(|e| {
         Error::Invalid(format!(
             "cannot listen on {} (issuance.listen): {e}",
@@ -525,7 +530,7 @@ pub async fn start(
     let summaries = tokio::spawn(record_refusal_summaries(state.clone(), stop.clone()));
     let serving = accept_loop(
         tcp,
-        acceptor,
+        tls.clone(),
         settings.handshake_timeout,
         router,
         settings.limits,
@@ -548,6 +553,7 @@ pub async fn start(
         addr: bound,
         task,
         state: shared,
+        tls,
     })
 }
 

@@ -24,7 +24,6 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio_rustls::TlsAcceptor;
 
 use super::auth::{ClientIdentity, Policy};
 use super::handler::Handler;
@@ -34,6 +33,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::keys::KeyStore;
 use crate::shutdown::{all_closed, stopped};
+use crate::tls_reload::TlsSlot;
 
 /// Files and limits of a keyless listener.
 #[derive(Clone, Debug)]
@@ -69,7 +69,7 @@ pub struct KeylessSettings {
 
 /// A running keyless listener's shared state.
 pub struct KeylessServer {
-    acceptor: TlsAcceptor,
+    tls: Arc<TlsSlot>,
     handler: Handler,
     max_in_flight: usize,
     max_bytes_in_flight: usize,
@@ -248,7 +248,10 @@ impl KeylessServer {
             .max_total_bytes_in_flight
             .clamp(max_bytes_in_flight, Semaphore::MAX_PERMITS);
         Ok(Arc::new(KeylessServer {
-            acceptor: TlsAcceptor::from(Arc::new(tls_config(settings)?)),
+            tls: {
+                let s = settings.clone();
+                TlsSlot::new("keyless", Box::new(move || tls_config(&s)))?
+            },
             metrics: handler.metrics.clone(),
             handler,
             max_in_flight: settings.max_in_flight.max(1),
@@ -262,6 +265,13 @@ impl KeylessServer {
             handshake_log: LogThrottle::default(),
             limit_log: LogThrottle::default(),
         }))
+    }
+
+    /// Its TLS configuration, which [`TlsSlot::reload`] replaces for new
+    /// connections.
+    #[must_use]
+    pub fn tls(&self) -> Arc<TlsSlot> {
+        self.tls.clone()
     }
 
     /// Accepts connections until `stop` turns true (or its sender is
@@ -360,7 +370,9 @@ impl KeylessServer {
         let m = &self.metrics;
         m.connections_total.fetch_add(1, Ordering::Relaxed);
         let tls =
-            match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(tcp)).await {
+            match tokio::time::timeout(self.handshake_timeout, self.tls.acceptor().accept(tcp))
+                .await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     m.handshake_failures.fetch_add(1, Ordering::Relaxed);
