@@ -802,6 +802,29 @@ async fn ping(s: &mut Tls, id: u32) -> Option<Response> {
     read_responses(s, 1).await.pop()
 }
 
+/// Pipelines the largest pings there are on `s` and never reads an answer,
+/// until a write fails (the server dropped the connection); returns the
+/// bytes written before that and the error.
+async fn flood_unread_pings(mut s: Tls) -> (u64, std::io::Error) {
+    let mut sent = 0u64;
+    let mut id = 0u32;
+    loop {
+        let mut batch = Vec::new();
+        for _ in 0..16 {
+            id += 1;
+            batch.extend(
+                Request::new(id, Op::Ping, vec![0x5a; 65_000])
+                    .encode()
+                    .unwrap(),
+            );
+        }
+        if let Err(e) = s.write_all(&batch).await {
+            return (sent, e);
+        }
+        sent += batch.len() as u64;
+    }
+}
+
 #[test]
 fn a_client_that_never_reads_is_disconnected_and_others_keep_signing() {
     let f = fixture();
@@ -813,26 +836,8 @@ fn a_client_that_never_reads_is_disconnected_and_others_keep_signing() {
     rt().block_on(async {
         // Pipelines the largest pings there are and never reads an answer;
         // writes until the server drops the connection.
-        let mut greedy = connect_to(f, &addr, "proxy", false).await.unwrap();
-        let flood = tokio::spawn(async move {
-            let mut sent = 0u64;
-            let mut id = 0u32;
-            loop {
-                let mut batch = Vec::new();
-                for _ in 0..16 {
-                    id += 1;
-                    batch.extend(
-                        Request::new(id, Op::Ping, vec![0x5a; 65_000])
-                            .encode()
-                            .unwrap(),
-                    );
-                }
-                if let Err(e) = greedy.write_all(&batch).await {
-                    return (sent, e);
-                }
-                sent += batch.len() as u64;
-            }
-        });
+        let greedy = connect_to(f, &addr, "proxy", false).await.unwrap();
+        let flood = tokio::spawn(flood_unread_pings(greedy));
         // Meanwhile another client of the same server signs as usual.
         let mut good = connect_to(f, &addr, "proxy", false).await.unwrap();
         let mut round = 1;
@@ -877,19 +882,8 @@ fn the_listener_wide_byte_budget_holds_every_connection_back_until_answers_go_ou
     rt().block_on(async {
         // Pings it never reads: once the socket buffers are full, its
         // unwritten answers hold the budget until its write timeout.
-        let mut greedy = connect_to(f, &addr, "proxy", false).await.unwrap();
-        let flood = tokio::spawn(async move {
-            let mut id = 0u32;
-            loop {
-                id += 1;
-                let ping = Request::new(id, Op::Ping, vec![0x5a; 65_000])
-                    .encode()
-                    .unwrap();
-                if greedy.write_all(&ping).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let greedy = connect_to(f, &addr, "proxy", false).await.unwrap();
+        let flood = tokio::spawn(flood_unread_pings(greedy));
         let held = wait_metric(&http, "sigmux_keyless_bytes_in_flight", |v| v >= 200_000).await;
         assert!(held >= 200_000, "the greedy client holds only {held} bytes");
         // Another connection, with its own budget untouched, asks for more
