@@ -45,7 +45,7 @@ pub fn open_keys(cfg: &Config, kek_use: KekUse) -> Result<KeyStore> {
     if kek_use != KekUse::NotNeeded {
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::io(&cfg.data_dir, e))?;
     }
-    let store = KeyStore::open(&cfg.data_dir, kek)?;
+    let store = KeyStore::open(&cfg.data_dir, kek)?.with_kek_source(cfg.kek_source());
     // Keys asked to live in a token (a CA intermediate and its successors)
     // are made there through the configured tokens.
     if !cfg.backends.pkcs11.is_empty() {

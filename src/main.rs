@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use sigmux::app::{self, KekUse};
 use sigmux::bench::{self, BenchOptions};
 use sigmux::config::Config;
+use sigmux::keys::KekSource;
 use sigmux::{Error, KeyKind, Result, Scheme, SignInput, SignRequest};
 
 /// The server allocates and frees many small buffers per request (JSON,
@@ -263,6 +264,19 @@ enum KeysCommand {
         /// The key's name.
         #[arg(long)]
         name: String,
+    },
+    /// Re-encrypt every stored key under a new key-encryption key. With a
+    /// KEK file (the default) a fresh key is made, unless one is given, and
+    /// the file ends up holding it; a running `serve` reads it when it next
+    /// needs it. With kek_env, give the new key and set the variable to it
+    /// before sigmux starts again. After a crash, run it again to finish.
+    RotateKek {
+        /// A file holding the new KEK (64 hex characters).
+        #[arg(long, conflicts_with = "new_kek_env")]
+        new_kek_file: Option<PathBuf>,
+        /// An environment variable holding the new KEK (64 hex characters).
+        #[arg(long)]
+        new_kek_env: Option<String>,
     },
 }
 
@@ -539,7 +553,10 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
     let audit = cfg.data_dir.join("audit.log");
     if matches!(
         cmd,
-        KeysCommand::Generate { .. } | KeysCommand::Import { .. } | KeysCommand::Delete { .. }
+        KeysCommand::Generate { .. }
+            | KeysCommand::Import { .. }
+            | KeysCommand::Delete { .. }
+            | KeysCommand::RotateKek { .. }
     ) && audit.exists()
     {
         sigmux::audit::verify(&audit)?;
@@ -695,7 +712,60 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
             }
             Ok(())
         }
+        KeysCommand::RotateKek {
+            new_kek_file,
+            new_kek_env,
+        } => rotate_kek(
+            cfg,
+            new_kek_file
+                .map(KekSource::File)
+                .or(new_kek_env.map(KekSource::Env)),
+        ),
     }
+}
+
+fn rotate_kek(cfg: &Config, new: Option<KekSource>) -> Result<()> {
+    let configured = cfg.kek_source();
+    let done =
+        sigmux::keys::rotation::rotate(&cfg.data_dir.join("keys"), &configured, new.as_ref())?;
+    let keys = &done.keys;
+    sigmux::audit::AuditLog::open(&cfg.data_dir.join("audit.log"))?.append(
+        "kek.rotate",
+        serde_json::json!({
+            "from": done.from,
+            "to": done.to,
+            "resealed": keys.resealed,
+            "already": keys.already,
+            "in_tokens": keys.in_tokens,
+        }),
+    )?;
+    let mut line = format!(
+        "key-encryption key rotated: {} -> {}; {} key(s) re-encrypted",
+        done.from.as_deref().unwrap_or("?"),
+        done.to,
+        keys.resealed.len()
+    );
+    if !keys.already.is_empty() {
+        line += &format!(", {} already by an earlier run", keys.already.len());
+    }
+    if !keys.in_tokens.is_empty() {
+        line += &format!(
+            ", {} in PKCS#11 tokens (nothing to re-encrypt)",
+            keys.in_tokens.len()
+        );
+    }
+    println!("{line}");
+    match (&done.kek_file, &configured) {
+        (Some(path), _) => println!(
+            "the new key is in {}; back it up (backups of {} made before now still need the previous one)",
+            path.display(),
+            cfg.data_dir.display()
+        ),
+        (None, source) => println!(
+            "set the {source} to the new key before sigmux starts again (a running serve keeps its keys but cannot add any until then)"
+        ),
+    }
+    Ok(())
 }
 
 /// What the CA state uses key `name` for, if anything.

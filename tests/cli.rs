@@ -129,6 +129,7 @@ fn sigmux_cmd() -> Command {
         "SIGMUX_DATA_DIR",
         "SIGMUX_LOG",
         "SIGMUX_TEST_KEK",
+        "SIGMUX_TEST_KEK_NEW",
         "RUST_BACKTRACE",
         "RUST_LOG",
     ] {
@@ -1369,10 +1370,10 @@ fn wrong_kek_cannot_decrypt_and_says_so() {
         "11".repeat(32)
     };
     write(&kek_path, format!("{other}\n"));
-    let line = sign_k(&data, None).fails_with(&["cannot decrypt"]);
+    let line = sign_k(&data, None).fails_with(&["is not the one the keys"]);
     assert!(
-        line.contains(s(&data.join("keys/k.key"))),
-        "names the key file: {line}"
+        line.contains(s(&data.join("keys"))),
+        "names the keys directory: {line}"
     );
     assert!(!line.contains(&other), "the KEK is not echoed: {line}");
     // Public facts need no KEK.
@@ -1477,8 +1478,192 @@ fn kek_from_environment_variable() {
 
     // Unset again, or another value: refused, naming the cause.
     sigmux(&data, Some(&cfg), &sign_args).fails_with(&["SIGMUX_TEST_KEK"]);
-    with(&"a5".repeat(32), &sign_args).fails_with(&["cannot decrypt"]);
+    with(&"a5".repeat(32), &sign_args).fails_with(&["is not the one the keys"]);
     with("short", &sign_args).fails_with(&["SIGMUX_TEST_KEK", "64 hex characters"]);
+}
+
+/// Signs `msg` with stored key `name` through `run` (a `sigmux` with the
+/// data dir and KEK set) and checks the signature with the openssl CLI.
+fn sign_and_verify(d: &Path, run: &dyn Fn(&[&str]) -> Run, name: &str, scheme: &str) {
+    let msg = d.join("m");
+    write(&msg, message());
+    let sig = d.join(format!("{name}.sig"));
+    let pub_pem = d.join(format!("{name}.pub.pem"));
+    run(&[
+        "sign",
+        "--key",
+        name,
+        "--scheme",
+        scheme,
+        "--in",
+        s(&msg),
+        "--out",
+        s(&sig),
+    ])
+    .ok();
+    write(
+        &pub_pem,
+        run(&["keys", "public", "--name", name]).ok().stdout,
+    );
+    assert_verifies(scheme, &pub_pem, &msg, &sig, name);
+}
+
+/// The `sealed` field of a key file: the encrypted private key.
+fn sealed_of(data: &Path, name: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(&read(&data.join(format!("keys/{name}.key")))).unwrap();
+    v["sealed"]
+        .as_str()
+        .expect("a soft key file has `sealed`")
+        .to_owned()
+}
+
+#[test]
+fn rotate_kek_reencrypts_every_key_and_retires_the_old_kek_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    let keys = [
+        ("r", "rsa2048", "rsa_pss_rsae_sha256"),
+        ("e", "p256", "ecdsa_secp256r1_sha256"),
+    ];
+    for (name, kind, _) in keys {
+        sigmux(
+            &data,
+            None,
+            &["keys", "generate", "--name", name, "--kind", kind],
+        )
+        .ok();
+    }
+    let kek_path = data.join("kek");
+    let old_kek = read(&kek_path);
+    let old_sealed = sealed_of(&data, "r");
+
+    let out = sigmux(&data, None, &["keys", "rotate-kek"])
+        .ok()
+        .stdout_text();
+    assert!(out.contains("2 key(s) re-encrypted"), "{out}");
+    assert!(
+        out.contains(s(&kek_path)),
+        "the new KEK's file is named: {out}"
+    );
+    let new_kek = read(&kek_path);
+    assert_ne!(new_kek, old_kek);
+    assert_eq!(new_kek.len(), 65, "64 hex characters and a newline");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&kek_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the new KEK file is private");
+    }
+    assert_ne!(sealed_of(&data, "r"), old_sealed);
+    assert!(!data.join("kek.next").exists());
+
+    // Every key still signs, verified by openssl.
+    let now = |args: &[&str]| sigmux(&data, None, args);
+    for (name, _, scheme) in keys {
+        sign_and_verify(d, &now, name, scheme);
+    }
+    // The old KEK opens nothing now, and the error says why.
+    let old_path = d.join("old-kek");
+    write(&old_path, &old_kek);
+    let old_cfg = d.join("old.toml");
+    write(
+        &old_cfg,
+        format!("[keys]\nkek_file = \"{}\"\n", s(&old_path)),
+    );
+    sigmux(
+        &data,
+        Some(&old_cfg),
+        &[
+            "sign",
+            "--key",
+            "r",
+            "--scheme",
+            "rsa_pss_rsae_sha256",
+            "--digest-hex",
+            &"00".repeat(32),
+        ],
+    )
+    .fails_with(&["is not the one the keys"]);
+    // Rotating from the old KEK is refused too, changing nothing.
+    sigmux(&data, Some(&old_cfg), &["keys", "rotate-kek"])
+        .fails_with(&["not under the configured one"]);
+    assert_eq!(read(&kek_path), new_kek);
+
+    // Rotated again, to a KEK the operator supplies.
+    let given = d.join("given-kek");
+    write(&given, "c3".repeat(32));
+    let out = sigmux(
+        &data,
+        None,
+        &["keys", "rotate-kek", "--new-kek-file", s(&given)],
+    )
+    .ok()
+    .stdout_text();
+    assert!(out.contains("2 key(s) re-encrypted"), "{out}");
+    assert_eq!(
+        String::from_utf8(read(&kek_path)).unwrap().trim(),
+        "c3".repeat(32)
+    );
+    sign_and_verify(d, &now, "e", "ecdsa_secp256r1_sha256");
+
+    // Both rotations are in the audit log, whose chain still verifies.
+    let audit = String::from_utf8(read(&data.join("audit.log"))).unwrap();
+    assert_eq!(audit.matches("kek.rotate").count(), 2, "{audit}");
+    sigmux(&data, None, &["audit", "verify"]).ok();
+}
+
+#[test]
+fn rotate_kek_from_an_environment_variable_takes_the_new_key_from_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    let cfg = d.join("env.toml");
+    write(&cfg, "[keys]\nkek_env = \"SIGMUX_TEST_KEK\"\n");
+    let (old, new) = ("5a".repeat(32), "a6".repeat(32));
+    let with = |kek: &str, args: &[&str]| {
+        let mut c = sigmux_cmd();
+        c.arg("--data-dir")
+            .arg(&data)
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env("SIGMUX_TEST_KEK", kek)
+            .env("SIGMUX_TEST_KEK_NEW", &new);
+        run_cmd(c)
+    };
+    with(
+        &old,
+        &["keys", "generate", "--name", "k", "--kind", "ed25519"],
+    )
+    .ok();
+    with(&old, &["keys", "rotate-kek"]).fails_with(&["SIGMUX_TEST_KEK", "--new-kek-env"]);
+    let out = with(
+        &old,
+        &["keys", "rotate-kek", "--new-kek-env", "SIGMUX_TEST_KEK_NEW"],
+    )
+    .ok()
+    .stdout_text();
+    assert!(out.contains("1 key(s) re-encrypted"), "{out}");
+    assert!(
+        out.contains("set the environment variable SIGMUX_TEST_KEK"),
+        "{out}"
+    );
+    assert!(!data.join("kek").exists(), "no KEK file with kek_env");
+    with(
+        &old,
+        &[
+            "sign",
+            "--key",
+            "k",
+            "--scheme",
+            "ed25519",
+            "--digest-hex",
+            "00",
+        ],
+    )
+    .fails_with(&["is not the one the keys"]);
+    sign_and_verify(d, &|args: &[&str]| with(&new, args), "k", "ed25519");
 }
 
 // ---------------------------------------------------------------------------
@@ -1720,11 +1905,13 @@ fn import_errors_name_the_problem() {
     let x25519 = ossl_genpkey(d, "x25519", &["-algorithm", "X25519"]);
     import(&x25519.pem).fails_with(&["cannot import key", "not supported"]);
 
-    // Nothing was stored by any of these.
+    // Nothing was stored by any of these (besides key files the directory
+    // holds the KEK record and the writers' lock).
     let stored: Vec<_> = std::fs::read_dir(data.join("keys"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".key"))
         .collect();
     assert_eq!(stored, ["k.key"]);
 }

@@ -1304,6 +1304,12 @@ fn keys_and_the_server_certificate_changed_while_serving_are_picked_up_at_sighup
     let (child, addr, _http, mut lines) = start_server(&f.dir, config);
     let server = ServerProcess(child);
 
+    // The KEK rotated under the running server: the key it holds goes on
+    // signing, and the next key, sealed under the new KEK, loads at SIGHUP
+    // (the server reads the new KEK file).
+    let out = cli(f, config, &["keys", "rotate-kek"]).unwrap();
+    assert!(out.contains("1 key(s) re-encrypted"), "{out}");
+
     // Generated next to the running server: unknown to it until SIGHUP.
     cli(
         f,

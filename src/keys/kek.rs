@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
@@ -30,16 +31,24 @@ impl fmt::Display for KekSource {
     }
 }
 
-/// A 256-bit key-encryption key. Zeroized on drop; `Debug` shows nothing.
+/// A 256-bit key-encryption key. Zeroized on drop; `Debug` shows only its
+/// public [`Kek::id`].
 pub struct Kek {
     key: LessSafeKey,
+    /// Kept for one purpose: writing the key to a new KEK file when it is
+    /// rotated in.
+    raw: Zeroizing<[u8; 32]>,
+    id: String,
 }
 
 impl fmt::Debug for Kek {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Kek(..)")
+        write!(f, "Kek({})", self.id)
     }
 }
+
+/// The label the public KEK id is derived under.
+const ID_CONTEXT: &[u8] = b"sigmux-kek-id-v1";
 
 /// The version tag bound into every envelope, so a future format change
 /// cannot be confused with this one.
@@ -48,11 +57,52 @@ const ENVELOPE_CONTEXT: &[u8] = b"sigmux-key-v1\0";
 impl Kek {
     /// Builds a KEK from 32 raw bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Kek> {
-        let unbound = UnboundKey::new(&AES_256_GCM, bytes)
+        let raw: [u8; 32] = bytes
+            .try_into()
             .map_err(|_| Error::Kek("must be exactly 32 bytes".into()))?;
+        let raw = Zeroizing::new(raw);
+        let unbound = UnboundKey::new(&AES_256_GCM, &raw[..])
+            .map_err(|_| Error::Kek("must be exactly 32 bytes".into()))?;
+        // A MAC under the key, not a hash of it: the id can be written
+        // next to the keys and in the audit log without helping anyone
+        // guess the key.
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &raw[..]), ID_CONTEXT);
         Ok(Kek {
             key: LessSafeKey::new(unbound),
+            id: hex::encode(&tag.as_ref()[..8]),
+            raw,
         })
+    }
+
+    /// A fresh random KEK.
+    pub fn generate() -> Result<Kek> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        SystemRandom::new()
+            .fill(&mut bytes[..])
+            .map_err(|_| Error::Kek("system random number generator failed".into()))?;
+        Kek::from_bytes(&bytes[..])
+    }
+
+    /// The KEK's public id: 16 hex characters that name it in key files,
+    /// errors and the audit log.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Writes the KEK to `path` as 64 hex characters (mode 0600), replacing
+    /// whatever is there so that a crash leaves the old file or the new
+    /// one, never a mix.
+    pub fn write_file(&self, path: &Path) -> Result<()> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::Kek(format!("{} is not a file name", path.display())))?;
+        let text = Zeroizing::new(hex::encode(&self.raw[..]) + "\n");
+        super::write_atomic(dir, name, text.as_bytes())
     }
 
     /// Parses 64 hex characters (surrounding whitespace ignored).
@@ -148,14 +198,11 @@ fn aad(label: &str) -> Vec<u8> {
 }
 
 fn create_file(path: &Path) -> Result<Kek> {
-    let mut bytes = Zeroizing::new([0u8; 32]);
-    SystemRandom::new()
-        .fill(&mut bytes[..])
-        .map_err(|_| Error::Kek("system random number generator failed".into()))?;
+    let kek = Kek::generate()?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let text = Zeroizing::new(hex::encode(&bytes[..]) + "\n");
+    let text = Zeroizing::new(hex::encode(&kek.raw[..]) + "\n");
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -167,7 +214,7 @@ fn create_file(path: &Path) -> Result<Kek> {
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(|e| Error::io(path, e))?;
-    Kek::from_bytes(&bytes[..])
+    Ok(kek)
 }
 
 #[cfg(test)]
@@ -186,6 +233,23 @@ mod tests {
         assert!(kek.open("ca", &sealed[..10]).is_err());
         let wrong = Kek::from_bytes(&[8u8; 32]).unwrap();
         assert!(wrong.open("ca", &sealed).is_err());
+    }
+
+    #[test]
+    fn the_id_names_a_kek_without_revealing_it() {
+        let a = Kek::from_bytes(&[7u8; 32]).unwrap();
+        assert_eq!(a.id(), Kek::from_bytes(&[7u8; 32]).unwrap().id());
+        assert_ne!(a.id(), Kek::from_bytes(&[8u8; 32]).unwrap().id());
+        assert_eq!(a.id().len(), 16);
+        assert_eq!(format!("{a:?}"), format!("Kek({})", a.id()));
+        assert!(!hex::encode([7u8; 32]).contains(a.id()));
+        // Written and read back, a KEK keeps its id.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        a.write_file(&path).unwrap();
+        let (back, _) = Kek::load(&KekSource::File(path), false).unwrap();
+        assert_eq!(back.id(), a.id());
+        assert!(Kek::from_bytes(&[1u8; 31]).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod kek;
 mod material;
+pub mod rotation;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -362,7 +363,10 @@ pub type HsmMaker =
 /// The set of keys sigmux holds, backed by `<data-dir>/keys/`.
 pub struct KeyStore {
     dir: Option<PathBuf>,
-    kek: Option<Kek>,
+    kek: RwLock<Option<Arc<Kek>>>,
+    /// Where the KEK came from: a file is read again when another process
+    /// has rotated the KEK (see [`rotation`]).
+    kek_source: Option<KekSource>,
     keys: RwLock<Index>,
     hsm_maker: RwLock<Option<Arc<HsmMaker>>>,
 }
@@ -443,6 +447,10 @@ struct KeyFile {
     info: KeyInfo,
     /// nonce ‖ AES-256-GCM ciphertext ‖ tag of the PKCS#8 DER, base64.
     sealed: Option<String>,
+    /// The public id of the KEK `sealed` is under (absent in files written
+    /// before KEKs had ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kek_id: Option<String>,
 }
 
 const KEY_FILE_FORMAT: &str = "sigmux-key-v1";
@@ -467,7 +475,8 @@ impl KeyStore {
     pub fn in_memory() -> KeyStore {
         KeyStore {
             dir: None,
-            kek: None,
+            kek: RwLock::new(None),
+            kek_source: None,
             keys: RwLock::new(Index::default()),
             hsm_maker: RwLock::new(None),
         }
@@ -475,8 +484,16 @@ impl KeyStore {
 
     /// Opens the store under `data_dir/keys`. Without `kek`, public facts
     /// are available but private halves are not decrypted.
+    ///
+    /// # Errors
+    ///
+    /// Besides a key file that cannot be loaded: `kek` is not the KEK the
+    /// directory's keys are under, or a KEK rotation did not finish.
     pub fn open(data_dir: &Path, kek: Option<Kek>) -> Result<KeyStore> {
         let dir = data_dir.join("keys");
+        if let Some(kek) = &kek {
+            rotation::KekState::load(&dir)?.check(&dir, kek)?;
+        }
         let mut index = Index::default();
         for path in key_files(&dir)? {
             let key = load_file(&path, kek.as_ref())?;
@@ -484,10 +501,47 @@ impl KeyStore {
         }
         Ok(KeyStore {
             dir: Some(dir),
-            kek,
+            kek: RwLock::new(kek.map(Arc::new)),
+            kek_source: None,
             keys: RwLock::new(index),
             hsm_maker: RwLock::new(None),
         })
+    }
+
+    /// Names where the store's KEK came from, so that a KEK file rotated by
+    /// another process (`sigmux keys rotate-kek` next to a running `serve`)
+    /// is read again instead of sealing new keys under the retired KEK.
+    #[must_use]
+    pub fn with_kek_source(mut self, source: KekSource) -> KeyStore {
+        self.kek_source = Some(source);
+        self
+    }
+
+    /// The KEK to use now: the one held, or, when the keys directory says
+    /// its keys have moved to another KEK and the held one came from a file,
+    /// that file read again.
+    fn current_kek(&self, dir: &Path) -> Result<Option<Arc<Kek>>> {
+        let held = self.kek.read().clone();
+        let Some(held) = held else {
+            return Ok(None);
+        };
+        let state = rotation::KekState::load(dir)?;
+        let Some(want) = state.kek_id.filter(|w| w != held.id()) else {
+            return Ok(Some(held));
+        };
+        if let Some(source @ KekSource::File(_)) = &self.kek_source {
+            let (fresh, _) = Kek::load(source, false)?;
+            if fresh.id() == want {
+                let fresh = Arc::new(fresh);
+                *self.kek.write() = Some(fresh.clone());
+                return Ok(Some(fresh));
+            }
+        }
+        Err(Error::Kek(format!(
+            "the keys in {} are now under id {want} (rotated by `sigmux keys rotate-kek`), but this process holds id {}; restart it with the new key",
+            dir.display(),
+            held.id()
+        )))
     }
 
     /// Brings the store in line with its directory: loads the keys whose
@@ -522,7 +576,10 @@ impl KeyStore {
                 }
                 _ => {}
             }
-            match load_file(&path, self.kek.as_ref()) {
+            let loaded = self
+                .current_kek(dir)
+                .and_then(|kek| load_file(&path, kek.as_deref()));
+            match loaded {
                 Ok(key) => {
                     let mut index = self.keys.write();
                     index.remove(name);
@@ -667,19 +724,36 @@ impl KeyStore {
 
     fn store(&self, key: Key) -> Result<Arc<Key>> {
         if let Some(dir) = &self.dir {
-            let sealed = match &key.secret {
+            // Held until the file is written: a rotation waits for it, and
+            // it waits for a rotation, so the key is never sealed under a
+            // KEK on its way out.
+            let _lock = key
+                .secret
+                .is_some()
+                .then(|| rotation::DirLock::shared(dir))
+                .transpose()?;
+            let (sealed, kek_id) = match &key.secret {
                 Some(s) => {
-                    let kek = self.kek.as_ref().ok_or_else(|| {
+                    let state = rotation::KekState::load(dir)?;
+                    if let Some(to) = &state.rotating_to {
+                        return Err(rotation::sealing_refused(dir, to));
+                    }
+                    let kek = self.current_kek(dir)?.ok_or_else(|| {
                         Error::Kek("not loaded, so the new key cannot be encrypted".into())
                     })?;
-                    Some(B64.encode(kek.seal(&key.info.name, s.pkcs8_der())?))
+                    rotation::record_if_absent(dir, &state, &kek)?;
+                    (
+                        Some(B64.encode(kek.seal(&key.info.name, s.pkcs8_der())?)),
+                        Some(kek.id().to_owned()),
+                    )
                 }
-                None => None,
+                None => (None, None),
             };
             let file = KeyFile {
                 format: KEY_FILE_FORMAT.into(),
                 info: key.info.clone(),
                 sealed,
+                kek_id,
             };
             let text = serde_json::to_vec_pretty(&file)
                 .map_err(|e| Error::Invalid(format!("cannot encode key file: {e}")))?;
@@ -702,14 +776,14 @@ impl KeyStore {
         if let Some(k) = self.keys.read().by_name.get(name) {
             return Ok(k.clone());
         }
-        let path = match &self.dir {
-            Some(dir) if validate_name(name).is_ok() => dir.join(format!("{name}.key")),
+        let (dir, path) = match &self.dir {
+            Some(dir) if validate_name(name).is_ok() => (dir, dir.join(format!("{name}.key"))),
             _ => return Err(Error::UnknownKey(name.to_string())),
         };
         if !path.exists() {
             return Err(Error::UnknownKey(name.to_string()));
         }
-        let key = Arc::new(load_file(&path, self.kek.as_ref())?);
+        let key = Arc::new(load_file(&path, self.current_kek(dir)?.as_deref())?);
         let mut index = self.keys.write();
         if let Some(k) = index.by_name.get(name) {
             return Ok(k.clone());
@@ -758,13 +832,11 @@ fn key_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// The KeyId a key file records, read without decrypting anything.
 fn key_file_id(path: &Path) -> Result<KeyId> {
-    let bytes = std::fs::read(path).map_err(|e| Error::key_file(path, e.to_string()))?;
-    let file: KeyFile = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::key_file(path, format!("corrupt key file: {e}")))?;
-    Ok(file.info.key_id)
+    Ok(read_key_file(path)?.info.key_id)
 }
 
-fn load_file(path: &Path, kek: Option<&Kek>) -> Result<Key> {
+/// A key file parsed, its format checked; nothing decrypted or verified.
+fn read_key_file(path: &Path) -> Result<KeyFile> {
     let bytes = std::fs::read(path).map_err(|e| Error::key_file(path, e.to_string()))?;
     let file: KeyFile = serde_json::from_slice(&bytes)
         .map_err(|e| Error::key_file(path, format!("corrupt key file: {e}")))?;
@@ -774,6 +846,11 @@ fn load_file(path: &Path, kek: Option<&Kek>) -> Result<Key> {
             format!("unknown format '{}'", file.format),
         ));
     }
+    Ok(file)
+}
+
+fn load_file(path: &Path, kek: Option<&Kek>) -> Result<Key> {
+    let file = read_key_file(path)?;
     let info = file.info;
     let expected = format!("{}.key", info.name);
     if path.file_name().and_then(|n| n.to_str()) != Some(expected.as_str()) {
@@ -792,6 +869,18 @@ fn load_file(path: &Path, kek: Option<&Kek>) -> Result<Key> {
         ));
     }
     let secret = match (kek, &file.sealed, info.placement) {
+        (Some(kek), Some(_), Placement::Soft)
+            if file.kek_id.as_deref().is_some_and(|id| id != kek.id()) =>
+        {
+            return Err(Error::key_file(
+                path,
+                format!(
+                    "is encrypted under key-encryption key {}, not the configured one ({})",
+                    file.kek_id.as_deref().unwrap_or_default(),
+                    kek.id()
+                ),
+            ));
+        }
         (Some(kek), Some(sealed), Placement::Soft) => {
             let sealed = B64
                 .decode(sealed)
@@ -838,7 +927,9 @@ fn load_file(path: &Path, kek: Option<&Kek>) -> Result<Key> {
 /// Writes `dir/name` so that a crash leaves either the old or the new file.
 pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tmp = dir.join(format!(".{name}.tmp"));
+    // One temporary name per process: two processes writing the same file
+    // (the KEK record, say) must not rename each other's half-written copy.
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let dst = dir.join(name);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -965,8 +1056,27 @@ mod tests {
         assert_eq!(k2.secret().unwrap().pkcs8_der(), pkcs8);
         assert!(again.by_id(&k.id()).is_some());
         assert!(again.by_ski(&k.info().ski).is_some());
-        let wrong = KeyStore::open(dir.path(), Some(Kek::from_bytes(&[2u8; 32]).unwrap()));
-        assert!(wrong.unwrap_err().to_string().contains("cannot decrypt"));
+        // A wrong KEK is named by the directory's record, else by the key
+        // file's KEK id, else (a file from before KEK ids) by the failed
+        // decryption.
+        let wrong = || Kek::from_bytes(&[2u8; 32]).unwrap();
+        let e = KeyStore::open(dir.path(), Some(wrong())).unwrap_err();
+        assert!(e.to_string().contains("is not the one the keys"), "{e}");
+        std::fs::remove_file(dir.path().join("keys/kek-state.json")).unwrap();
+        let e = KeyStore::open(dir.path(), Some(wrong())).unwrap_err();
+        let want = format!(
+            "under key-encryption key {}, not the configured one",
+            kek().id()
+        );
+        assert!(e.to_string().contains(&want), "{e}");
+        let path = dir.path().join("keys/edge.key");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("kek_id");
+        std::fs::write(&path, v.to_string()).unwrap();
+        let e = KeyStore::open(dir.path(), Some(wrong())).unwrap_err();
+        assert!(e.to_string().contains("cannot decrypt"), "{e}");
+        assert!(KeyStore::open(dir.path(), Some(kek())).is_ok());
         let public_only = KeyStore::open(dir.path(), None).unwrap();
         assert!(public_only.get("edge").unwrap().secret().is_err());
     }
