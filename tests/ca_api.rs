@@ -3,7 +3,7 @@
 //! with curl.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 mod common;
 use common::*;
@@ -29,6 +29,106 @@ fn workload_csr(dir: &Path, name: &str) -> String {
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// The first PEM certificate in `text`.
+fn first_pem_cert(text: &str) -> Option<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end = text[start..].find(END)? + start + END.len();
+    Some(text[start..end].to_string())
+}
+
+/// The certificate the listener at `addr` presents to a new connection
+/// (openssl s_client, with the `caller` client certificate).
+fn presented_cert(dir: &Path, addr: &str) -> String {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "s_client",
+            "-connect",
+            addr,
+            "-servername",
+            "localhost",
+            "-CAfile",
+            "ca.pem",
+            "-cert",
+            "caller.pem",
+            "-key",
+            "caller.key",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    first_pem_cert(&text).unwrap_or_else(|| {
+        panic!(
+            "s_client got no certificate: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn cert_file(dir: &Path, name: &str) -> String {
+    first_pem_cert(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
+}
+
+#[test]
+fn issuance_tls_changes_are_picked_up_at_sighup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ca(dir, "ca");
+    ca(dir, "ca2");
+    leaf(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
+    leaf(dir, "ca", "caller", "URI:spiffe://example.org/issuer");
+    // The same caller, its certificate from a CA the server does not trust
+    // yet.
+    leaf(dir, "ca2", "caller2", "URI:spiffe://example.org/issuer");
+    std::fs::copy(dir.join("ca.pem"), dir.join("clients.pem")).unwrap();
+    std::fs::write(
+        dir.join("sigmux.toml"),
+        "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [issuance]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         client_ca = \"clients.pem\"\n\
+         [[issuance.callers]]\nid = \"spiffe://example.org/issuer\"\n\
+         allowed_prefixes = [\"spiffe://example.org/ns/prod\"]\n",
+    )
+    .unwrap();
+    sigmux(dir, &["ca", "init", "--trust-domain", "example.org"]);
+    let (server, addr, _http, lines) = start_server_watched(dir);
+    let url = format!(
+        "https://localhost:{}/v1/bundle.pem",
+        addr.rsplit(':').next().unwrap()
+    );
+    let get = |who: &str| curl(dir, Some(who), "GET", &url, None).0;
+    assert_eq!(get("caller"), 200);
+    assert_eq!(get("caller2"), 0, "a client CA not configured is refused");
+    let first = presented_cert(dir, &addr);
+    assert_eq!(first, cert_file(dir, "server.pem"));
+
+    // A renewed server certificate (new key too) and a second client CA.
+    leaf(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
+    let both = std::fs::read_to_string(dir.join("ca.pem")).unwrap()
+        + &std::fs::read_to_string(dir.join("ca2.pem")).unwrap();
+    std::fs::write(dir.join("clients.pem"), both).unwrap();
+    let said = sighup(&server, &lines);
+    assert!(said.contains("sigmux: issuance TLS reloaded"), "{said}");
+    let renewed = presented_cert(dir, &addr);
+    assert_ne!(renewed, first);
+    assert_eq!(renewed, cert_file(dir, "server.pem"));
+    assert_eq!(get("caller2"), 200, "the new client CA is trusted");
+    assert_eq!(get("caller"), 200);
+
+    // A key that does not match the certificate: refused, the renewed
+    // configuration stays.
+    ec_key(dir, "server.key");
+    let said = sighup(&server, &lines);
+    assert!(
+        said.contains("sigmux: issuance TLS not reloaded") && said.contains("issuance."),
+        "{said}"
+    );
+    assert_eq!(presented_cert(dir, &addr), renewed);
+    assert_eq!(get("caller2"), 200);
 }
 
 #[test]

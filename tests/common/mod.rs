@@ -8,6 +8,7 @@ pub mod ctgrind;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 
 pub struct ServerProcess(pub Child);
 
@@ -145,6 +146,14 @@ pub fn start_server(dir: &Path) -> (ServerProcess, String) {
 /// Starts `sigmux serve` and returns it with the issuance address and the
 /// address of its `/metrics` listener.
 pub fn start_server_with_http(dir: &Path) -> (ServerProcess, String, String) {
+    let (server, issuance, http, lines) = start_server_watched(dir);
+    std::thread::spawn(move || for _ in lines {});
+    (server, issuance, http)
+}
+
+/// Starts `sigmux serve`; returns it with the issuance and `/metrics`
+/// addresses and what it prints on stderr from then on, line by line.
+pub fn start_server_watched(dir: &Path) -> (ServerProcess, String, String, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sigmux"))
         .current_dir(dir)
         .args(["--config", "sigmux.toml", "serve"])
@@ -166,12 +175,41 @@ pub fn start_server_with_http(dir: &Path) -> (ServerProcess, String, String) {
             http = Some(a.trim().to_string());
         }
     }
-    std::thread::spawn(move || for _ in lines {});
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(|l| l.ok()) {
+            // Nobody listening any more is fine: the lines are still read,
+            // so the server never blocks on a full pipe.
+            let _ = tx.send(line);
+        }
+    });
     (
         server,
         issuance.expect("issuance line before the serving line"),
         http.unwrap_or_default(),
+        rx,
     )
+}
+
+/// Sends SIGHUP to `server` and returns what it printed up to its "keys
+/// reloaded" line (the last of a reload).
+pub fn sighup(server: &ServerProcess, lines: &mpsc::Receiver<String>) -> String {
+    let pid = server.0.id().to_string();
+    let sent = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(sent.success(), "kill -HUP {pid}");
+    let mut said = String::new();
+    loop {
+        match lines.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(line) => {
+                said.push_str(&line);
+                said.push('\n');
+                if line.contains("keys reloaded") {
+                    return said;
+                }
+            }
+            Err(e) => panic!("no reload after SIGHUP ({e}); it said: {said}"),
+        }
+    }
 }
 
 /// curl with the test CA; `who` is the client certificate, if any.
