@@ -47,12 +47,15 @@ pub fn open_keys(cfg: &Config, kek_use: KekUse) -> Result<KeyStore> {
     }
     let store = KeyStore::open(&cfg.data_dir, kek)?.with_kek_source(cfg.kek_source());
     // Keys asked to live in a token (a CA intermediate and its successors)
-    // are made there through the configured tokens.
+    // are made there through the configured tokens, and destroyed there at
+    // the end of their life.
     if !cfg.backends.pkcs11.is_empty() {
         let cfg = cfg.clone();
+        let maker_cfg = cfg.clone();
         store.set_hsm_maker(Arc::new(move |store, name, kind, token| {
-            hsm_generate(&cfg, store, name, kind, token)
+            hsm_generate(&maker_cfg, store, name, kind, token)
         }));
+        store.set_hsm_destroyer(Arc::new(move |key| hsm_destroy(&cfg, key)));
     }
     Ok(store)
 }
@@ -223,6 +226,41 @@ pub fn hsm_generate(
     let t = hsm_token(cfg, token)?;
     let made = t.generate(name, kind)?;
     store.register_hsm(Key::from_hsm(name, made.kind, &made.spki_der, made.hsm)?)
+}
+
+/// Destroys an HSM key's objects in the token it is bound to or, for a key
+/// not bound to one, in every configured token (a token that no longer
+/// holds it is fine).
+pub fn hsm_destroy(cfg: &Config, key: &Key) -> Result<()> {
+    let h =
+        key.info().hsm.as_ref().ok_or_else(|| {
+            Error::Invalid(format!("key '{}' is not in a PKCS#11 token", key.name()))
+        })?;
+    let id = hex::decode(&h.id).map_err(|_| {
+        Error::Invalid(format!(
+            "key '{}' records a CKA_ID that is not hex: {}",
+            key.name(),
+            h.id
+        ))
+    })?;
+    let tokens = match &h.token {
+        Some(t) => vec![hsm_token(cfg, Some(t))?],
+        None => cfg
+            .pkcs11_configs()?
+            .iter()
+            .map(Token::open)
+            .collect::<Result<Vec<_>>>()?,
+    };
+    for t in tokens {
+        let gone = t.destroy_key(&h.label, &id)?;
+        tracing::info!(
+            key = key.name(),
+            token = t.label(),
+            objects = gone,
+            "key destroyed in token"
+        );
+    }
+    Ok(())
 }
 
 /// `keys import --backend hsm`: records a key that another tool made in a

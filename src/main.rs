@@ -1021,7 +1021,7 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
                 serde_json::json!({ "revoked": old, "active": new }),
             )?;
             println!("revoked intermediate {old}; intermediate {new} is active");
-            Ok(())
+            destroy_dead_ca_keys(cfg, &store, &audit)
         }
         CaCommand::Bundle { format } => {
             let state = CaState::require(&cfg.data_dir)?;
@@ -1113,7 +1113,29 @@ fn ca_rotate(cfg: &Config, cmd: RotateCommand) -> Result<()> {
                 serde_json::json!({ "retired": retired }),
             )?;
             println!("retired {}", retired.join(", "));
+            let store = app::open_keys(cfg, KekUse::NotNeeded)?;
+            destroy_dead_ca_keys(cfg, &store, &audit)?;
         }
+    }
+    Ok(())
+}
+
+/// Destroys the keys of retired and revoked intermediates, records each in
+/// the audit log and says so. A key that cannot be destroyed (its token
+/// unreachable) is a warning: the intermediate is out of the bundle
+/// already, and `serve` tries again on its rotation schedule.
+fn destroy_dead_ca_keys(
+    cfg: &Config,
+    store: &sigmux::KeyStore,
+    audit: &sigmux::audit::AuditLog,
+) -> Result<()> {
+    let (destroyed, failed) = sigmux::ca::rotation::destroy_dead_keys(&cfg.data_dir, store)?;
+    audit.append_many(destroyed.iter().map(|d| d.audit_record()).collect())?;
+    for d in &destroyed {
+        println!("{d}");
+    }
+    for f in &failed {
+        eprintln!("sigmux: warning: {f} (`sigmux serve` tries again)");
     }
     Ok(())
 }

@@ -418,11 +418,14 @@ mod tests {
         let switch = int.not_before + life * 5 / 6;
         let (a, _) = rotation_step(dir.path(), &store, &engine, a, hour, switch).unwrap();
         let (_, done) = rotation_step(dir.path(), &store, &engine, a, hour, switch + 3600).unwrap();
-        assert!(matches!(done.as_slice(), [TickAction::Retired { .. }]));
+        assert!(matches!(
+            done.as_slice(),
+            [TickAction::Retired { .. }, TickAction::KeyDestroyed(_)]
+        ));
 
         let log = dir.path().join("audit.log");
         let v = crate::audit::verify(&log).unwrap();
-        assert_eq!(v.records, 3);
+        assert_eq!(v.records, 4);
         let text = std::fs::read_to_string(&log).unwrap();
         let events: Vec<String> = text
             .lines()
@@ -433,7 +436,8 @@ mod tests {
             [
                 "\"ca_rotate_prepare\"",
                 "\"ca_rotate_activate\"",
-                "\"ca_rotate_retire\""
+                "\"ca_rotate_retire\"",
+                "\"key.destroy\""
             ]
         );
     }

@@ -449,6 +449,14 @@ fn rotation_publishes_before_signing_and_drains_before_retiring() {
         .as_str()
         .unwrap()
         .to_string();
+    let key_file = |st: &serde_json::Value, i: usize| {
+        data.join(format!(
+            "keys/{}.key",
+            st["intermediates"][i]["key_name"].as_str().unwrap()
+        ))
+    };
+    let first_key = key_file(&state(&data), 0);
+    assert!(first_key.exists());
 
     ok(sigmux(&data, &["ca", "rotate", "prepare"], None), "prepare");
     let st = state(&data);
@@ -483,7 +491,8 @@ fn rotation_publishes_before_signing_and_drains_before_retiring() {
     let out = sigmux(&data, &["ca", "rotate", "retire"], None);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("may still be valid"));
-    ok(
+    assert!(first_key.exists(), "a draining intermediate keeps its key");
+    let said = ok(
         sigmux(
             &data,
             &["ca", "rotate", "retire", "--max-svid-ttl-seconds", "0"],
@@ -493,6 +502,18 @@ fn rotation_publishes_before_signing_and_drains_before_retiring() {
     );
     let st = state(&data);
     assert_eq!(st["intermediates"][0]["status"], "retired");
+    // Retired, its key is destroyed: it signs nothing any more.
+    let first_key_name = st["intermediates"][0]["key_name"].as_str().unwrap();
+    assert!(
+        said.contains(&format!(
+            "destroyed key {first_key_name} of retired intermediate {first}"
+        )),
+        "{said}"
+    );
+    assert!(!first_key.exists());
+    let list = ok(sigmux(&data, &["keys", "list"], None), "keys list");
+    assert!(!list.contains(first_key_name), "{list}");
+    assert!(key_file(&st, 1).exists(), "the active one keeps its key");
     assert_eq!(st["bundle_sequence"], 3);
     let b = bundle(&data);
     assert_eq!(b.len(), 2);
@@ -530,6 +551,11 @@ fn rotation_publishes_before_signing_and_drains_before_retiring() {
     assert_eq!(st["intermediates"][1]["status"], "revoked");
     assert_eq!(st["intermediates"][2]["status"], "active");
     assert_eq!(bundle(&data).len(), 2);
+    assert!(
+        !key_file(&st, 1).exists(),
+        "the revoked one's key is destroyed"
+    );
+    assert!(key_file(&st, 2).exists());
     let log = ok(sigmux(&data, &["audit", "verify"], None), "audit");
     assert!(log.starts_with("ok: "), "{log}");
     let events = std::fs::read_to_string(data.join("audit.log")).unwrap();
@@ -542,6 +568,11 @@ fn rotation_publishes_before_signing_and_drains_before_retiring() {
     ] {
         assert!(events.contains(e), "missing {e}");
     }
+    assert_eq!(
+        events.matches("\"event\":\"key.destroy\"").count(),
+        2,
+        "{events}"
+    );
 }
 
 #[test]

@@ -17,6 +17,11 @@ const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// Private-key labels in the token, by pkcs11-tool (an independent PKCS#11
 /// client).
 fn token_private_keys(dir: &Path) -> Vec<String> {
+    token_objects(dir, "privkey")
+}
+
+/// Labels of the token's objects of `kind` (pkcs11-tool's `--type`), sorted.
+fn token_objects(dir: &Path, kind: &str) -> Vec<String> {
     let out = Command::new("pkcs11-tool")
         .current_dir(dir)
         .env("SOFTHSM2_CONF", dir.join("hsm/softhsm2.conf"))
@@ -30,7 +35,7 @@ fn token_private_keys(dir: &Path) -> Vec<String> {
             "1234",
             "--list-objects",
             "--type",
-            "privkey",
+            kind,
         ])
         .output()
         .expect("pkcs11-tool (opensc) is needed: run scripts/deps.sh");
@@ -39,14 +44,16 @@ fn token_private_keys(dir: &Path) -> Vec<String> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
+    let mut labels: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
             l.trim()
                 .strip_prefix("label:")
                 .map(|s| s.trim().to_string())
         })
-        .collect()
+        .collect();
+    labels.sort();
+    labels
 }
 
 fn state(dir: &Path) -> serde_json::Value {
@@ -206,9 +213,29 @@ fn intermediate_key_in_a_pkcs11_token() {
     let st = state(dir);
     let next = &st["intermediates"][1];
     assert_eq!(next["home"]["backend"], "hsm", "{st}");
-    let mut labels = token_private_keys(dir);
-    labels.sort();
-    let mut want = vec![int_key, next["key_name"].as_str().unwrap().to_string()];
+    let next_key = next["key_name"].as_str().unwrap().to_string();
+    let mut want = vec![int_key.clone(), next_key.clone()];
     want.sort();
-    assert_eq!(labels, want);
+    assert_eq!(token_private_keys(dir), want);
+
+    // Retired, the first intermediate's key pair is destroyed inside the
+    // token (private and public objects), and sigmux's reference goes.
+    sigmux(dir, &["ca", "rotate", "activate"]);
+    let said = sigmux(
+        dir,
+        &["ca", "rotate", "retire", "--max-svid-ttl-seconds", "0"],
+    );
+    assert!(
+        said.contains(&format!("destroyed key {int_key} of retired")),
+        "{said}"
+    );
+    let left = vec![next_key];
+    assert_eq!(token_private_keys(dir), left);
+    assert_eq!(token_objects(dir, "pubkey"), left);
+    assert!(!dir.join(format!("data/keys/{int_key}.key")).exists());
+    let audit = std::fs::read_to_string(dir.join("data/audit.log")).unwrap();
+    assert!(
+        audit.contains("\"event\":\"key.destroy\"") && audit.contains(&int_key),
+        "{audit}"
+    );
 }

@@ -505,6 +505,30 @@ impl Token {
         Ok(found.len())
     }
 
+    /// Destroys the key pair with this label and `CKA_ID` (private and
+    /// public objects; other objects under the same label and id stay).
+    /// Returns how many objects went: none when the token no longer holds
+    /// the key.
+    pub fn destroy_key(&self, label: &str, id: &[u8]) -> Result<usize> {
+        let s = self.open_session(true).map_err(|e| self.err(e))?;
+        let s = s.get();
+        let mut gone = 0;
+        for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+            let found = s
+                .find_objects(&[
+                    Attribute::Class(class),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                    Attribute::Id(id.to_vec()),
+                ])
+                .map_err(|e| self.err(ck(&e)))?;
+            for h in found {
+                s.destroy_object(h).map_err(|e| self.err(ck(&e)))?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
+    }
+
     /// Generates a key pair of `kind` inside the token, labelled `name`:
     /// private half `CKA_TOKEN`, `CKA_PRIVATE`, `CKA_SENSITIVE`,
     /// `CKA_SIGN`, not `CKA_EXTRACTABLE`. It is generated under a random

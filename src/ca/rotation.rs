@@ -3,7 +3,8 @@
 //! *activated* (signs; the old one drains: it stays in the bundle until the
 //! last SVID it signed has expired), then the drained one is *retired*. The
 //! emergency path revokes the active intermediate and activates a fresh one
-//! at once.
+//! at once. The key of a retired or revoked intermediate is destroyed: it
+//! signs nothing any more.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -294,6 +295,8 @@ pub enum TickAction {
         /// Their serials.
         serials: Vec<String>,
     },
+    /// The key of a retired or revoked intermediate was destroyed.
+    KeyDestroyed(DestroyedKey),
     /// A step was due but cannot be done here (a warning, not recorded).
     Skipped {
         /// Why.
@@ -319,6 +322,7 @@ impl TickAction {
                 "ca_rotate_retire".into(),
                 json!({ "retired": serials, "scheduled": true }),
             )),
+            TickAction::KeyDestroyed(k) => Some(k.audit_record()),
             TickAction::Skipped { .. } => None,
         }
     }
@@ -340,9 +344,95 @@ impl std::fmt::Display for TickAction {
                 active,
             } => write!(f, "intermediate {active} is active"),
             TickAction::Retired { serials } => write!(f, "retired {}", serials.join(", ")),
+            TickAction::KeyDestroyed(k) => write!(f, "{k}"),
             TickAction::Skipped { why } => write!(f, "rotation skipped: {why}"),
         }
     }
+}
+
+/// The key of a retired or revoked intermediate, destroyed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestroyedKey {
+    /// The key's name in the store.
+    pub name: String,
+    /// Its KeyId (hex).
+    pub key_id: String,
+    /// The serial of the intermediate it belonged to.
+    pub intermediate: String,
+    /// `retired` or `revoked`.
+    pub reason: &'static str,
+}
+
+impl DestroyedKey {
+    /// The audit record of the destruction (`key.destroy`).
+    #[must_use]
+    pub fn audit_record(&self) -> (String, serde_json::Value) {
+        (
+            "key.destroy".into(),
+            serde_json::json!({
+                "name": self.name,
+                "key_id": self.key_id,
+                "intermediate": self.intermediate,
+                "reason": self.reason,
+            }),
+        )
+    }
+}
+
+impl std::fmt::Display for DestroyedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "destroyed key {} of {} intermediate {}",
+            self.name, self.reason, self.intermediate
+        )
+    }
+}
+
+/// Destroys the keys of retired and revoked intermediates that are still
+/// stored (`ca rotate retire`, `ca revoke --intermediate`; `serve` does it
+/// on its rotation schedule). Such a key signs nothing any more, no SVID and
+/// no CRL, so keeping it would only keep a way to mint certificates under a
+/// CA certificate that may still be valid. Returns the keys destroyed and,
+/// for each that could not be, why: it stays, and the next call tries
+/// again.
+///
+/// # Errors
+///
+/// When the CA state cannot be locked or read.
+pub fn destroy_dead_keys(
+    data_dir: &Path,
+    store: &KeyStore,
+) -> Result<(Vec<DestroyedKey>, Vec<String>)> {
+    let _lock = CaState::lock(data_dir)?;
+    let state = CaState::require(data_dir)?;
+    Ok(destroy_keys_of(&state, store))
+}
+
+fn destroy_keys_of(state: &CaState, store: &KeyStore) -> (Vec<DestroyedKey>, Vec<String>) {
+    let mut destroyed = Vec::new();
+    let mut failed = Vec::new();
+    for i in &state.intermediates {
+        let reason = match i.status {
+            CaStatus::Retired => "retired",
+            CaStatus::Revoked => "revoked",
+            _ => continue,
+        };
+        match store.destroy(&i.key_name) {
+            Ok(Some(key)) => destroyed.push(DestroyedKey {
+                name: i.key_name.clone(),
+                key_id: key.id().to_string(),
+                intermediate: i.serial.clone(),
+                reason,
+            }),
+            Ok(None) => {}
+            Err(e) => failed.push(format!(
+                "cannot destroy key {} of {reason} intermediate {}: {e}",
+                i.key_name, i.serial
+            )),
+        }
+    }
+    (destroyed, failed)
 }
 
 /// `now` is at least `frac` of the way from `not_before` to `not_after`.
@@ -390,10 +480,18 @@ pub fn tick(
                     .unwrap_or(now)
                     .saturating_add(secs(max_svid_ttl))
     });
-    if drained {
+    let state = if drained {
         let serials = retire_at(data_dir, max_svid_ttl, false, now)?;
         done.push(TickAction::Retired { serials });
-    }
+        CaState::require(data_dir)?
+    } else {
+        state
+    };
+    // Every check, not only right after a retirement: a key the CLI could
+    // not destroy (a token that was unreachable) goes as soon as it can.
+    let (destroyed, failed) = destroy_keys_of(&state, store);
+    done.extend(destroyed.into_iter().map(TickAction::KeyDestroyed));
+    done.extend(failed.into_iter().map(|why| TickAction::Skipped { why }));
     let active = state
         .intermediates
         .iter()
@@ -594,15 +692,37 @@ mod tests {
         assert!(t(switch + 1).is_empty());
         assert!(t(switch + secs(HOUR) - 1).is_empty());
         assert_eq!(statuses(dir.path()), [CaStatus::Draining, CaStatus::Active]);
+        let first_key = store.get(&first.key_name).unwrap();
         let done = t(switch + secs(HOUR));
         assert_eq!(
             done,
-            [TickAction::Retired {
-                serials: vec![first.serial.clone()],
-            }]
+            [
+                TickAction::Retired {
+                    serials: vec![first.serial.clone()],
+                },
+                TickAction::KeyDestroyed(DestroyedKey {
+                    name: first.key_name.clone(),
+                    key_id: first_key.id().to_string(),
+                    intermediate: first.serial.clone(),
+                    reason: "retired",
+                }),
+            ]
         );
         assert_eq!(done[0].audit_record().unwrap().0, "ca_rotate_retire");
+        let (event, fields) = done[1].audit_record().unwrap();
+        assert_eq!(event, "key.destroy");
+        assert_eq!(fields["intermediate"], first.serial.as_str());
         assert_eq!(statuses(dir.path()), [CaStatus::Retired, CaStatus::Active]);
+        // The retired intermediate's key is gone, from memory and disk; the
+        // root's and the active intermediate's stay.
+        assert!(matches!(
+            store.get(&first.key_name),
+            Err(Error::UnknownKey(_))
+        ));
+        let keys_dir = dir.path().join("keys");
+        assert!(!keys_dir.join(format!("{}.key", first.key_name)).exists());
+        assert!(store.get(&next.key_name).is_ok());
+        assert!(store.get(state.root.key_name.as_deref().unwrap()).is_ok());
         assert!(t(switch + secs(HOUR) + 1).is_empty());
 
         // The next cycle follows the new intermediate's own life.
@@ -636,5 +756,90 @@ mod tests {
         assert_eq!(statuses(dir.path()), [CaStatus::Active]);
         let done = tick(dir.path(), &store, &engine, Some("pass-1234"), HOUR, half).unwrap();
         assert!(matches!(done.as_slice(), [TickAction::Prepared { .. }]));
+    }
+
+    #[test]
+    fn dead_keys_are_destroyed_once_and_a_failure_leaves_the_key_for_the_next_try() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let engine = engine();
+        let td = TrustDomain::parse("example.org").unwrap();
+        init(dir.path(), &store, &engine, &InitOptions::new(td), None).unwrap();
+        // Another process that loaded every key before the destruction.
+        let other = crate::testutil::key_store(dir.path());
+        let (old, _new) =
+            revoke_intermediate(dir.path(), &store, &engine, None, HOUR * 24).unwrap();
+        let st = CaState::require(dir.path()).unwrap();
+        let old_rec = st.intermediates.iter().find(|i| i.serial == old).unwrap();
+        let old_id = store.get(&old_rec.key_name).unwrap().id().to_string();
+        assert!(other.get(&old_rec.key_name).is_ok());
+
+        let (destroyed, failed) = destroy_dead_keys(dir.path(), &store).unwrap();
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(
+            destroyed,
+            [DestroyedKey {
+                name: old_rec.key_name.clone(),
+                key_id: old_id,
+                intermediate: old.clone(),
+                reason: "revoked",
+            }]
+        );
+        assert!(matches!(
+            store.get(&old_rec.key_name),
+            Err(Error::UnknownKey(_))
+        ));
+        assert_eq!(
+            destroy_dead_keys(dir.path(), &store).unwrap(),
+            (vec![], vec![])
+        );
+        // The other process only drops its copy: nothing to destroy twice,
+        // nothing recorded twice.
+        assert_eq!(
+            destroy_dead_keys(dir.path(), &other).unwrap(),
+            (vec![], vec![])
+        );
+        assert!(matches!(
+            other.get(&old_rec.key_name),
+            Err(Error::UnknownKey(_))
+        ));
+
+        // A key in a token that cannot be reached stays, with the reason.
+        let public = Key::ephemeral("x", KeyKind::P256).unwrap();
+        let hsm = crate::keys::HsmRef {
+            token: Some("t".into()),
+            label: "hsm-int".into(),
+            id: "01".into(),
+        };
+        store
+            .register_hsm(Key::from_hsm("hsm-int", KeyKind::P256, public.spki_der(), hsm).unwrap())
+            .unwrap();
+        let mut st = CaState::require(dir.path()).unwrap();
+        let mut dead = st.intermediates[0].clone();
+        dead.serial = "00aa".into();
+        dead.key_name = "hsm-int".into();
+        dead.status = CaStatus::Retired;
+        st.intermediates.push(dead);
+        st.save(dir.path()).unwrap();
+        let (destroyed, failed) = destroy_dead_keys(dir.path(), &store).unwrap();
+        assert!(destroyed.is_empty());
+        assert!(
+            failed.len() == 1
+                && failed[0].contains("hsm-int")
+                && failed[0].contains("no token is configured"),
+            "{failed:?}"
+        );
+        store.set_hsm_destroyer(Arc::new(|_| {
+            Err(Error::Invalid("token unreachable".into()))
+        }));
+        let (_, failed) = destroy_dead_keys(dir.path(), &store).unwrap();
+        assert!(failed[0].contains("token unreachable"), "{failed:?}");
+        assert!(store.get("hsm-int").is_ok());
+        assert!(dir.path().join("keys/hsm-int.key").exists());
+        // Once the token destroys it, the reference goes too.
+        store.set_hsm_destroyer(Arc::new(|_| Ok(())));
+        let (destroyed, failed) = destroy_dead_keys(dir.path(), &store).unwrap();
+        assert!(failed.is_empty() && destroyed.len() == 1, "{failed:?}");
+        assert!(!dir.path().join("keys/hsm-int.key").exists());
     }
 }

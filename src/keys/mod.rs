@@ -360,6 +360,10 @@ impl fmt::Display for KeyHome {
 pub type HsmMaker =
     dyn Fn(&KeyStore, &str, KeyKind, Option<&str>) -> Result<Arc<Key>> + Send + Sync;
 
+/// Destroys an HSM key's objects inside its PKCS#11 token(s). Installed by
+/// the application, which knows the configured tokens.
+pub type HsmDestroyer = dyn Fn(&Key) -> Result<()> + Send + Sync;
+
 /// The set of keys sigmux holds, backed by `<data-dir>/keys/`.
 pub struct KeyStore {
     dir: Option<PathBuf>,
@@ -369,6 +373,7 @@ pub struct KeyStore {
     kek_source: Option<KekSource>,
     keys: RwLock<Index>,
     hsm_maker: RwLock<Option<Arc<HsmMaker>>>,
+    hsm_destroyer: RwLock<Option<Arc<HsmDestroyer>>>,
 }
 
 impl fmt::Debug for KeyStore {
@@ -479,6 +484,7 @@ impl KeyStore {
             kek_source: None,
             keys: RwLock::new(Index::default()),
             hsm_maker: RwLock::new(None),
+            hsm_destroyer: RwLock::new(None),
         }
     }
 
@@ -505,6 +511,7 @@ impl KeyStore {
             kek_source: None,
             keys: RwLock::new(index),
             hsm_maker: RwLock::new(None),
+            hsm_destroyer: RwLock::new(None),
         })
     }
 
@@ -624,6 +631,42 @@ impl KeyStore {
         crate::audit::sync_dir(dir)?;
         self.keys.write().remove(name);
         Ok(key)
+    }
+
+    /// Destroys the key named `name` for good, at the end of its life (the
+    /// key of a retired CA intermediate): a key in a PKCS#11 token is
+    /// destroyed inside the token first, then its file goes. The private
+    /// half held in memory is zeroized when the last request using it
+    /// finishes. Returns `None` when the key's file was already gone
+    /// (destroyed by another process; only this store's entry is dropped).
+    ///
+    /// # Errors
+    ///
+    /// When the token cannot destroy it (or none is configured), or the
+    /// file system's error; the key then stays.
+    pub fn destroy(&self, name: &str) -> Result<Option<Arc<Key>>> {
+        let Some(dir) = self.dir.as_ref().filter(|_| validate_name(name).is_ok()) else {
+            return Err(Error::UnknownKey(name.to_string()));
+        };
+        if !dir.join(format!("{name}.key")).exists() {
+            self.keys.write().remove(name);
+            return Ok(None);
+        }
+        let key = self.get(name)?;
+        if key.placement() == Placement::Hsm {
+            let destroyer = self.hsm_destroyer.read().clone().ok_or_else(|| {
+                Error::Config(format!(
+                    "key {name} is in a PKCS#11 token, but no token is configured ([backends.pkcs11]) to destroy it in"
+                ))
+            })?;
+            destroyer(&key)?;
+        }
+        self.delete(name).map(Some)
+    }
+
+    /// Lets [`KeyStore::destroy`] destroy keys inside PKCS#11 tokens.
+    pub fn set_hsm_destroyer(&self, destroyer: Arc<HsmDestroyer>) {
+        *self.hsm_destroyer.write() = Some(destroyer);
     }
 
     /// Whether `data_dir` holds any stored key (decides whether a missing

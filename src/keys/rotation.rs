@@ -3,13 +3,15 @@
 //! sigmux processes writing keys meanwhile.
 //!
 //! The keys directory records which KEK its keys are under in
-//! `kek-state.json` (the KEK's public id only). A rotation first writes
-//! `rotating_to` there, then re-encrypts file by file (each file replaced
-//! atomically and tagged with the id of its KEK), then the caller installs
-//! the new KEK where the config finds it, and only then is the state
-//! finished. A crash leaves `rotating_to` set: every command that needs the
-//! KEK then says to run `sigmux keys rotate-kek` again, which carries on
-//! where the last run stopped.
+//! `kek-state.json` (the KEK's public id only). A rotation stages a new KEK
+//! file (`<kek_file>.next`), re-encrypts every key in memory (so a key the
+//! current KEK cannot open stops it before anything changes), writes
+//! `rotating_to` in the record, replaces the key files one by one (each
+//! atomically, tagged with the id of its KEK), installs the new KEK where
+//! the config finds it, and only then finishes the record. A crash leaves
+//! `rotating_to` set: every command that needs the KEK then says to run
+//! `sigmux keys rotate-kek` again, which carries on where the last run
+//! stopped.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -208,7 +210,7 @@ pub fn finish(keys_dir: &Path, new: &Kek, _lock: &DirLock) -> Result<()> {
             return Err(Error::key_file(
                 &path,
                 format!(
-                    "is not yet under key-encryption key {}; the rotation cannot finish",
+                    "is not yet under key-encryption key {}, so the rotation cannot finish: run `sigmux keys rotate-kek` with the previous key configured and this one given",
                     new.id()
                 ),
             ));
