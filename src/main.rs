@@ -1074,7 +1074,7 @@ fn ca_rotate(cfg: &Config, cmd: RotateCommand) -> Result<()> {
         RotateCommand::Prepare { kind, days } => {
             let kind: Option<KeyKind> = kind.map(|k| k.parse()).transpose()?;
             let (store, engine, pass) = ca_signer(cfg)?;
-            let rec = rotation::prepare(
+            let made = rotation::prepare(
                 &cfg.data_dir,
                 &store,
                 &engine,
@@ -1082,22 +1082,34 @@ fn ca_rotate(cfg: &Config, cmd: RotateCommand) -> Result<()> {
                 kind,
                 Duration::from_secs(days.saturating_mul(86_400)),
             )?;
+            let jwt_kid = made.jwt.as_ref().map(|j| j.kid.clone());
             audit.append(
                 "ca_rotate_prepare",
-                serde_json::json!({ "serial": rec.serial, "key": rec.key_name }),
+                serde_json::json!({
+                    "serial": made.intermediate.serial,
+                    "key": made.intermediate.key_name,
+                    "jwt_kid": jwt_kid,
+                }),
             )?;
             println!(
                 "prepared intermediate {} (in the bundle, not signing)",
-                rec.serial
+                made.intermediate.serial
             );
+            if let Some(kid) = jwt_kid {
+                println!("prepared JWT key {kid} (in the JWKS bundle, not signing)");
+            }
         }
         RotateCommand::Activate => {
-            let (old, new) = rotation::activate(&cfg.data_dir)?;
+            let done = rotation::activate(&cfg.data_dir)?;
             audit.append(
                 "ca_rotate_activate",
-                serde_json::json!({ "active": new, "draining": old }),
+                serde_json::json!({
+                    "active": done.active,
+                    "draining": done.previous,
+                    "jwt_kid": done.jwt_kid,
+                }),
             )?;
-            println!("intermediate {new} is active");
+            println!("{done}");
         }
         RotateCommand::Retire {
             max_svid_ttl_seconds,
@@ -1110,9 +1122,12 @@ fn ca_rotate(cfg: &Config, cmd: RotateCommand) -> Result<()> {
             )?;
             audit.append(
                 "ca_rotate_retire",
-                serde_json::json!({ "retired": retired }),
+                serde_json::json!({
+                    "retired": retired.serials,
+                    "retired_jwt": retired.jwt_kids,
+                }),
             )?;
-            println!("retired {}", retired.join(", "));
+            println!("{retired}");
             let store = app::open_keys(cfg, KekUse::NotNeeded)?;
             destroy_dead_ca_keys(cfg, &store, &audit)?;
         }

@@ -418,14 +418,19 @@ mod tests {
         let switch = int.not_before + life * 5 / 6;
         let (a, _) = rotation_step(dir.path(), &store, &engine, a, hour, switch).unwrap();
         let (_, done) = rotation_step(dir.path(), &store, &engine, a, hour, switch + 3600).unwrap();
+        // The intermediate and the JWT key retire together; both keys go.
         assert!(matches!(
             done.as_slice(),
-            [TickAction::Retired { .. }, TickAction::KeyDestroyed(_)]
+            [
+                TickAction::Retired(_),
+                TickAction::KeyDestroyed(_),
+                TickAction::KeyDestroyed(_)
+            ]
         ));
 
         let log = dir.path().join("audit.log");
         let v = crate::audit::verify(&log).unwrap();
-        assert_eq!(v.records, 4);
+        assert_eq!(v.records, 5);
         let text = std::fs::read_to_string(&log).unwrap();
         let events: Vec<String> = text
             .lines()
@@ -437,6 +442,7 @@ mod tests {
                 "\"ca_rotate_prepare\"",
                 "\"ca_rotate_activate\"",
                 "\"ca_rotate_retire\"",
+                "\"key.destroy\"",
                 "\"key.destroy\""
             ]
         );

@@ -340,12 +340,15 @@ fn issuance_api_end_to_end() {
     let jwks = json(&jwks);
     let keys = jwks["keys"].as_array().unwrap();
     assert!(keys.iter().any(|k| k["use"] == "x509-svid"));
-    let jwt_kid = keys
+    // The JWT key rotated with the intermediate: the old one stays
+    // published while its tokens may live, the new one (last) signs.
+    let jwt_kids: Vec<String> = keys
         .iter()
-        .find(|k| k["use"] == "jwt-svid")
-        .and_then(|k| k["kid"].as_str())
-        .unwrap()
-        .to_string();
+        .filter(|k| k["use"] == "jwt-svid")
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(jwt_kids.len(), 2, "{jwks}");
+    let jwt_kid = jwt_kids[1].clone();
 
     // JWT-SVIDs: allowed and forbidden.
     let (code, text) = curl(

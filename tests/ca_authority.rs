@@ -458,10 +458,35 @@ fn rotation_publishes_before_signing_and_drains_before_retiring() {
     let first_key = key_file(&state(&data), 0);
     assert!(first_key.exists());
 
-    ok(sigmux(&data, &["ca", "rotate", "prepare"], None), "prepare");
+    let jwt_kids = |d: &Path| -> Vec<String> {
+        let text = ok(
+            sigmux(d, &["ca", "bundle", "--format", "jwks"], None),
+            "jwks",
+        );
+        let jwks: serde_json::Value = serde_json::from_str(&text).unwrap();
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["use"] == "jwt-svid")
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first_kid = jwt_kids(&data);
+    assert_eq!(first_kid.len(), 1);
+
+    let said = ok(sigmux(&data, &["ca", "rotate", "prepare"], None), "prepare");
     let st = state(&data);
     assert_eq!(st["intermediates"][1]["status"], "prepared");
     assert_eq!(st["intermediates"][0]["status"], "active");
+    // A JWT-SVID key is prepared with it, published in the JWKS bundle.
+    assert_eq!(st["jwt_keys"][1]["status"], "prepared");
+    let next_kid = st["jwt_keys"][1]["kid"].as_str().unwrap().to_string();
+    assert!(
+        said.contains(&format!("prepared JWT key {next_kid}")),
+        "{said}"
+    );
+    assert_eq!(jwt_kids(&data), [first_kid[0].clone(), next_kid.clone()]);
     assert_eq!(st["bundle_sequence"], 2);
     // Published before it signs: root + both intermediates.
     let b = bundle(&data);
@@ -482,6 +507,8 @@ fn rotation_publishes_before_signing_and_drains_before_retiring() {
     let st = state(&data);
     assert_eq!(st["intermediates"][0]["status"], "draining");
     assert_eq!(st["intermediates"][1]["status"], "active");
+    assert_eq!(st["jwt_keys"][0]["status"], "draining");
+    assert_eq!(st["jwt_keys"][1]["status"], "active");
     assert_eq!(
         bundle(&data).len(),
         3,
@@ -502,6 +529,10 @@ fn rotation_publishes_before_signing_and_drains_before_retiring() {
     );
     let st = state(&data);
     assert_eq!(st["intermediates"][0]["status"], "retired");
+    assert_eq!(st["jwt_keys"][0]["status"], "retired");
+    assert_eq!(jwt_kids(&data), std::slice::from_ref(&next_kid));
+    let first_jwt_key = st["jwt_keys"][0]["key_name"].as_str().unwrap();
+    assert!(!data.join(format!("keys/{first_jwt_key}.key")).exists());
     // Retired, its key is destroyed: it signs nothing any more.
     let first_key_name = st["intermediates"][0]["key_name"].as_str().unwrap();
     assert!(
@@ -568,9 +599,10 @@ fn rotation_publishes_before_signing_and_drains_before_retiring() {
     ] {
         assert!(events.contains(e), "missing {e}");
     }
+    // Retiring took the intermediate's and the JWT key's; revoking one more.
     assert_eq!(
         events.matches("\"event\":\"key.destroy\"").count(),
-        2,
+        3,
         "{events}"
     );
 }

@@ -160,8 +160,13 @@ pub struct JwtKeyRecord {
     pub kid: String,
     /// The scheme JWT-SVIDs are signed with.
     pub scheme: Scheme,
-    /// Where it is in its life.
+    /// Where it is in its life: prepared with each new intermediate (in the
+    /// JWKS bundle, not signing), active, draining (in the bundle until the
+    /// last JWT-SVID it signed has expired), retired.
     pub status: CaStatus,
+    /// When it stopped signing (Unix seconds), once draining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_since: Option<i64>,
 }
 
 /// Everything the CA remembers, stored in `<data-dir>/ca/state.json`.
@@ -416,6 +421,14 @@ pub fn root_passphrase_from_env() -> Result<Zeroizing<String>> {
     }
 }
 
+/// A new JWT-SVID signing key in the store, `ca-jwt-<8 random hex>`.
+pub(crate) fn new_jwt_key(store: &KeyStore, kind: KeyKind) -> Result<Arc<Key>> {
+    let mut tag_bytes = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut tag_bytes)
+        .map_err(|_| Error::Invalid("random generator failed".into()))?;
+    store.generate(&format!("ca-jwt-{}", hex::encode(tag_bytes)), kind)
+}
+
 /// The JWS `kid` of a JWT signing key: base64url (no padding) of the first
 /// 16 bytes of its key id (SHA-256 of the SPKI).
 #[must_use]
@@ -594,11 +607,7 @@ pub fn init(
         &root_key,
     )?;
 
-    // JWT key.
-    let mut tag_bytes = [0u8; 4];
-    aws_lc_rs::rand::fill(&mut tag_bytes)
-        .map_err(|_| Error::Invalid("random generator failed".into()))?;
-    let jwt_key = store.generate(&format!("ca-jwt-{}", hex::encode(tag_bytes)), opts.jwt_kind)?;
+    let jwt_key = new_jwt_key(store, opts.jwt_kind)?;
 
     let state = CaState {
         format: STATE_FORMAT.into(),
@@ -629,6 +638,7 @@ pub fn init(
             kid: jwt_kid(&jwt_key),
             scheme: Scheme::default_for(opts.jwt_kind),
             status: CaStatus::Active,
+            draining_since: None,
         }],
         bundle_sequence: 1,
         refresh_hint_secs: DEFAULT_REFRESH_HINT_SECS,
@@ -714,7 +724,7 @@ pub fn bundle_jwks(state: &CaState, store: &KeyStore) -> Result<serde_json::Valu
         keys.push(serde_json::Value::Object(jwk));
     }
     for j in &state.jwt_keys {
-        if j.status == CaStatus::Retired {
+        if matches!(j.status, CaStatus::Retired | CaStatus::Revoked) {
             continue;
         }
         let key = store.get(&j.key_name)?;

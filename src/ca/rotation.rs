@@ -3,16 +3,19 @@
 //! *activated* (signs; the old one drains: it stays in the bundle until the
 //! last SVID it signed has expired), then the drained one is *retired*. The
 //! emergency path revokes the active intermediate and activates a fresh one
-//! at once. The key of a retired or revoked intermediate is destroyed: it
-//! signs nothing any more.
+//! at once. The JWT-SVID signing key rotates with the intermediate: a
+//! successor is prepared (published in the JWKS bundle) with each new
+//! intermediate, signs from its activation, and the old one drains until
+//! the last JWT-SVID it signed has expired. The key of a retired or revoked
+//! intermediate or JWT key is destroyed: it signs nothing any more.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::authority::{
-    CA_BACKDATE, CaCertSpec, CaState, CaStatus, IntermediateRecord, RevokedSvid, ca_name,
-    pem_to_der, secs, sign_ca_cert,
+    CA_BACKDATE, CaCertSpec, CaState, CaStatus, IntermediateRecord, JwtKeyRecord, RevokedSvid,
+    ca_name, jwt_kid, new_jwt_key, pem_to_der, secs, sign_ca_cert,
 };
 use super::spiffe::TrustDomain;
 use super::svid::{Serial, pem_block, unix_secs};
@@ -127,8 +130,18 @@ fn active_key(state: &CaState) -> (KeyKind, KeyHome) {
         .map_or((KeyKind::P256, KeyHome::Soft), |i| (i.kind, i.home.clone()))
 }
 
-/// `ca rotate prepare`: a new intermediate, published in the bundle but
-/// not yet signing.
+/// What [`prepare`] made.
+#[derive(Clone, Debug)]
+pub struct Successors {
+    /// The new intermediate.
+    pub intermediate: IntermediateRecord,
+    /// The new JWT-SVID signing key (`None` when one was prepared already,
+    /// or the state has no active JWT key to succeed).
+    pub jwt: Option<JwtKeyRecord>,
+}
+
+/// `ca rotate prepare`: a new intermediate and a new JWT-SVID signing key,
+/// published in the bundle but not yet signing.
 pub fn prepare(
     data_dir: &Path,
     store: &KeyStore,
@@ -136,7 +149,7 @@ pub fn prepare(
     passphrase: Option<&str>,
     kind: Option<KeyKind>,
     ttl: Duration,
-) -> Result<IntermediateRecord> {
+) -> Result<Successors> {
     let _lock = CaState::lock(data_dir)?;
     prepare_at(data_dir, store, engine, passphrase, kind, ttl, now()?)
 }
@@ -150,7 +163,7 @@ fn prepare_at(
     kind: Option<KeyKind>,
     ttl: Duration,
     now: i64,
-) -> Result<IntermediateRecord> {
+) -> Result<Successors> {
     let mut state = CaState::require(data_dir)?;
     if let Some(p) = state
         .intermediates
@@ -177,20 +190,69 @@ fn prepare_at(
         now,
     )?;
     state.intermediates.push(rec.clone());
+    let jwt = prepare_jwt_key(&mut state, store)?;
     state.bundle_sequence += 1;
     state.save(data_dir)?;
-    Ok(rec)
+    Ok(Successors {
+        intermediate: rec,
+        jwt,
+    })
 }
 
-/// `ca rotate activate`: the prepared intermediate signs from now on; the
-/// previous one drains. Returns (previous serial, new serial).
-pub fn activate(data_dir: &Path) -> Result<(Option<String>, String)> {
+/// A successor for the active JWT-SVID signing key (same kind and scheme),
+/// recorded as prepared; `None` when one is prepared already or no key is
+/// active.
+fn prepare_jwt_key(state: &mut CaState, store: &KeyStore) -> Result<Option<JwtKeyRecord>> {
+    if state
+        .jwt_keys
+        .iter()
+        .any(|j| j.status == CaStatus::Prepared)
+    {
+        return Ok(None);
+    }
+    let Some(active) = state
+        .jwt_keys
+        .iter()
+        .rev()
+        .find(|j| j.status == CaStatus::Active)
+    else {
+        return Ok(None);
+    };
+    let scheme = active.scheme;
+    let kind = store.get(&active.key_name)?.kind();
+    let key = new_jwt_key(store, kind)?;
+    let rec = JwtKeyRecord {
+        key_name: key.name().to_string(),
+        kid: jwt_kid(&key),
+        scheme,
+        status: CaStatus::Prepared,
+        draining_since: None,
+    };
+    state.jwt_keys.push(rec.clone());
+    Ok(Some(rec))
+}
+
+/// What [`activate`] switched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Activation {
+    /// The intermediate that drains now.
+    pub previous: Option<String>,
+    /// The intermediate that signs now.
+    pub active: String,
+    /// The `kid` of the JWT-SVID signing key that signs now, when a
+    /// prepared one was switched in with the intermediate.
+    pub jwt_kid: Option<String>,
+}
+
+/// `ca rotate activate`: the prepared intermediate (and JWT-SVID signing
+/// key) signs from now on; the previous one drains.
+pub fn activate(data_dir: &Path) -> Result<Activation> {
     let _lock = CaState::lock(data_dir)?;
     activate_at(data_dir, now()?)
 }
 
 /// [`activate`] at the time `now` (Unix seconds).
-fn activate_at(data_dir: &Path, now: i64) -> Result<(Option<String>, String)> {
+fn activate_at(data_dir: &Path, now: i64) -> Result<Activation> {
     let mut state = CaState::require(data_dir)?;
     let Some(next) = state
         .intermediates
@@ -211,48 +273,84 @@ fn activate_at(data_dir: &Path, now: i64) -> Result<(Option<String>, String)> {
     }
     state.intermediates[next].status = CaStatus::Active;
     let serial = state.intermediates[next].serial.clone();
+    let mut jwt_kid = None;
+    if let Some(n) = state
+        .jwt_keys
+        .iter()
+        .position(|j| j.status == CaStatus::Prepared)
+    {
+        for j in state.jwt_keys.iter_mut() {
+            if j.status == CaStatus::Active {
+                j.status = CaStatus::Draining;
+                j.draining_since = Some(now);
+            }
+        }
+        state.jwt_keys[n].status = CaStatus::Active;
+        jwt_kid = Some(state.jwt_keys[n].kid.clone());
+    }
     // The bundle's contents are unchanged (both are in it), so no new
     // sequence number.
     state.save(data_dir)?;
-    Ok((previous, serial))
+    Ok(Activation {
+        previous,
+        active: serial,
+        jwt_kid,
+    })
 }
 
-/// `ca rotate retire`: draining intermediates whose SVIDs have all expired
-/// (drained for at least `max_svid_ttl`) leave the bundle; `force` retires
-/// them anyway. Returns the retired serials.
-pub fn retire(data_dir: &Path, max_svid_ttl: Duration, force: bool) -> Result<Vec<String>> {
+/// What [`retire`] took out of the bundle.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retirement {
+    /// Serials of the retired intermediates.
+    pub serials: Vec<String>,
+    /// `kid`s of the retired JWT-SVID signing keys.
+    pub jwt_kids: Vec<String>,
+}
+
+/// `ca rotate retire`: draining intermediates and JWT-SVID signing keys
+/// whose SVIDs have all expired (drained for at least `max_svid_ttl`) leave
+/// the bundle; `force` retires them anyway.
+pub fn retire(data_dir: &Path, max_svid_ttl: Duration, force: bool) -> Result<Retirement> {
     let _lock = CaState::lock(data_dir)?;
     retire_at(data_dir, max_svid_ttl, force, now()?)
 }
 
 /// [`retire`] at the time `now` (Unix seconds).
-fn retire_at(
-    data_dir: &Path,
-    max_svid_ttl: Duration,
-    force: bool,
-    now: i64,
-) -> Result<Vec<String>> {
+fn retire_at(data_dir: &Path, max_svid_ttl: Duration, force: bool, now: i64) -> Result<Retirement> {
     let mut state = CaState::require(data_dir)?;
-    let mut retired = Vec::new();
+    let mut retired = Retirement::default();
     let mut waiting = Vec::new();
+    let drained = |since: Option<i64>| {
+        let done_at = since.unwrap_or(now).saturating_add(secs(max_svid_ttl));
+        (force || now >= done_at, done_at)
+    };
     for i in state.intermediates.iter_mut() {
         if i.status != CaStatus::Draining {
             continue;
         }
-        let done_at = i
-            .draining_since
-            .unwrap_or(now)
-            .saturating_add(secs(max_svid_ttl));
-        if force || now >= done_at {
-            i.status = CaStatus::Retired;
-            retired.push(i.serial.clone());
-        } else {
-            waiting.push(format!("{} (until {done_at})", i.serial));
+        match drained(i.draining_since) {
+            (true, _) => {
+                i.status = CaStatus::Retired;
+                retired.serials.push(i.serial.clone());
+            }
+            (false, at) => waiting.push(format!("intermediate {} (until {at})", i.serial)),
         }
     }
-    if retired.is_empty() {
+    for j in state.jwt_keys.iter_mut() {
+        if j.status != CaStatus::Draining {
+            continue;
+        }
+        match drained(j.draining_since) {
+            (true, _) => {
+                j.status = CaStatus::Retired;
+                retired.jwt_kids.push(j.kid.clone());
+            }
+            (false, at) => waiting.push(format!("JWT key {} (until {at})", j.kid)),
+        }
+    }
+    if retired == Retirement::default() {
         return Err(Error::Invalid(if waiting.is_empty() {
-            "no intermediate is draining".into()
+            "nothing is draining (no intermediate, no JWT key)".into()
         } else {
             format!(
                 "SVIDs signed by {} may still be valid; retire after that time or use --force",
@@ -282,19 +380,14 @@ pub enum TickAction {
         serial: String,
         /// Its key's name in the store.
         key: String,
+        /// The `kid` of the JWT-SVID signing key prepared with it.
+        jwt_kid: Option<String>,
     },
-    /// The prepared intermediate now signs; the previous one drains.
-    Activated {
-        /// The one that drains now.
-        previous: Option<String>,
-        /// The one that signs now.
-        active: String,
-    },
-    /// Drained intermediates left the bundle.
-    Retired {
-        /// Their serials.
-        serials: Vec<String>,
-    },
+    /// The prepared intermediate (and JWT key) now signs; the previous one
+    /// drains.
+    Activated(Activation),
+    /// Drained intermediates and JWT keys left the bundle.
+    Retired(Retirement),
     /// The key of a retired or revoked intermediate was destroyed.
     KeyDestroyed(DestroyedKey),
     /// A step was due but cannot be done here (a warning, not recorded).
@@ -310,17 +403,26 @@ impl TickAction {
     pub fn audit_record(&self) -> Option<(String, serde_json::Value)> {
         use serde_json::json;
         match self {
-            TickAction::Prepared { serial, key } => Some((
+            TickAction::Prepared {
+                serial,
+                key,
+                jwt_kid,
+            } => Some((
                 "ca_rotate_prepare".into(),
-                json!({ "serial": serial, "key": key, "scheduled": true }),
+                json!({ "serial": serial, "key": key, "jwt_kid": jwt_kid, "scheduled": true }),
             )),
-            TickAction::Activated { previous, active } => Some((
+            TickAction::Activated(a) => Some((
                 "ca_rotate_activate".into(),
-                json!({ "active": active, "draining": previous, "scheduled": true }),
+                json!({
+                    "active": a.active,
+                    "draining": a.previous,
+                    "jwt_kid": a.jwt_kid,
+                    "scheduled": true,
+                }),
             )),
-            TickAction::Retired { serials } => Some((
+            TickAction::Retired(r) => Some((
                 "ca_rotate_retire".into(),
-                json!({ "retired": serials, "scheduled": true }),
+                json!({ "retired": r.serials, "retired_jwt": r.jwt_kids, "scheduled": true }),
             )),
             TickAction::KeyDestroyed(k) => Some(k.audit_record()),
             TickAction::Skipped { .. } => None,
@@ -335,30 +437,49 @@ impl std::fmt::Display for TickAction {
                 f,
                 "prepared intermediate {serial} (in the bundle, not signing)"
             ),
-            TickAction::Activated {
-                previous: Some(p),
-                active,
-            } => write!(f, "intermediate {active} is active; {p} drains"),
-            TickAction::Activated {
-                previous: None,
-                active,
-            } => write!(f, "intermediate {active} is active"),
-            TickAction::Retired { serials } => write!(f, "retired {}", serials.join(", ")),
+            TickAction::Activated(a) => write!(f, "{a}"),
+            TickAction::Retired(r) => write!(f, "{r}"),
             TickAction::KeyDestroyed(k) => write!(f, "{k}"),
             TickAction::Skipped { why } => write!(f, "rotation skipped: {why}"),
         }
     }
 }
 
-/// The key of a retired or revoked intermediate, destroyed.
+impl std::fmt::Display for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "intermediate {} is active", self.active)?;
+        if let Some(p) = &self.previous {
+            write!(f, "; {p} drains")?;
+        }
+        if let Some(k) = &self.jwt_kid {
+            write!(f, "; JWT key {k} signs")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Retirement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all: Vec<String> = self
+            .serials
+            .iter()
+            .map(|s| format!("intermediate {s}"))
+            .chain(self.jwt_kids.iter().map(|k| format!("JWT key {k}")))
+            .collect();
+        write!(f, "retired {}", all.join(", "))
+    }
+}
+
+/// The key of a retired or revoked intermediate or JWT-SVID signing key,
+/// destroyed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DestroyedKey {
     /// The key's name in the store.
     pub name: String,
     /// Its KeyId (hex).
     pub key_id: String,
-    /// The serial of the intermediate it belonged to.
-    pub intermediate: String,
+    /// What it was: `intermediate <serial>` or `JWT key <kid>`.
+    pub role: String,
     /// `retired` or `revoked`.
     pub reason: &'static str,
 }
@@ -372,7 +493,7 @@ impl DestroyedKey {
             serde_json::json!({
                 "name": self.name,
                 "key_id": self.key_id,
-                "intermediate": self.intermediate,
+                "role": self.role,
                 "reason": self.reason,
             }),
         )
@@ -383,19 +504,19 @@ impl std::fmt::Display for DestroyedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "destroyed key {} of {} intermediate {}",
-            self.name, self.reason, self.intermediate
+            "destroyed key {} of {} {}",
+            self.name, self.reason, self.role
         )
     }
 }
 
-/// Destroys the keys of retired and revoked intermediates that are still
-/// stored (`ca rotate retire`, `ca revoke --intermediate`; `serve` does it
-/// on its rotation schedule). Such a key signs nothing any more, no SVID and
-/// no CRL, so keeping it would only keep a way to mint certificates under a
-/// CA certificate that may still be valid. Returns the keys destroyed and,
-/// for each that could not be, why: it stays, and the next call tries
-/// again.
+/// Destroys the keys of retired and revoked intermediates and JWT-SVID
+/// signing keys that are still stored (`ca rotate retire`, `ca revoke
+/// --intermediate`; `serve` does it on its rotation schedule). Such a key
+/// signs nothing any more, no SVID and no CRL, so keeping it would only
+/// keep a way to mint credentials under a CA certificate (or `kid`) that
+/// relying parties may still accept. Returns the keys destroyed and, for
+/// each that could not be, why: it stays, and the next call tries again.
 ///
 /// # Errors
 ///
@@ -410,26 +531,32 @@ pub fn destroy_dead_keys(
 }
 
 fn destroy_keys_of(state: &CaState, store: &KeyStore) -> (Vec<DestroyedKey>, Vec<String>) {
+    let dead = |status: CaStatus| match status {
+        CaStatus::Retired => Some("retired"),
+        CaStatus::Revoked => Some("revoked"),
+        _ => None,
+    };
+    let candidates = state
+        .intermediates
+        .iter()
+        .filter_map(|i| {
+            dead(i.status).map(|r| (&i.key_name, format!("intermediate {}", i.serial), r))
+        })
+        .chain(state.jwt_keys.iter().filter_map(|j| {
+            dead(j.status).map(|r| (&j.key_name, format!("JWT key {}", j.kid), r))
+        }));
     let mut destroyed = Vec::new();
     let mut failed = Vec::new();
-    for i in &state.intermediates {
-        let reason = match i.status {
-            CaStatus::Retired => "retired",
-            CaStatus::Revoked => "revoked",
-            _ => continue,
-        };
-        match store.destroy(&i.key_name) {
+    for (name, role, reason) in candidates {
+        match store.destroy(name) {
             Ok(Some(key)) => destroyed.push(DestroyedKey {
-                name: i.key_name.clone(),
+                name: name.clone(),
                 key_id: key.id().to_string(),
-                intermediate: i.serial.clone(),
+                role,
                 reason,
             }),
             Ok(None) => {}
-            Err(e) => failed.push(format!(
-                "cannot destroy key {} of {reason} intermediate {}: {e}",
-                i.key_name, i.serial
-            )),
+            Err(e) => failed.push(format!("cannot destroy key {name} of {reason} {role}: {e}")),
         }
     }
     (destroyed, failed)
@@ -473,16 +600,25 @@ pub fn tick(
     let _lock = CaState::lock(data_dir)?;
     let mut done = Vec::new();
     let state = CaState::require(data_dir)?;
-    let drained = state.intermediates.iter().any(|i| {
-        i.status == CaStatus::Draining
-            && now
-                >= i.draining_since
-                    .unwrap_or(now)
-                    .saturating_add(secs(max_svid_ttl))
-    });
+    let over = |status: CaStatus, since: Option<i64>| {
+        status == CaStatus::Draining
+            && now >= since.unwrap_or(now).saturating_add(secs(max_svid_ttl))
+    };
+    let drained = state
+        .intermediates
+        .iter()
+        .any(|i| over(i.status, i.draining_since))
+        || state
+            .jwt_keys
+            .iter()
+            .any(|j| over(j.status, j.draining_since));
     let state = if drained {
-        let serials = retire_at(data_dir, max_svid_ttl, false, now)?;
-        done.push(TickAction::Retired { serials });
+        done.push(TickAction::Retired(retire_at(
+            data_dir,
+            max_svid_ttl,
+            false,
+            now,
+        )?));
         CaState::require(data_dir)?
     } else {
         state
@@ -504,8 +640,7 @@ pub fn tick(
         .any(|i| i.status == CaStatus::Prepared);
     if prepared {
         if active.as_ref().is_none_or(|a| past(a, ACTIVATE_AT, now)) {
-            let (previous, active) = activate_at(data_dir, now)?;
-            done.push(TickAction::Activated { previous, active });
+            done.push(TickAction::Activated(activate_at(data_dir, now)?));
         }
         return Ok(done);
     }
@@ -536,10 +671,11 @@ pub fn tick(
         return Ok(done);
     }
     let ttl = Duration::from_secs(u64::try_from(life.max(3600)).unwrap_or(3600));
-    let rec = prepare_at(data_dir, store, engine, passphrase, None, ttl, now)?;
+    let made = prepare_at(data_dir, store, engine, passphrase, None, ttl, now)?;
     done.push(TickAction::Prepared {
-        serial: rec.serial,
-        key: rec.key_name,
+        serial: made.intermediate.serial,
+        key: made.intermediate.key_name,
+        jwt_kid: made.jwt.map(|j| j.kid),
     });
     Ok(done)
 }
@@ -649,8 +785,16 @@ mod tests {
         assert_eq!(statuses(dir.path()), [CaStatus::Active]);
 
         // Half its life: a successor is prepared, published, not signing.
+        let first_jwt = state.jwt_keys[0].clone();
         let done = t(at(1, 2));
-        let [TickAction::Prepared { serial, key }] = done.as_slice() else {
+        let [
+            TickAction::Prepared {
+                serial,
+                key,
+                jwt_kid: Some(next_kid),
+            },
+        ] = done.as_slice()
+        else {
             panic!("{done:?}");
         };
         let st = CaState::require(dir.path()).unwrap();
@@ -666,6 +810,28 @@ mod tests {
         let (event, fields) = done[0].audit_record().unwrap();
         assert_eq!(event, "ca_rotate_prepare");
         assert_eq!(fields["serial"], serial.as_str());
+        assert_eq!(fields["jwt_kid"], next_kid.as_str());
+        // The JWT key's successor is made alike and published, not signing.
+        let jwt_statuses = |st: &CaState| st.jwt_keys.iter().map(|j| j.status).collect::<Vec<_>>();
+        assert_eq!(jwt_statuses(&st), [CaStatus::Active, CaStatus::Prepared]);
+        let next_jwt = st.jwt_keys[1].clone();
+        assert_eq!(&next_jwt.kid, next_kid);
+        assert_eq!(next_jwt.scheme, first_jwt.scheme);
+        assert_eq!(
+            store.get(&next_jwt.key_name).unwrap().kind(),
+            store.get(&first_jwt.key_name).unwrap().kind()
+        );
+        let kids = |st: &CaState| -> Vec<String> {
+            let jwks = crate::ca::authority::bundle_jwks(st, &store).unwrap();
+            jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|k| k["use"] == "jwt-svid")
+                .map(|k| k["kid"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(kids(&st), [first_jwt.kid.clone(), next_kid.clone()]);
 
         // Between 1/2 and 5/6: nothing more.
         assert!(t(at(1, 2) + 1).is_empty());
@@ -677,42 +843,64 @@ mod tests {
         let done = t(switch);
         assert_eq!(
             done,
-            [TickAction::Activated {
+            [TickAction::Activated(Activation {
                 previous: Some(first.serial.clone()),
                 active: next.serial.clone(),
-            }]
+                jwt_kid: Some(next_kid.clone()),
+            })]
         );
         assert_eq!(done[0].audit_record().unwrap().0, "ca_rotate_activate");
         let st = CaState::require(dir.path()).unwrap();
         assert_eq!(st.intermediates[0].status, CaStatus::Draining);
         assert_eq!(st.intermediates[0].draining_since, Some(switch));
         assert_eq!(st.intermediates[1].status, CaStatus::Active);
+        assert_eq!(jwt_statuses(&st), [CaStatus::Draining, CaStatus::Active]);
+        assert_eq!(st.jwt_keys[0].draining_since, Some(switch));
+        assert_eq!(
+            kids(&st).len(),
+            2,
+            "the old JWT key stays while its tokens live"
+        );
 
         // Draining until the longest SVID it signed has expired.
         assert!(t(switch + 1).is_empty());
         assert!(t(switch + secs(HOUR) - 1).is_empty());
         assert_eq!(statuses(dir.path()), [CaStatus::Draining, CaStatus::Active]);
         let first_key = store.get(&first.key_name).unwrap();
+        let first_jwt_key = store.get(&first_jwt.key_name).unwrap();
         let done = t(switch + secs(HOUR));
         assert_eq!(
             done,
             [
-                TickAction::Retired {
+                TickAction::Retired(Retirement {
                     serials: vec![first.serial.clone()],
-                },
+                    jwt_kids: vec![first_jwt.kid.clone()],
+                }),
                 TickAction::KeyDestroyed(DestroyedKey {
                     name: first.key_name.clone(),
                     key_id: first_key.id().to_string(),
-                    intermediate: first.serial.clone(),
+                    role: format!("intermediate {}", first.serial),
+                    reason: "retired",
+                }),
+                TickAction::KeyDestroyed(DestroyedKey {
+                    name: first_jwt.key_name.clone(),
+                    key_id: first_jwt_key.id().to_string(),
+                    role: format!("JWT key {}", first_jwt.kid),
                     reason: "retired",
                 }),
             ]
         );
-        assert_eq!(done[0].audit_record().unwrap().0, "ca_rotate_retire");
+        let (event, fields) = done[0].audit_record().unwrap();
+        assert_eq!(event, "ca_rotate_retire");
+        assert_eq!(fields["retired_jwt"][0], first_jwt.kid.as_str());
         let (event, fields) = done[1].audit_record().unwrap();
         assert_eq!(event, "key.destroy");
-        assert_eq!(fields["intermediate"], first.serial.as_str());
+        assert_eq!(fields["role"], format!("intermediate {}", first.serial));
         assert_eq!(statuses(dir.path()), [CaStatus::Retired, CaStatus::Active]);
+        let st = CaState::require(dir.path()).unwrap();
+        assert_eq!(jwt_statuses(&st), [CaStatus::Retired, CaStatus::Active]);
+        assert_eq!(kids(&st), std::slice::from_ref(next_kid));
+        assert!(store.get(&first_jwt.key_name).is_err());
         // The retired intermediate's key is gone, from memory and disk; the
         // root's and the active intermediate's stay.
         assert!(matches!(
@@ -781,7 +969,7 @@ mod tests {
             [DestroyedKey {
                 name: old_rec.key_name.clone(),
                 key_id: old_id,
-                intermediate: old.clone(),
+                role: format!("intermediate {old}"),
                 reason: "revoked",
             }]
         );
