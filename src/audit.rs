@@ -14,7 +14,10 @@
 //!
 //! Every [`AuditLog`] opened on the same path in one process shares one
 //! tail, so the issuance API and the rotation scheduler extend the same
-//! chain.
+//! chain. Processes (a running `serve` and the CLI next to it) take turns
+//! through a lock file (`.<name>.lock`): before each append a process
+//! checks the records other processes appended since its own last one,
+//! chain link by chain link, and continues the chain after them.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -56,6 +59,8 @@ pub struct AuditLog {
 
 struct Tail {
     file: File,
+    /// The cross-process lock file, held (exclusively) for each append.
+    lock: File,
     seq: u64,
     last: String,
     /// Bytes in the current file.
@@ -135,6 +140,40 @@ pub fn segments(path: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
+/// The lock file that orders appends by all processes: `.<name>.lock`
+/// beside the log (not a segment name, so never taken for one).
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+fn open_lock(path: &Path) -> Result<File> {
+    let lp = lock_path(path);
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(&lp).map_err(|e| Error::io(&lp, e))
+}
+
+/// Whether `a` and `b` are the same file (not only the same name).
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        a.dev() == b.dev() && a.ino() == b.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        a.len() == b.len()
+    }
+}
+
 fn open_append(path: &Path) -> Result<File> {
     let mut opts = OpenOptions::new();
     opts.append(true).create(true);
@@ -188,27 +227,20 @@ impl AuditLog {
                 state,
             });
         }
-        let segs = segments(path)?;
-        let (seq, last) = if path.exists() || !segs.is_empty() {
-            let v = verify(path)?;
-            (v.records, v.head)
-        } else {
-            (0, GENESIS.to_string())
-        };
-        let file = open_append(path)?;
-        let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        let state = Arc::new(Mutex::new(Tail {
-            file,
-            seq,
-            last,
-            size,
-            next_segment: segs.last().map_or(1, |(n, _)| n + 1),
-            max_segment_bytes: max_segment_bytes.max(1),
-        }));
+        let state = open_tail(path, max_segment_bytes)?;
         open.insert(canonical, Arc::downgrade(&state));
         Ok(AuditLog {
             path: path.to_path_buf(),
             state,
+        })
+    }
+
+    /// A log with a tail of its own, as another process would hold it.
+    #[cfg(test)]
+    fn open_unshared(path: &Path, max_segment_bytes: u64) -> Result<AuditLog> {
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            state: open_tail(path, max_segment_bytes)?,
         })
     }
 
@@ -252,6 +284,18 @@ impl AuditLog {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut tail = self.state.lock();
+        tail.lock
+            .lock()
+            .map_err(|e| Error::io(lock_path(&self.path), e))?;
+        let done = self.append_locked(&mut tail, bodies);
+        let _ = tail.lock.unlock();
+        done
+    }
+
+    /// Catches up with other processes' records, then appends `bodies`;
+    /// the caller holds the lock file.
+    fn append_locked(&self, tail: &mut Tail, bodies: Vec<Vec<u8>>) -> Result<()> {
+        self.catch_up(tail)?;
         let (mut seq, mut last) = (tail.seq, tail.last.clone());
         let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len() + 100).sum());
         for body in bodies {
@@ -263,7 +307,7 @@ impl AuditLog {
             out.extend_from_slice(&line);
         }
         if tail.size > 0 && tail.size.saturating_add(out.len() as u64) > tail.max_segment_bytes {
-            self.rotate(&mut tail)?;
+            self.rotate(tail)?;
         }
         tail.file
             .write_all(&out)
@@ -272,6 +316,53 @@ impl AuditLog {
         tail.seq = seq;
         tail.last = last;
         tail.size += out.len() as u64;
+        Ok(())
+    }
+
+    /// Brings the tail up to date with records other processes appended
+    /// since this one last wrote: each is checked to continue the chain
+    /// (a broken one is refused, never extended). When another process
+    /// turned the file into a segment, the whole log is read again.
+    fn catch_up(&self, tail: &mut Tail) -> Result<()> {
+        let ours = tail.file.metadata().map_err(|e| Error::io(&self.path, e))?;
+        let on_disk = match std::fs::metadata(&self.path) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&self.path, e)),
+        };
+        match on_disk {
+            Some(m) if same_file(&m, &ours) => {
+                if m.len() == tail.size {
+                    return Ok(());
+                }
+                let mut file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+                std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(tail.size))
+                    .map_err(|e| Error::io(&self.path, e))?;
+                let mut last = tail.last.clone();
+                let mut n = tail.seq;
+                verify_lines(
+                    BufReader::new(file),
+                    &format!("{} (after byte {})", self.path.display(), tail.size),
+                    &mut last,
+                    &mut n,
+                )?;
+                tail.last = last;
+                tail.seq = n;
+                tail.size = m.len();
+            }
+            _ => {
+                let v = verify_unlocked(&self.path)?;
+                tail.file = open_append(&self.path)?;
+                tail.size = tail
+                    .file
+                    .metadata()
+                    .map_err(|e| Error::io(&self.path, e))?
+                    .len();
+                tail.seq = v.records;
+                tail.last = v.head;
+                tail.next_segment = segments(&self.path)?.last().map_or(1, |(n, _)| n + 1);
+            }
+        }
         Ok(())
     }
 
@@ -299,6 +390,36 @@ impl AuditLog {
         tail.size = 0;
         Ok(())
     }
+}
+
+/// Reads the chain of the log at `path` (under the lock file) and opens
+/// it for appending.
+fn open_tail(path: &Path, max_segment_bytes: u64) -> Result<Arc<Mutex<Tail>>> {
+    let lock = open_lock(path)?;
+    lock.lock().map_err(|e| Error::io(lock_path(path), e))?;
+    let opened = (|| {
+        let segs = segments(path)?;
+        let (seq, last) = if path.exists() || !segs.is_empty() {
+            let v = verify_unlocked(path)?;
+            (v.records, v.head)
+        } else {
+            (0, GENESIS.to_string())
+        };
+        let file = open_append(path)?;
+        let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        Ok((segs, seq, last, file, size))
+    })();
+    let _ = lock.unlock();
+    let (segs, seq, last, file, size) = opened?;
+    Ok(Arc::new(Mutex::new(Tail {
+        file,
+        lock,
+        seq,
+        last,
+        size,
+        next_segment: segs.last().map_or(1, |(n, _)| n + 1),
+        max_segment_bytes: max_segment_bytes.max(1),
+    })))
 }
 
 /// A record's line up to its chain fields: `{<fields>,"event":..,"time":..,`
@@ -334,8 +455,21 @@ fn finish_line(line: &mut Vec<u8>, seq: u64, prev: &str) {
 
 /// Checks every link of the chain across all segments (oldest first, then
 /// the current file); the error names the first bad file and line, or the
-/// missing segment.
+/// missing segment. Appends by other processes wait until it is done (where
+/// the lock file can be made: a copy on read-only media is read as it is).
 pub fn verify(path: &Path) -> Result<Verified> {
+    let lock = open_lock(path).ok();
+    if let Some(l) = &lock {
+        l.lock_shared().map_err(|e| Error::io(lock_path(path), e))?;
+    }
+    let v = verify_unlocked(path);
+    if let Some(l) = &lock {
+        let _ = l.unlock();
+    }
+    v
+}
+
+fn verify_unlocked(path: &Path) -> Result<Verified> {
     let segs = segments(path)?;
     let mut prev = GENESIS.to_string();
     let mut n: u64 = 0;
@@ -365,26 +499,32 @@ pub fn verify(path: &Path) -> Result<Verified> {
 /// and `n` the records before it; both are advanced.
 fn verify_file(path: &Path, prev: &mut String, n: &mut u64) -> Result<()> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::new(file);
+    verify_lines(BufReader::new(file), &path.display().to_string(), prev, n)
+}
+
+/// Checks the lines `reader` gives as the continuation of a chain whose
+/// last hash is `prev` after `n` records; both are advanced. `what` names
+/// the file (and where reading started) in errors.
+fn verify_lines(
+    mut reader: impl BufRead,
+    what: &str,
+    prev: &mut String,
+    n: &mut u64,
+) -> Result<()> {
     let mut line_no: u64 = 0;
     let mut buf = Vec::new();
     loop {
         buf.clear();
         let read = std::io::Read::take(&mut reader, MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut buf)
-            .map_err(|e| Error::io(path, e))?;
+            .map_err(|e| Error::Invalid(format!("audit log {what}: cannot read: {e}")))?;
         if read == 0 {
             break;
         }
         line_no += 1;
         *n += 1;
         let seq = *n;
-        let bad = |why: String| {
-            Error::Invalid(format!(
-                "audit log {} line {line_no}: {why}",
-                path.display()
-            ))
-        };
+        let bad = |why: String| Error::Invalid(format!("audit log {what} line {line_no}: {why}"));
         if buf.last() != Some(&b'\n') {
             return Err(bad(if buf.len() > MAX_LINE {
                 "line too long".into()
@@ -608,5 +748,66 @@ mod tests {
         }
         let e = verify(&p).unwrap_err().to_string();
         assert!(e.contains("audit.log.000002 line 1"), "{e}");
+    }
+
+    #[test]
+    fn two_processes_extend_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        // A server holding the log open, and a CLI command next to it.
+        let serve = AuditLog::open_unshared(&p, DEFAULT_MAX_SEGMENT_BYTES).unwrap();
+        serve.append("svid_issue", json!({"serial": "01"})).unwrap();
+        let cli = AuditLog::open_unshared(&p, DEFAULT_MAX_SEGMENT_BYTES).unwrap();
+        cli.append("ca_rotate_prepare", json!({})).unwrap();
+        cli.append("ca_rotate_activate", json!({})).unwrap();
+        serve
+            .append_many(vec![
+                ("svid_issue", json!({"serial": "02"})),
+                ("svid_issue", json!({"serial": "03"})),
+            ])
+            .unwrap();
+        cli.append("key.destroy", json!({})).unwrap();
+        let v = verify(&p).unwrap();
+        assert_eq!(v.records, 6);
+        let seqs: Vec<u64> = lines(&p)
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+
+        // A line another writer left that does not continue the chain is
+        // refused, not extended.
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"event\":\"forged\",\"prev\":\"00\",\"seq\":7}\n")
+            .unwrap();
+        let e = serve
+            .append("svid_issue", json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("after byte") && e.contains("chain broken"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_segment_made_by_another_process_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        let pad = "x".repeat(300);
+        let serve = AuditLog::open_unshared(&p, 1000).unwrap();
+        let cli = AuditLog::open_unshared(&p, 1000).unwrap();
+        for i in 0..4 {
+            serve.append("a", json!({"pad": pad, "i": i})).unwrap();
+            // The CLI's appends roll the file over into segments too.
+            cli.append("b", json!({"pad": pad, "i": i})).unwrap();
+        }
+        let v = verify(&p).unwrap();
+        assert_eq!(v.records, 8);
+        assert!(v.segments >= 2, "{v:?}");
     }
 }
