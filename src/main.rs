@@ -151,18 +151,23 @@ enum CaCommand {
     /// Rotate the intermediate signing CA.
     #[command(subcommand)]
     Rotate(RotateCommand),
-    /// Revoke an SVID by serial, or (emergency) the active intermediate.
+    /// Revoke an SVID by serial, or (emergency) the active intermediate or
+    /// JWT-SVID signing key.
     Revoke {
         /// Serial number of the SVID, hex.
         #[arg(
             long,
-            required_unless_present = "intermediate",
-            conflicts_with = "intermediate"
+            required_unless_present_any = ["intermediate", "jwt_key"],
+            conflicts_with_all = ["intermediate", "jwt_key"]
         )]
         serial: Option<String>,
         /// Revoke the active intermediate and activate a new one at once.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "jwt_key")]
         intermediate: bool,
+        /// Revoke the active JWT-SVID signing key (out of the JWKS bundle at
+        /// once, so its tokens stop verifying) and sign with a new one.
+        #[arg(long)]
+        jwt_key: bool,
         /// Lifetime of the replacement intermediate, days.
         #[arg(long, default_value_t = 365)]
         intermediate_days: u64,
@@ -997,6 +1002,7 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
         CaCommand::Revoke {
             serial,
             intermediate,
+            jwt_key,
             intermediate_days,
         } => {
             use sigmux::ca::rotation;
@@ -1006,6 +1012,17 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
                 audit.append("ca_revoke_svid", serde_json::json!({ "serial": serial }))?;
                 println!("{}", if new { "revoked" } else { "already revoked" });
                 return Ok(());
+            }
+            if jwt_key {
+                CaState::require(&cfg.data_dir)?;
+                let store = app::open_keys(cfg, KekUse::MustExist)?;
+                let (old, new) = rotation::revoke_jwt_key(&cfg.data_dir, &store)?;
+                audit.append(
+                    "ca_revoke_jwt_key",
+                    serde_json::json!({ "revoked": old, "active": new }),
+                )?;
+                println!("revoked JWT key {old}; JWT key {new} signs");
+                return destroy_dead_ca_keys(cfg, &store, &audit);
             }
             debug_assert!(intermediate);
             let (store, engine, pass) = ca_signer(cfg)?;

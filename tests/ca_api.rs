@@ -371,6 +371,36 @@ fn issuance_api_end_to_end() {
         json(&String::from_utf8(header).unwrap())["kid"],
         jwt_kid.as_str()
     );
+    // Revoked in an emergency next to the running server: the JWKS drops
+    // it at once and new tokens carry the new key's kid.
+    sigmux(dir, &["ca", "revoke", "--jwt-key"]);
+    let (code, jwks) = curl(dir, Some("caller"), "GET", &url("/v1/bundle"), None);
+    assert_eq!(code, 200, "{jwks}");
+    let now_kids: Vec<String> = json(&jwks)["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["use"] == "jwt-svid")
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(now_kids.len(), 2, "{jwks}");
+    assert!(!now_kids.contains(&jwt_kid), "{jwks}");
+    let (code, text) = curl(
+        dir,
+        Some("caller"),
+        "POST",
+        &url("/v1/jwtsvids"),
+        Some(r#"{"spiffe_id":"spiffe://example.org/ns/prod/sa/web","audience":["db"]}"#),
+    );
+    assert_eq!(code, 200, "{text}");
+    let token = json(&text)["token"].as_str().unwrap().to_string();
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.split('.').next().unwrap())
+        .unwrap();
+    assert_eq!(
+        json(&String::from_utf8(header).unwrap())["kid"],
+        now_kids[1].as_str()
+    );
     let (code, text) = curl(
         dir,
         Some("caller"),
@@ -440,6 +470,25 @@ fn issuance_api_end_to_end() {
     // No client certificate: refused in the handshake.
     let (code, _) = curl(dir, None, "GET", &url("/v1/bundle"), None);
     assert_eq!(code, 0);
+
+    // The server and the CLI commands run next to it took turns in the
+    // audit log: one unbroken chain, the server's records after the CLI's
+    // included.
+    let out = sigmux(dir, &["audit", "verify"]);
+    assert!(out.starts_with("ok: "), "{out}");
+    let log = std::fs::read_to_string(dir.join("data/audit.log")).unwrap();
+    let events: Vec<String> = log
+        .lines()
+        .map(|l| json(l)["event"].as_str().unwrap().to_string())
+        .collect();
+    let revoke = events
+        .iter()
+        .position(|e| e == "ca_revoke_jwt_key")
+        .unwrap();
+    assert!(
+        events[revoke..].iter().any(|e| e == "jwt_svid_issue"),
+        "{events:?}"
+    );
 }
 
 #[test]

@@ -605,6 +605,40 @@ fn rotation_publishes_before_signing_and_drains_before_retiring() {
         3,
         "{events}"
     );
+
+    // The JWT key's emergency path: out of the JWKS at once, a new one
+    // signs, the revoked key is destroyed.
+    let said = ok(
+        sigmux(&data, &["ca", "revoke", "--jwt-key"], None),
+        "revoke jwt key",
+    );
+    let st = state(&data);
+    let jwt = st["jwt_keys"].as_array().unwrap();
+    let (revoked, active) = (&jwt[jwt.len() - 2], &jwt[jwt.len() - 1]);
+    assert_eq!(revoked["kid"], next_kid.as_str());
+    assert_eq!(revoked["status"], "revoked");
+    assert_eq!(active["status"], "active");
+    let new_kid = active["kid"].as_str().unwrap();
+    assert!(
+        said.contains(&format!(
+            "revoked JWT key {next_kid}; JWT key {new_kid} signs"
+        )),
+        "{said}"
+    );
+    assert_eq!(jwt_kids(&data), [new_kid]);
+    let revoked_key = revoked["key_name"].as_str().unwrap();
+    assert!(!data.join(format!("keys/{revoked_key}.key")).exists());
+    let events = std::fs::read_to_string(data.join("audit.log")).unwrap();
+    assert!(events.contains("\"event\":\"ca_revoke_jwt_key\""));
+    ok(sigmux(&data, &["audit", "verify"], None), "audit verify");
+    // One revocation at a time.
+    let out = sigmux(
+        &data,
+        &["ca", "revoke", "--jwt-key", "--intermediate"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
 }
 
 #[test]

@@ -743,6 +743,42 @@ pub fn revoke_intermediate(
     Ok((revoked, serial))
 }
 
+/// `ca revoke --jwt-key`: the emergency path for the JWT-SVID signing key.
+/// A new key (same kind and scheme) signs from now on; the active one is
+/// revoked and leaves the JWKS bundle at once, so the tokens it signed stop
+/// verifying. Returns (revoked kid, new kid).
+///
+/// # Errors
+///
+/// When no JWT key is active; key store and I/O errors.
+pub fn revoke_jwt_key(data_dir: &Path, store: &KeyStore) -> Result<(String, String)> {
+    let _lock = CaState::lock(data_dir)?;
+    let mut state = CaState::require(data_dir)?;
+    let Some(old) = state
+        .jwt_keys
+        .iter()
+        .rposition(|j| j.status == CaStatus::Active)
+    else {
+        return Err(Error::Invalid("no active JWT key to revoke".into()));
+    };
+    let scheme = state.jwt_keys[old].scheme;
+    let kind = store.get(&state.jwt_keys[old].key_name)?.kind();
+    let key = new_jwt_key(store, kind)?;
+    let new_kid = jwt_kid(&key);
+    state.jwt_keys[old].status = CaStatus::Revoked;
+    let revoked = state.jwt_keys[old].kid.clone();
+    state.jwt_keys.push(JwtKeyRecord {
+        key_name: key.name().to_string(),
+        kid: new_kid.clone(),
+        scheme,
+        status: CaStatus::Active,
+        draining_since: None,
+    });
+    state.bundle_sequence += 1;
+    state.save(data_dir)?;
+    Ok((revoked, new_kid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
