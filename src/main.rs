@@ -142,6 +142,13 @@ enum CaCommand {
         #[arg(long)]
         offline_root: Option<PathBuf>,
     },
+    /// Show the CA: root, intermediates and JWT-SVID keys with where each
+    /// is in its life, and when the rotation schedule is next due.
+    Status {
+        /// Print JSON (times as Unix seconds).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the trust bundle.
     Bundle {
         /// pem (root and intermediates) or jwks (SPIFFE bundle).
@@ -1039,6 +1046,19 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
             )?;
             println!("revoked intermediate {old}; intermediate {new} is active");
             destroy_dead_ca_keys(cfg, &store, &audit)
+        }
+        CaCommand::Status { json } => {
+            let state = CaState::require(&cfg.data_dir)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let summary = sigmux::ca::status::summary(&state, now);
+            if json {
+                println!("{}", pretty(&summary));
+            } else {
+                print!("{}", sigmux::ca::status::render(&summary));
+            }
+            Ok(())
         }
         CaCommand::Bundle { format } => {
             let state = CaState::require(&cfg.data_dir)?;

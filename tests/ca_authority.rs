@@ -704,3 +704,54 @@ fn keys_delete_refuses_the_ca_keys_and_names_them() {
     assert!(!list.contains("spare"), "{list}");
     ok(sigmux(&data, &["audit", "verify"], None), "audit verify");
 }
+
+#[test]
+fn ca_status_shows_each_item_and_the_next_step() {
+    let (dir, _) = init_default();
+    let data = dir.path().join("data");
+    let st = state(&data);
+    let text = ok(sigmux(&data, &["ca", "status", "--json"], None), "status");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("status --json is JSON");
+    assert_eq!(v["trust_domain"], "example.org");
+    assert_eq!(v["root"]["serial"], st["root"]["serial"]);
+    assert_eq!(
+        v["intermediates"][0]["serial"],
+        st["intermediates"][0]["serial"]
+    );
+    assert_eq!(v["intermediates"][0]["status"], "active");
+    assert_eq!(v["intermediates"][0]["home"], "soft");
+    assert_eq!(v["jwt_keys"][0]["kid"], st["jwt_keys"][0]["kid"]);
+    assert_eq!(v["jwt_keys"][0]["status"], "active");
+    assert_eq!(v["next"]["action"], "prepare");
+    let (nb, na) = (
+        st["intermediates"][0]["not_before"].as_i64().unwrap(),
+        st["intermediates"][0]["not_after"].as_i64().unwrap(),
+    );
+    assert_eq!(v["next"]["at"], nb + (na - nb) / 2);
+
+    ok(sigmux(&data, &["ca", "rotate", "prepare"], None), "prepare");
+    let st = state(&data);
+    let text = ok(sigmux(&data, &["ca", "status"], None), "status");
+    for want in [
+        format!(
+            "intermediate {} active",
+            st["intermediates"][0]["serial"].as_str().unwrap()
+        ),
+        format!(
+            "intermediate {} prepared",
+            st["intermediates"][1]["serial"].as_str().unwrap()
+        ),
+        format!(
+            "JWT key      {} prepared",
+            st["jwt_keys"][1]["kid"].as_str().unwrap()
+        ),
+        "next: activate at ".to_string(),
+    ] {
+        assert!(text.contains(&want), "no {want:?} in:\n{text}");
+    }
+
+    // Without a CA: one clear error.
+    let out = sigmux(&dir.path().join("empty"), &["ca", "status"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sigmux ca init"));
+}

@@ -7,4 +7,5 @@ pub mod crl;
 pub mod csr;
 pub mod rotation;
 pub mod spiffe;
+pub mod status;
 pub mod svid;

@@ -1092,7 +1092,7 @@ fn split_time(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     (y, mo, d, s / 3600, s / 60 % 60, s % 60)
 }
 
-fn rfc3339(secs: i64) -> String {
+pub(crate) fn rfc3339(secs: i64) -> String {
     let (y, mo, d, h, mi, s) = split_time(secs);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
