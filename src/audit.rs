@@ -335,6 +335,14 @@ impl AuditLog {
                 if m.len() == tail.size {
                     return Ok(());
                 }
+                if m.len() < tail.size {
+                    return Err(Error::Invalid(format!(
+                        "audit log {} shrank from {} to {} bytes since this process last wrote (truncated?); not extending it",
+                        self.path.display(),
+                        tail.size,
+                        m.len()
+                    )));
+                }
                 let mut file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
                 std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(tail.size))
                     .map_err(|e| Error::io(&self.path, e))?;
@@ -792,6 +800,12 @@ mod tests {
             e.contains("after byte") && e.contains("chain broken"),
             "{e}"
         );
+        // Nor is a log cut short under a writer.
+        let len = std::fs::metadata(&p).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(len / 2).unwrap();
+        let e = cli.append("x", json!({})).unwrap_err().to_string();
+        assert!(e.contains("shrank"), "{e}");
     }
 
     #[test]
