@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A/B: issuance SVIDs/s with the audit log before (fa30275) and after the
 # cross-process lock, P-256 CSRs on a P-256 intermediate, alternating.
+# Needs the two release binaries: /tmp/sigmux-before (cargo build --release
+# at fa30275) and /tmp/sigmux-after (at 12aeeeb).
 set -uo pipefail
 cd /work/main
 work=$(mktemp -d)
