@@ -218,18 +218,27 @@ fn prepare_jwt_key(state: &mut CaState, store: &KeyStore) -> Result<Option<JwtKe
     else {
         return Ok(None);
     };
-    let scheme = active.scheme;
-    let kind = store.get(&active.key_name)?.kind();
-    let key = new_jwt_key(store, kind)?;
-    let rec = JwtKeyRecord {
-        key_name: key.name().to_string(),
-        kid: jwt_kid(&key),
-        scheme,
-        status: CaStatus::Prepared,
-        draining_since: None,
-    };
+    let rec = successor_jwt_key(store, active, CaStatus::Prepared)?;
     state.jwt_keys.push(rec.clone());
     Ok(Some(rec))
+}
+
+/// A new JWT-SVID signing key of the same kind and scheme as `of`,
+/// recorded with `status`.
+fn successor_jwt_key(
+    store: &KeyStore,
+    of: &JwtKeyRecord,
+    status: CaStatus,
+) -> Result<JwtKeyRecord> {
+    let kind = store.get(&of.key_name)?.kind();
+    let key = new_jwt_key(store, kind)?;
+    Ok(JwtKeyRecord {
+        key_name: key.name().to_string(),
+        kid: jwt_kid(&key),
+        scheme: of.scheme,
+        status,
+        draining_since: None,
+    })
 }
 
 /// What [`activate`] switched.
@@ -321,7 +330,7 @@ fn retire_at(data_dir: &Path, max_svid_ttl: Duration, force: bool, now: i64) -> 
     let mut retired = Retirement::default();
     let mut waiting = Vec::new();
     let drained = |since: Option<i64>| {
-        let done_at = since.unwrap_or(now).saturating_add(secs(max_svid_ttl));
+        let done_at = drained_at(since, now, max_svid_ttl);
         (force || now >= done_at, done_at)
     };
     for i in state.intermediates.iter_mut() {
@@ -564,9 +573,21 @@ fn destroy_keys_of(state: &CaState, store: &KeyStore) -> (Vec<DestroyedKey>, Vec
 
 /// `now` is at least `frac` of the way from `not_before` to `not_after`.
 fn past(rec: &IntermediateRecord, frac: (i64, i64), now: i64) -> bool {
+    now >= life_point(rec, frac)
+}
+
+/// The time (Unix seconds) `frac` of the way from `rec`'s `not_before` to
+/// its `not_after`: where the schedule prepares or activates.
+pub(crate) fn life_point(rec: &IntermediateRecord, frac: (i64, i64)) -> i64 {
     let life = i128::from(rec.not_after) - i128::from(rec.not_before);
     let at = i128::from(rec.not_before) + life * i128::from(frac.0) / i128::from(frac.1);
-    i128::from(now) >= at
+    i64::try_from(at).unwrap_or(i64::MAX)
+}
+
+/// When something that stopped signing at `since` has drained: every
+/// credential it signed, at most `max_ttl` long, has expired.
+fn drained_at(since: Option<i64>, now: i64, max_ttl: Duration) -> i64 {
+    since.unwrap_or(now).saturating_add(secs(max_ttl))
 }
 
 /// One step of the rotation schedule at time `now` (Unix seconds), as
@@ -601,8 +622,7 @@ pub fn tick(
     let mut done = Vec::new();
     let state = CaState::require(data_dir)?;
     let over = |status: CaStatus, since: Option<i64>| {
-        status == CaStatus::Draining
-            && now >= since.unwrap_or(now).saturating_add(secs(max_svid_ttl))
+        status == CaStatus::Draining && now >= drained_at(since, now, max_svid_ttl)
     };
     let drained = state
         .intermediates
@@ -761,19 +781,11 @@ pub fn revoke_jwt_key(data_dir: &Path, store: &KeyStore) -> Result<(String, Stri
     else {
         return Err(Error::Invalid("no active JWT key to revoke".into()));
     };
-    let scheme = state.jwt_keys[old].scheme;
-    let kind = store.get(&state.jwt_keys[old].key_name)?.kind();
-    let key = new_jwt_key(store, kind)?;
-    let new_kid = jwt_kid(&key);
+    let next = successor_jwt_key(store, &state.jwt_keys[old], CaStatus::Active)?;
+    let new_kid = next.kid.clone();
     state.jwt_keys[old].status = CaStatus::Revoked;
     let revoked = state.jwt_keys[old].kid.clone();
-    state.jwt_keys.push(JwtKeyRecord {
-        key_name: key.name().to_string(),
-        kid: new_kid.clone(),
-        scheme,
-        status: CaStatus::Active,
-        draining_since: None,
-    });
+    state.jwt_keys.push(next);
     state.bundle_sequence += 1;
     state.save(data_dir)?;
     Ok((revoked, new_kid))

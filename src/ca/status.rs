@@ -5,16 +5,9 @@
 
 use serde_json::{Value, json};
 
-use super::authority::{CaState, CaStatus, IntermediateRecord};
-use super::rotation::{ACTIVATE_AT, PREPARE_AT};
+use super::authority::{CaState, CaStatus};
+use super::rotation::{ACTIVATE_AT, PREPARE_AT, life_point};
 use super::svid::rfc3339;
-
-/// The point `frac` of the way through `rec`'s life (Unix seconds).
-fn at(rec: &IntermediateRecord, frac: (i64, i64)) -> i64 {
-    let life = i128::from(rec.not_after) - i128::from(rec.not_before);
-    let t = i128::from(rec.not_before) + life * i128::from(frac.0) / i128::from(frac.1);
-    i64::try_from(t).unwrap_or(i64::MAX)
-}
 
 fn status_name(s: CaStatus) -> Value {
     serde_json::to_value(s).unwrap_or(Value::Null)
@@ -37,9 +30,9 @@ pub fn summary(state: &CaState, now: i64) -> Value {
     // prepare one; nothing without an active intermediate.
     let next = active.map(|a| {
         if prepared {
-            json!({ "action": "activate", "at": at(a, ACTIVATE_AT) })
+            json!({ "action": "activate", "at": life_point(a, ACTIVATE_AT) })
         } else {
-            json!({ "action": "prepare", "at": at(a, PREPARE_AT) })
+            json!({ "action": "prepare", "at": life_point(a, PREPARE_AT) })
         }
     });
     json!({

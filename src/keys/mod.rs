@@ -779,7 +779,7 @@ impl KeyStore {
                 Some(s) => {
                     let state = rotation::KekState::load(dir)?;
                     if let Some(to) = &state.rotating_to {
-                        return Err(rotation::sealing_refused(dir, to));
+                        return Err(rotation::interrupted(dir, to));
                     }
                     let kek = self.current_kek(dir)?.ok_or_else(|| {
                         Error::Kek("not loaded, so the new key cannot be encrypted".into())

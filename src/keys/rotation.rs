@@ -75,7 +75,8 @@ impl KekState {
     }
 }
 
-fn interrupted(keys_dir: &Path, to: &str) -> Error {
+/// The error for using the KEK while a rotation is unfinished.
+pub(super) fn interrupted(keys_dir: &Path, to: &str) -> Error {
     Error::Kek(format!(
         "a rotation (to id {to}) of the keys in {} did not finish; run `sigmux keys rotate-kek` again to finish it",
         keys_dir.display()
@@ -234,11 +235,6 @@ pub(super) fn record_if_absent(keys_dir: &Path, state: &KekState, kek: &Kek) -> 
         .save(keys_dir)?;
     }
     Ok(())
-}
-
-/// The error for sealing while a rotation is unfinished.
-pub(super) fn sealing_refused(keys_dir: &Path, to: &str) -> Error {
-    interrupted(keys_dir, to)
 }
 
 /// What [`rotate`] did.
