@@ -497,6 +497,12 @@ impl KeyStore {
     /// directory's keys are under, or a KEK rotation did not finish.
     pub fn open(data_dir: &Path, kek: Option<Kek>) -> Result<KeyStore> {
         let dir = data_dir.join("keys");
+        // A rotation under way finishes first, so that only one that really
+        // stopped is reported as unfinished.
+        let _lock = kek
+            .is_some()
+            .then(|| rotation::DirLock::shared(&dir))
+            .transpose()?;
         if let Some(kek) = &kek {
             rotation::KekState::load(&dir)?.check(&dir, kek)?;
         }
