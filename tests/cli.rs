@@ -759,23 +759,31 @@ fn import_and_check(dir: &Path, label: &str, file: &Path, kind: &str, scheme: &s
     let msg = dir.join(format!("{label}.msg"));
     write(&msg, message());
     let sig = dir.join(format!("{label}.sig"));
-    sigmux(
-        &data,
-        None,
-        &[
-            "sign",
-            "--key",
-            "imported",
-            "--scheme",
-            scheme,
-            "--in",
-            s(&msg),
-            "--out",
-            s(&sig),
-        ],
-    )
-    .ok();
+    sign_file(
+        &|args: &[&str]| sigmux(&data, None, args),
+        "imported",
+        scheme,
+        &msg,
+        &sig,
+    );
     assert_verifies(scheme, &k.pub_pem, &msg, &sig, label);
+}
+
+/// `sigmux sign --key KEY --scheme SCHEME --in MSG --out SIG` through `run`
+/// (a `sigmux` with its data dir and KEK set); asserts success.
+fn sign_file(run: &dyn Fn(&[&str]) -> Run, key: &str, scheme: &str, msg: &Path, sig: &Path) {
+    run(&[
+        "sign",
+        "--key",
+        key,
+        "--scheme",
+        scheme,
+        "--in",
+        s(msg),
+        "--out",
+        s(sig),
+    ])
+    .ok();
 }
 
 /// Asserts `der` is a PKCS#8 PrivateKeyInfo: SEQUENCE { INTEGER 0,
@@ -1489,18 +1497,7 @@ fn sign_and_verify(d: &Path, run: &dyn Fn(&[&str]) -> Run, name: &str, scheme: &
     write(&msg, message());
     let sig = d.join(format!("{name}.sig"));
     let pub_pem = d.join(format!("{name}.pub.pem"));
-    run(&[
-        "sign",
-        "--key",
-        name,
-        "--scheme",
-        scheme,
-        "--in",
-        s(&msg),
-        "--out",
-        s(&sig),
-    ])
-    .ok();
+    sign_file(run, name, scheme, &msg, &sig);
     write(
         &pub_pem,
         run(&["keys", "public", "--name", name]).ok().stdout,

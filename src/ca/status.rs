@@ -83,6 +83,13 @@ fn text(v: &Value) -> &str {
     v.as_str().unwrap_or("?")
 }
 
+/// ` since <time>` for an item that is draining, nothing otherwise.
+fn since(item: &Value) -> String {
+    item["draining_since"]
+        .as_i64()
+        .map_or_else(String::new, |t| format!(" since {}", rfc3339(t)))
+}
+
 /// The summary as `ca status` prints it: one line per item.
 #[must_use]
 pub fn render(s: &Value) -> String {
@@ -102,14 +109,11 @@ pub fn render(s: &Value) -> String {
         time(&r["not_after"]),
     );
     for i in s["intermediates"].as_array().into_iter().flatten() {
-        let since = match i["draining_since"].as_i64() {
-            Some(t) => format!(" since {}", rfc3339(t)),
-            None => String::new(),
-        };
         out += &format!(
-            "intermediate {} {}{since}, {} key {} ({}), valid until {}\n",
+            "intermediate {} {}{}, {} key {} ({}), valid until {}\n",
             text(&i["serial"]),
             text(&i["status"]),
+            since(i),
             text(&i["kind"]),
             text(&i["key_name"]),
             text(&i["home"]),
@@ -117,14 +121,11 @@ pub fn render(s: &Value) -> String {
         );
     }
     for j in s["jwt_keys"].as_array().into_iter().flatten() {
-        let since = match j["draining_since"].as_i64() {
-            Some(t) => format!(" since {}", rfc3339(t)),
-            None => String::new(),
-        };
         out += &format!(
-            "JWT key      {} {}{since}, {} key {}\n",
+            "JWT key      {} {}{}, {} key {}\n",
             text(&j["kid"]),
             text(&j["status"]),
+            since(j),
             text(&j["scheme"]),
             text(&j["key_name"]),
         );
