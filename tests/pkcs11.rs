@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -73,6 +73,20 @@ fn hsm() -> &'static Hsm {
             conf,
         }
     })
+}
+
+/// The tests here run one at a time. SoftHSM2 is not safe against them
+/// running together: `C_CloseAllSessions` on one token makes concurrent
+/// calls on *other* tokens of the process lose their sessions ("session
+/// handle invalid") or see a token without a user PIN, and a
+/// `softhsm2-util` started while another test writes token files can fail
+/// to read the slot list ("Could not get info about the token in slot 0").
+/// Both were seen in CI and reproduced here; neither concerns sigmux,
+/// which never closes all sessions and retries a lost one.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn token_cfg(label: &str, sessions: usize) -> Pkcs11Config {
@@ -242,6 +256,7 @@ fn raw_session(label: &str) -> cryptoki::session::Session {
 
 #[test]
 fn every_scheme_the_token_offers_signs_through_the_engine() {
+    let _alone = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let cfg = token_cfg("engine", 4);
     let token = Token::open(&cfg).unwrap();
@@ -338,6 +353,7 @@ fn every_scheme_the_token_offers_signs_through_the_engine() {
 
 #[test]
 fn keys_generated_in_the_token_cannot_be_exported() {
+    let _alone = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &["gen"], "");
     for (name, kind) in [("gen-rsa", "rsa2048"), ("gen-ec", "p256")] {
@@ -474,6 +490,7 @@ fn keys_generated_in_the_token_cannot_be_exported() {
 
 #[test]
 fn a_key_made_by_pkcs11_tool_is_usable_by_label() {
+    let _alone = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &["tool"], "");
     for (label, id, key_type) in [
@@ -587,6 +604,7 @@ fn a_key_made_by_pkcs11_tool_is_usable_by_label() {
 
 #[test]
 fn bad_setups_fail_at_start_with_one_clear_line() {
+    let _alone = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let wrong = dir.path().join("wrong.pin");
     std::fs::write(&wrong, "9999\n").unwrap();
@@ -686,6 +704,7 @@ fn close_all_sessions(slot: u64) {
 
 #[test]
 fn closing_all_sessions_under_load_loses_no_request() {
+    let _alone = one_at_a_time();
     let cfg = token_cfg("close", 4);
     let token = Token::open(&cfg).unwrap();
     let key = hsm_key(&token, "close-ec", KeyKind::P256);
@@ -779,6 +798,7 @@ fn closing_all_sessions_under_load_loses_no_request() {
 
 #[test]
 fn two_tokens_holding_the_same_key_share_the_load() {
+    let _alone = one_at_a_time();
     let h = hsm();
     let dir = tempfile::tempdir().unwrap();
     let pem = dir.path().join("shared.pem");
@@ -860,6 +880,7 @@ fn two_tokens_holding_the_same_key_share_the_load() {
 
 #[test]
 fn bench_compares_the_engine_with_a_plain_cryptoki_loop_and_cleans_up() {
+    let _alone = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let label = "bench";
     let cfg = write_config(dir.path(), &[label], "");
