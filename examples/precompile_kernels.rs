@@ -41,18 +41,16 @@ fn main() {
         dir,
         driver_version,
     };
-    for program in PROGRAMS {
-        let t = Instant::now();
-        match nvrtc::compile_cached(&nvrtc, program, &arch, Some(&cache)) {
+    let t = Instant::now();
+    let compiled = nvrtc::compile_cached_all(&nvrtc, &PROGRAMS, &arch, Some(&cache));
+    for (program, result) in PROGRAMS.iter().zip(compiled) {
+        match result {
             Ok((_, origin)) => {
                 let what = match origin {
                     Origin::Cached => "already cached",
                     Origin::Compiled => "compiled",
                 };
-                eprintln!(
-                    "{program} {arch} driver {driver_version}: {what} in {:.1} s",
-                    t.elapsed().as_secs_f64()
-                );
+                eprintln!("{program} {arch} driver {driver_version}: {what}");
             }
             Err(e) => {
                 eprintln!("precompile_kernels: {program}: {e}");
@@ -60,4 +58,9 @@ fn main() {
             }
         }
     }
+    eprintln!(
+        "{} programs in {:.1} s",
+        PROGRAMS.len(),
+        t.elapsed().as_secs_f64()
+    );
 }

@@ -48,27 +48,31 @@ fn every_program_compiles_for_sm90_and_sm80_with_its_kernels() {
     if nvrtc_or_skip("every_program_compiles").is_none() {
         return;
     }
+    // All at once (one per core), as the backend compiles them at start.
+    let programs = sigmux::kernels::programs();
+    let jobs: Vec<(&str, &str)> = programs
+        .iter()
+        .flat_map(|p| ["sm_90", "sm_80"].map(|arch| (*p, arch)))
+        .collect();
     let mut failures = Vec::new();
-    for program in sigmux::kernels::programs() {
-        for arch in ["sm_90", "sm_80"] {
-            match nvrtc::compile_program(program, arch) {
-                Ok(image) => {
-                    // CUBIN is ELF; its symbol table names the kernels.
+    for ((program, arch), result) in jobs.iter().zip(nvrtc::compile_programs(&jobs)) {
+        match result {
+            Ok(image) => {
+                // CUBIN is ELF; its symbol table names the kernels.
+                assert!(
+                    image.starts_with(b"\x7fELF"),
+                    "{program} {arch}: expected a CUBIN"
+                );
+                for k in kernel_names(program) {
                     assert!(
-                        image.starts_with(b"\x7fELF"),
-                        "{program} {arch}: expected a CUBIN"
+                        contains(&image, &k),
+                        "{program} {arch}: kernel {k} missing from the output"
                     );
-                    for k in kernel_names(program) {
-                        assert!(
-                            contains(&image, &k),
-                            "{program} {arch}: kernel {k} missing from the output"
-                        );
-                    }
-                    eprintln!("{program} {arch}: ok, {} bytes", image.len());
                 }
-                // The error carries NVRTC's log.
-                Err(e) => failures.push(format!("{program} {arch}: {e}")),
+                eprintln!("{program} {arch}: ok, {} bytes", image.len());
             }
+            // The error carries NVRTC's log.
+            Err(e) => failures.push(format!("{program} {arch}: {e}")),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -95,8 +99,18 @@ fn the_kernel_cache_is_hit_and_a_corrupt_file_is_recompiled() {
         dir: dir.path().join("kernel-cache"),
         driver_version: 13000,
     };
-    let (first, origin) = nvrtc::compile_cached(&nv, program, "sm_90", Some(&cache)).unwrap();
-    assert_eq!(origin, Origin::Compiled);
+    // Two backends starting together (one per GPU): one compiles, the
+    // other waits for it and reads the cache.
+    let (a, b) = std::thread::scope(|s| {
+        let one = s.spawn(|| nvrtc::compile_cached(&nv, program, "sm_90", Some(&cache)).unwrap());
+        let two = s.spawn(|| nvrtc::compile_cached(&nv, program, "sm_90", Some(&cache)).unwrap());
+        (one.join().unwrap(), two.join().unwrap())
+    });
+    let mut origins = [a.1, b.1];
+    origins.sort_by_key(|o| *o == Origin::Cached);
+    assert_eq!(origins, [Origin::Compiled, Origin::Cached]);
+    assert_eq!(a.0, b.0);
+    let first = a.0;
     assert!(matches!(first, Image::Cubin(_)));
     let path = cache.path(program, "sm_90", nv.version).unwrap();
     assert!(path.exists(), "{}", path.display());

@@ -174,9 +174,9 @@ impl Gpu {
         let mut functions = HashMap::new();
         let mut key_slots = HashMap::new();
         let mut programs = Vec::new();
-        for program in PROGRAMS {
-            let (image, origin) = nvrtc::compile_cached(nvrtc, program, &arch, cache)
-                .map_err(|e| Error::backend(who.clone(), e.to_string()))?;
+        let compiled = nvrtc::compile_cached_all(nvrtc, &PROGRAMS, &arch, cache);
+        for (program, result) in PROGRAMS.into_iter().zip(compiled) {
+            let (image, origin) = result.map_err(|e| Error::backend(who.clone(), e.to_string()))?;
             let module = ctx
                 .load_module(Ptx::from_binary(image.bytes().to_vec()))
                 .map_err(|e| fail(&format!("cannot load {program}"), e))?;

@@ -16,9 +16,11 @@
 //! without `LD_LIBRARY_PATH`; loading the builtins from the same folder
 //! first satisfies that the same way.
 
+use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use aws_lc_rs::digest;
 use cudarc::nvrtc::sys as nv;
@@ -47,9 +49,55 @@ pub struct Nvrtc {
 /// stay open (never `dlclose`d) so that cudarc's own lookups find them.
 static LOADED: OnceLock<std::result::Result<Nvrtc, String>> = OnceLock::new();
 
-/// Serialises compiles: NVRTC is thread-safe, but compiling the same
-/// program twice at start (one backend per GPU) would only waste time.
-static COMPILE_LOCK: Mutex<()> = Mutex::new(());
+/// One lock per (program, architecture): NVRTC is thread-safe and
+/// different programs compile at once, but a second caller wanting the same
+/// program waits for the first's compile and then reads it from the cache
+/// instead of compiling it again.
+static COMPILING: Mutex<BTreeMap<(String, String), CompileLock>> = Mutex::new(BTreeMap::new());
+
+type CompileLock = Arc<Mutex<()>>;
+
+fn compile_lock(name: &str, arch: &str) -> CompileLock {
+    COMPILING
+        .lock()
+        .entry((name.to_string(), arch.to_string()))
+        .or_default()
+        .clone()
+}
+
+/// Compiles at once at most this many programs: each NVRTC compile holds
+/// one core and up to a few hundred MiB for tens of seconds.
+const MAX_PARALLEL_COMPILES: usize = 8;
+
+/// `f` over `items`, several at once (one thread per core, at most
+/// [`MAX_PARALLEL_COMPILES`]); results in the order of `items`.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_PARALLEL_COMPILES)
+        .min(items.len());
+    if workers <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let done: Mutex<Vec<Option<R>>> = Mutex::new(items.iter().map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    done.lock()[i] = Some(r);
+                }
+            });
+        }
+    });
+    done.into_inner()
+        .into_iter()
+        .map(|r| r.expect("every item was taken by a worker"))
+        .collect()
+}
 
 fn dlerror_text() -> String {
     // SAFETY: dlerror returns a thread-local C string or null.
@@ -353,7 +401,6 @@ fn compile_with_loaded(name: &str, arch: &str) -> Result<Image> {
     let source = crate::kernels::source(name)?;
     let src = CString::new(source).map_err(|_| fail(format!("{name}: NUL byte in source")))?;
     let cname = CString::new(name).map_err(|_| fail(format!("{name}: NUL byte in name")))?;
-    let _one = COMPILE_LOCK.lock();
     let mut raw: nv::nvrtcProgram = std::ptr::null_mut();
     // SAFETY: valid C strings that outlive the program; no headers.
     unsafe {
@@ -398,6 +445,12 @@ pub fn compile_program(name: &str, arch: &str) -> Result<Vec<u8>> {
     Ok(match compile_with_loaded(name, arch)? {
         Image::Cubin(b) | Image::Ptx(b) => b,
     })
+}
+
+/// [`compile_program`] for every `(program, arch)` in `jobs`, several at
+/// once; results in the order of `jobs`.
+pub fn compile_programs(jobs: &[(&str, &str)]) -> Vec<Result<Vec<u8>>> {
+    in_parallel(jobs, |(name, arch)| compile_program(name, arch))
 }
 
 /// Magic at the start of a cache file (then a SHA-256 of the rest, a kind
@@ -500,6 +553,18 @@ pub fn target_for(cc: (i32, i32)) -> Result<String> {
         })
 }
 
+/// [`compile_cached`] for every program in `names`, several at once: a
+/// start with a cold cache compiles them all, each for up to a minute.
+/// Results in the order of `names`.
+pub fn compile_cached_all(
+    nvrtc: &Nvrtc,
+    names: &[&str],
+    arch: &str,
+    cache: Option<&KernelCache>,
+) -> Vec<Result<(Image, Origin)>> {
+    in_parallel(names, |name| compile_cached(nvrtc, name, arch, cache))
+}
+
 /// Compiles `name` for `arch`, through the disk cache when one is given: a
 /// hit skips NVRTC; a corrupt or unreadable file is recompiled and
 /// replaced; a cache that cannot be written is only a warning.
@@ -513,6 +578,8 @@ pub fn compile_cached(
         Some(c) => Some(c.path(name, arch, nvrtc.version)?),
         None => None,
     };
+    let lock = compile_lock(name, arch);
+    let _one = lock.lock();
     if let Some(p) = &path {
         if let Some(img) = KernelCache::read(p) {
             return Ok((img, Origin::Cached));
