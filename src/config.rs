@@ -892,6 +892,12 @@ impl Config {
                     "list at least one key name, or \"*\"",
                 ));
             }
+            if let Some(ca) = r.keys.iter().find(|k| crate::keys::is_ca_key_name(k)) {
+                return Err(bad(
+                    &format!("{field}.keys"),
+                    format!("'{ca}' is one of the CA's own keys, which keyless never uses"),
+                ));
+            }
             rules.push(Rule {
                 client,
                 keys: r.keys.clone(),

@@ -587,7 +587,7 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
                 }
                 "soft" => {}
                 "hsm" => {
-                    sigmux::keys::validate_name(&name)?;
+                    sigmux::keys::validate_operator_key_name(&name)?;
                     app::require_hsm(cfg)?;
                     let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
                     let key = app::hsm_generate(cfg, &store, &name, kind, token.as_deref())?;
@@ -601,7 +601,7 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
                 }
             }
             // Refuse bad input before the data dir (and its KEK) is made.
-            sigmux::keys::validate_name(&name)?;
+            sigmux::keys::validate_operator_key_name(&name)?;
             let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
             let key = store.generate(&name, kind)?;
             key_made(cfg, "key.generate", &key)?;
@@ -633,7 +633,7 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
                     ));
                 }
                 if let Some(n) = name.as_deref().or(label.as_deref()) {
-                    sigmux::keys::validate_name(n)?;
+                    sigmux::keys::validate_operator_key_name(n)?;
                 }
                 app::require_hsm(cfg)?;
                 let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
@@ -663,7 +663,7 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
                 file.ok_or_else(|| Error::Invalid("give --file with the private key".into()))?;
             let bytes =
                 zeroize::Zeroizing::new(std::fs::read(&file).map_err(|e| Error::io(&file, e))?);
-            sigmux::keys::validate_name(&name)?;
+            sigmux::keys::validate_operator_key_name(&name)?;
             sigmux::keys::check_import(&bytes)?;
             let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
             let key = store.import(&name, &bytes)?;
@@ -807,6 +807,12 @@ fn sign(cfg: &Config, a: SignArgs) -> Result<()> {
         ),
         (None, None) => return Err(Error::Invalid("give --in FILE or --digest-hex HEX".into())),
     };
+    if sigmux::keys::is_ca_key_name(&a.key) {
+        return Err(Error::Invalid(format!(
+            "key '{}' is one of the CA's own keys: it signs only certificates, CRLs and JWT-SVIDs, through the CA",
+            a.key
+        )));
+    }
     let store = app::open_keys(cfg, KekUse::MustExist)?;
     let key = store.get(&a.key)?;
     scheme.check_fits(key.kind())?;

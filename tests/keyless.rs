@@ -1397,3 +1397,113 @@ fn keys_and_the_server_certificate_changed_while_serving_are_picked_up_at_sighup
     let s3 = rt.block_on(connect_to(f, &addr, "proxy", false)).unwrap();
     assert_eq!(presented(&s3), renewed);
 }
+
+#[test]
+fn the_cas_own_keys_are_never_used_even_by_a_client_allowed_every_key() {
+    let f = fixture();
+    let config = "ca-keys.toml";
+    std::fs::write(
+        f.dir.join(config),
+        "data_dir = \"ca-keys-data\"\n[http]\nlisten = \"127.0.0.1:0\"\n[keyless]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n[[keyless.clients]]\nid = \"spiffe://test.example/proxy\"\nkeys = [\"*\"]\n",
+    )
+    .unwrap();
+    cli(f, config, &["ca", "init", "--trust-domain", "test.example"]).unwrap();
+    cli(
+        f,
+        config,
+        &["keys", "generate", "--name", "mine", "--kind", "p256"],
+    )
+    .unwrap();
+    // The operator cannot make or import a key under a CA key's name.
+    for name in ["ca-root-x", "ca-int-x", "ca-jwt-x"] {
+        let err = cli(
+            f,
+            config,
+            &["keys", "generate", "--name", name, "--kind", "p256"],
+        )
+        .unwrap_err();
+        assert!(err.contains(name) && err.contains("reserved"), "{err}");
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&cli(f, config, &["keys", "list", "--json"]).unwrap()).unwrap();
+    let ski = |name: &str| -> [u8; 20] {
+        let mut out = [0u8; 20];
+        hex::decode_to_slice(
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|k| k["name"] == name)
+                .unwrap()["ski"]
+                .as_str()
+                .unwrap(),
+            &mut out,
+        )
+        .unwrap();
+        out
+    };
+    let names: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap().to_string())
+        .collect();
+    let ca_keys: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            n.starts_with("ca-root-") || n.starts_with("ca-int-") || n.starts_with("ca-jwt-")
+        })
+        .collect();
+    assert_eq!(ca_keys.len(), 3, "{names:?}");
+    // Nor sign with one from the command line.
+    std::fs::write(f.dir.join("ca-keys-msg"), b"forged").unwrap();
+    for name in &ca_keys {
+        let err = cli(
+            f,
+            config,
+            &[
+                "sign",
+                "--key",
+                name,
+                "--scheme",
+                "ecdsa_secp256r1_sha256",
+                "--in",
+                "ca-keys-msg",
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains(name.as_str()) && err.contains("CA's own keys"),
+            "{err}"
+        );
+    }
+    // A rule naming a CA key is a config error.
+    std::fs::write(
+        f.dir.join("ca-keys-named.toml"),
+        format!(
+            "data_dir = \"ca-keys-data\"\n[keyless]\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n[[keyless.clients]]\nid = \"spiffe://test.example/proxy\"\nkeys = [\"mine\", \"{}\"]\n",
+            ca_keys[0]
+        ),
+    )
+    .unwrap();
+    let err = cli(f, "ca-keys-named.toml", &["backends"]).unwrap_err();
+    assert!(
+        err.contains("keyless.clients[0].keys") && err.contains(ca_keys[0].as_str()),
+        "{err}"
+    );
+
+    let (child, addr, _http, _lines) = start_server(&f.dir, config);
+    let _server = ServerProcess(child);
+    let rt = rt();
+    let mut s = rt.block_on(connect_to(f, &addr, "proxy", false)).unwrap();
+    for (i, name) in ca_keys.iter().enumerate() {
+        assert_eq!(
+            rt.block_on(sign_with(&mut s, i as u32, ski(name), b"forged")),
+            ResponseBody::Error(ErrorCode::KeyNotFound),
+            "{name}"
+        );
+    }
+    assert!(matches!(
+        rt.block_on(sign_with(&mut s, 9, ski("mine"), b"fine")),
+        ResponseBody::Payload(_)
+    ));
+}

@@ -13,7 +13,7 @@ use super::metrics::{KeylessMetrics, LogThrottle};
 use super::protocol::{self, ErrorCode, HashAlg as OpHash, Op, OpKind, Request, Response};
 use crate::engine::{Engine, SignRequest, Signature};
 use crate::error::Error;
-use crate::keys::{Key, KeyId, KeyStore, Ski};
+use crate::keys::{Key, KeyId, KeyStore, Ski, is_ca_key_name};
 use crate::scheme::{KeyKind, Scheme, SignInput, rsa_encoding};
 
 /// The next step for a decoded request.
@@ -238,8 +238,11 @@ impl Handler {
 
     /// The key the request names, if it exists and the client may use it.
     /// Both cases answer "key not found", so a client cannot probe which
-    /// keys exist. The legacy certificate digest item is matched against
-    /// the key's KeyId (SHA-256 of its SubjectPublicKeyInfo).
+    /// keys exist. The CA's own keys are never used, whatever the client
+    /// rules say: a signature (or raw RSA operation) with one would let the
+    /// client forge certificates. The legacy certificate digest item is
+    /// matched against the key's KeyId (SHA-256 of its
+    /// SubjectPublicKeyInfo).
     fn find_key(&self, req: &Request, who: &ClientIdentity) -> Option<Arc<Key>> {
         let key = match (req.ski, req.digest) {
             (Some(ski), _) => self.keys.by_ski(&Ski(ski)),
@@ -247,7 +250,7 @@ impl Handler {
             (None, None) => None,
         };
         match key {
-            Some(k) if self.policy.allows(who, k.name()) => Some(k),
+            Some(k) if !is_ca_key_name(k.name()) && self.policy.allows(who, k.name()) => Some(k),
             _ => {
                 self.metrics.refused.fetch_add(1, Ordering::Relaxed);
                 let ski = req.ski.map(hex::encode).unwrap_or_default();

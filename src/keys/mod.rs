@@ -475,6 +475,32 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
 }
 
+/// Name prefixes of the keys the CA makes for itself: its root
+/// (`ca-root-<serial8>`), intermediates (`ca-int-<serial8>`) and JWT-SVID
+/// signing keys (`ca-jwt-<8 hex>`). Those keys sign only through the CA
+/// (certificates, CRLs, JWT-SVIDs): keyless clients and `sigmux sign` never
+/// reach them, whatever a client rule says, and `keys generate` / `keys
+/// import` refuse these names.
+pub const CA_KEY_PREFIXES: [&str; 3] = ["ca-root-", "ca-int-", "ca-jwt-"];
+
+/// Whether `name` is one the CA gives its own keys ([`CA_KEY_PREFIXES`]).
+pub fn is_ca_key_name(name: &str) -> bool {
+    CA_KEY_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// [`validate_name`] for a key an operator makes or imports: also refuses
+/// the names reserved for the CA's own keys.
+pub fn validate_operator_key_name(name: &str) -> Result<()> {
+    validate_name(name)?;
+    if is_ca_key_name(name) {
+        return Err(Error::Invalid(format!(
+            "key name '{name}' is reserved: names starting with {} are the CA's own keys",
+            CA_KEY_PREFIXES.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 impl KeyStore {
     /// A store that lives only in memory (benchmarks, tests).
     pub fn in_memory() -> KeyStore {
