@@ -1035,14 +1035,19 @@ impl Config {
         if !c.auto_rotate {
             return Ok(None);
         }
-        let max_svid_ttl = self
-            .issuance
-            .max_ttl_seconds
-            .map_or(crate::ca::svid::DEFAULT_MAX_TTL, Duration::from_secs);
         Ok(Some(RotationSettings {
             check_every: Duration::from_secs(c.rotation_check_seconds),
-            max_svid_ttl,
+            max_svid_ttl: self.max_svid_ttl(),
         }))
+    }
+
+    /// The longest lifetime of an SVID the CA issues
+    /// (`issuance.max_ttl_seconds`, or the CA's default of one hour): how
+    /// long a drained intermediate or JWT key must stay in the bundle.
+    pub fn max_svid_ttl(&self) -> Duration {
+        self.issuance
+            .max_ttl_seconds
+            .map_or(crate::ca::svid::DEFAULT_MAX_TTL, Duration::from_secs)
     }
 
     /// The engine's limits.

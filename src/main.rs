@@ -197,9 +197,10 @@ enum RotateCommand {
     Activate,
     /// Drop drained intermediates from the bundle once their SVIDs expired.
     Retire {
-        /// The longest SVID lifetime the CA issues, seconds.
-        #[arg(long, default_value_t = 3600)]
-        max_svid_ttl_seconds: u64,
+        /// The longest SVID lifetime the CA issues, seconds [default:
+        /// issuance.max_ttl_seconds, else 3600].
+        #[arg(long)]
+        max_svid_ttl_seconds: Option<u64>,
         /// Retire even if SVIDs they signed may still be valid.
         #[arg(long)]
         force: bool,
@@ -1058,7 +1059,7 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-            let summary = sigmux::ca::status::summary(&state, now);
+            let summary = sigmux::ca::status::summary(&state, now, cfg.max_svid_ttl());
             if json {
                 println!("{}", pretty(&summary));
             } else {
@@ -1158,11 +1159,9 @@ fn ca_rotate(cfg: &Config, cmd: RotateCommand) -> Result<()> {
             max_svid_ttl_seconds,
             force,
         } => {
-            let retired = rotation::retire(
-                &cfg.data_dir,
-                Duration::from_secs(max_svid_ttl_seconds),
-                force,
-            )?;
+            let max_svid_ttl =
+                max_svid_ttl_seconds.map_or_else(|| cfg.max_svid_ttl(), Duration::from_secs);
+            let retired = rotation::retire(&cfg.data_dir, max_svid_ttl, force)?;
             audit.append(
                 "ca_rotate_retire",
                 serde_json::json!({

@@ -519,6 +519,35 @@ fn rotation_publishes_before_signing_and_drains_before_retiring() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("may still be valid"));
     assert!(first_key.exists(), "a draining intermediate keeps its key");
+    // The wait is the longest SVID the config lets the CA issue
+    // (issuance.max_ttl_seconds), not a fixed hour; status says so too.
+    let cfg = dir.path().join("ttl2h.toml");
+    std::fs::write(&cfg, "[issuance]\nmax_ttl_seconds = 7200\n").unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let since = state(&data)["intermediates"][0]["draining_since"]
+        .as_i64()
+        .unwrap();
+    let until = Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("@{}", since + 7200),
+            "+%Y-%m-%dT%H:%M:%SZ",
+        ])
+        .output()
+        .unwrap();
+    let until = String::from_utf8(until.stdout).unwrap();
+    let out = sigmux(&data, &["--config", cfg, "ca", "rotate", "retire"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("(until {})", until.trim())), "{err}");
+    let status: serde_json::Value = serde_json::from_str(&ok(
+        sigmux(&data, &["--config", cfg, "ca", "status", "--json"], None),
+        "status",
+    ))
+    .unwrap();
+    assert_eq!(status["next"]["action"], "retire", "{status}");
+    assert_eq!(status["next"]["at"], since + 7200, "{status}");
     let said = ok(
         sigmux(
             &data,

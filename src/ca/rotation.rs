@@ -18,7 +18,7 @@ use super::authority::{
     ca_name, jwt_kid, new_jwt_key, pem_to_der, secs, sign_ca_cert,
 };
 use super::spiffe::TrustDomain;
-use super::svid::{Serial, pem_block, unix_secs};
+use super::svid::{Serial, pem_block, rfc3339, unix_secs};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::keys::{Key, KeyHome, KeyStore, Ski};
@@ -155,7 +155,7 @@ pub fn prepare(
 }
 
 /// [`prepare`] at the time `now` (Unix seconds).
-fn prepare_at(
+pub(super) fn prepare_at(
     data_dir: &Path,
     store: &KeyStore,
     engine: &Engine,
@@ -261,7 +261,7 @@ pub fn activate(data_dir: &Path) -> Result<Activation> {
 }
 
 /// [`activate`] at the time `now` (Unix seconds).
-fn activate_at(data_dir: &Path, now: i64) -> Result<Activation> {
+pub(super) fn activate_at(data_dir: &Path, now: i64) -> Result<Activation> {
     let mut state = CaState::require(data_dir)?;
     let Some(next) = state
         .intermediates
@@ -342,7 +342,9 @@ fn retire_at(data_dir: &Path, max_svid_ttl: Duration, force: bool, now: i64) -> 
                 i.status = CaStatus::Retired;
                 retired.serials.push(i.serial.clone());
             }
-            (false, at) => waiting.push(format!("intermediate {} (until {at})", i.serial)),
+            (false, at) => {
+                waiting.push(format!("intermediate {} (until {})", i.serial, rfc3339(at)))
+            }
         }
     }
     for j in state.jwt_keys.iter_mut() {
@@ -354,7 +356,7 @@ fn retire_at(data_dir: &Path, max_svid_ttl: Duration, force: bool, now: i64) -> 
                 j.status = CaStatus::Retired;
                 retired.jwt_kids.push(j.kid.clone());
             }
-            (false, at) => waiting.push(format!("JWT key {} (until {at})", j.kid)),
+            (false, at) => waiting.push(format!("JWT key {} (until {})", j.kid, rfc3339(at))),
         }
     }
     if retired == Retirement::default() {
@@ -586,7 +588,7 @@ pub(crate) fn life_point(rec: &IntermediateRecord, frac: (i64, i64)) -> i64 {
 
 /// When something that stopped signing at `since` has drained: every
 /// credential it signed, at most `max_ttl` long, has expired.
-fn drained_at(since: Option<i64>, now: i64, max_ttl: Duration) -> i64 {
+pub(crate) fn drained_at(since: Option<i64>, now: i64, max_ttl: Duration) -> i64 {
     since.unwrap_or(now).saturating_add(secs(max_ttl))
 }
 

@@ -3,10 +3,12 @@
 //! and when the rotation schedule (`serve`'s, or the operator's) is next
 //! due. Times are Unix seconds in the JSON and RFC 3339 in the text.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use super::authority::{CaState, CaStatus};
-use super::rotation::{ACTIVATE_AT, PREPARE_AT, life_point};
+use super::rotation::{ACTIVATE_AT, PREPARE_AT, drained_at, life_point};
 use super::svid::rfc3339;
 
 fn status_name(s: CaStatus) -> Value {
@@ -14,9 +16,10 @@ fn status_name(s: CaStatus) -> Value {
 }
 
 /// The summary of `state` at `now` (Unix seconds), as `ca status --json`
-/// prints it.
+/// prints it; `max_svid_ttl` is how long a drained intermediate or JWT key
+/// stays in the bundle (`Config::max_svid_ttl`).
 #[must_use]
-pub fn summary(state: &CaState, now: i64) -> Value {
+pub fn summary(state: &CaState, now: i64, max_svid_ttl: Duration) -> Value {
     let active = state
         .intermediates
         .iter()
@@ -26,15 +29,36 @@ pub fn summary(state: &CaState, now: i64) -> Value {
         .intermediates
         .iter()
         .any(|i| i.status == CaStatus::Prepared);
-    // What the schedule does next: activate the prepared successor, or
-    // prepare one; nothing without an active intermediate.
-    let next = active.map(|a| {
-        if prepared {
-            json!({ "action": "activate", "at": life_point(a, ACTIVATE_AT) })
-        } else {
-            json!({ "action": "prepare", "at": life_point(a, PREPARE_AT) })
-        }
-    });
+    // The schedule's steps still to come, soonest first: retire what is
+    // draining once its SVIDs have expired; activate the prepared successor,
+    // or prepare one (nothing of the two without an active intermediate).
+    let draining = state
+        .intermediates
+        .iter()
+        .filter(|i| i.status == CaStatus::Draining)
+        .map(|i| i.draining_since)
+        .chain(
+            state
+                .jwt_keys
+                .iter()
+                .filter(|j| j.status == CaStatus::Draining)
+                .map(|j| j.draining_since),
+        )
+        .map(|since| drained_at(since, now, max_svid_ttl))
+        .min();
+    let mut steps: Vec<Value> = draining
+        .map(|at| json!({ "action": "retire", "at": at }))
+        .into_iter()
+        .chain(active.map(|a| {
+            if prepared {
+                json!({ "action": "activate", "at": life_point(a, ACTIVATE_AT) })
+            } else {
+                json!({ "action": "prepare", "at": life_point(a, PREPARE_AT) })
+            }
+        }))
+        .collect();
+    steps.sort_by_key(|s| s["at"].as_i64());
+    let next = steps.first().cloned();
     json!({
         "trust_domain": state.trust_domain,
         "now": now,
@@ -72,6 +96,7 @@ pub fn summary(state: &CaState, now: i64) -> Value {
         })).collect::<Vec<_>>(),
         "revoked_svids": state.revoked.len(),
         "next": next,
+        "steps": steps,
     })
 }
 
@@ -130,11 +155,16 @@ pub fn render(s: &Value) -> String {
             text(&j["key_name"]),
         );
     }
-    match s["next"]["action"].as_str() {
-        Some(action) => {
-            out += &format!("next: {action} at {}\n", time(&s["next"]["at"]));
-        }
-        None => out += "next: nothing (no active intermediate)\n",
+    let steps: Vec<String> = s["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|step| format!("{} at {}", text(&step["action"]), time(&step["at"])))
+        .collect();
+    if steps.is_empty() {
+        out += "next: nothing (no active intermediate)\n";
+    } else {
+        out += &format!("next: {}\n", steps.join(", then "));
     }
     out
 }
@@ -143,6 +173,7 @@ pub fn render(s: &Value) -> String {
 mod tests {
     use super::*;
     use crate::ca::authority::{InitOptions, init};
+    use crate::ca::rotation::{activate_at, prepare_at};
     use crate::ca::spiffe::TrustDomain;
 
     #[test]
@@ -153,7 +184,7 @@ mod tests {
         let td = TrustDomain::parse("example.org").unwrap();
         let state = init(dir.path(), &store, &engine, &InitOptions::new(td), None).unwrap();
         let int = &state.intermediates[0];
-        let s = summary(&state, int.not_before);
+        let s = summary(&state, int.not_before, Duration::from_secs(3600));
         assert_eq!(s["trust_domain"], "example.org");
         assert_eq!(s["intermediates"][0]["status"], "active");
         assert_eq!(s["intermediates"][0]["serial"], int.serial.as_str());
@@ -172,5 +203,25 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("root ") && t.contains("store (ca-root"), "{t}");
+
+        // After a rotation, retiring what drains comes first: the old
+        // intermediate and JWT key wait for the longest SVID (2 h here).
+        let t0 = half + 10;
+        let life = Duration::from_secs((int.not_after - int.not_before) as u64);
+        prepare_at(dir.path(), &store, &engine, None, None, life, t0).unwrap();
+        activate_at(dir.path(), t0 + 5).unwrap();
+        let state = CaState::require(dir.path()).unwrap();
+        let s = summary(&state, t0 + 6, Duration::from_secs(7200));
+        assert_eq!(s["next"]["action"], "retire", "{s}");
+        assert_eq!(s["next"]["at"], t0 + 5 + 7200, "{s}");
+        assert_eq!(s["steps"][1]["action"], "prepare", "{s}");
+        let t = render(&s);
+        assert!(
+            t.contains(&format!(
+                "next: retire at {}, then prepare at",
+                rfc3339(t0 + 5 + 7200)
+            )),
+            "{t}"
+        );
     }
 }
