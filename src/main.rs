@@ -1022,9 +1022,19 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
             use sigmux::ca::rotation;
             let audit = ca_audit_log(cfg)?;
             if let Some(serial) = serial {
-                let new = rotation::revoke_serial(&cfg.data_dir, &serial)?;
-                audit.append("ca_revoke_svid", serde_json::json!({ "serial": serial }))?;
-                println!("{}", if new { "revoked" } else { "already revoked" });
+                let (serial, new) = rotation::revoke_serial(&cfg.data_dir, &serial)?;
+                if !rotation::could_be_ours(&serial) {
+                    eprintln!(
+                        "sigmux: warning: {serial} is not shaped like the serials this CA gives (16 bytes, the first 40 to 7f); revoked anyway"
+                    );
+                }
+                if new {
+                    audit.append("ca_revoke_svid", serde_json::json!({ "serial": serial }))?;
+                }
+                println!(
+                    "{} {serial}",
+                    if new { "revoked" } else { "already revoked" }
+                );
                 return Ok(());
             }
             if jwt_key {

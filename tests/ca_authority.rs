@@ -584,25 +584,32 @@ fn rotation_publishes_before_signing_and_drains_before_retiring() {
 
     // Revocation: an SVID serial is recorded once; the emergency path
     // replaces the active intermediate at once.
-    assert_eq!(
-        ok(
-            sigmux(&data, &["ca", "revoke", "--serial", "0A1b"], None),
-            "revoke"
-        )
-        .trim(),
-        "revoked"
+    let out = sigmux(&data, &["ca", "revoke", "--serial", "0A1b"], None);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not shaped like the serials this CA gives"),
+        "a serial this CA cannot have given is revoked with a warning"
     );
-    assert_eq!(
-        ok(
-            sigmux(&data, &["ca", "revoke", "--serial", "0a1b"], None),
-            "revoke"
-        )
-        .trim(),
-        "already revoked"
-    );
+    assert_eq!(ok(out, "revoke").trim(), "revoked 0a1b");
+    // Every spelling of one serial (case, 0x, leading zeros, the colons
+    // openssl prints) is the same revocation.
+    for spelling in ["0a1b", "0x000A1B", "00:0a:1b", "a1b"] {
+        assert_eq!(
+            ok(
+                sigmux(&data, &["ca", "revoke", "--serial", spelling], None),
+                "revoke"
+            )
+            .trim(),
+            "already revoked 0a1b",
+            "{spelling}"
+        );
+    }
     assert_eq!(state(&data)["revoked"][0]["serial"], "0a1b");
-    let out = sigmux(&data, &["ca", "revoke", "--serial", "xyz"], None);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a hex serial"));
+    assert_eq!(state(&data)["revoked"].as_array().unwrap().len(), 1);
+    for (bad, why) in [("xyz", "not a hex serial"), ("00:00", "positive number")] {
+        let out = sigmux(&data, &["ca", "revoke", "--serial", bad], None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{bad}: {err}");
+    }
     ok(
         sigmux(&data, &["ca", "revoke", "--intermediate"], None),
         "revoke intermediate",

@@ -79,8 +79,17 @@ pub async fn crl_der(
     let alg = signature_algorithm(scheme)
         .ok_or_else(|| Error::Invalid(format!("{scheme} cannot sign a CRL")))?;
     let mut revoked = Vec::new();
+    // A state written before serials were stored in one form may hold two
+    // spellings of one serial: list it once.
+    let mut seen = std::collections::HashSet::new();
     for r in &state.revoked {
-        let bytes = hex::decode(&r.serial).map_err(|_| {
+        let serial = super::rotation::canonical_serial(&r.serial).map_err(|_| {
+            Error::Invalid(format!("CA state: revoked serial {} is not hex", r.serial))
+        })?;
+        if !seen.insert(serial.clone()) {
+            continue;
+        }
+        let bytes = hex::decode(&serial).map_err(|_| {
             Error::Invalid(format!("CA state: revoked serial {} is not hex", r.serial))
         })?;
         revoked.push(seq(&[&uint(&bytes), &encode_time(r.revoked_at)]));
@@ -257,12 +266,15 @@ mod tests {
         let copy = Arc::new((*st1).clone());
         assert_eq!(get(&copy, &serial.to_uppercase(), t0 + 120).unwrap(), a);
         assert_eq!(cache.signed(), 1);
-        // A revocation: a new CRL, listing it.
+        // A revocation: a new CRL, listing it once, though a state from
+        // before serials were stored in one form spells it twice.
         let mut revoked = (*st1).clone();
-        revoked.revoked.push(RevokedSvid {
-            serial: "0badc0de".into(),
-            revoked_at: t0 + 130,
-        });
+        for serial in ["0badc0de", "000BADC0DE"] {
+            revoked.revoked.push(RevokedSvid {
+                serial: serial.into(),
+                revoked_at: t0 + 130,
+            });
+        }
         let st2 = Arc::new(revoked);
         let b = get(&st2, &serial, t0 + 140).unwrap();
         assert_ne!(a, b);

@@ -702,25 +702,65 @@ pub fn tick(
     Ok(done)
 }
 
-/// `ca revoke --serial HEX`: records a revoked SVID.
-pub fn revoke_serial(data_dir: &Path, serial: &str) -> Result<bool> {
-    let _lock = CaState::lock(data_dir)?;
-    let serial = serial.trim().trim_start_matches("0x").to_ascii_lowercase();
-    if serial.is_empty() || serial.len() > 40 || hex::decode(&serial).is_err() {
-        return Err(Error::Invalid(format!(
-            "--serial '{serial}' is not a hex serial number (up to 20 bytes)"
-        )));
+/// An SVID serial as an operator may write it (hex in any case, with or
+/// without `0x`, with the colons `openssl x509 -text` prints, with leading
+/// zeros) in one form: lower-case hex of the positive integer, without
+/// leading zero bytes. Two spellings of one serial are one revocation.
+pub fn canonical_serial(text: &str) -> Result<String> {
+    let bad = |why: &str| Error::Invalid(format!("--serial '{}': {why}", text.trim()));
+    let t = text.trim();
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    let digits: String = t.chars().filter(|c| *c != ':').collect();
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(bad(
+            "not a hex serial number (like 4f0e...; colons as openssl prints them are fine)",
+        ));
     }
+    let significant = digits.trim_start_matches('0').to_ascii_lowercase();
+    if significant.is_empty() {
+        return Err(bad("a certificate serial is a positive number, not 0"));
+    }
+    if significant.len() > 40 {
+        return Err(bad(
+            "longer than 20 bytes, the most a certificate serial has",
+        ));
+    }
+    Ok(if significant.len() % 2 == 1 {
+        format!("0{significant}")
+    } else {
+        significant
+    })
+}
+
+/// Whether a canonical serial has the shape of the ones this CA gives its
+/// certificates ([`Serial::random`]: 16 bytes, the first 0x40 to 0x7f).
+#[must_use]
+pub fn could_be_ours(serial: &str) -> bool {
+    serial.len() == 32 && matches!(serial.as_bytes()[0], b'4'..=b'7')
+}
+
+/// `ca revoke --serial HEX`: records a revoked SVID. Returns the serial in
+/// canonical form and whether it was not revoked before.
+pub fn revoke_serial(data_dir: &Path, serial: &str) -> Result<(String, bool)> {
+    let serial = canonical_serial(serial)?;
+    let _lock = CaState::lock(data_dir)?;
     let mut state = CaState::require(data_dir)?;
-    if state.revoked.iter().any(|r| r.serial == serial) {
-        return Ok(false);
+    if state
+        .revoked
+        .iter()
+        .any(|r| canonical_serial(&r.serial).is_ok_and(|s| s == serial))
+    {
+        return Ok((serial, false));
     }
     state.revoked.push(RevokedSvid {
-        serial,
+        serial: serial.clone(),
         revoked_at: now()?,
     });
     state.save(data_dir)?;
-    Ok(true)
+    Ok((serial, true))
 }
 
 /// `ca revoke --intermediate`: the emergency path. A new intermediate is
