@@ -341,8 +341,23 @@ fn offline_root_leaves_only_the_certificate_and_an_encrypted_key_file() {
     assert!(stderr.contains(PASS_ENV), "{stderr}");
     assert!(!file.exists() && !data.join("ca").exists());
 
+    // Nor with a passphrase too short for a file attackable offline.
+    let out = sigmux(&data, &args, Some("short"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("at least 12 characters"),
+        "{stderr}"
+    );
+    assert!(!file.exists() && !data.join("ca").exists());
+
     let pass = "correct horse battery staple";
     ok(sigmux(&data, &args, Some(pass)), "ca init --offline-root");
+    // PBES2: PBKDF2-HMAC-SHA256 with 600000 (0x927c0) iterations, AES-256-CBC.
+    let parsed = openssl(dir.path(), &["asn1parse", "-in", file_s], None);
+    let parsed = String::from_utf8_lossy(&parsed.stdout);
+    for want in ["PBES2", "PBKDF2", "927C0", "hmacWithSHA256", "aes-256-cbc"] {
+        assert!(parsed.contains(want), "{want} missing:\n{parsed}");
+    }
 
     // The store has no root key; the state records none.
     let st = state(&data);

@@ -544,10 +544,15 @@ pub fn init(
 ) -> Result<CaState> {
     refuse_existing(data_dir)?;
     opts.check()?;
-    if opts.offline_root.is_some() && root_passphrase.is_none_or(str::is_empty) {
-        return Err(Error::Invalid(format!(
-            "--offline-root needs the passphrase in the environment variable {ROOT_PASSPHRASE_ENV}"
-        )));
+    if opts.offline_root.is_some() {
+        match root_passphrase {
+            Some(p) if !p.is_empty() => super::offline_root::check_passphrase(p)?,
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "--offline-root needs the passphrase in the environment variable {ROOT_PASSPHRASE_ENV}"
+                )));
+            }
+        }
     }
     let now = unix_secs(SystemTime::now()).map_err(|e| Error::Invalid(e.to_string()))?;
     let not_before = now - secs(CA_BACKDATE);
@@ -665,17 +670,16 @@ fn refuse_existing(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes the root private key as encrypted PKCS#8 PEM (AES-256-CBC) to a
-/// new file (mode 0600), never overwriting one.
+/// Writes the root private key as encrypted PKCS#8 PEM
+/// ([`super::offline_root`]) to a new file (mode 0600), never overwriting
+/// one.
 fn write_offline_root(path: &Path, key: &Key, passphrase: &str) -> Result<()> {
     let pkey = key.secret()?.to_openssl()?;
-    let pem = Zeroizing::new(
-        pkey.private_key_to_pem_pkcs8_passphrase(
-            openssl::symm::Cipher::aes_256_cbc(),
-            passphrase.as_bytes(),
-        )
-        .map_err(|e| Error::Invalid(format!("cannot encrypt the root key: {e}")))?,
+    let der = Zeroizing::new(
+        pkey.private_key_to_pkcs8()
+            .map_err(|e| Error::Invalid(format!("cannot encode the root key: {e}")))?,
     );
+    let pem = super::offline_root::encrypt_pem(&der, passphrase)?;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]

@@ -5,6 +5,7 @@
 pub mod authority;
 pub mod crl;
 pub mod csr;
+pub mod offline_root;
 pub mod rotation;
 pub mod spiffe;
 pub mod status;
