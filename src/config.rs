@@ -831,9 +831,12 @@ impl Config {
     ) -> Result<Option<(SocketAddr, crate::keyless::server::KeylessSettings)>> {
         use crate::keyless::auth::{Policy, Rule};
         let k = &self.keyless;
-        let (cert, key, ca) = match (&k.cert, &k.key, &k.client_ca) {
-            (None, None, None) => return Ok(None),
-            (Some(c), Some(k), Some(a)) => (c.clone(), k.clone(), a.clone()),
+        // Every field is checked even when the listener is off, so a bad
+        // value is refused by every command, not first by `serve` once
+        // the listener is configured.
+        let tls = match (&k.cert, &k.key, &k.client_ca) {
+            (None, None, None) => None,
+            (Some(c), Some(k), Some(a)) => Some((c.clone(), k.clone(), a.clone())),
             _ => {
                 return Err(bad(
                     "keyless",
@@ -903,6 +906,9 @@ impl Config {
                 keys: r.keys.clone(),
             });
         }
+        let Some((cert, key, ca)) = tls else {
+            return Ok(None);
+        };
         Ok(Some((
             addr,
             crate::keyless::server::KeylessSettings {
@@ -927,9 +933,11 @@ impl Config {
         use crate::api::{CallerRule, IssuanceSettings};
         use crate::ca::spiffe::SpiffeIdPrefix;
         let s = &self.issuance;
-        let (cert, key, ca) = match (&s.cert, &s.key, &s.client_ca) {
-            (None, None, None) => return Ok(None),
-            (Some(c), Some(k), Some(a)) => (c.clone(), k.clone(), a.clone()),
+        // Every field is checked even when the listener is off (see
+        // keyless_settings).
+        let tls = match (&s.cert, &s.key, &s.client_ca) {
+            (None, None, None) => None,
+            (Some(c), Some(k), Some(a)) => Some((c.clone(), k.clone(), a.clone())),
             _ => {
                 return Err(bad(
                     "issuance",
@@ -1004,6 +1012,9 @@ impl Config {
                 allowed_prefixes: prefixes,
             });
         }
+        let Some((cert, key, ca)) = tls else {
+            return Ok(None);
+        };
         Ok(Some(IssuanceSettings {
             listen,
             cert,

@@ -97,6 +97,39 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     )
 }
 
+/// Says which keys named in `[[keyless.clients]]` the store does not hold:
+/// a typo there would otherwise only show as `key_not_found` answers. Not
+/// an error: a key generated later is picked up at SIGHUP.
+fn warn_of_missing_keyless_keys(cfg: &Config, keys: &KeyStore) {
+    for (i, rule) in cfg.keyless.clients.iter().enumerate() {
+        for name in rule.keys.iter().filter(|k| *k != "*") {
+            if keys.get(name).is_err() {
+                say(format_args!(
+                    "sigmux: warning: keyless.clients[{i}].keys names '{name}', which the key store does not hold (a key made later is picked up at SIGHUP)"
+                ));
+            }
+        }
+    }
+}
+
+/// Refuses caller rules whose prefixes lie in another trust domain than
+/// the CA's: they could never match, so the caller would be refused every
+/// SVID with nothing pointing at the config.
+fn callers_in_trust_domain(settings: &crate::api::IssuanceSettings, ca_td: &str) -> Result<()> {
+    for (i, rule) in settings.callers.iter().enumerate() {
+        for (j, p) in rule.allowed_prefixes.iter().enumerate() {
+            let td = p.as_id().trust_domain().name();
+            if td != ca_td {
+                return Err(Error::Invalid(format!(
+                    "issuance.callers[{i}].allowed_prefixes[{j}]: '{}' is in trust domain {td}, but the CA's is {ca_td}: it can never match",
+                    p.as_str()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `sigmux serve` until SIGINT or SIGTERM.
 pub async fn serve(cfg: Config) -> Result<()> {
     let keys = Arc::new(app::open_keys(&cfg, KekUse::CreateIfNew)?);
@@ -128,6 +161,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
             None
         }
         Some((addr, settings)) => {
+            warn_of_missing_keyless_keys(&cfg, &keys);
             let server = KeylessServer::new(&settings, engine.clone(), keys.clone())?;
             let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 Error::Invalid(format!("cannot listen on {addr} (keyless.listen): {e}"))
@@ -150,6 +184,9 @@ pub async fn serve(cfg: Config) -> Result<()> {
             None
         }
         Some(settings) => {
+            if let Some(state) = CaState::load(&cfg.data_dir)? {
+                callers_in_trust_domain(&settings, state.trust_domain.as_str())?;
+            }
             let started = crate::api::start(
                 &settings,
                 cfg.data_dir.clone(),

@@ -2176,6 +2176,23 @@ fn config_errors_name_the_field() {
         ("[keys]\nkek_env = \"\"\n", vec!["keys.kek_env"]),
         ("bogus = 1\n", vec!["bogus"]),
         ("this is not toml\n", vec!["line 1"]),
+        // Listeners that are off (no certificate) are checked all the same.
+        (
+            "[keyless]\nmax_bytes_in_flight = 10\n",
+            vec!["keyless.max_bytes_in_flight"],
+        ),
+        (
+            "[[keyless.clients]]\nfingerprint = \"zz\"\nkeys = [\"a\"]\n",
+            vec!["keyless.clients[0].fingerprint"],
+        ),
+        (
+            "[issuance]\nsvids_per_caller_per_second = -1.0\n",
+            vec!["issuance.svids_per_caller_per_second"],
+        ),
+        (
+            "[issuance]\nmax_ttl_seconds = 0\n",
+            vec!["issuance.max_ttl_seconds"],
+        ),
     ];
     for (i, (text, needles)) in cases.iter().enumerate() {
         let cfg = d.join(format!("bad{i}.toml"));

@@ -1491,8 +1491,40 @@ fn the_cas_own_keys_are_never_used_even_by_a_client_allowed_every_key() {
         "{err}"
     );
 
-    let (child, addr, _http, _lines) = start_server(&f.dir, config);
-    let _server = ServerProcess(child);
+    // A rule naming a key the store does not hold is worth a warning at
+    // start (a typo would otherwise only show as key_not_found answers).
+    let mut with_typo = std::fs::read_to_string(f.dir.join(config)).unwrap();
+    with_typo.push_str("[[keyless.clients]]\nid = \"spiffe://test.example/stranger\"\nkeys = [\"mine\", \"mien\"]\n");
+    std::fs::write(f.dir.join(config), with_typo).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigmux"))
+        .current_dir(&f.dir)
+        .args(["--config", config, "serve"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut addr = String::new();
+    let server = ServerProcess(child);
+    while !said.contains("on http://") {
+        let line = lines
+            .next()
+            .expect("serve exited before listening")
+            .unwrap();
+        if let Some(a) = line.split("keyless listening on ").nth(1) {
+            addr = a.trim().to_string();
+        }
+        said.push_str(&line);
+        said.push('\n');
+    }
+    std::thread::spawn(move || for _ in lines {});
+    assert!(
+        said.contains("keyless.clients[1].keys names 'mien', which the key store does not hold")
+            && !said.contains("'mine', which"),
+        "{said}"
+    );
+    let _server = server;
     let rt = rt();
     let mut s = rt.block_on(connect_to(f, &addr, "proxy", false)).unwrap();
     for (i, name) in ca_keys.iter().enumerate() {
