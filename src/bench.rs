@@ -226,6 +226,9 @@ pub struct BenchReport {
     pub commit: String,
     /// When the run ended (RFC 3339, UTC).
     pub timestamp: String,
+    /// The first failure, when requests failed (remote targets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
     /// The GPU(s) of a `--backend cuda` run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu: Option<String>,
@@ -412,6 +415,7 @@ fn run_with_key(
     let ops_per_sec = measured.ops as f64 / measured.seconds.max(1e-9);
     let batches = after.saturating_sub(before);
     Ok(BenchReport {
+        first_error: None,
         backend: opts.backend.clone(),
         scheme: opts.scheme.name().into(),
         kind: kind.name().into(),
@@ -825,7 +829,7 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
     let progress = opts
         .progress
         .then(|| progress_bar(opts.duration + warmup, done.clone()));
-    let measured: Result<Measured> = rt.block_on(async {
+    let measured: Result<(Measured, Option<String>)> = rt.block_on(async {
         let client = Arc::new(
             KeylessClient::connect(cfg)
                 .await
@@ -840,9 +844,10 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
             tasks.push(tokio::spawn(async move {
                 let payload = match scheme.prepare(bench_input(scheme, i as u64)) {
                     Ok(p) => p,
-                    Err(_) => return (0, 1, Vec::new()),
+                    Err(e) => return (0, 1, Vec::new(), Some(e.to_string())),
                 };
                 let (mut ops, mut errors, mut lat) = (0u64, 0u64, Vec::new());
+                let mut first_error = None;
                 loop {
                     let t0 = Instant::now();
                     if t0 >= end {
@@ -852,15 +857,19 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
                     let t1 = Instant::now();
                     done.fetch_add(1, Ordering::Relaxed);
                     if t0 >= measure_from && t1 <= end {
-                        if r.is_ok() {
-                            ops += 1;
-                            record(&mut lat, t1 - t0);
-                        } else {
-                            errors += 1;
+                        match r {
+                            Ok(_) => {
+                                ops += 1;
+                                record(&mut lat, t1 - t0);
+                            }
+                            Err(e) => {
+                                errors += 1;
+                                first_error.get_or_insert_with(|| e.to_string());
+                            }
                         }
                     }
                 }
-                (ops, errors, lat)
+                (ops, errors, lat, first_error)
             }));
         }
         let mut m = Measured {
@@ -871,23 +880,26 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
             caller_sched: None,
             caller_threads: None,
         };
+        let mut first_error = None;
         for task in tasks {
-            if let Ok((o, e, l)) = task.await {
+            if let Ok((o, e, l, f)) = task.await {
                 m.ops += o;
                 m.errors += e;
                 m.latencies_us.extend(l);
+                first_error = first_error.or(f);
             }
         }
         m.latencies_us.sort_unstable();
-        Ok(m)
+        Ok((m, first_error))
     });
     if let Some((bar, stop, handle)) = progress {
         stop.store(true, Ordering::Release);
         let _ = handle.join();
         bar.finish_and_clear();
     }
-    let m = measured?;
+    let (m, first_error) = measured?;
     Ok(BenchReport {
+        first_error,
         backend: format!("keyless://{}", t.addr),
         scheme: opts.scheme.name().into(),
         kind: kind.name().into(),
@@ -1064,6 +1076,9 @@ impl BenchReport {
         );
         if self.errors > 0 {
             s.push_str(&format!(", {} errors", self.errors));
+            if let Some(e) = &self.first_error {
+                s.push_str(&format!(" (first: {e})"));
+            }
         }
         if let Some(c) = &self.cuda_check {
             s.push_str(&format!("\n  GPU ECDSA check: {c}"));

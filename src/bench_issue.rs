@@ -200,6 +200,7 @@ pub fn run(
     let ops_per_sec = ok as f64 / secs;
     let raw_ops_per_sec = (raw.0 > 0).then(|| raw.0 as f64 / raw.1.as_secs_f64().max(1e-9));
     Ok(BenchReport {
+        first_error: None,
         backend: t.url.replacen("https://", "issue://", 1),
         scheme: ca_scheme.name().into(),
         kind: format!("csr {} / intermediate {}", t.csr_kind, t.ca_kind),

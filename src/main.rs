@@ -160,16 +160,14 @@ enum CaCommand {
     Rotate(RotateCommand),
     /// Revoke an SVID by serial, or (emergency) the active intermediate or
     /// JWT-SVID signing key.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["serial", "intermediate", "jwt_key"]))]
     Revoke {
-        /// Serial number of the SVID, hex.
-        #[arg(
-            long,
-            required_unless_present_any = ["intermediate", "jwt_key"],
-            conflicts_with_all = ["intermediate", "jwt_key"]
-        )]
+        /// Serial number of the SVID, hex (as openssl prints it; colons,
+        /// 0x and leading zeros are fine).
+        #[arg(long)]
         serial: Option<String>,
         /// Revoke the active intermediate and activate a new one at once.
-        #[arg(long, conflicts_with = "jwt_key")]
+        #[arg(long)]
         intermediate: bool,
         /// Revoke the active JWT-SVID signing key (out of the JWKS bundle at
         /// once, so its tokens stop verifying) and sign with a new one.
@@ -294,6 +292,7 @@ enum KeysCommand {
 }
 
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("input_or_digest").required(true).args(["input", "digest_hex"]))]
 struct SignArgs {
     /// Name of the key.
     #[arg(long)]
@@ -302,11 +301,7 @@ struct SignArgs {
     #[arg(long)]
     scheme: String,
     /// Sign this file's contents (hashed by sigmux).
-    #[arg(
-        long = "in",
-        conflicts_with = "digest_hex",
-        required_unless_present = "digest_hex"
-    )]
+    #[arg(long = "in")]
     input: Option<PathBuf>,
     /// Sign this prehashed digest (hex).
     #[arg(long)]
@@ -686,12 +681,13 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
                 );
                 for k in list {
                     let place = serde_json::to_value(k.placement).unwrap_or_default();
+                    // Display impls of our types ignore width: pad strings.
                     println!(
                         "{:<24} {:<8} {:<5} {:<64} {}",
                         k.name,
-                        k.kind,
+                        k.kind.to_string(),
                         place.as_str().unwrap_or(""),
-                        k.key_id,
+                        k.key_id.to_string(),
                         k.ski
                     );
                 }
@@ -782,6 +778,14 @@ fn rotate_kek(cfg: &Config, new: Option<KekSource>) -> Result<()> {
 }
 
 /// What the CA state uses key `name` for, if anything.
+/// A CA item's status as the state file and `ca status` spell it.
+fn status_word(s: sigmux::ca::authority::CaStatus) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 fn ca_role(cfg: &Config, name: &str) -> Result<Option<String>> {
     let Some(st) = sigmux::ca::authority::CaState::load(&cfg.data_dir)? else {
         return Ok(None);
@@ -790,10 +794,18 @@ fn ca_role(cfg: &Config, name: &str) -> Result<Option<String>> {
         return Ok(Some("root key".into()));
     }
     if let Some(i) = st.intermediates.iter().find(|i| i.key_name == name) {
-        return Ok(Some(format!("intermediate {} ({:?})", i.serial, i.status)));
+        return Ok(Some(format!(
+            "intermediate {} ({})",
+            i.serial,
+            status_word(i.status)
+        )));
     }
     if let Some(j) = st.jwt_keys.iter().find(|j| j.key_name == name) {
-        return Ok(Some(format!("JWT signing key {} ({:?})", j.kid, j.status)));
+        return Ok(Some(format!(
+            "JWT signing key {} ({})",
+            j.kid,
+            status_word(j.status)
+        )));
     }
     Ok(None)
 }
@@ -913,6 +925,16 @@ fn bench_cmd(cfg: &Config, a: BenchArgs) -> Result<()> {
     println!("{}", report.summary());
     if let Some(path) = a.json {
         report.write_json(&path)?;
+    }
+    if report.ops == 0 && report.errors > 0 {
+        return Err(Error::Invalid(format!(
+            "every request failed ({} errors{}): nothing was measured",
+            report.errors,
+            report
+                .first_error
+                .as_deref()
+                .map_or_else(String::new, |e| format!("; the first: {e}"))
+        )));
     }
     Ok(())
 }
@@ -1097,7 +1119,10 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
 }
 
 /// The audit log, its chain checked first (a CA change must be recordable).
+/// The audit log for a command that changes the CA: only once a CA exists,
+/// so a command run against the wrong data dir leaves nothing behind.
 fn ca_audit_log(cfg: &Config) -> Result<sigmux::audit::AuditLog> {
+    sigmux::ca::authority::CaState::require(&cfg.data_dir)?;
     sigmux::audit::AuditLog::open(&cfg.data_dir.join("audit.log"))
 }
 
@@ -1255,8 +1280,13 @@ fn print_backends(report: &serde_json::Value) {
                 scheme,
                 r["kind"].as_str().unwrap_or(""),
                 engines[scheme]["engine"].as_str().unwrap_or("-"),
-                r["ops_per_sec"],
+                // JSON numbers ignore width: format them first.
+                r["ops_per_sec"]
+                    .as_f64()
+                    .map_or_else(|| "-".to_string(), |v| format!("{v:.0}")),
                 r["per_op_us"]
+                    .as_f64()
+                    .map_or_else(|| "-".to_string(), |v| format!("{v:.2}"))
             );
         }
     }

@@ -540,6 +540,42 @@ fn bench_drives_a_running_keyless_server() {
             .starts_with("keyless://")
     );
     assert!(report["p99_us"].as_f64().unwrap() >= report["p50_us"].as_f64().unwrap());
+
+    // A key the client may not use: every request fails, and the run says
+    // why and fails rather than reporting 0 ops/s as a result.
+    let out = Command::new(env!("CARGO_BIN_EXE_sigmux"))
+        .current_dir(&f.dir)
+        .args(["bench", "--target", &format!("keyless://{}", f.keyless)])
+        .args([
+            "--ski",
+            &hex::encode(f.ed_ski),
+            "--scheme",
+            "ecdsa_secp256r1_sha256",
+        ])
+        .args([
+            "--ca",
+            "ca.pem",
+            "--client-cert",
+            "proxy.pem",
+            "--client-key",
+            "proxy.key",
+        ])
+        .args([
+            "--server-name",
+            "localhost",
+            "--duration",
+            "0.3",
+            "--concurrency",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("every request failed") && err.to_lowercase().contains("key not found"),
+        "{err}"
+    );
 }
 
 fn rsa_public(f: &Fixture) -> openssl::rsa::Rsa<openssl::pkey::Public> {
