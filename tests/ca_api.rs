@@ -95,6 +95,32 @@ fn issuance_tls_changes_are_picked_up_at_sighup() {
     )
     .unwrap();
     sigmux(dir, &["ca", "init", "--trust-domain", "example.org"]);
+    // A caller rule in another trust domain could never match: serve
+    // refuses to start, naming it (timeout: a serve that starts anyway
+    // fails the test instead of hanging it).
+    let rule = std::fs::read_to_string(dir.join("sigmux.toml"))
+        .unwrap()
+        .replace("spiffe://example.org/ns/prod", "spiffe://other.org/ns/prod");
+    std::fs::write(dir.join("other-td.toml"), rule).unwrap();
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            env!("CARGO_BIN_EXE_sigmux"),
+            "--config",
+            "other-td.toml",
+            "serve",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("issuance.callers[0].allowed_prefixes[0]")
+            && err.contains("trust domain other.org")
+            && err.contains("example.org"),
+        "{err}"
+    );
     let (server, addr, _http, lines) = start_server_watched(dir);
     let url = format!(
         "https://localhost:{}/v1/bundle.pem",
@@ -124,7 +150,10 @@ fn issuance_tls_changes_are_picked_up_at_sighup() {
     ec_key(dir, "server.key");
     let said = sighup(&server, &lines);
     assert!(
-        said.contains("sigmux: issuance TLS not reloaded") && said.contains("issuance."),
+        said.contains("sigmux: issuance TLS not reloaded")
+            && said.contains(
+                "issuance.cert/issuance.key: the private key does not belong to the certificate"
+            ),
         "{said}"
     );
     assert_eq!(presented_cert(dir, &addr), renewed);
@@ -566,4 +595,202 @@ fn sigkill_during_bulk_issuance_loses_nothing_a_client_received() {
         );
     }
     assert!(v.records as usize >= received.len());
+}
+
+/// Checks that `chain` (an `svid_chain_pem`) verifies against the bundle
+/// the listener at `base` serves, and names `id`.
+fn assert_valid_svid(dir: &Path, base: &str, chain: &str, id: &str) {
+    let (code, bundle) = curl(
+        dir,
+        Some("caller"),
+        "GET",
+        &format!("{base}/v1/bundle.pem"),
+        None,
+    );
+    assert_eq!(code, 200, "{bundle}");
+    std::fs::write(dir.join("bundle.pem"), &bundle).unwrap();
+    std::fs::write(dir.join("chain.pem"), chain).unwrap();
+    std::fs::write(dir.join("svid.pem"), first_pem_cert(chain).unwrap()).unwrap();
+    let out = openssl(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            "bundle.pem",
+            "-untrusted",
+            "chain.pem",
+            "svid.pem",
+        ],
+    );
+    assert!(out.contains("svid.pem: OK"), "{out}");
+    let text = openssl(dir, &["x509", "-in", "svid.pem", "-noout", "-text"]);
+    assert!(text.contains(&format!("URI:{id}")), "{text}");
+}
+
+#[test]
+fn a_badly_typed_batch_item_fails_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ca(dir, "ca");
+    leaf(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
+    leaf(dir, "ca", "caller", "URI:spiffe://example.org/issuer");
+    std::fs::write(
+        dir.join("sigmux.toml"),
+        "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [issuance]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         client_ca = \"ca.pem\"\nmax_items = 8\nmax_ttl_seconds = 600\n\
+         [[issuance.callers]]\nid = \"spiffe://example.org/issuer\"\n\
+         allowed_prefixes = [\"spiffe://example.org/ns/prod\"]\n",
+    )
+    .unwrap();
+    sigmux(dir, &["ca", "init", "--trust-domain", "example.org"]);
+    let (_server, addr, http) = start_server_with_http(dir);
+    let base = format!("https://localhost:{}", addr.rsplit(':').next().unwrap());
+    let csr = workload_csr(dir, "w");
+    let id = |n: &str| format!("spiffe://example.org/ns/prod/sa/{n}");
+    let post = |body: serde_json::Value| {
+        let (code, text) = curl(
+            dir,
+            Some("caller"),
+            "POST",
+            &format!("{base}/v1/x509svids:batch"),
+            Some(&body.to_string()),
+        );
+        assert_eq!(code, 200, "{text}");
+        json(&text)["results"].as_array().unwrap().clone()
+    };
+
+    // Three items, the middle one badly typed: the others are issued, in
+    // order, and the middle one gets its own error naming the field.
+    for (bad, field) in [
+        (serde_json::json!({"ttl_seconds": -5}), "ttl_seconds"),
+        (serde_json::json!({"dns_names": "x"}), "dns_names"),
+    ] {
+        let mut middle = serde_json::json!({"csr": csr, "spiffe_id": id("middle")});
+        middle
+            .as_object_mut()
+            .unwrap()
+            .extend(bad.as_object().unwrap().clone());
+        let results = post(serde_json::json!({"items": [
+            {"csr": csr, "spiffe_id": id("first"), "ttl_seconds": 300},
+            middle,
+            {"csr": csr, "spiffe_id": id("third"), "dns_names": ["third.prod.svc"]},
+        ]}));
+        assert_eq!(results.len(), 3, "{results:?}");
+        assert_eq!(results[0]["status"], "ok", "{results:?}");
+        assert_eq!(results[2]["status"], "ok", "{results:?}");
+        assert_valid_svid(
+            dir,
+            &base,
+            results[0]["svid_chain_pem"].as_str().unwrap(),
+            &id("first"),
+        );
+        assert_valid_svid(
+            dir,
+            &base,
+            results[2]["svid_chain_pem"].as_str().unwrap(),
+            &id("third"),
+        );
+        assert_eq!(results[1]["status"], "error", "{results:?}");
+        assert_eq!(results[1]["code"], "item_malformed", "{results:?}");
+        let message = results[1]["message"].as_str().unwrap();
+        assert!(message.starts_with(&format!("{field}: ")), "{message}");
+    }
+
+    // Every other way an item can be malformed fails that item alone.
+    let results = post(serde_json::json!({"items": [
+        {"csr": csr, "spiffe_id": 5},
+        "not an object",
+        {"csr": csr, "spiffe_id": id("extra"), "extra": 1},
+        {"spiffe_id": id("nocsr")},
+        {"csr": csr, "spiffe_id": id("dns"), "dns_names": ["ok.svc", 1]},
+        {"csr": csr, "spiffe_id": id("ttl"), "ttl_seconds": "60"},
+        {"csr": csr, "spiffe_id": id("good"), "ttl_seconds": null},
+    ]}));
+    let got: Vec<(&str, &str)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["code"].as_str().unwrap_or("ok"),
+                r["message"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 7, "{got:?}");
+    assert!(
+        got[..6].iter().all(|(c, _)| *c == "item_malformed"),
+        "{got:?}"
+    );
+    for (i, field) in [
+        (0, "spiffe_id: "),
+        (2, "extra: "),
+        (3, "csr: "),
+        (4, "dns_names"),
+        (5, "ttl_seconds: "),
+    ] {
+        assert!(got[i].1.starts_with(field), "item {i}: {got:?}");
+    }
+    assert!(got[1].1.contains("object"), "{got:?}");
+    assert_eq!(got[6].0, "ok", "{got:?}");
+    assert_valid_svid(
+        dir,
+        &base,
+        results[6]["svid_chain_pem"].as_str().unwrap(),
+        &id("good"),
+    );
+
+    // Counted and recorded like any other refused item.
+    let (code, metrics) = curl(dir, None, "GET", &format!("http://{http}/metrics"), None);
+    assert_eq!(code, 200, "{metrics}");
+    assert!(
+        metrics.contains("sigmux_issuance_refused_total{code=\"item_malformed\"} 8"),
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(dir.join("data/audit.log")).unwrap();
+    let refused: Vec<serde_json::Value> = log
+        .lines()
+        .map(json)
+        .filter(|r| r["event"] == "svid_refused")
+        .collect();
+    assert_eq!(refused.len(), 8, "{log}");
+    assert!(
+        refused.iter().all(|r| r["code"] == "item_malformed"),
+        "{log}"
+    );
+    assert_eq!(refused[0]["spiffe_id"], id("middle").as_str(), "{log}");
+    sigmux::audit::verify(&dir.join("data/audit.log")).unwrap();
+
+    // A JWT-SVID request is one item: a badly typed field fails it with 400,
+    // the message naming the field.
+    let (code, text) = curl(
+        dir,
+        Some("caller"),
+        "POST",
+        &format!("{base}/v1/jwtsvids"),
+        Some(&format!(
+            r#"{{"spiffe_id":"{}","audience":"svc-b"}}"#,
+            id("web")
+        )),
+    );
+    assert_eq!(code, 400, "{text}");
+    let e = &json(&text)["error"];
+    assert_eq!(e["code"], "bad_request", "{text}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("audience: expected a list of strings"),
+        "{text}"
+    );
+    let (code, text) = curl(
+        dir,
+        Some("caller"),
+        "POST",
+        &format!("{base}/v1/jwtsvids"),
+        Some(&format!(
+            r#"{{"spiffe_id":"{}","audience":["svc-b"]}}"#,
+            id("web")
+        )),
+    );
+    assert_eq!(code, 200, "{text}");
 }

@@ -5,12 +5,16 @@
 //! Request bodies are parsed strictly (unknown fields are refused) and a
 //! malformed one gets 400 with a JSON error; a body not received within
 //! `issuance.body_timeout_seconds` gets 408. In a batch, a bad item fails
-//! alone; every valid item is signed in one engine group. A batch's CPU
+//! alone, one that cannot be read as an item too (`item_malformed`: a
+//! field of the wrong type, unknown or missing); every valid item is
+//! signed in one engine group. A batch's CPU
 //! work (CSR checks, certificate building, JSON) runs on a blocking thread,
 //! never on the async workers the keyless server shares, and at most
 //! `issuance.max_concurrent_batches` run at once.
 
 use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,6 +27,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -277,32 +282,49 @@ fn csr_input(text: &str) -> Result<Cow<'_, [u8]>, CsrError> {
     })
 }
 
-/// `POST /v1/x509svids:batch` body.
+/// `POST /v1/x509svids:batch` body. The body itself is parsed strictly: one
+/// that is not JSON, not an object, has fields besides `items` or an
+/// `items` that is not a list is refused whole. Each item is read on its
+/// own ([`BatchEntry`]), so a malformed item fails alone.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// The SVIDs to issue.
-    pub items: Vec<BatchItem>,
+    pub items: Vec<BatchEntry>,
 }
 
+/// One entry of a batch's `items`: the item, or why it is not one (a
+/// field of the wrong type, unknown, missing or given twice, or an entry
+/// that is not an object), refused alone with `item_malformed`.
+#[derive(Debug)]
+pub struct BatchEntry(pub Result<BatchItem, MalformedItem>);
+
 /// One X.509-SVID request.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct BatchItem {
     /// PKCS#10 CSR, PEM or base64 DER.
     pub csr: String,
     /// The SPIFFE ID to put in the URI SAN.
     pub spiffe_id: String,
     /// DNS SANs.
-    #[serde(default)]
     pub dns_names: Vec<String>,
     /// Requested lifetime (capped by the policy; unset: the maximum).
     pub ttl_seconds: Option<u64>,
 }
 
+/// A batch item that could not be read.
+#[derive(Debug)]
+pub struct MalformedItem {
+    /// The requested SPIFFE ID when the item had one as a string (for the
+    /// audit record), else empty.
+    pub spiffe_id: String,
+    /// What is wrong, naming the field:
+    /// `ttl_seconds: expected a positive integer (seconds), got -5`.
+    pub message: String,
+}
+
 /// `POST /v1/jwtsvids` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct JwtRequest {
     /// The subject SPIFFE ID.
     pub spiffe_id: String,
@@ -310,6 +332,345 @@ pub struct JwtRequest {
     pub audience: Vec<String>,
     /// Requested lifetime (capped by the policy; unset: the maximum).
     pub ttl_seconds: Option<u64>,
+}
+
+/// A `POST /v1/jwtsvids` body as read: the request, or what is wrong with
+/// it, naming the field.
+struct JwtBody(Result<JwtRequest, String>);
+
+/// A field name in a batch item or a JWT-SVID request.
+enum Field {
+    Csr,
+    SpiffeId,
+    DnsNames,
+    Audience,
+    TtlSeconds,
+    /// Any other name (at most 64 characters of it, for the message).
+    Other(String),
+}
+
+impl Field {
+    fn name(&self) -> &str {
+        match self {
+            Field::Csr => "csr",
+            Field::SpiffeId => "spiffe_id",
+            Field::DnsNames => "dns_names",
+            Field::Audience => "audience",
+            Field::TtlSeconds => "ttl_seconds",
+            Field::Other(name) => name,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Field, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Field, E> {
+                Ok(match s {
+                    "csr" => Field::Csr,
+                    "spiffe_id" => Field::SpiffeId,
+                    "dns_names" => Field::DnsNames,
+                    "audience" => Field::Audience,
+                    "ttl_seconds" => Field::TtlSeconds,
+                    other => Field::Other(excerpt(other)),
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A JSON value read whatever its type: what request fields hold (a
+/// string, a non-negative integer, null, a list of strings) is kept,
+/// anything else only described for the message. Reading a field this way
+/// costs what reading it as its type would.
+enum Loose {
+    Str(String),
+    Uint(u64),
+    Null,
+    Strs(Vec<String>),
+    /// A list holding something other than a string: its index, and what.
+    BadList(usize, String),
+    /// Anything else, as a message says it (`-5`, `an object`).
+    Other(String),
+}
+
+impl Loose {
+    /// What the value was, for a message.
+    fn describe(&self) -> String {
+        match self {
+            Loose::Str(s) => format!("\"{}\"", excerpt(s)),
+            Loose::Uint(n) => n.to_string(),
+            Loose::Null => "null".into(),
+            Loose::Strs(_) | Loose::BadList(..) => "a list".into(),
+            Loose::Other(d) => d.clone(),
+        }
+    }
+
+    fn string(self, name: &str) -> Result<String, String> {
+        match self {
+            Loose::Str(s) => Ok(s),
+            v => Err(format!("{name}: expected a string, got {}", v.describe())),
+        }
+    }
+
+    fn strings(self, name: &str) -> Result<Vec<String>, String> {
+        match self {
+            Loose::Strs(v) => Ok(v),
+            Loose::BadList(i, got) => Err(format!("{name}[{i}]: expected a string, got {got}")),
+            v => Err(format!(
+                "{name}: expected a list of strings, got {}",
+                v.describe()
+            )),
+        }
+    }
+
+    /// A lifetime in seconds; null is none.
+    fn seconds(self, name: &str) -> Result<Option<u64>, String> {
+        match self {
+            Loose::Uint(n) => Ok(Some(n)),
+            Loose::Null => Ok(None),
+            v => Err(format!(
+                "{name}: expected a positive integer (seconds), got {}",
+                v.describe()
+            )),
+        }
+    }
+}
+
+/// At most 64 characters of `s`, then `...` when cut.
+fn excerpt(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((end, _)) => format!("{}...", &s[..end]),
+        None => s.to_owned(),
+    }
+}
+
+struct LooseVisitor;
+
+impl<'de> Visitor<'de> for LooseVisitor {
+    type Value = Loose;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Loose, E> {
+        Ok(Loose::Other(b.to_string()))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Loose, E> {
+        Ok(u64::try_from(n).map_or_else(|_| Loose::Other(n.to_string()), Loose::Uint))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Loose, E> {
+        Ok(Loose::Uint(n))
+    }
+    fn visit_f64<E: de::Error>(self, x: f64) -> Result<Loose, E> {
+        // `{:?}`: 300.0 reads as a fraction, not as 300.
+        Ok(Loose::Other(format!("{x:?}")))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Loose, E> {
+        Ok(Loose::Str(s.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Loose, E> {
+        Ok(Loose::Str(s))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Loose, E> {
+        Ok(Loose::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Loose, E> {
+        Ok(Loose::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Loose, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Loose, A::Error> {
+        let mut strs = Vec::new();
+        while let Some(v) = seq.next_element::<Loose>()? {
+            let Loose::Str(s) = v else {
+                let bad = Loose::BadList(strs.len(), v.describe());
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                return Ok(bad);
+            };
+            strs.push(s);
+        }
+        Ok(Loose::Strs(strs))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Loose, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Loose::Other("an object".into()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Loose {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Loose, D::Error> {
+        d.deserialize_any(LooseVisitor)
+    }
+}
+
+/// Reads every field of a request object whatever its type (so the JSON
+/// around is parsed on) and hands each known one to `take`, which says
+/// what is wrong with it, if anything. The answer is the first problem:
+/// `take`'s, or an unknown field (`fields` lists the known ones).
+fn read_fields<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    fields: &str,
+    mut take: impl FnMut(Field, Loose) -> Result<(), String>,
+) -> Result<Result<(), String>, A::Error> {
+    let mut first = Ok(());
+    while let Some(field) = map.next_key::<Field>()? {
+        let r = if let Field::Other(name) = &field {
+            map.next_value::<IgnoredAny>()?;
+            Err(unknown_field(name, fields))
+        } else {
+            take(field, map.next_value::<Loose>()?)
+        };
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    Ok(first)
+}
+
+fn unknown_field(name: &str, fields: &str) -> String {
+    format!("{name}: unknown field (the fields are {fields})")
+}
+
+/// Puts a field's value in `slot`, or says what is wrong with it.
+fn set<T>(slot: &mut Option<T>, name: &str, v: Result<T, String>) -> Result<(), String> {
+    if slot.is_some() {
+        return Err(format!("{name}: given more than once"));
+    }
+    *slot = Some(v?);
+    Ok(())
+}
+
+/// A request object read field by field ([`read_fields`]); any other JSON
+/// value reads as the message saying it is not one.
+trait RequestObject: Sized {
+    /// The known fields, for messages.
+    const FIELDS: &'static str;
+    fn read<'de, A: MapAccess<'de>>(map: A) -> Result<Self, A::Error>;
+    fn malformed(message: String) -> Self;
+}
+
+struct ObjectVisitor<T>(PhantomData<T>);
+
+impl<T: RequestObject> ObjectVisitor<T> {
+    fn not_an_object(v: &Loose) -> T {
+        T::malformed(format!(
+            "expected an object ({}), got {}",
+            T::FIELDS,
+            v.describe()
+        ))
+    }
+}
+
+impl<'de, T: RequestObject> Visitor<'de> for ObjectVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::read(map)
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<T, E> {
+        Ok(Self::not_an_object(&LooseVisitor.visit_bool(b)?))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
+        Ok(Self::not_an_object(&LooseVisitor.visit_i64(n)?))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
+        Ok(Self::not_an_object(&LooseVisitor.visit_u64(n)?))
+    }
+    fn visit_f64<E: de::Error>(self, x: f64) -> Result<T, E> {
+        Ok(Self::not_an_object(&LooseVisitor.visit_f64(x)?))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+        Ok(Self::not_an_object(&Loose::Str(excerpt(s))))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+        Ok(Self::not_an_object(&Loose::Null))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Self::not_an_object(&Loose::Strs(Vec::new())))
+    }
+}
+
+impl RequestObject for BatchEntry {
+    const FIELDS: &'static str = "csr, spiffe_id, dns_names, ttl_seconds";
+
+    fn read<'de, A: MapAccess<'de>>(mut map: A) -> Result<BatchEntry, A::Error> {
+        let (mut csr, mut id, mut dns, mut ttl) = (None, None, None, None);
+        let read = read_fields(&mut map, Self::FIELDS, |field, v| match field {
+            Field::Csr => set(&mut csr, "csr", v.string("csr")),
+            Field::SpiffeId => set(&mut id, "spiffe_id", v.string("spiffe_id")),
+            Field::DnsNames => set(&mut dns, "dns_names", v.strings("dns_names")),
+            Field::TtlSeconds => set(&mut ttl, "ttl_seconds", v.seconds("ttl_seconds")),
+            f => Err(unknown_field(f.name(), Self::FIELDS)),
+        })?;
+        let item = read.and_then(|()| {
+            let csr = csr.ok_or_else(|| "csr: missing".to_string())?;
+            let spiffe_id = id.take().ok_or_else(|| "spiffe_id: missing".to_string())?;
+            Ok(BatchItem {
+                csr,
+                spiffe_id,
+                dns_names: dns.unwrap_or_default(),
+                ttl_seconds: ttl.flatten(),
+            })
+        });
+        Ok(BatchEntry(item.map_err(|message| MalformedItem {
+            spiffe_id: id.unwrap_or_default(),
+            message,
+        })))
+    }
+
+    fn malformed(message: String) -> BatchEntry {
+        BatchEntry(Err(MalformedItem {
+            spiffe_id: String::new(),
+            message,
+        }))
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<BatchEntry, D::Error> {
+        d.deserialize_any(ObjectVisitor(PhantomData))
+    }
+}
+
+impl RequestObject for JwtBody {
+    const FIELDS: &'static str = "spiffe_id, audience, ttl_seconds";
+
+    fn read<'de, A: MapAccess<'de>>(mut map: A) -> Result<JwtBody, A::Error> {
+        let (mut id, mut audience, mut ttl) = (None, None, None);
+        let read = read_fields(&mut map, Self::FIELDS, |field, v| match field {
+            Field::SpiffeId => set(&mut id, "spiffe_id", v.string("spiffe_id")),
+            Field::Audience => set(&mut audience, "audience", v.strings("audience")),
+            Field::TtlSeconds => set(&mut ttl, "ttl_seconds", v.seconds("ttl_seconds")),
+            f => Err(unknown_field(f.name(), Self::FIELDS)),
+        })?;
+        Ok(JwtBody(read.and_then(|()| {
+            Ok(JwtRequest {
+                spiffe_id: id.ok_or_else(|| "spiffe_id: missing".to_string())?,
+                audience: audience.ok_or_else(|| "audience: missing".to_string())?,
+                ttl_seconds: ttl.flatten(),
+            })
+        })))
+    }
+
+    fn malformed(message: String) -> JwtBody {
+        JwtBody(Err(message))
+    }
+}
+
+impl<'de> Deserialize<'de> for JwtBody {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<JwtBody, D::Error> {
+        d.deserialize_any(ObjectVisitor(PhantomData))
+    }
 }
 
 /// An error answer: HTTP status, a stable code and a message, sent as
@@ -659,29 +1020,40 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
         .map_err(|e| internal(format!("CA trust domain: {e}")))?;
     let issuer = active_issuer(s, &st)?;
     let policy = policy(s, td.clone());
-    // Per item: either an error already, or an index into `reqs`.
-    let mut slots: Vec<Result<usize, ItemResult>> = Vec::with_capacity(req.items.len());
+    // Per item: the requested SPIFFE ID (for its audit record), and either
+    // an error already or an index into `reqs`.
+    let mut slots: Vec<(String, Result<usize, ItemResult>)> = Vec::with_capacity(req.items.len());
     let mut reqs = Vec::new();
-    for item in &req.items {
+    for BatchEntry(entry) in req.items {
+        let item = match entry {
+            Ok(item) => item,
+            Err(bad) => {
+                slots.push((
+                    bad.spiffe_id,
+                    Err(item_error("item_malformed", bad.message)),
+                ));
+                continue;
+            }
+        };
         let id = match check_id(s, &td, peer, &item.spiffe_id) {
             Ok(id) => id,
             Err((code, msg)) => {
-                slots.push(Err(item_error(code, msg)));
+                slots.push((item.spiffe_id, Err(item_error(code, msg))));
                 continue;
             }
         };
         let csr = match csr_input(&item.csr).and_then(|der| csr::parse_and_verify(&der)) {
             Ok(c) => c,
             Err(e) => {
-                slots.push(Err(item_error(e.code(), e.to_string())));
+                slots.push((item.spiffe_id, Err(item_error(e.code(), e.to_string()))));
                 continue;
             }
         };
-        slots.push(Ok(reqs.len()));
+        slots.push((item.spiffe_id, Ok(reqs.len())));
         reqs.push(SvidRequest {
             public_key_spki: csr.spki_der,
             spiffe_id: id,
-            dns_names: item.dns_names.clone(),
+            dns_names: item.dns_names,
             ttl: ttl(item.ttl_seconds, policy.max_ttl),
         });
     }
@@ -699,7 +1071,7 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
     let mut records = Vec::with_capacity(slots.len());
     let mut results = Vec::with_capacity(slots.len());
     let now = Instant::now();
-    for (slot, mut item) in slots.into_iter().zip(req.items) {
+    for (mut spiffe_id, slot) in slots {
         let result = match slot {
             Err(e) => e,
             Ok(i) => match issued.get_mut(i).and_then(Option::take) {
@@ -713,7 +1085,7 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
                         "svid_issue",
                         ItemRecord::Issued {
                             caller: caller.clone(),
-                            spiffe_id: std::mem::take(&mut item.spiffe_id),
+                            spiffe_id: std::mem::take(&mut spiffe_id),
                             serial: svid.serial_hex.clone(),
                             not_after: expires_at,
                             ca_key_id: ca_key_id.clone(),
@@ -740,7 +1112,7 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
                     "svid_refused",
                     ItemRecord::Refused {
                         caller: caller.clone(),
-                        spiffe_id: crate::ca::spiffe::for_record(item.spiffe_id),
+                        spiffe_id: crate::ca::spiffe::for_record(spiffe_id),
                         code,
                     },
                 ));
@@ -770,7 +1142,14 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
 
 async fn jwt_svid_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Response, ApiError> {
     let s = s.clone();
-    let req: JwtRequest = parse_body(&body)?;
+    let JwtBody(req) = parse_body(&body)?;
+    let req = req.map_err(|m| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("malformed request body: {m}"),
+        )
+    })?;
     check_rate(&s, peer, 1)?;
     let st = load_state(&s).await?;
     let td = TrustDomain::parse(&st.trust_domain)
@@ -952,5 +1331,119 @@ mod tests {
         assert!(e.to_string().contains("base64"), "{e}");
         let big = "A".repeat(csr::MAX_CSR_LEN / 3 * 4 + 8);
         assert_eq!(csr_input(&big).unwrap_err().code(), "csr_too_large");
+    }
+
+    /// The message of each item of `items` (JSON), `ok` for one read whole.
+    fn item_messages(items: &str) -> Vec<String> {
+        let req: BatchRequest = parse_body(format!("{{\"items\":{items}}}").as_bytes()).unwrap();
+        req.items
+            .into_iter()
+            .map(|BatchEntry(e)| e.map_or_else(|bad| bad.message, |_| "ok".into()))
+            .collect()
+    }
+
+    #[test]
+    fn a_malformed_item_is_read_as_its_own_error_naming_the_field() {
+        let id = r#""spiffe_id":"spiffe://example.org/a""#;
+        let got = item_messages(&format!(
+            r#"[{{"csr":"x",{id},"ttl_seconds":-5}},
+                {{"csr":"x",{id},"dns_names":"x"}},
+                {{"csr":"x",{id},"dns_names":["a",{{"b":[1]}},"c"]}},
+                {{"csr":"x","spiffe_id":5}},
+                [1,2],
+                "a string",
+                {{"csr":"x",{id},"extra":{{"deep":[1,{{"x":null}}]}}}},
+                {{{id}}},
+                {{"csr":"x"}},
+                {{"csr":"x",{id},"csr":"y"}},
+                {{"csr":"x",{id},"ttl_seconds":300.0}},
+                {{"csr":"x",{id},"ttl_seconds":"60"}},
+                {{"csr":"x",{id},"audience":["a"]}},
+                {{"csr":"x",{id},"ttl_seconds":null,"dns_names":["a.b"]}},
+                {{"csr":"x",{id}}}]"#
+        ));
+        assert_eq!(
+            got,
+            [
+                "ttl_seconds: expected a positive integer (seconds), got -5",
+                "dns_names: expected a list of strings, got \"x\"",
+                "dns_names[1]: expected a string, got an object",
+                "spiffe_id: expected a string, got 5",
+                "expected an object (csr, spiffe_id, dns_names, ttl_seconds), got a list",
+                "expected an object (csr, spiffe_id, dns_names, ttl_seconds), got \"a string\"",
+                "extra: unknown field (the fields are csr, spiffe_id, dns_names, ttl_seconds)",
+                "csr: missing",
+                "spiffe_id: missing",
+                "csr: given more than once",
+                "ttl_seconds: expected a positive integer (seconds), got 300.0",
+                "ttl_seconds: expected a positive integer (seconds), got \"60\"",
+                "audience: unknown field (the fields are csr, spiffe_id, dns_names, ttl_seconds)",
+                "ok",
+                "ok",
+            ]
+        );
+        // A malformed item keeps its requested ID for the audit record.
+        let req: BatchRequest =
+            parse_body(br#"{"items":[{"ttl_seconds":-1,"spiffe_id":"spiffe://x/y","csr":1}]}"#)
+                .unwrap();
+        let bad = req.items.into_iter().next().unwrap().0.unwrap_err();
+        assert_eq!(bad.spiffe_id, "spiffe://x/y");
+        assert!(bad.message.starts_with("ttl_seconds: "), "{}", bad.message);
+        // Long values and names are cut in messages.
+        let long = "a".repeat(10_000);
+        let got = item_messages(&format!(r#"[{{"{long}":1}},"{long}"]"#));
+        assert!(
+            got.iter().all(|m| m.len() < 200 && m.contains("aaa...")),
+            "{got:?}"
+        );
+        // What is not a batch at all is still refused whole.
+        for body in [
+            "[]",
+            "{}",
+            r#"{"items":{}}"#,
+            r#"{"items":[],"extra":1}"#,
+            r#"{"items":[{"csr":"x"]}"#,
+            r#"{"items":[{"csr":"x"}]"#,
+        ] {
+            let e = parse_body::<BatchRequest>(body.as_bytes()).unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_REQUEST, "bad_request"),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_jwt_request_with_a_badly_typed_field_is_refused_naming_it() {
+        let read = |body: &str| parse_body::<JwtBody>(body.as_bytes()).unwrap().0;
+        let id = r#""spiffe_id":"spiffe://example.org/a""#;
+        assert_eq!(
+            read(&format!(r#"{{{id},"audience":"svc-b"}}"#)).unwrap_err(),
+            "audience: expected a list of strings, got \"svc-b\""
+        );
+        assert_eq!(
+            read(&format!(r#"{{{id},"audience":["a"],"ttl_seconds":-1}}"#)).unwrap_err(),
+            "ttl_seconds: expected a positive integer (seconds), got -1"
+        );
+        assert_eq!(read(&format!("{{{id}}}")).unwrap_err(), "audience: missing");
+        assert_eq!(
+            read(&format!(r#"{{{id},"audience":[],"csr":"x"}}"#)).unwrap_err(),
+            "csr: unknown field (the fields are spiffe_id, audience, ttl_seconds)"
+        );
+        assert!(read("[]").unwrap_err().starts_with("expected an object"));
+        let req = read(&format!(
+            r#"{{{id},"audience":["a","b"],"ttl_seconds":60}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            (req.spiffe_id.as_str(), req.audience, req.ttl_seconds),
+            (
+                "spiffe://example.org/a",
+                vec!["a".to_string(), "b".into()],
+                Some(60)
+            )
+        );
+        assert!(parse_body::<JwtBody>(b"{\"audience\":").is_err());
     }
 }
