@@ -61,3 +61,17 @@ impl TlsSlot {
         Ok(())
     }
 }
+
+/// The error of pairing a listener's certificate with its key, in words:
+/// rustls reports a key that does not belong to the certificate as
+/// "keys may not be consistent: KeyMismatch". `listener` is the config
+/// section (`keyless`, `issuance`).
+pub(crate) fn cert_key_error(listener: &str, e: &rustls::Error) -> crate::error::Error {
+    let why = match e {
+        rustls::Error::InconsistentKeys(_) => {
+            "the private key does not belong to the certificate".to_string()
+        }
+        other => other.to_string(),
+    };
+    crate::error::Error::Config(format!("{listener}.cert/{listener}.key: {why}"))
+}

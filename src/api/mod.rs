@@ -183,7 +183,7 @@ pub fn tls_config(s: &IssuanceSettings) -> Result<rustls::ServerConfig> {
         .map_err(|e| Error::Config(format!("issuance TLS: {e}")))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .map_err(|e| Error::Config(format!("issuance.cert/issuance.key: {e}")))?;
+        .map_err(|e| crate::tls_reload::cert_key_error("issuance", &e))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }

@@ -231,7 +231,7 @@ pub fn tls_config(s: &KeylessSettings) -> Result<rustls::ServerConfig> {
         .map_err(|e| Error::Config(format!("keyless TLS: {e}")))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .map_err(|e| Error::Config(format!("keyless.cert/keyless.key: {e}")))
+        .map_err(|e| crate::tls_reload::cert_key_error("keyless", &e))
 }
 
 impl KeylessServer {
