@@ -316,6 +316,32 @@ fn issuance_api_end_to_end() {
     );
     let (code, body) = curl(dir, Some("caller"), "GET", &url("/v1/crl/00ff"), None);
     assert_eq!(code, 404, "{body}");
+    // The root's CRL, signed at ca init: it verifies and lists nothing yet.
+    let (code, _) = curl(dir, Some("caller"), "GET", &url("/v1/crl/root"), None);
+    assert_eq!(code, 200);
+    std::fs::copy(dir.join("body.out"), dir.join("root-crl.der")).unwrap();
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            "root-crl.der",
+            "-CAfile",
+            "bundle.pem",
+            "-noout",
+            "-text",
+        ])
+        .output()
+        .unwrap();
+    let all =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && all.contains("verify OK"), "{all}");
+    assert!(
+        all.contains("No Revoked Certificates") && all.contains("sigmux root CA"),
+        "{all}"
+    );
 
     // A rotation next to the running server: after prepare + activate, new
     // SVIDs come from the new intermediate, and SVIDs from both verify

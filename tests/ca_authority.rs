@@ -625,9 +625,72 @@ fn rotation_publishes_before_signing_and_drains_before_retiring() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(why), "{bad}: {err}");
     }
+    // The root's CRL, signed at every use of the root key, lists no
+    // intermediate yet: the active one verifies with CRL checking.
+    let root_crl = |name: &str| {
+        let pem = state(&data)["root_crl_pem"].as_str().unwrap().to_string();
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    };
+    let active_pem = state(&data)["intermediates"][1]["cert_pem"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(dir.path().join("int-active.pem"), &active_pem).unwrap();
+    root_crl("root-before.crl");
+    let check = |crl: &str| {
+        openssl(
+            dir.path(),
+            &[
+                "verify",
+                "-crl_check",
+                "-CAfile",
+                "root.pem",
+                "-CRLfile",
+                crl,
+                "int-active.pem",
+            ],
+            None,
+        )
+    };
+    let before = check("root-before.crl");
+    assert!(
+        before.status.success(),
+        "{}",
+        String::from_utf8_lossy(&before.stderr)
+    );
     ok(
         sigmux(&data, &["ca", "revoke", "--intermediate"], None),
         "revoke intermediate",
+    );
+    // Now the root's CRL lists it: SVIDs carry their intermediate, so
+    // leaving the bundle alone would not stop a chain through it.
+    root_crl("root-after.crl");
+    let text = openssl_ok(
+        dir.path(),
+        &[
+            "crl",
+            "-in",
+            "root-after.crl",
+            "-CAfile",
+            "root.pem",
+            "-noout",
+            "-text",
+        ],
+    );
+    let int_serial = state(&data)["intermediates"][1]["serial"]
+        .as_str()
+        .unwrap()
+        .to_uppercase();
+    assert!(
+        text.contains(&format!("Serial Number: {int_serial}")),
+        "{text}"
+    );
+    let after = check("root-after.crl");
+    let err = String::from_utf8_lossy(&after.stdout).to_string()
+        + &String::from_utf8_lossy(&after.stderr);
+    assert!(
+        !after.status.success() && err.contains("certificate revoked"),
+        "{err}"
     );
     let st = state(&data);
     assert_eq!(st["intermediates"][1]["status"], "revoked");

@@ -1228,12 +1228,30 @@ async fn bundle_jwks(State(s): State<ApiState>) -> Result<Response, ApiError> {
 /// `GET /v1/crl/{serial}`: the intermediate's current CRL, DER. One signed
 /// CRL is served until it nears its nextUpdate or the CA state it lists
 /// changes (a revocation, a rotation), so callers cannot spend CA
-/// signatures at will.
+/// signatures at will. `GET /v1/crl/root`: the root's CRL (the revoked
+/// intermediates), as the root key last signed it.
 async fn crl(
     State(s): State<ApiState>,
     axum::extract::Path(serial): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
     let st = load_state(&s).await?;
+    if serial == "root" {
+        let pem = st.root_crl_pem.as_deref().ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                "no_crl",
+                "the root has no CRL yet: it is signed the next time the root key is used \
+                 (ca rotate prepare)"
+                    .to_string(),
+            )
+        })?;
+        let der = pem::parse(pem)
+            .ok()
+            .filter(|p| p.tag() == "X509 CRL")
+            .ok_or_else(|| internal("the CA state holds an unreadable root CRL"))?
+            .into_contents();
+        return Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response());
+    }
     let now = std::time::SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));

@@ -138,6 +138,10 @@ pub struct IntermediateRecord {
     /// Where its key lives; successors are made in the same place.
     #[serde(default)]
     pub home: KeyHome,
+    /// When it was revoked (Unix seconds), once revoked: its entry in the
+    /// root's CRL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
 }
 
 /// One revoked SVID.
@@ -190,6 +194,10 @@ pub struct CaState {
     /// Revoked SVID serials.
     #[serde(default)]
     pub revoked: Vec<RevokedSvid>,
+    /// The root's CRL (PEM), listing the revoked intermediates; signed
+    /// again whenever the root key is used ([`super::crl::root_crl_pem`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_crl_pem: Option<String>,
 }
 
 /// What `ca init` is asked to make.
@@ -246,7 +254,7 @@ impl InitOptions {
         }
         if self.root_ttl.as_secs() < 86_400 || self.intermediate_ttl.as_secs() < 3600 {
             return Err(Error::Invalid(
-                "the root must live at least one day and the intermediate at least one hour".into(),
+                "the root must live at least one day (--root-days 1) and the intermediate at least one hour (--intermediate-days 1)".into(),
             ));
         }
         if self.root_ttl.as_secs() > 100 * 365 * 86_400 {
@@ -614,7 +622,7 @@ pub fn init(
 
     let jwt_key = new_jwt_key(store, opts.jwt_kind)?;
 
-    let state = CaState {
+    let mut state = CaState {
         format: STATE_FORMAT.into(),
         trust_domain: td.name().to_string(),
         root: RootRecord {
@@ -637,6 +645,7 @@ pub fn init(
             status: CaStatus::Active,
             draining_since: None,
             home: opts.intermediate_home.clone(),
+            revoked_at: None,
         }],
         jwt_keys: vec![JwtKeyRecord {
             key_name: jwt_key.name().to_string(),
@@ -648,7 +657,10 @@ pub fn init(
         bundle_sequence: 1,
         refresh_hint_secs: DEFAULT_REFRESH_HINT_SECS,
         revoked: Vec::new(),
+        root_crl_pem: None,
     };
+    // An empty one, so relying parties that check every CA's CRL can start.
+    state.root_crl_pem = Some(super::crl::root_crl_pem(engine, &root_key, &state, now)?);
 
     if let (Some(path), Some(pass)) = (&opts.offline_root, root_passphrase) {
         write_offline_root(path, &root_key, pass)?;

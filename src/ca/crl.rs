@@ -16,7 +16,7 @@ use super::authority::{CaState, CaStatus, pem_to_der, secs};
 use super::svid::{assemble, encode_time, seq, signature_algorithm, tlv};
 use crate::engine::{Engine, SignRequest};
 use crate::error::{Error, Result};
-use crate::keys::{KeyStore, Ski};
+use crate::keys::{Key, KeyStore, Ski};
 use crate::scheme::{Scheme, SignInput};
 
 /// How long a CRL is good for; clients fetch a fresh one after this.
@@ -75,10 +75,7 @@ pub async fn crl_der(
         .subject_name()
         .to_der()
         .map_err(|e| Error::Invalid(format!("intermediate subject: {e}")))?;
-    let scheme = Scheme::default_for(key.kind());
-    let alg = signature_algorithm(scheme)
-        .ok_or_else(|| Error::Invalid(format!("{scheme} cannot sign a CRL")))?;
-    let mut revoked = Vec::new();
+    let mut entries = Vec::new();
     // A state written before serials were stored in one form may hold two
     // spellings of one serial: list it once.
     let mut seen = std::collections::HashSet::new();
@@ -92,11 +89,45 @@ pub async fn crl_der(
         let bytes = hex::decode(&serial).map_err(|_| {
             Error::Invalid(format!("CA state: revoked serial {} is not hex", r.serial))
         })?;
-        revoked.push(seq(&[&uint(&bytes), &encode_time(r.revoked_at)]));
+        entries.push((bytes, r.revoked_at));
     }
+    let (scheme, tbs) = tbs_cert_list(
+        &key,
+        issuer,
+        &entries,
+        now,
+        now.saturating_add(secs(CRL_VALIDITY)),
+    )?;
+    let sig = engine
+        .sign(SignRequest::new(
+            key,
+            scheme,
+            SignInput::Message(tbs.clone()),
+        ))
+        .await?;
+    assemble(&tbs, scheme, &sig.bytes).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// The TBSCertList of a CRL by `key` (whose certificate's subject is
+/// `issuer`, DER) listing `entries` (serial, revocation time), valid from
+/// `this_update` to `next_update`; with the scheme to sign it with.
+fn tbs_cert_list(
+    key: &Key,
+    issuer: Vec<u8>,
+    entries: &[(Vec<u8>, i64)],
+    this_update: i64,
+    next_update: i64,
+) -> Result<(Scheme, Vec<u8>)> {
+    let scheme = Scheme::default_for(key.kind());
+    let alg = signature_algorithm(scheme)
+        .ok_or_else(|| Error::Invalid(format!("{scheme} cannot sign a CRL")))?;
+    let revoked: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|(serial, at)| seq(&[&uint(serial), &encode_time(*at)]))
+        .collect();
     let aki = seq(&[&tlv(0x80, &Ski::of_spki(key.spki_der())?.0)]);
     // Seconds since the epoch only ever grow: a monotonic CRL number.
-    let number = uint(&now.max(0).to_be_bytes());
+    let number = uint(&this_update.max(0).to_be_bytes());
     let extensions = tlv(
         0xa0,
         &seq(&[
@@ -108,22 +139,57 @@ pub async fn crl_der(
         uint(&[1]),
         alg,
         issuer,
-        encode_time(now),
-        encode_time(now.saturating_add(secs(CRL_VALIDITY))),
+        encode_time(this_update),
+        encode_time(next_update),
     ];
     if !revoked.is_empty() {
         parts.push(seq(&revoked.iter().map(Vec::as_slice).collect::<Vec<_>>()));
     }
     parts.push(extensions);
-    let tbs = seq(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>());
-    let sig = engine
-        .sign(SignRequest::new(
-            key,
-            scheme,
-            SignInput::Message(tbs.clone()),
-        ))
-        .await?;
-    assemble(&tbs, scheme, &sig.bytes).map_err(|e| Error::Invalid(e.to_string()))
+    Ok((
+        scheme,
+        seq(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>()),
+    ))
+}
+
+/// The root's CRL (PEM), signed with `root` at `now`: every revoked
+/// intermediate. It is signed when the root key is at hand (`ca init`,
+/// `ca rotate prepare`, `ca revoke --intermediate`), which for an offline
+/// root is rarely, so it is good until the root itself expires.
+pub fn root_crl_pem(engine: &Engine, root: &Arc<Key>, state: &CaState, now: i64) -> Result<String> {
+    let cert = openssl::x509::X509::from_der(&pem_to_der(&state.root.cert_pem)?)
+        .map_err(|e| Error::Invalid(format!("root certificate: {e}")))?;
+    let issuer = cert
+        .subject_name()
+        .to_der()
+        .map_err(|e| Error::Invalid(format!("root subject: {e}")))?;
+    let mut entries = Vec::new();
+    for i in &state.intermediates {
+        if i.status != CaStatus::Revoked {
+            continue;
+        }
+        let serial = hex::decode(&i.serial).map_err(|_| {
+            Error::Invalid(format!(
+                "CA state: intermediate serial {} is not hex",
+                i.serial
+            ))
+        })?;
+        entries.push((serial, i.revoked_at.unwrap_or(now)));
+    }
+    let (scheme, tbs) = tbs_cert_list(
+        root,
+        issuer,
+        &entries,
+        now,
+        state.root.not_after.max(now + 1),
+    )?;
+    let sig = engine.sign_blocking(SignRequest::new(
+        root.clone(),
+        scheme,
+        SignInput::Message(tbs.clone()),
+    ))?;
+    let der = assemble(&tbs, scheme, &sig.bytes).map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(pem::encode(&pem::Pem::new("X509 CRL", der)))
 }
 
 /// One signed CRL and what it was made from.

@@ -116,6 +116,7 @@ fn new_intermediate(
         status,
         draining_since: None,
         home: home.clone(),
+        revoked_at: None,
     })
 }
 
@@ -192,6 +193,9 @@ pub(super) fn prepare_at(
     state.intermediates.push(rec.clone());
     let jwt = prepare_jwt_key(&mut state, store)?;
     state.bundle_sequence += 1;
+    // The root key is at hand (for an offline root, rarely): its CRL is
+    // signed afresh.
+    state.root_crl_pem = Some(super::crl::root_crl_pem(engine, &root, &state, now)?);
     state.save(data_dir)?;
     Ok(Successors {
         intermediate: rec,
@@ -796,11 +800,16 @@ pub fn revoke_intermediate(
         CaStatus::Active,
         now()?,
     )?;
+    let now = now()?;
     state.intermediates[old].status = CaStatus::Revoked;
+    state.intermediates[old].revoked_at = Some(now);
     let revoked = state.intermediates[old].serial.clone();
     let serial = rec.serial.clone();
     state.intermediates.push(rec);
     state.bundle_sequence += 1;
+    // The root's CRL lists it: a chain through it fails for relying
+    // parties that check CRLs, even though SVIDs carry it themselves.
+    state.root_crl_pem = Some(super::crl::root_crl_pem(engine, &root, &state, now)?);
     state.save(data_dir)?;
     Ok((revoked, serial))
 }
