@@ -1031,7 +1031,14 @@ mod tests {
         let td = TrustDomain::parse("example.org").unwrap();
         let mut opts = InitOptions::new(td);
         opts.offline_root = Some(dir.path().join("root.pem"));
-        let state = init(dir.path(), &store, &engine, &opts, Some("pass-1234")).unwrap();
+        let state = init(
+            dir.path(),
+            &store,
+            &engine,
+            &opts,
+            Some("pass-1234-offline-root"),
+        )
+        .unwrap();
         let first = &state.intermediates[0];
         let half = first.not_before + (first.not_after - first.not_before) / 2;
         let done = tick(dir.path(), &store, &engine, None, HOUR, half).unwrap();
@@ -1041,7 +1048,15 @@ mod tests {
         assert!(why.contains("offline"), "{why}");
         assert!(done[0].audit_record().is_none());
         assert_eq!(statuses(dir.path()), [CaStatus::Active]);
-        let done = tick(dir.path(), &store, &engine, Some("pass-1234"), HOUR, half).unwrap();
+        let done = tick(
+            dir.path(),
+            &store,
+            &engine,
+            Some("pass-1234-offline-root"),
+            HOUR,
+            half,
+        )
+        .unwrap();
         assert!(matches!(done.as_slice(), [TickAction::Prepared { .. }]));
     }
 
