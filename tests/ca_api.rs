@@ -73,6 +73,27 @@ fn cert_file(dir: &Path, name: &str) -> String {
     first_pem_cert(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
 }
 
+/// A CA for example.org in `dir` and an issuance listener for it: a server
+/// certificate, one caller (`spiffe://example.org/issuer`, allowed
+/// `prefix`), and `[issuance]` lines `extra` (limits).
+fn issuance_setup(dir: &Path, prefix: &str, extra: &str) {
+    ca(dir, "ca");
+    leaf(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
+    leaf(dir, "ca", "caller", "URI:spiffe://example.org/issuer");
+    std::fs::write(
+        dir.join("sigmux.toml"),
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [issuance]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+             client_ca = \"ca.pem\"\n{extra}\
+             [[issuance.callers]]\nid = \"spiffe://example.org/issuer\"\n\
+             allowed_prefixes = [\"{prefix}\"]\n"
+        ),
+    )
+    .unwrap();
+    sigmux(dir, &["ca", "init", "--trust-domain", "example.org"]);
+}
+
 #[test]
 fn issuance_tls_changes_are_picked_up_at_sighup() {
     let tmp = tempfile::tempdir().unwrap();
@@ -164,20 +185,12 @@ fn issuance_tls_changes_are_picked_up_at_sighup() {
 fn issuance_api_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    ca(dir, "ca");
-    leaf(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
-    leaf(dir, "ca", "caller", "URI:spiffe://example.org/issuer");
+    issuance_setup(
+        dir,
+        "spiffe://example.org/ns/prod",
+        "max_items = 4\nmax_ttl_seconds = 600\n",
+    );
     leaf(dir, "ca", "nobody", "URI:spiffe://example.org/nobody");
-    std::fs::write(
-        dir.join("sigmux.toml"),
-        "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-         [issuance]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
-         client_ca = \"ca.pem\"\nmax_items = 4\nmax_ttl_seconds = 600\n\
-         [[issuance.callers]]\nid = \"spiffe://example.org/issuer\"\n\
-         allowed_prefixes = [\"spiffe://example.org/ns/prod\"]\n",
-    )
-    .unwrap();
-    sigmux(dir, &["ca", "init", "--trust-domain", "example.org"]);
     let (_server, addr) = start_server(dir);
     let base = format!("https://localhost:{}", addr.rsplit(':').next().unwrap());
     let url = |p: &str| format!("{base}{p}");
@@ -550,19 +563,7 @@ fn issuance_api_end_to_end() {
 fn sigkill_during_bulk_issuance_loses_nothing_a_client_received() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    ca(dir, "ca");
-    leaf(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
-    leaf(dir, "ca", "caller", "URI:spiffe://example.org/issuer");
-    std::fs::write(
-        dir.join("sigmux.toml"),
-        "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-         [issuance]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
-         client_ca = \"ca.pem\"\nmax_items = 50\n\
-         [[issuance.callers]]\nid = \"spiffe://example.org/issuer\"\n\
-         allowed_prefixes = [\"spiffe://example.org/ns\"]\n",
-    )
-    .unwrap();
-    sigmux(dir, &["ca", "init", "--trust-domain", "example.org"]);
+    issuance_setup(dir, "spiffe://example.org/ns", "max_items = 50\n");
     let (mut server, addr) = start_server(dir);
     let base = format!("https://localhost:{}", addr.rsplit(':').next().unwrap());
     let csr = workload_csr(dir, "bulk");
@@ -657,19 +658,11 @@ fn assert_valid_svid(dir: &Path, base: &str, chain: &str, id: &str) {
 fn a_badly_typed_batch_item_fails_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    ca(dir, "ca");
-    leaf(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
-    leaf(dir, "ca", "caller", "URI:spiffe://example.org/issuer");
-    std::fs::write(
-        dir.join("sigmux.toml"),
-        "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-         [issuance]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
-         client_ca = \"ca.pem\"\nmax_items = 8\nmax_ttl_seconds = 600\n\
-         [[issuance.callers]]\nid = \"spiffe://example.org/issuer\"\n\
-         allowed_prefixes = [\"spiffe://example.org/ns/prod\"]\n",
-    )
-    .unwrap();
-    sigmux(dir, &["ca", "init", "--trust-domain", "example.org"]);
+    issuance_setup(
+        dir,
+        "spiffe://example.org/ns/prod",
+        "max_items = 8\nmax_ttl_seconds = 600\n",
+    );
     let (_server, addr, http) = start_server_with_http(dir);
     let base = format!("https://localhost:{}", addr.rsplit(':').next().unwrap());
     let csr = workload_csr(dir, "w");

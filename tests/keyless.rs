@@ -493,15 +493,15 @@ fn a_closed_stderr_does_not_cost_a_connection() {
     });
 }
 
-#[test]
-fn bench_drives_a_running_keyless_server() {
-    let f = fixture();
-    let out = Command::new(env!("CARGO_BIN_EXE_sigmux"))
+/// `sigmux bench` against the fixture's keyless server as the proxy
+/// client, for the key `ski`, with `extra` arguments.
+fn bench_keyless(f: &Fixture, ski: [u8; 20], extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sigmux"))
         .current_dir(&f.dir)
         .args(["bench", "--target", &format!("keyless://{}", f.keyless)])
         .args([
             "--ski",
-            &hex::encode(f.ec_ski),
+            &hex::encode(ski),
             "--scheme",
             "ecdsa_secp256r1_sha256",
         ])
@@ -513,17 +513,29 @@ fn bench_drives_a_running_keyless_server() {
             "--client-key",
             "proxy.key",
         ])
-        .args([
-            "--server-name",
-            "localhost",
+        .args(["--server-name", "localhost"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bench_drives_a_running_keyless_server() {
+    let f = fixture();
+    let out = bench_keyless(
+        f,
+        f.ec_ski,
+        &[
             "--duration",
             "0.5",
             "--concurrency",
             "16",
-        ])
-        .args(["--connections", "2", "--json", "bench.json"])
-        .output()
-        .unwrap();
+            "--connections",
+            "2",
+            "--json",
+            "bench.json",
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -543,33 +555,7 @@ fn bench_drives_a_running_keyless_server() {
 
     // A key the client may not use: every request fails, and the run says
     // why and fails rather than reporting 0 ops/s as a result.
-    let out = Command::new(env!("CARGO_BIN_EXE_sigmux"))
-        .current_dir(&f.dir)
-        .args(["bench", "--target", &format!("keyless://{}", f.keyless)])
-        .args([
-            "--ski",
-            &hex::encode(f.ed_ski),
-            "--scheme",
-            "ecdsa_secp256r1_sha256",
-        ])
-        .args([
-            "--ca",
-            "ca.pem",
-            "--client-cert",
-            "proxy.pem",
-            "--client-key",
-            "proxy.key",
-        ])
-        .args([
-            "--server-name",
-            "localhost",
-            "--duration",
-            "0.3",
-            "--concurrency",
-            "2",
-        ])
-        .output()
-        .unwrap();
+    let out = bench_keyless(f, f.ed_ski, &["--duration", "0.3", "--concurrency", "2"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(

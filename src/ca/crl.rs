@@ -69,12 +69,7 @@ pub async fn crl_der(
         ));
     }
     let key = store.get(&rec.key_name)?;
-    let cert = openssl::x509::X509::from_der(&pem_to_der(&rec.cert_pem)?)
-        .map_err(|e| Error::Invalid(format!("intermediate certificate: {e}")))?;
-    let issuer = cert
-        .subject_name()
-        .to_der()
-        .map_err(|e| Error::Invalid(format!("intermediate subject: {e}")))?;
+    let issuer = subject_der(&rec.cert_pem, "intermediate")?;
     let mut entries = Vec::new();
     // A state written before serials were stored in one form may hold two
     // spellings of one serial: list it once.
@@ -106,6 +101,16 @@ pub async fn crl_der(
         ))
         .await?;
     assemble(&tbs, scheme, &sig.bytes).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// The subject (DER) of the CA certificate `cert_pem`: a CRL's issuer.
+/// `what` names the certificate in errors.
+fn subject_der(cert_pem: &str, what: &str) -> Result<Vec<u8>> {
+    openssl::x509::X509::from_der(&pem_to_der(cert_pem)?)
+        .map_err(|e| Error::Invalid(format!("{what} certificate: {e}")))?
+        .subject_name()
+        .to_der()
+        .map_err(|e| Error::Invalid(format!("{what} subject: {e}")))
 }
 
 /// The TBSCertList of a CRL by `key` (whose certificate's subject is
@@ -157,12 +162,7 @@ fn tbs_cert_list(
 /// `ca rotate prepare`, `ca revoke --intermediate`), which for an offline
 /// root is rarely, so it is good until the root itself expires.
 pub fn root_crl_pem(engine: &Engine, root: &Arc<Key>, state: &CaState, now: i64) -> Result<String> {
-    let cert = openssl::x509::X509::from_der(&pem_to_der(&state.root.cert_pem)?)
-        .map_err(|e| Error::Invalid(format!("root certificate: {e}")))?;
-    let issuer = cert
-        .subject_name()
-        .to_der()
-        .map_err(|e| Error::Invalid(format!("root subject: {e}")))?;
+    let issuer = subject_der(&state.root.cert_pem, "root")?;
     let mut entries = Vec::new();
     for i in &state.intermediates {
         if i.status != CaStatus::Revoked {
