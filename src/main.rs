@@ -485,7 +485,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Audit(AuditCommand::Verify { file }) => {
             let path = file.unwrap_or_else(|| cfg.data_dir.join("audit.log"));
             let v = sigmux::audit::verify(&path)?;
-            println!("ok: {} records, head {}", v.records, v.head);
+            let plural = if v.records == 1 { "" } else { "s" };
+            println!("ok: {} record{plural}, head {}", v.records, v.head);
             Ok(())
         }
     }
@@ -1032,6 +1033,12 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
                 int.home,
                 state.jwt_keys[0].kid
             );
+            if int.not_after == state.root.not_after {
+                eprintln!(
+                    "sigmux: note: the intermediate ends with the root ({}), before the {intermediate_days} days asked for",
+                    sigmux::ca::svid::rfc3339(int.not_after)
+                );
+            }
             Ok(())
         }
         CaCommand::Rotate(r) => ca_rotate(cfg, r),

@@ -316,6 +316,32 @@ fn jwks_bundle_has_the_spiffe_members() {
 }
 
 #[test]
+fn an_intermediate_cut_short_by_the_root_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = sigmux(
+        &data,
+        &[
+            "ca",
+            "init",
+            "--trust-domain",
+            "short.example",
+            "--root-days",
+            "10",
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(out, "ca init");
+    assert!(
+        err.contains("the intermediate ends with the root") && err.contains("365 days"),
+        "{err}"
+    );
+    let st = state(&data);
+    assert_eq!(st["intermediates"][0]["not_after"], st["root"]["not_after"]);
+}
+
+#[test]
 fn offline_root_leaves_only_the_certificate_and_an_encrypted_key_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

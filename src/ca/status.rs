@@ -86,6 +86,7 @@ pub fn summary(state: &CaState, now: i64, max_svid_ttl: Duration) -> Value {
             "not_before": i.not_before,
             "not_after": i.not_after,
             "draining_since": i.draining_since,
+            "revoked_at": i.revoked_at,
         })).collect::<Vec<_>>(),
         "jwt_keys": state.jwt_keys.iter().map(|j| json!({
             "kid": j.kid,
@@ -108,11 +109,21 @@ fn text(v: &Value) -> &str {
     v.as_str().unwrap_or("?")
 }
 
-/// ` since <time>` for an item that is draining, nothing otherwise.
+/// When an item got where it is: ` since <time>` for one draining,
+/// ` (drained from <time>)` for one retired, ` at <time>` for a revoked
+/// intermediate; nothing otherwise.
 fn since(item: &Value) -> String {
-    item["draining_since"]
-        .as_i64()
-        .map_or_else(String::new, |t| format!(" since {}", rfc3339(t)))
+    let at = |field: &str| item[field].as_i64().map(rfc3339);
+    match (
+        item["status"].as_str(),
+        at("draining_since"),
+        at("revoked_at"),
+    ) {
+        (Some("draining"), Some(t), _) => format!(" since {t}"),
+        (Some("retired"), Some(t), _) => format!(" (drained from {t})"),
+        (Some("revoked"), _, Some(t)) => format!(" at {t}"),
+        _ => String::new(),
+    }
 }
 
 /// The summary as `ca status` prints it: one line per item.
@@ -221,6 +232,24 @@ mod tests {
                 "next: retire at {}, then prepare at",
                 rfc3339(t0 + 5 + 7200)
             )),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!("draining since {}", rfc3339(t0 + 5))),
+            "{t}"
+        );
+        // Each state says when it began.
+        let mut later = state.clone();
+        later.intermediates[0].status = CaStatus::Retired;
+        later.intermediates[1].status = CaStatus::Revoked;
+        later.intermediates[1].revoked_at = Some(t0 + 99);
+        let t = render(&summary(&later, t0 + 100, Duration::from_secs(7200)));
+        assert!(
+            t.contains(&format!("retired (drained from {})", rfc3339(t0 + 5))),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!("revoked at {}", rfc3339(t0 + 99))),
             "{t}"
         );
     }

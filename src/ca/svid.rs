@@ -1092,7 +1092,9 @@ fn split_time(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     (y, mo, d, s / 3600, s / 60 % 60, s % 60)
 }
 
-pub(crate) fn rfc3339(secs: i64) -> String {
+/// Unix seconds as RFC 3339 UTC (`2026-12-04T05:00:00Z`).
+#[must_use]
+pub fn rfc3339(secs: i64) -> String {
     let (y, mo, d, h, mi, s) = split_time(secs);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
