@@ -158,6 +158,11 @@ enum CaCommand {
     /// Rotate the intermediate signing CA.
     #[command(subcommand)]
     Rotate(RotateCommand),
+    /// Encrypt the offline root key file again: opened with the passphrase
+    /// in SIGMUX_ROOT_PASSPHRASE, sealed under the one in
+    /// SIGMUX_NEW_ROOT_PASSPHRASE with the current settings (PBKDF2-SHA256,
+    /// 600000 rounds).
+    ResealRoot,
     /// Revoke an SVID by serial, or (emergency) the active intermediate or
     /// JWT-SVID signing key.
     #[command(group = clap::ArgGroup::new("what").required(true).args(["serial", "intermediate", "jwt_key"]))]
@@ -940,6 +945,9 @@ fn bench_cmd(cfg: &Config, a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where `ca reseal-root` reads the offline root's new passphrase.
+const NEW_ROOT_PASSPHRASE_ENV: &str = "SIGMUX_NEW_ROOT_PASSPHRASE";
+
 fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
     use sigmux::ca::authority::{self, CaState, InitOptions};
     match cmd {
@@ -1092,6 +1100,25 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
             )?;
             println!("revoked intermediate {old}; intermediate {new} is active");
             destroy_dead_ca_keys(cfg, &store, &audit)
+        }
+        CaCommand::ResealRoot => {
+            let audit = ca_audit_log(cfg)?;
+            let old = authority::root_passphrase_from_env()?;
+            let new = match std::env::var(NEW_ROOT_PASSPHRASE_ENV) {
+                Ok(p) if !p.is_empty() => zeroize::Zeroizing::new(p),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "give the new passphrase in the environment variable {NEW_ROOT_PASSPHRASE_ENV}"
+                    )));
+                }
+            };
+            let file = sigmux::ca::rotation::reseal_offline_root(&cfg.data_dir, &old, &new)?;
+            audit.append(
+                "ca_root_resealed",
+                serde_json::json!({ "file": file.display().to_string() }),
+            )?;
+            println!("resealed {}", file.display());
+            Ok(())
         }
         CaCommand::Status { json } => {
             let state = CaState::require(&cfg.data_dir)?;

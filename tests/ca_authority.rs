@@ -806,6 +806,68 @@ fn rotating_under_an_offline_root_asks_for_its_file_and_passphrase() {
         "prepare with the offline root",
     );
     assert_eq!(state(&data)["intermediates"][1]["status"], "prepared");
+
+    // A new passphrase: the file is sealed again, the old one opens
+    // nothing any more.
+    let reseal = |new: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigmux"));
+        cmd.arg("--data-dir")
+            .arg(&data)
+            .args(["ca", "reseal-root"])
+            .env(PASS_ENV, pass)
+            .env_remove("SIGMUX_CONFIG")
+            .env_remove("SIGMUX_DATA_DIR");
+        match new {
+            Some(n) => cmd.env("SIGMUX_NEW_ROOT_PASSPHRASE", n),
+            None => cmd.env_remove("SIGMUX_NEW_ROOT_PASSPHRASE"),
+        };
+        cmd.output().unwrap()
+    };
+    let before = std::fs::read(&file).unwrap();
+    for (new, why) in [
+        (None, "SIGMUX_NEW_ROOT_PASSPHRASE"),
+        (Some("short"), "at least 12"),
+    ] {
+        let out = reseal(new);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{err}");
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            before,
+            "a refused reseal leaves the file"
+        );
+    }
+    let new_pass = "a new offline root passphrase";
+    let said = ok(reseal(Some(new_pass)), "reseal-root");
+    assert!(said.contains("resealed"), "{said}");
+    ok(
+        sigmux(&data, &["ca", "rotate", "activate"], None),
+        "activate",
+    );
+    let out = sigmux(&data, &["ca", "rotate", "prepare"], Some(pass));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
+    ok(
+        sigmux(&data, &["ca", "rotate", "prepare"], Some(new_pass)),
+        "prepare after the reseal",
+    );
+    let parsed = openssl(
+        dir.path(),
+        &["asn1parse", "-in", file.to_str().unwrap()],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&parsed.stdout).contains("927C0"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the resealed file is private");
+    }
+    let events = std::fs::read_to_string(data.join("audit.log")).unwrap();
+    assert!(
+        events.contains("\"event\":\"ca_root_resealed\""),
+        "{events}"
+    );
+    ok(sigmux(&data, &["audit", "verify"], None), "audit verify");
 }
 
 #[test]

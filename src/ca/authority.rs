@@ -30,7 +30,6 @@
 //! everything else is made: a crash during `ca init` leaves at most unused
 //! keys in the store and no CA, so `ca init` can simply be run again.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -421,7 +420,7 @@ pub fn root_passphrase_from_env() -> Result<Zeroizing<String>> {
     match std::env::var(ROOT_PASSPHRASE_ENV) {
         Ok(p) if !p.is_empty() => Ok(Zeroizing::new(p)),
         Ok(_) | Err(std::env::VarError::NotPresent) => Err(Error::Invalid(format!(
-            "--offline-root needs the passphrase in the environment variable {ROOT_PASSPHRASE_ENV}"
+            "the offline root's passphrase is read from the environment variable {ROOT_PASSPHRASE_ENV}, which is not set"
         ))),
         Err(std::env::VarError::NotUnicode(_)) => Err(Error::Invalid(format!(
             "{ROOT_PASSPHRASE_ENV} is not valid UTF-8"
@@ -663,7 +662,7 @@ pub fn init(
     state.root_crl_pem = Some(super::crl::root_crl_pem(engine, &root_key, &state, now)?);
 
     if let (Some(path), Some(pass)) = (&opts.offline_root, root_passphrase) {
-        write_offline_root(path, &root_key, pass)?;
+        super::offline_root::write_new(path, &root_key, pass)?;
     }
     // Last: a crash before this line leaves no CA behind.
     refuse_existing(data_dir)?;
@@ -679,30 +678,6 @@ fn refuse_existing(data_dir: &Path) -> Result<()> {
             state_file(data_dir).display()
         )));
     }
-    Ok(())
-}
-
-/// Writes the root private key as encrypted PKCS#8 PEM
-/// ([`super::offline_root`]) to a new file (mode 0600), never overwriting
-/// one.
-fn write_offline_root(path: &Path, key: &Key, passphrase: &str) -> Result<()> {
-    let pkey = key.secret()?.to_openssl()?;
-    let der = Zeroizing::new(
-        pkey.private_key_to_pkcs8()
-            .map_err(|e| Error::Invalid(format!("cannot encode the root key: {e}")))?,
-    );
-    let pem = super::offline_root::encrypt_pem(&der, passphrase)?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(&pem)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(path, e))?;
     Ok(())
 }
 

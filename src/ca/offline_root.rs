@@ -6,12 +6,16 @@
 //! lives. This one uses [`PBKDF2_ITERATIONS`], and the passphrase must be at
 //! least [`MIN_PASSPHRASE_CHARS`] long.
 
+use std::io::Write;
+use std::path::Path;
+
 use openssl::hash::MessageDigest;
 use openssl::symm::Cipher;
 use zeroize::Zeroizing;
 
 use super::svid::{seq, tlv};
 use crate::error::{Error, Result};
+use crate::keys::Key;
 
 /// PBKDF2-HMAC-SHA256 iterations (OWASP's 2023 figure for SHA-256): about
 /// a quarter of a second per try on one core, paid only when the root is
@@ -85,6 +89,29 @@ pub fn encrypt_pem(pkcs8_der: &[u8], passphrase: &str) -> Result<Zeroizing<Vec<u
     Ok(Zeroizing::new(
         pem::encode(&pem::Pem::new("ENCRYPTED PRIVATE KEY", der)).into_bytes(),
     ))
+}
+
+/// `key` encrypted under `passphrase` ([`encrypt_pem`]) and written to the
+/// new file `path` (mode 0600), never over an existing one.
+pub fn write_new(path: &Path, key: &Key, passphrase: &str) -> Result<()> {
+    let der = Zeroizing::new(
+        key.secret()?
+            .to_openssl()?
+            .private_key_to_pkcs8()
+            .map_err(|e| Error::Invalid(format!("cannot encode the root key: {e}")))?,
+    );
+    let pem = encrypt_pem(&der, passphrase)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(&pem)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]

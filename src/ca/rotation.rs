@@ -43,6 +43,12 @@ fn root_key(state: &CaState, store: &KeyStore, passphrase: Option<&str>) -> Resu
             path.display()
         ))
     })?;
+    Ok(Arc::new(open_offline_root(state, path, pass)?))
+}
+
+/// The offline root key from `path`, decrypted with `pass` and checked
+/// against the root certificate.
+fn open_offline_root(state: &CaState, path: &Path, pass: &str) -> Result<Key> {
     let pem = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| Error::io(path, e))?);
     let pkey = openssl::pkey::PKey::private_key_from_pem_passphrase(&pem, pass.as_bytes())
         .map_err(|_| {
@@ -58,7 +64,35 @@ fn root_key(state: &CaState, store: &KeyStore, passphrase: Option<&str>) -> Resu
             path.display()
         )));
     }
-    Ok(Arc::new(key))
+    Ok(key)
+}
+
+/// `ca reseal-root`: the offline root key file, opened with `old`, is
+/// encrypted again under `new` with the current settings of
+/// [`super::offline_root`] (a new passphrase, or a file written before
+/// them), and replaces the old file atomically. Returns the file.
+pub fn reseal_offline_root(data_dir: &Path, old: &str, new: &str) -> Result<std::path::PathBuf> {
+    let _lock = CaState::lock(data_dir)?;
+    let state = CaState::require(data_dir)?;
+    let path = state.root.offline_file.clone().ok_or_else(|| {
+        Error::Invalid(
+            "the root key is in the key store, not in an offline file: nothing to reseal".into(),
+        )
+    })?;
+    let key = open_offline_root(&state, &path, old)?;
+    let tmp = path.with_extension(format!("reseal{}", std::process::id()));
+    super::offline_root::write_new(&tmp, &key, new)?;
+    if let Err(e) = std::fs::rename(&tmp, &path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&path, e));
+    }
+    // The rename itself must survive a crash, or the old file comes back.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(dir, e))?;
+    }
+    Ok(path)
 }
 
 fn root_spki(state: &CaState) -> Result<Vec<u8>> {
