@@ -1,5 +1,6 @@
 //! Every kernel program compiles with NVRTC for sm_90 and sm_80, through the
-//! very code path the CUDA backend uses at start (no GPU needed), and the
+//! very code path the CUDA backend uses at start (no GPU needed), with every
+//! carry chain of its PTX in one straight line (`ptx_check`), and the
 //! compiled-kernel cache works. CI installs NVRTC from the
 //! `nvidia-cuda-nvrtc` wheel (`scripts/deps.sh` exports SIGMUX_NVRTC_LIB)
 //! and sets SIGMUX_REQUIRE_NVRTC=1, so there a missing NVRTC fails the
@@ -57,7 +58,16 @@ fn every_program_compiles_for_sm90_and_sm80_with_its_kernels() {
     let mut failures = Vec::new();
     for ((program, arch), result) in jobs.iter().zip(nvrtc::compile_programs(&jobs)) {
         match result {
-            Ok(image) => {
+            Ok((image, chains)) => {
+                // The compile already refused any carry chain the compiler
+                // split; this shows the check saw the chains of every
+                // program with multi-limb arithmetic (all but the nonce
+                // program's SHA-2 and HMAC).
+                if *program != "nonce.cu" && (chains.chains == 0 || chains.ops <= chains.chains) {
+                    failures.push(format!(
+                        "{program} {arch}: no carry chains seen ({chains:?})"
+                    ));
+                }
                 // CUBIN is ELF; its symbol table names the kernels.
                 assert!(
                     image.starts_with(b"\x7fELF"),
@@ -69,7 +79,12 @@ fn every_program_compiles_for_sm90_and_sm80_with_its_kernels() {
                         "{program} {arch}: kernel {k} missing from the output"
                     );
                 }
-                eprintln!("{program} {arch}: ok, {} bytes", image.len());
+                eprintln!(
+                    "{program} {arch}: ok, {} bytes, {} carry chains of {} instructions checked",
+                    image.len(),
+                    chains.chains,
+                    chains.ops
+                );
             }
             // The error carries NVRTC's log.
             Err(e) => failures.push(format!("{program} {arch}: {e}")),

@@ -26,6 +26,7 @@ pub mod host_nonce;
 pub mod host_rsa;
 mod key_cache;
 pub mod nvrtc;
+pub mod ptx_check;
 pub mod rsa_layout;
 pub mod soa;
 

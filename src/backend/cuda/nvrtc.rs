@@ -26,6 +26,7 @@ use aws_lc_rs::digest;
 use cudarc::nvrtc::sys as nv;
 use parking_lot::Mutex;
 
+use super::ptx_check::CarryChains;
 use crate::error::{Error, Result};
 
 /// Environment variable naming the NVRTC library (a path), used when the
@@ -395,8 +396,9 @@ impl Program {
 
 /// Compiles the embedded program `name` (e.g. `rsa.cu`) for `arch`
 /// (`sm_XY` gives CUBIN, `compute_XY` gives PTX). A failed compile is an
-/// error carrying NVRTC's log.
-fn compile_with_loaded(name: &str, arch: &str) -> Result<Image> {
+/// error carrying NVRTC's log, and so is a carry chain that the compiler
+/// split ([`super::ptx_check`]).
+fn compile_with_loaded(name: &str, arch: &str) -> Result<(Image, CarryChains)> {
     let fail = |reason: String| Error::backend("cuda", reason);
     let source = crate::kernels::source(name)?;
     let src = CString::new(source).map_err(|_| fail(format!("{name}: NUL byte in source")))?;
@@ -426,14 +428,21 @@ fn compile_with_loaded(name: &str, arch: &str) -> Result<Image> {
             prog.log()
         )));
     }
+    // The PTX comes with every compile, CUBIN or not: the carry chains are
+    // checked on it before anything is loaded.
+    let ptx = prog
+        .output(nv::nvrtcGetPTXSize, nv::nvrtcGetPTX)
+        .filter(|p| p.len() > 1)
+        .ok_or_else(|| fail(format!("NVRTC produced no PTX for {name} ({arch})")))?;
+    let text = String::from_utf8_lossy(ptx.strip_suffix(&[0]).unwrap_or(&ptx));
+    let chains =
+        super::ptx_check::check(&text).map_err(|e| fail(format!("{name} for {arch}: {e}")))?;
     if arch.starts_with("sm_")
         && let Some(c) = prog.output(nv::nvrtcGetCUBINSize, nv::nvrtcGetCUBIN)
     {
-        return Ok(Image::Cubin(c));
+        return Ok((Image::Cubin(c), chains));
     }
-    prog.output(nv::nvrtcGetPTXSize, nv::nvrtcGetPTX)
-        .map(Image::Ptx)
-        .ok_or_else(|| fail(format!("NVRTC produced no output for {name} ({arch})")))
+    Ok((Image::Ptx(ptx), chains))
 }
 
 /// Compiles the embedded program `name` for `arch` (`sm_90`, `sm_80`, ...)
@@ -441,16 +450,25 @@ fn compile_with_loaded(name: &str, arch: &str) -> Result<Image> {
 /// it loads NVRTC the way the backend does (environment, usual names) and
 /// runs the very compile the backend runs at start, without the cache.
 pub fn compile_program(name: &str, arch: &str) -> Result<Vec<u8>> {
-    load(None)?;
-    Ok(match compile_with_loaded(name, arch)? {
-        Image::Cubin(b) | Image::Ptx(b) => b,
-    })
+    compile_program_checked(name, arch).map(|(image, _)| image)
 }
 
-/// [`compile_program`] for every `(program, arch)` in `jobs`, several at
-/// once; results in the order of `jobs`.
-pub fn compile_programs(jobs: &[(&str, &str)]) -> Vec<Result<Vec<u8>>> {
-    in_parallel(jobs, |(name, arch)| compile_program(name, arch))
+/// [`compile_program`], and what the carry-chain check of its PTX saw.
+pub fn compile_program_checked(name: &str, arch: &str) -> Result<(Vec<u8>, CarryChains)> {
+    load(None)?;
+    let (image, chains) = compile_with_loaded(name, arch)?;
+    Ok((
+        match image {
+            Image::Cubin(b) | Image::Ptx(b) => b,
+        },
+        chains,
+    ))
+}
+
+/// [`compile_program_checked`] for every `(program, arch)` in `jobs`,
+/// several at once; results in the order of `jobs`.
+pub fn compile_programs(jobs: &[(&str, &str)]) -> Vec<Result<(Vec<u8>, CarryChains)>> {
+    in_parallel(jobs, |(name, arch)| compile_program_checked(name, arch))
 }
 
 /// Magic at the start of a cache file (then a SHA-256 of the rest, a kind
@@ -588,7 +606,7 @@ pub fn compile_cached(
             tracing::warn!(file = %p.display(), "kernel cache file is corrupt; recompiling");
         }
     }
-    let img = compile_with_loaded(name, arch)?;
+    let (img, _) = compile_with_loaded(name, arch)?;
     if let Some(p) = &path
         && let Err(e) = KernelCache::write(p, &img)
     {
