@@ -226,7 +226,7 @@ pub struct BenchReport {
     pub commit: String,
     /// When the run ended (RFC 3339, UTC).
     pub timestamp: String,
-    /// The first failure, when requests failed (remote targets).
+    /// The first failure, when requests failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
     /// The GPU(s) of a `--backend cuda` run.
@@ -415,7 +415,7 @@ fn run_with_key(
     let ops_per_sec = measured.ops as f64 / measured.seconds.max(1e-9);
     let batches = after.saturating_sub(before);
     Ok(BenchReport {
-        first_error: None,
+        first_error: measured.first_error.clone(),
         backend: opts.backend.clone(),
         scheme: opts.scheme.name().into(),
         kind: kind.name().into(),
@@ -480,6 +480,8 @@ struct Measured {
     /// async tasks only).
     caller_sched: Option<CallerSched>,
     caller_threads: Option<usize>,
+    /// The first failure, if any request failed.
+    first_error: Option<String>,
 }
 
 impl Measured {
@@ -535,9 +537,10 @@ fn run_engine(engine: &Arc<Engine>, key: &Arc<Key>, opts: &BenchOptions) -> Resu
     let measure_from = start + warmup;
     let end = measure_from + opts.duration;
     let mut caller_sched = None;
+    let first = FirstError::default();
     let parts = match opts.rate {
         None if opts.callbacks && opts.batch.unwrap_or(1) <= 1 => {
-            callback_loop(engine, key, opts, measure_from, end, &done)
+            callback_loop(engine, key, opts, measure_from, end, &done, &first)
         }
         None => {
             // Single requests only: a group is one wake-up per many answers,
@@ -546,9 +549,17 @@ fn run_engine(engine: &Arc<Engine>, key: &Arc<Key>, opts: &BenchOptions) -> Resu
             let policy =
                 (driver_name(opts) == "async").then(|| CallerPolicy::apply(opts.caller_sched));
             caller_sched = policy.as_ref().map(|p| p.applied);
-            rt.block_on(closed_loop(engine, key, opts, measure_from, end, &done))
+            rt.block_on(closed_loop(
+                engine,
+                key,
+                opts,
+                measure_from,
+                end,
+                &done,
+                &first,
+            ))
         }
-        Some(rate) => open_loop(engine, key, opts, rate, measure_from, end, &done),
+        Some(_) => open_loop(engine, key, opts, measure_from, end, &done, &first),
     };
     let mut result = Measured {
         ops: 0,
@@ -557,6 +568,7 @@ fn run_engine(engine: &Arc<Engine>, key: &Arc<Key>, opts: &BenchOptions) -> Resu
         latencies_us: Vec::new(),
         caller_sched,
         caller_threads: (driver_name(opts) == "groups").then_some(group_threads),
+        first_error: first.take(),
     };
     for (ops, errors, lat) in parts {
         result.ops += ops;
@@ -574,6 +586,23 @@ fn run_engine(engine: &Arc<Engine>, key: &Arc<Key>, opts: &BenchOptions) -> Resu
 
 type Part = (u64, u64, Vec<u32>);
 
+/// The first failure of an in-process run, kept for the report: a run in
+/// which requests fail should say why, not only how many.
+#[derive(Clone, Default)]
+struct FirstError(Arc<std::sync::OnceLock<String>>);
+
+impl FirstError {
+    fn note(&self, e: &impl std::fmt::Display) {
+        if self.0.get().is_none() {
+            let _ = self.0.set(e.to_string());
+        }
+    }
+
+    fn take(&self) -> Option<String> {
+        self.0.get().cloned()
+    }
+}
+
 async fn closed_loop(
     engine: &Arc<Engine>,
     key: &Arc<Key>,
@@ -581,6 +610,7 @@ async fn closed_loop(
     measure_from: Instant,
     end: Instant,
     done: &Arc<AtomicU64>,
+    first: &FirstError,
 ) -> Vec<Part> {
     // With --batch B, each task submits groups of B (one answer per group,
     // as a bulk caller would) and `concurrency` counts requests in flight.
@@ -592,6 +622,7 @@ async fn closed_loop(
         let key = key.clone();
         let scheme = opts.scheme;
         let done = done.clone();
+        let first = first.clone();
         tasks.push(tokio::spawn(async move {
             let input = bench_input(scheme, t as u64);
             let (mut ops, mut errors, mut lat) = (0u64, 0u64, Vec::new());
@@ -618,6 +649,9 @@ async fn closed_loop(
                 done.fetch_add(results.len() as u64, Ordering::Relaxed);
                 if t0 >= measure_from && t1 <= end {
                     let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+                    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+                        first.note(e);
+                    }
                     ops += ok;
                     errors += results.len() as u64 - ok;
                     record(&mut lat, t1 - t0);
@@ -659,6 +693,7 @@ struct CallbackClient {
     part: Arc<parking_lot::Mutex<Part>>,
     done: Arc<AtomicU64>,
     stopped: Arc<AtomicU64>,
+    first: FirstError,
 }
 
 impl CallbackClient {
@@ -675,16 +710,21 @@ impl CallbackClient {
             me.done.fetch_add(1, Ordering::Relaxed);
             if t0 >= me.measure_from && t1 <= me.end {
                 let mut p = me.part.lock();
-                if r.is_ok() {
-                    p.0 += 1;
-                    record(&mut p.2, t1 - t0);
-                } else {
-                    p.1 += 1;
+                match &r {
+                    Ok(_) => {
+                        p.0 += 1;
+                        record(&mut p.2, t1 - t0);
+                    }
+                    Err(e) => {
+                        p.1 += 1;
+                        me.first.note(e);
+                    }
                 }
             }
             me.fire();
         });
-        if submitted.is_err() {
+        if let Err(e) = submitted {
+            self.first.note(&e);
             self.part.lock().1 += 1;
             self.stopped.fetch_add(1, Ordering::AcqRel);
         }
@@ -698,6 +738,7 @@ fn callback_loop(
     measure_from: Instant,
     end: Instant,
     done: &Arc<AtomicU64>,
+    first: &FirstError,
 ) -> Vec<Part> {
     let part: Arc<parking_lot::Mutex<Part>> = Arc::default();
     let stopped = Arc::new(AtomicU64::new(0));
@@ -712,6 +753,7 @@ fn callback_loop(
             part: part.clone(),
             done: done.clone(),
             stopped: stopped.clone(),
+            first: first.clone(),
         })
         .fire();
     }
@@ -726,7 +768,7 @@ fn callback_loop(
 /// The shortest sleep of the open-loop pacer.
 const PACER_TICK: Duration = Duration::from_micros(100);
 
-/// Offers `rate` requests per second, whatever the engine does, from this
+/// Offers `opts.rate` requests per second, whatever the engine does, from this
 /// thread; answers are taken by callback on the engine's workers, so no
 /// extra thread or runtime sits between the engine and the clock. Latency
 /// is measured from each request's scheduled time, so a stalled engine
@@ -735,11 +777,14 @@ fn open_loop(
     engine: &Arc<Engine>,
     key: &Arc<Key>,
     opts: &BenchOptions,
-    rate: f64,
     measure_from: Instant,
     end: Instant,
     done: &Arc<AtomicU64>,
+    first: &FirstError,
 ) -> Vec<Part> {
+    let Some(rate) = opts.rate else {
+        return Vec::new();
+    };
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack; it
     // takes no pointers.
@@ -775,7 +820,7 @@ fn open_loop(
             }
             i += 1;
             let counted = due >= measure_from && due < end;
-            let (part2, done2) = (part.clone(), done.clone());
+            let (part2, done2, first2) = (part.clone(), done.clone(), first.clone());
             let submitted = engine.submit_with(
                 SignRequest::new(key.clone(), opts.scheme, input.clone()),
                 move |r| {
@@ -783,17 +828,24 @@ fn open_loop(
                     done2.fetch_add(1, Ordering::Relaxed);
                     if counted {
                         let mut p = part2.lock();
-                        if r.is_ok() {
-                            p.0 += 1;
-                            record(&mut p.2, t1 - due);
-                        } else {
-                            p.1 += 1;
+                        match &r {
+                            Ok(_) => {
+                                p.0 += 1;
+                                record(&mut p.2, t1 - due);
+                            }
+                            Err(e) => {
+                                p.1 += 1;
+                                first2.note(e);
+                            }
                         }
                     }
                 },
             );
-            if submitted.is_err() && counted {
-                part.lock().1 += 1;
+            if let Err(e) = submitted {
+                first.note(&e);
+                if counted {
+                    part.lock().1 += 1;
+                }
             }
         }
     }
@@ -829,7 +881,7 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
     let progress = opts
         .progress
         .then(|| progress_bar(opts.duration + warmup, done.clone()));
-    let measured: Result<(Measured, Option<String>)> = rt.block_on(async {
+    let measured: Result<Measured> = rt.block_on(async {
         let client = Arc::new(
             KeylessClient::connect(cfg)
                 .await
@@ -879,27 +931,27 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
             latencies_us: Vec::new(),
             caller_sched: None,
             caller_threads: None,
+            first_error: None,
         };
-        let mut first_error = None;
         for task in tasks {
             if let Ok((o, e, l, f)) = task.await {
                 m.ops += o;
                 m.errors += e;
                 m.latencies_us.extend(l);
-                first_error = first_error.or(f);
+                m.first_error = m.first_error.or(f);
             }
         }
         m.latencies_us.sort_unstable();
-        Ok((m, first_error))
+        Ok(m)
     });
     if let Some((bar, stop, handle)) = progress {
         stop.store(true, Ordering::Release);
         let _ = handle.join();
         bar.finish_and_clear();
     }
-    let (m, first_error) = measured?;
+    let m = measured?;
     Ok(BenchReport {
-        first_error,
+        first_error: m.first_error.clone(),
         backend: format!("keyless://{}", t.addr),
         scheme: opts.scheme.name().into(),
         kind: kind.name().into(),

@@ -134,6 +134,7 @@ pub fn run(
             let (client, items, prefix) = (client.clone(), items.clone(), t.id_prefix.clone());
             tasks.push(tokio::spawn(async move {
                 let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+                let mut first_error: Option<String> = None;
                 let mut n = task * batch;
                 loop {
                     let t0 = Instant::now();
@@ -167,28 +168,35 @@ pub fn run(
                         ok += good;
                         failed += bad;
                         lat.push((t1 - t0).as_micros().min(u32::MAX as u128) as u32);
+                        if bad > 0 && first_error.is_none() {
+                            first_error = Some(match &r {
+                                Ok(resp) => describe_failure(resp.status, &resp.body),
+                                Err(e) => e.to_string(),
+                            });
+                        }
                     }
                 }
-                (ok, failed, lat)
+                (ok, failed, lat, first_error)
             }));
         }
-        let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+        let (mut ok, mut failed, mut lat, mut first_error) = (0u64, 0u64, Vec::new(), None);
         for task in tasks {
-            if let Ok((o, f, l)) = task.await {
+            if let Ok((o, f, l, e)) = task.await {
                 ok += o;
                 failed += f;
                 lat.extend(l);
+                first_error = first_error.or(e);
             }
         }
         lat.sort_unstable();
-        (ok, failed, lat)
+        (ok, failed, lat, first_error)
     });
     drop(rt);
     if let (Some(c), Some(k)) = (&cpu, &cpu_key) {
         let r = raw_bound(c, k, ca_scheme, &csrs, opts.duration - raw_half)?;
         raw = (raw.0 + r.0, raw.1 + r.1);
     }
-    let (ok, failed, lat) = measured;
+    let (ok, failed, lat, first_error) = measured;
     let pct = |q: f64| {
         if lat.is_empty() {
             0.0
@@ -200,7 +208,7 @@ pub fn run(
     let ops_per_sec = ok as f64 / secs;
     let raw_ops_per_sec = (raw.0 > 0).then(|| raw.0 as f64 / raw.1.as_secs_f64().max(1e-9));
     Ok(BenchReport {
-        first_error: None,
+        first_error,
         backend: t.url.replacen("https://", "issue://", 1),
         scheme: ca_scheme.name().into(),
         kind: format!("csr {} / intermediate {}", t.csr_kind, t.ca_kind),
@@ -278,6 +286,25 @@ fn raw_bound(
 /// it compactly, so scanning for it is exact and far cheaper than parsing
 /// the chains. An answer with another number of results counts as all
 /// failed.
+/// Why a batch answer counted as failed: the first failed item's code and
+/// message, or the HTTP status and the start of the body.
+fn describe_failure(status: u16, body: &[u8]) -> String {
+    if status == 200
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
+        && let Some(item) = v["results"]
+            .as_array()
+            .and_then(|r| r.iter().find(|i| i["status"] == "error"))
+    {
+        return format!(
+            "{}: {}",
+            item["code"].as_str().unwrap_or("?"),
+            item["message"].as_str().unwrap_or("")
+        );
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    format!("HTTP {status}: {}", text.trim())
+}
+
 fn count_statuses(body: &[u8], batch: usize) -> (u64, u64) {
     let ok = memchr::memmem::find_iter(body, b"\"status\":\"ok\"").count() as u64;
     let err = memchr::memmem::find_iter(body, b"\"status\":\"error\"").count() as u64;
@@ -302,5 +329,10 @@ mod tests {
             "a missing result fails the batch"
         );
         assert_eq!(count_statuses(b"garbage", 1), (0, 1));
+        assert_eq!(describe_failure(200, body), "csr_malformed: m");
+        assert_eq!(
+            describe_failure(403, br#"{"error":"forbidden"}"#),
+            r#"HTTP 403: {"error":"forbidden"}"#
+        );
     }
 }

@@ -813,3 +813,46 @@ fn a_badly_typed_batch_item_fails_alone() {
     );
     assert_eq!(code, 200, "{text}");
 }
+
+#[test]
+fn bench_against_the_issuance_api_counts_svids_and_names_refusals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    issuance_setup(dir, "spiffe://example.org/bench", "");
+    let (_server, addr, _http) = start_server_with_http(dir);
+    let target = format!("https://localhost:{}", addr.rsplit(':').next().unwrap());
+    let bench = |prefix: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sigmux"))
+            .current_dir(dir)
+            .args(["--data-dir", "bench-data", "bench", "--target", &target])
+            .args(["--scheme", "ecdsa_secp256r1_sha256"])
+            .args(["--ca", "ca.pem", "--client-cert", "caller.pem"])
+            .args(["--client-key", "caller.key", "--spiffe-prefix", prefix])
+            .args(["--duration", "0.5", "--concurrency", "2", "--batch", "4"])
+            .args(["--json", "bench.json"])
+            .env_remove("SIGMUX_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = bench("spiffe://example.org/bench");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&std::fs::read_to_string(dir.join("bench.json")).unwrap());
+    assert!(v["ops"].as_u64().unwrap() > 0, "{v:#}");
+    assert_eq!(v["errors"], 0, "{v:#}");
+    assert!(v.get("first_error").is_none(), "{v:#}");
+
+    // A prefix this caller may not use: every item refused, and the bench
+    // fails naming the item's error code.
+    let out = bench("spiffe://example.org/elsewhere");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("every request failed") && err.contains("the first: forbidden"),
+        "{err}"
+    );
+}

@@ -2371,6 +2371,42 @@ fn bench_reports_its_driver_and_caller_scheduling() {
 }
 
 #[test]
+fn an_overloaded_in_process_bench_names_its_first_error() {
+    // Open loop at far more than two cores can sign, with room for two
+    // requests: most are refused, and the report says why.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sigmux.toml");
+    std::fs::write(&cfg, "[engine]\nqueue_capacity = 1\n").unwrap();
+    let json = dir.path().join("bench.json");
+    let run = sigmux(
+        dir.path(),
+        Some(&cfg),
+        &[
+            "bench",
+            "--scheme",
+            "rsa_pss_rsae_sha256",
+            "--duration",
+            "0.5",
+            "--concurrency",
+            "1",
+            "--rate",
+            "20000",
+            "--json",
+            s(&json),
+        ],
+    )
+    .ok();
+    let v: serde_json::Value = serde_json::from_slice(&read(&json)).expect("bench JSON");
+    assert!(v["errors"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(
+        v["first_error"].as_str().unwrap().contains("overloaded"),
+        "{v:#}"
+    );
+    let said = run.stdout_text();
+    assert!(said.contains("errors (first: overloaded"), "{said}");
+}
+
+#[test]
 fn bench_takes_the_cuda_rsa_mapping_and_refuses_a_bad_one() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
