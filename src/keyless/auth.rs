@@ -14,7 +14,10 @@ pub struct ClientIdentity {
 }
 
 impl ClientIdentity {
-    /// Reads the identity from the client's end-entity certificate.
+    /// Reads the identity from the client's end-entity certificate. An
+    /// X.509-SVID has exactly one URI SAN: a certificate with several
+    /// names no SPIFFE ID (which of them would it be?), only its
+    /// fingerprint.
     pub fn from_cert(der: &[u8]) -> ClientIdentity {
         let mut fingerprint = [0u8; 32];
         fingerprint.copy_from_slice(digest::digest(&digest::SHA256, der).as_ref());
@@ -22,9 +25,11 @@ impl ClientIdentity {
             .ok()
             .and_then(|c| c.subject_alt_names())
             .and_then(|sans| {
-                sans.iter()
-                    .filter_map(|n| n.uri().map(str::to_string))
-                    .find(|u| u.starts_with("spiffe://"))
+                let mut uris = sans.iter().filter_map(|n| n.uri().map(str::to_string));
+                match (uris.next(), uris.next()) {
+                    (Some(u), None) if u.starts_with("spiffe://") => Some(u),
+                    _ => None,
+                }
             });
         ClientIdentity {
             spiffe_id,
@@ -116,5 +121,63 @@ mod tests {
         };
         assert!(!p.allows(&carol, "a"));
         assert_eq!(bob.label(), format!("sha256:{}", "02".repeat(32)));
+    }
+
+    /// A self-signed certificate with these URI SANs.
+    fn cert_with_uris(uris: &[&str]) -> Vec<u8> {
+        use openssl::x509::{X509Builder, X509NameBuilder, extension::SubjectAlternativeName};
+        let key = openssl::pkey::PKey::from_ec_key(
+            openssl::ec::EcKey::generate(
+                &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)
+                    .unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "client").unwrap();
+        let name = name.build();
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        if !uris.is_empty() {
+            let mut san = SubjectAlternativeName::new();
+            for u in uris {
+                san.uri(u);
+            }
+            b.append_extension(san.build(&b.x509v3_context(None, None)).unwrap())
+                .unwrap();
+        }
+        b.sign(&key, openssl::hash::MessageDigest::sha256())
+            .unwrap();
+        b.build().to_der().unwrap()
+    }
+
+    #[test]
+    fn only_a_certificate_with_one_uri_san_has_a_spiffe_id() {
+        let one = cert_with_uris(&["spiffe://td/issuer"]);
+        assert_eq!(
+            ClientIdentity::from_cert(&one).spiffe_id.as_deref(),
+            Some("spiffe://td/issuer")
+        );
+        for uris in [
+            &["spiffe://td/issuer", "spiffe://td/nobody"][..],
+            &["https://td/x", "spiffe://td/issuer"][..],
+            &["https://td/issuer"][..],
+            &[][..],
+        ] {
+            let der = cert_with_uris(uris);
+            let who = ClientIdentity::from_cert(&der);
+            assert_eq!(who.spiffe_id, None, "{uris:?}");
+            let mut fp = [0u8; 32];
+            fp.copy_from_slice(digest::digest(&digest::SHA256, &der).as_ref());
+            assert_eq!(who.fingerprint, fp, "fingerprint rules still apply");
+        }
     }
 }
