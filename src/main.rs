@@ -1208,6 +1208,17 @@ fn ca_rotate(cfg: &Config, cmd: RotateCommand) -> Result<()> {
                 "prepared intermediate {} (in the bundle, not signing)",
                 made.intermediate.serial
             );
+            let state = sigmux::ca::authority::CaState::require(&cfg.data_dir)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            for w in sigmux::ca::status::summary(&state, now, cfg.max_svid_ttl())["warnings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                eprintln!("warning: {}", w.as_str().unwrap_or_default());
+            }
             if let Some(kid) = jwt_kid {
                 println!("prepared JWT key {kid} (in the JWKS bundle, not signing)");
             }
@@ -1228,14 +1239,26 @@ fn ca_rotate(cfg: &Config, cmd: RotateCommand) -> Result<()> {
             max_svid_ttl_seconds,
             force,
         } => {
-            let max_svid_ttl =
-                max_svid_ttl_seconds.map_or_else(|| cfg.max_svid_ttl(), Duration::from_secs);
+            let configured = cfg.max_svid_ttl();
+            let max_svid_ttl = max_svid_ttl_seconds.map_or(configured, Duration::from_secs);
+            // A shorter lifetime than the CA issues would retire what signed
+            // SVIDs still valid: that is what --force is for, said as such.
+            if max_svid_ttl < configured && !force {
+                return Err(Error::Invalid(format!(
+                    "--max-svid-ttl-seconds {} is shorter than the SVID lifetime this CA issues \
+                     (issuance.max_ttl_seconds, {} s): SVIDs may outlive it; use --force to retire anyway",
+                    max_svid_ttl.as_secs(),
+                    configured.as_secs()
+                )));
+            }
             let retired = rotation::retire(&cfg.data_dir, max_svid_ttl, force)?;
             audit.append(
                 "ca_rotate_retire",
                 serde_json::json!({
                     "retired": retired.serials,
                     "retired_jwt": retired.jwt_kids,
+                    "max_svid_ttl_seconds": max_svid_ttl.as_secs(),
+                    "force": force,
                 }),
             )?;
             println!("{retired}");

@@ -589,13 +589,43 @@ fn rotation_publishes_before_signing_and_drains_before_retiring() {
     .unwrap();
     assert_eq!(status["next"]["action"], "retire", "{status}");
     assert_eq!(status["next"]["at"], since + 7200, "{status}");
+    // A lifetime shorter than the CA issues is --force by another name:
+    // refused unless said so, and recorded.
+    let out = sigmux(
+        &data,
+        &["ca", "rotate", "retire", "--max-svid-ttl-seconds", "0"],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("shorter than the SVID lifetime")
+            && err.contains("--force"),
+        "{err}"
+    );
     let said = ok(
         sigmux(
             &data,
-            &["ca", "rotate", "retire", "--max-svid-ttl-seconds", "0"],
+            &[
+                "ca",
+                "rotate",
+                "retire",
+                "--max-svid-ttl-seconds",
+                "0",
+                "--force",
+            ],
             None,
         ),
         "retire",
+    );
+    let events = std::fs::read_to_string(data.join("audit.log")).unwrap();
+    let retire = events
+        .lines()
+        .find(|l| l.contains("\"event\":\"ca_rotate_retire\""))
+        .unwrap();
+    assert!(
+        retire.contains("\"force\":true") && retire.contains("\"max_svid_ttl_seconds\":0"),
+        "{retire}"
     );
     let st = state(&data);
     assert_eq!(st["intermediates"][0]["status"], "retired");

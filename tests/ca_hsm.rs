@@ -223,7 +223,7 @@ fn intermediate_key_in_a_pkcs11_token() {
     sigmux(dir, &["ca", "rotate", "activate"]);
     let said = sigmux(
         dir,
-        &["ca", "rotate", "retire", "--max-svid-ttl-seconds", "0"],
+        &["ca", "rotate", "retire", "--force"],
     );
     assert!(
         said.contains(&format!("destroyed key {int_key} of retired")),

@@ -202,13 +202,18 @@ pub(super) fn prepare_at(
     let mut state = CaState::require(data_dir)?;
     if let Some(p) = state
         .intermediates
-        .iter()
+        .iter_mut()
         .find(|i| i.status == CaStatus::Prepared)
     {
-        return Err(Error::Invalid(format!(
-            "intermediate {} is already prepared; activate it first",
-            p.serial
-        )));
+        if p.not_after > now {
+            return Err(Error::Invalid(format!(
+                "intermediate {} is already prepared; activate it first",
+                p.serial
+            )));
+        }
+        // It expired unused: it can never sign, so it leaves the bundle
+        // (and its key is destroyed with the other retired ones).
+        p.status = CaStatus::Retired;
     }
     let root = root_key(&state, store, passphrase)?;
     let (active_kind, home) = active_key(&state);
@@ -310,6 +315,14 @@ pub(super) fn activate_at(data_dir: &Path, now: i64) -> Result<Activation> {
             "no prepared intermediate: run `sigmux ca rotate prepare` first".into(),
         ));
     };
+    let prepared = &state.intermediates[next];
+    if prepared.not_after <= now {
+        return Err(Error::Invalid(format!(
+            "the prepared intermediate {} expired at {}: it would sign nothing; run `sigmux ca rotate prepare` for a new one",
+            prepared.serial,
+            rfc3339(prepared.not_after)
+        )));
+    }
     let mut previous = None;
     for i in state.intermediates.iter_mut() {
         if i.status == CaStatus::Active {

@@ -59,6 +59,7 @@ pub fn summary(state: &CaState, now: i64, max_svid_ttl: Duration) -> Value {
         .collect();
     steps.sort_by_key(|s| s["at"].as_i64());
     let next = steps.first().cloned();
+    let warnings = warnings(state, now);
     json!({
         "trust_domain": state.trust_domain,
         "now": now,
@@ -98,7 +99,52 @@ pub fn summary(state: &CaState, now: i64, max_svid_ttl: Duration) -> Value {
         "revoked_svids": state.revoked.len(),
         "next": next,
         "steps": steps,
+        "warnings": warnings,
     })
+}
+
+/// What needs the operator now: an expired active intermediate (nothing
+/// can be issued), a prepared one that expired or will before it is due
+/// to be activated.
+fn warnings(state: &CaState, now: i64) -> Vec<String> {
+    let mut out = Vec::new();
+    let active = state
+        .intermediates
+        .iter()
+        .rev()
+        .find(|i| i.status == CaStatus::Active);
+    if let Some(a) = active
+        && a.not_after <= now
+    {
+        out.push(format!(
+            "the active intermediate {} expired at {}: no SVID can be issued until a new one is prepared and activated",
+            a.serial,
+            rfc3339(a.not_after)
+        ));
+    }
+    for p in state
+        .intermediates
+        .iter()
+        .filter(|i| i.status == CaStatus::Prepared)
+    {
+        if p.not_after <= now {
+            out.push(format!(
+                "the prepared intermediate {} expired at {}: `ca rotate prepare` replaces it",
+                p.serial,
+                rfc3339(p.not_after)
+            ));
+        } else if let Some(a) = active
+            && p.not_after <= life_point(a, ACTIVATE_AT)
+        {
+            out.push(format!(
+                "the prepared intermediate {} expires at {}, before its scheduled activation at {}",
+                p.serial,
+                rfc3339(p.not_after),
+                rfc3339(life_point(a, ACTIVATE_AT))
+            ));
+        }
+    }
+    out
 }
 
 fn time(v: &Value) -> String {
@@ -166,16 +212,28 @@ pub fn render(s: &Value) -> String {
             text(&j["key_name"]),
         );
     }
+    let now = s["now"].as_i64().unwrap_or(i64::MAX);
     let steps: Vec<String> = s["steps"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(|step| format!("{} at {}", text(&step["action"]), time(&step["at"])))
+        .map(|step| {
+            let overdue = step["at"].as_i64().is_some_and(|at| at < now);
+            format!(
+                "{} at {}{}",
+                text(&step["action"]),
+                time(&step["at"]),
+                if overdue { " (overdue)" } else { "" }
+            )
+        })
         .collect();
     if steps.is_empty() {
         out += "next: nothing (no active intermediate)\n";
     } else {
         out += &format!("next: {}\n", steps.join(", then "));
+    }
+    for w in s["warnings"].as_array().into_iter().flatten() {
+        out += &format!("warning: {}\n", text(w));
     }
     out
 }
@@ -186,6 +244,74 @@ mod tests {
     use crate::ca::authority::{InitOptions, init};
     use crate::ca::rotation::{activate_at, prepare_at};
     use crate::ca::spiffe::TrustDomain;
+
+    #[test]
+    fn expired_and_short_lived_intermediates_are_warned_of_and_never_activated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::testutil::key_store(dir.path());
+        let engine = crate::testutil::cpu_engine();
+        let td = TrustDomain::parse("example.org").unwrap();
+        let state = init(dir.path(), &store, &engine, &InitOptions::new(td), None).unwrap();
+        let int = state.intermediates[0].clone();
+        let ttl = Duration::from_secs(3600);
+        assert_eq!(summary(&state, int.not_before, ttl)["warnings"], json!([]));
+
+        // A one-day successor while the active one has most of a year left:
+        // it would expire before its activation is due.
+        let t0 = int.not_before + 100;
+        prepare_at(
+            dir.path(),
+            &store,
+            &engine,
+            None,
+            None,
+            Duration::from_secs(86_400),
+            t0,
+        )
+        .unwrap();
+        let state = CaState::require(dir.path()).unwrap();
+        let short = state.intermediates[1].clone();
+        let s = summary(&state, t0 + 1, ttl);
+        let w = s["warnings"][0].as_str().unwrap();
+        assert!(
+            w.contains(&short.serial) && w.contains("before its scheduled activation"),
+            "{s}"
+        );
+
+        // Once it expired it is never activated; status says why and
+        // `prepare` replaces it.
+        let late = short.not_after + 1;
+        let e = activate_at(dir.path(), late).unwrap_err().to_string();
+        assert!(e.contains("expired at") && e.contains(&short.serial), "{e}");
+        let state = CaState::require(dir.path()).unwrap();
+        assert_eq!(state.intermediates[1].status, CaStatus::Prepared);
+        assert_eq!(state.intermediates[0].status, CaStatus::Active);
+        let t = render(&summary(&state, late, ttl));
+        assert!(
+            t.contains(&format!(
+                "warning: the prepared intermediate {} expired",
+                short.serial
+            )),
+            "{t}"
+        );
+        let life = Duration::from_secs((int.not_after - int.not_before) as u64);
+        prepare_at(dir.path(), &store, &engine, None, None, life, late).unwrap();
+        let state = CaState::require(dir.path()).unwrap();
+        assert_eq!(state.intermediates[1].status, CaStatus::Retired);
+        assert_eq!(state.intermediates[2].status, CaStatus::Prepared);
+
+        // An active intermediate past its end: nothing can be issued, and
+        // the overdue step is marked.
+        let t = render(&summary(&state, int.not_after + 1, ttl));
+        assert!(
+            t.contains(&format!(
+                "warning: the active intermediate {} expired",
+                int.serial
+            )),
+            "{t}"
+        );
+        assert!(t.contains("(overdue)"), "{t}");
+    }
 
     #[test]
     fn summary_names_every_item_and_the_next_step() {
