@@ -471,7 +471,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve => tokio::runtime::Runtime::new()
             .map_err(|e| Error::Invalid(format!("cannot start runtime: {e}")))?
-            .block_on(sigmux::server::serve(cfg)),
+            .block_on(sigmux::server::serve(cfg, cli.config.clone())),
         Command::Keys(k) => keys(&cfg, k),
         Command::Sign(a) => sign(&cfg, a),
         Command::Backends { json } => {

@@ -130,8 +130,10 @@ fn callers_in_trust_domain(settings: &crate::api::IssuanceSettings, ca_td: &str)
     Ok(())
 }
 
-/// Runs `sigmux serve` until SIGINT or SIGTERM.
-pub async fn serve(cfg: Config) -> Result<()> {
+/// Runs `sigmux serve` until SIGINT or SIGTERM. `config_file` is where
+/// `cfg` came from (none: the embedded defaults): SIGHUP reads the client
+/// rules from it again.
+pub async fn serve(cfg: Config, config_file: Option<std::path::PathBuf>) -> Result<()> {
     let keys = Arc::new(app::open_keys(&cfg, KekUse::CreateIfNew)?);
     let engine = app::start_engine(&cfg, cfg.engine_config(), "auto")?;
     let addr: SocketAddr = cfg.http_listen()?;
@@ -153,6 +155,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let mut drains: Vec<(&str, tokio::task::JoinHandle<()>)> = Vec::new();
     // What SIGHUP reloads besides the keys.
     let mut tls_slots = Vec::new();
+    let mut keyless_server = None;
     let keyless = match cfg.keyless_settings()? {
         None => {
             say(format_args!(
@@ -172,6 +175,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
             say(format_args!("sigmux: keyless listening on {bound}"));
             let metrics = server.metrics.clone();
             tls_slots.push(server.tls());
+            keyless_server = Some(server.clone());
             drains.push(("keyless", tokio::spawn(server.serve(l, stop_rx.clone()))));
             Some(metrics)
         }
@@ -213,9 +217,17 @@ pub async fn serve(cfg: Config) -> Result<()> {
         }
     }
     #[cfg(unix)]
-    spawn_reload(keys.clone(), tls_slots)?;
+    spawn_reload(
+        keys.clone(),
+        tls_slots,
+        Rules {
+            config_file,
+            data_dir: cfg.data_dir.clone(),
+            keyless: keyless_server,
+        },
+    )?;
     #[cfg(not(unix))]
-    drop(tls_slots);
+    drop((tls_slots, keyless_server, config_file));
     let shared = Shared {
         engine: engine.clone(),
         keys,
@@ -348,13 +360,61 @@ fn rotation_step(
     Ok((Some(audit), done))
 }
 
+/// What SIGHUP reads from the config file again.
+struct Rules {
+    /// The file (none: the embedded defaults, which never change).
+    config_file: Option<std::path::PathBuf>,
+    /// The data directory in use (`--data-dir` may have overridden the
+    /// file's).
+    data_dir: std::path::PathBuf,
+    /// The keyless listener, whose client rules are replaced.
+    keyless: Option<Arc<KeylessServer>>,
+}
+
+impl Rules {
+    /// Reads the config file again and gives the keyless listener its
+    /// client rules; on any error the rules in force stay. Other settings
+    /// take a restart.
+    fn reload(&self) {
+        let (Some(path), Some(server)) = (&self.config_file, &self.keyless) else {
+            return;
+        };
+        let loaded = Config::load(Some(path)).and_then(|mut c| {
+            c.data_dir.clone_from(&self.data_dir);
+            c.keyless_settings()
+        });
+        match loaded {
+            Ok(Some((_, settings))) => {
+                let n = settings.policy.len();
+                server.set_policy(settings.policy);
+                say(format_args!(
+                    "sigmux: keyless client rules reloaded from {} ({n} rule(s))",
+                    path.display()
+                ));
+            }
+            Ok(None) => say(format_args!(
+                "sigmux: keyless client rules not reloaded: {} no longer configures the keyless listener (a restart applies that); the rules in force stay",
+                path.display()
+            )),
+            Err(e) => say(format_args!(
+                "sigmux: keyless client rules not reloaded, the rules in force stay: {e}"
+            )),
+        }
+    }
+}
+
 /// On SIGHUP, rebuilds each listener's TLS configuration from its files
 /// (a renewed server certificate, a new client CA; on error the old one
-/// stays) and brings the key store in line with its directory (keys
-/// generated, imported or deleted by the CLI since), saying what changed.
-/// The keys line comes last.
+/// stays), reads the keyless client rules from the config file again, and
+/// brings the key store in line with its directory (keys generated,
+/// imported or deleted by the CLI since), saying what changed. The keys
+/// line comes last.
 #[cfg(unix)]
-fn spawn_reload(keys: Arc<KeyStore>, tls: Vec<Arc<crate::tls_reload::TlsSlot>>) -> Result<()> {
+fn spawn_reload(
+    keys: Arc<KeyStore>,
+    tls: Vec<Arc<crate::tls_reload::TlsSlot>>,
+    rules: Rules,
+) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())
         .map_err(|e| Error::Invalid(format!("cannot watch for SIGHUP: {e}")))?;
@@ -371,6 +431,7 @@ fn spawn_reload(keys: Arc<KeyStore>, tls: Vec<Arc<crate::tls_reload::TlsSlot>>) 
                     Err(e) => tracing::error!(error = %e, "TLS reload failed"),
                 }
             }
+            rules.reload();
             let store = keys.clone();
             match tokio::task::spawn_blocking(move || store.rescan()).await {
                 Ok(Ok(r)) => {

@@ -16,3 +16,11 @@ pub(crate) async fn all_closed(connections: &Semaphore, max: usize) {
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     let _ = connections.acquire_many(all).await;
 }
+
+/// Resolves at `at`, or never when `None`.
+pub(crate) async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

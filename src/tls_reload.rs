@@ -75,3 +75,53 @@ pub(crate) fn cert_key_error(listener: &str, e: &rustls::Error) -> crate::error:
     };
     crate::error::Error::Config(format!("{listener}.cert/{listener}.key: {why}"))
 }
+
+/// Turns TLS session resumption off (no session cache, no tickets): a
+/// resumed session skips the client certificate check, so a client whose
+/// certificate has since expired, or whose CA was dropped, would get back
+/// in. Our clients keep connections open, so full handshakes are rare.
+pub(crate) fn no_resumption(cfg: &mut rustls::ServerConfig) {
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+}
+
+/// A certificate's notAfter, or `None` when it cannot be read.
+pub(crate) fn not_after(der: &[u8]) -> Option<std::time::SystemTime> {
+    let cert = openssl::x509::X509::from_der(der).ok()?;
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+    let d = epoch.diff(cert.not_after()).ok()?;
+    let secs = i64::from(d.days) * 86_400 + i64::from(d.secs);
+    let secs = u64::try_from(secs).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_after_reads_the_certificate_end() {
+        let key = openssl::pkey::PKey::from_ec_key(
+            openssl::ec::EcKey::generate(
+                &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)
+                    .unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let mut b = openssl::x509::X509Builder::new().unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&openssl::asn1::Asn1Time::from_unix(1_000).unwrap())
+            .unwrap();
+        b.set_not_after(&openssl::asn1::Asn1Time::from_unix(1_800_000_000).unwrap())
+            .unwrap();
+        b.sign(&key, openssl::hash::MessageDigest::sha256())
+            .unwrap();
+        let der = b.build().to_der().unwrap();
+        assert_eq!(
+            not_after(&der),
+            Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000))
+        );
+        assert_eq!(not_after(b"junk"), None);
+    }
+}

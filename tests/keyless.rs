@@ -380,6 +380,188 @@ fn openssl_s_client_completes_mutual_tls_12_and_13_and_verifies_the_chain() {
 }
 
 #[test]
+fn tls_sessions_are_never_resumed() {
+    // A resumed session skips the client certificate check: a certificate
+    // expired or revoked since would get back in. So there is no session
+    // cache and no ticket, in TLS 1.2 and 1.3 alike.
+    let f = fixture();
+    for v in ["-tls1_2", "-tls1_3"] {
+        let sess = f.dir.join(format!("session{v}.pem"));
+        let _ = std::fs::remove_file(&sess);
+        let run = |arg: &str| {
+            let out = Command::new("openssl")
+                .current_dir(&f.dir)
+                .args(["s_client", "-connect", &f.keyless, v, "-CAfile", "ca.pem"])
+                .args(["-cert", "proxy.pem", "-key", "proxy.key", "-servername"])
+                .args(["localhost", arg, sess.to_str().unwrap()])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        let first = run("-sess_out");
+        assert!(first.contains("New, TLSv1."), "{v}: {first}");
+        if !sess.exists() {
+            // openssl saved nothing: no session ID and no ticket came, so
+            // there is nothing to resume with.
+            continue;
+        }
+        let second = run("-sess_in");
+        assert!(
+            second.contains("New, TLSv1.") && !second.contains("Reused"),
+            "{v}: {second}"
+        );
+    }
+}
+
+/// `name.pem`/`name.key`: a client certificate for the proxy's SPIFFE ID,
+/// signed by the test CA, that expires `secs` seconds from now.
+fn short_lived_client(f: &Fixture, name: &str, secs: i64) {
+    use openssl::{asn1::Asn1Time, x509::extension::SubjectAlternativeName};
+    let read = |file: &str| std::fs::read(f.dir.join(file)).unwrap();
+    let ca_cert = openssl::x509::X509::from_pem(&read("ca.pem")).unwrap();
+    let ca_key = openssl::pkey::PKey::private_key_from_pem(&read("ca.key")).unwrap();
+    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+    let key =
+        openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&group).unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut b = openssl::x509::X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    let serial = openssl::bn::BigNum::from_u32(now as u32).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
+    let mut subject = openssl::x509::X509NameBuilder::new().unwrap();
+    subject.append_entry_by_text("CN", name).unwrap();
+    b.set_subject_name(&subject.build()).unwrap();
+    b.set_issuer_name(ca_cert.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::from_unix(now - 60).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::from_unix(now + secs).unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .uri("spiffe://test.example/proxy")
+        .build(&b.x509v3_context(Some(&ca_cert), None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&ca_key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    std::fs::write(
+        f.dir.join(format!("{name}.pem")),
+        b.build().to_pem().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        f.dir.join(format!("{name}.key")),
+        key.private_key_to_pem_pkcs8().unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_connection_stops_taking_requests_when_its_client_certificate_expires() {
+    let f = fixture();
+    short_lived_client(f, "short", 4);
+    let rt = rt();
+    let mut s = rt.block_on(connect(f, "short", false)).unwrap();
+    assert!(matches!(
+        rt.block_on(sign_with(&mut s, 1, f.ec_ski, b"valid")),
+        ResponseBody::Payload(_)
+    ));
+    std::thread::sleep(Duration::from_secs(6));
+    // Expired: the request is not answered and the server closes.
+    rt.block_on(async {
+        let _ = s
+            .write_all(&sign_request(
+                2,
+                f.ec_ski,
+                Op::EcdsaSignSha256,
+                sha256(b"late"),
+            ))
+            .await;
+        let got = read_responses(&mut s, 1).await;
+        assert!(got.is_empty(), "answered after expiry: {got:?}");
+    });
+    // And a new handshake with it is refused (TLS 1.3 reports it at the
+    // first read).
+    let refused = match rt.block_on(connect(f, "short", false)) {
+        Err(_) => true,
+        Ok(mut s) => rt.block_on(ping(&mut s, 3)).is_none(),
+    };
+    assert!(refused, "an expired certificate was accepted");
+}
+
+#[test]
+fn client_rules_are_read_again_at_sighup_and_apply_to_open_connections() {
+    let f = fixture();
+    let config = "rules.toml";
+    let write = |client: &str| {
+        std::fs::write(
+            f.dir.join(config),
+            format!(
+                "data_dir = \"rules-data\"\n[http]\nlisten = \"127.0.0.1:0\"\n[keyless]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n[[keyless.clients]]\nid = \"spiffe://test.example/{client}\"\nkeys = [\"r1\"]\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("proxy");
+    cli(
+        f,
+        config,
+        &["keys", "generate", "--name", "r1", "--kind", "p256"],
+    )
+    .unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&cli(f, config, &["keys", "list", "--json"]).unwrap()).unwrap();
+    let mut ski = [0u8; 20];
+    hex::decode_to_slice(list[0]["ski"].as_str().unwrap(), &mut ski).unwrap();
+    let (child, addr, _http, mut lines) = start_server(&f.dir, config);
+    let server = ServerProcess(child);
+    let rt = rt();
+    let mut proxy = rt.block_on(connect_to(f, &addr, "proxy", false)).unwrap();
+    assert!(matches!(
+        rt.block_on(sign_with(&mut proxy, 1, ski, b"allowed")),
+        ResponseBody::Payload(_)
+    ));
+
+    // The rule now names another client: the open connection loses the
+    // key at once, and the other client gets it.
+    write("stranger");
+    let said = reload(&server, &mut lines);
+    assert!(said.contains("keyless client rules reloaded"), "{said}");
+    assert_eq!(
+        rt.block_on(sign_with(&mut proxy, 2, ski, b"revoked")),
+        ResponseBody::Error(ErrorCode::KeyNotFound)
+    );
+    let mut stranger = rt
+        .block_on(connect_to(f, &addr, "stranger", false))
+        .unwrap();
+    assert!(matches!(
+        rt.block_on(sign_with(&mut stranger, 3, ski, b"granted")),
+        ResponseBody::Payload(_)
+    ));
+
+    // A config that does not parse changes nothing, and says so.
+    std::fs::write(f.dir.join(config), "[keyless\n").unwrap();
+    let said = reload(&server, &mut lines);
+    assert!(
+        said.contains("keyless client rules not reloaded") && said.contains("rules.toml"),
+        "{said}"
+    );
+    assert!(matches!(
+        rt.block_on(sign_with(&mut stranger, 4, ski, b"still")),
+        ResponseBody::Payload(_)
+    ));
+}
+
+#[test]
 fn malformed_frames_get_errors_or_a_close_and_other_connections_keep_working() {
     let f = fixture();
     rt().block_on(async {

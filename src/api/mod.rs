@@ -185,6 +185,7 @@ pub fn tls_config(s: &IssuanceSettings) -> Result<rustls::ServerConfig> {
         .with_single_cert(certs, key)
         .map_err(|e| crate::tls_reload::cert_key_error("issuance", &e))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    crate::tls_reload::no_resumption(&mut cfg);
     Ok(cfg)
 }
 

@@ -75,6 +75,18 @@ impl Policy {
         Policy { rules }
     }
 
+    /// How many rules it has.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether it has no rule (every client may use nothing).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     /// Whether `who` may use the key named `key`. A client that no rule
     /// names may use nothing.
     pub fn allows(&self, who: &ClientIdentity, key: &str) -> bool {

@@ -32,12 +32,17 @@ pub enum Step {
 pub struct Handler {
     engine: Arc<Engine>,
     keys: Arc<KeyStore>,
-    policy: Policy,
+    /// Replaced whole at SIGHUP ([`Handler::set_policy`]); each request
+    /// reads the one current when it is answered.
+    policy: parking_lot::RwLock<Arc<Policy>>,
     /// The listener's metrics.
     pub metrics: Arc<KeylessMetrics>,
     /// Refusals are logged at `info` at most once per interval (each one at
     /// `debug`), since a client can send as many as it likes.
     refusal_log: LogThrottle,
+    /// Likewise for signing failures (an overloaded engine fails every
+    /// request past its queue).
+    failure_log: LogThrottle,
 }
 
 impl Handler {
@@ -46,10 +51,17 @@ impl Handler {
         Handler {
             engine,
             keys,
-            policy,
+            policy: parking_lot::RwLock::new(Arc::new(policy)),
             metrics: Arc::new(KeylessMetrics::default()),
             refusal_log: LogThrottle::default(),
+            failure_log: LogThrottle::default(),
         }
+    }
+
+    /// Replaces the client rules: requests answered from now on, on new
+    /// connections and open ones alike, are judged by `policy`.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write() = Arc::new(policy);
     }
 
     /// Decodes one request body and produces the encoded response frame.
@@ -230,7 +242,15 @@ impl Handler {
             }
             Err(Error::SchemeNotValidForKey { .. }) => Response::error(id, ErrorCode::Crypto),
             Err(e) => {
-                tracing::warn!(client = %who.label(), error = %e, "keyless signing failed");
+                match self.failure_log.allow() {
+                    Some(held_back) => tracing::warn!(
+                        client = %who.label(), error = %e, held_back,
+                        "keyless signing failed (more within 10 s at debug; overload in sigmux_engine_overloaded_total)"
+                    ),
+                    None => {
+                        tracing::debug!(client = %who.label(), error = %e, "keyless signing failed")
+                    }
+                }
                 Response::error(id, ErrorCode::Internal)
             }
         }
@@ -250,7 +270,9 @@ impl Handler {
             (None, None) => None,
         };
         match key {
-            Some(k) if !is_ca_key_name(k.name()) && self.policy.allows(who, k.name()) => Some(k),
+            Some(k) if !is_ca_key_name(k.name()) && self.policy.read().allows(who, k.name()) => {
+                Some(k)
+            }
             _ => {
                 self.metrics.refused.fetch_add(1, Ordering::Relaxed);
                 let ski = req.ski.map(hex::encode).unwrap_or_default();

@@ -32,7 +32,7 @@ use super::protocol::{self, ErrorCode, Response, split_frame};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::keys::KeyStore;
-use crate::shutdown::{all_closed, stopped};
+use crate::shutdown::{all_closed, stopped, until};
 use crate::tls_reload::TlsSlot;
 
 /// Files and limits of a keyless listener.
@@ -85,6 +85,7 @@ pub struct KeylessServer {
     /// most once per interval (each one at `debug`) and counted.
     handshake_log: LogThrottle,
     limit_log: LogThrottle,
+    framing_log: LogThrottle,
     /// Its metrics.
     pub metrics: Arc<KeylessMetrics>,
 }
@@ -226,12 +227,24 @@ pub fn tls_config(s: &KeylessSettings) -> Result<rustls::ServerConfig> {
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| Error::Config(format!("keyless.client_ca: {e}")))?;
-    rustls::ServerConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| Error::Config(format!("keyless TLS: {e}")))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .map_err(|e| crate::tls_reload::cert_key_error("keyless", &e))
+        .map_err(|e| crate::tls_reload::cert_key_error("keyless", &e))?;
+    crate::tls_reload::no_resumption(&mut cfg);
+    Ok(cfg)
+}
+
+/// When the first certificate of the client's chain expires: the
+/// connection stops taking requests then (a long-lived connection must not
+/// outlive the credential it was opened with).
+fn chain_expiry(certs: &[CertificateDer<'_>]) -> Option<std::time::SystemTime> {
+    certs
+        .iter()
+        .filter_map(|c| crate::tls_reload::not_after(c))
+        .min()
 }
 
 impl KeylessServer {
@@ -264,7 +277,14 @@ impl KeylessServer {
             max_connections,
             handshake_log: LogThrottle::default(),
             limit_log: LogThrottle::default(),
+            framing_log: LogThrottle::default(),
         }))
+    }
+
+    /// Replaces the client rules (SIGHUP): from now on every request, on
+    /// open connections too, is judged by `policy`.
+    pub fn set_policy(&self, policy: Policy) {
+        self.handler.set_policy(policy);
     }
 
     /// Its TLS configuration, which [`TlsSlot::reload`] replaces for new
@@ -394,6 +414,17 @@ impl KeylessServer {
         else {
             return;
         };
+        let expires = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(chain_expiry)
+            .map(|at| {
+                let left = at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                tokio::time::Instant::now() + left.min(Duration::from_secs(100 * 365 * 86_400))
+            });
         m.connections.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%peer, client = %identity.label(), "keyless connection");
         let identity = Arc::new(identity);
@@ -456,7 +487,15 @@ impl KeylessServer {
                         {
                             let _ = tx.send((f, None)).await;
                         }
-                        tracing::info!(client = %identity.label(), error = %e, "keyless framing error; closing");
+                        match self.framing_log.allow() {
+                            Some(held_back) => tracing::info!(
+                                client = %identity.label(), error = %e, held_back,
+                                "keyless framing error; closing (more within 10 s at debug)"
+                            ),
+                            None => {
+                                tracing::debug!(client = %identity.label(), error = %e, "keyless framing error; closing")
+                            }
+                        }
                         break 'read;
                     }
                 }
@@ -466,6 +505,13 @@ impl KeylessServer {
                 _ = tx.closed() => break 'read,
                 // Shutting down: no new requests; those read are answered.
                 () = stopped(&mut stop) => {
+                    stopping = true;
+                    break 'read;
+                }
+                // Its certificate expired: no new requests; those read are
+                // answered (the client may be sending, as at shutdown).
+                () = until(expires) => {
+                    tracing::debug!(%peer, client = %identity.label(), "keyless client certificate expired; closing");
                     stopping = true;
                     break 'read;
                 }
