@@ -421,6 +421,7 @@ fn retire_at(data_dir: &Path, max_svid_ttl: Duration, force: bool, now: i64) -> 
         }));
     }
     state.bundle_sequence += 1;
+    prune_revoked(&mut state, now);
     state.save(data_dir)?;
     Ok(retired)
 }
@@ -793,12 +794,31 @@ pub fn could_be_ours(serial: &str) -> bool {
     serial.len() == 32 && matches!(serial.as_bytes()[0], b'4'..=b'7')
 }
 
+/// Drops the revoked serials no CRL needs any more: an SVID never outlives
+/// the intermediate that signed it, so once every intermediate that existed
+/// when a serial was revoked has expired, that SVID has too. Returns how
+/// many were dropped. Without this the CRLs would grow for ever.
+pub fn prune_revoked(state: &mut CaState, now: i64) -> usize {
+    let before = state.revoked.len();
+    let intermediates = &state.intermediates;
+    state.revoked.retain(|r| {
+        let mut signers = intermediates
+            .iter()
+            .filter(|i| i.not_before <= r.revoked_at)
+            .peekable();
+        // No signer known (cannot happen after `ca init`): kept.
+        signers.peek().is_none() || signers.any(|i| i.not_after >= now)
+    });
+    before - state.revoked.len()
+}
+
 /// `ca revoke --serial HEX`: records a revoked SVID. Returns the serial in
 /// canonical form and whether it was not revoked before.
 pub fn revoke_serial(data_dir: &Path, serial: &str) -> Result<(String, bool)> {
     let serial = canonical_serial(serial)?;
     let _lock = CaState::lock(data_dir)?;
     let mut state = CaState::require(data_dir)?;
+    prune_revoked(&mut state, now()?);
     if state
         .revoked
         .iter()
@@ -1068,6 +1088,36 @@ mod tests {
             statuses(dir.path()),
             [CaStatus::Retired, CaStatus::Active, CaStatus::Prepared]
         );
+    }
+
+    #[test]
+    fn revoked_serials_leave_once_every_intermediate_that_could_have_signed_them_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, engine) = (store(dir.path()), engine());
+        let td = TrustDomain::parse("example.org").unwrap();
+        let state = init(dir.path(), &store, &engine, &InitOptions::new(td), None).unwrap();
+        let first = state.intermediates[0].clone();
+        let mut state = state;
+        let revoked_at = first.not_before + 100;
+        state.revoked.push(RevokedSvid {
+            serial: "4aa".into(),
+            revoked_at,
+        });
+        // A successor made after the revocation signed nothing revoked.
+        let mut later = first.clone();
+        later.not_before = revoked_at + 10;
+        later.not_after = first.not_after + 1_000_000;
+        state.intermediates.push(later);
+        assert_eq!(prune_revoked(&mut state, first.not_after), 0);
+        assert_eq!(state.revoked.len(), 1, "its signer is still valid");
+        assert_eq!(prune_revoked(&mut state, first.not_after + 1), 1);
+        assert!(state.revoked.is_empty());
+        // Revoked after the successor appeared: either may have signed it.
+        state.revoked.push(RevokedSvid {
+            serial: "4bb".into(),
+            revoked_at: revoked_at + 20,
+        });
+        assert_eq!(prune_revoked(&mut state, first.not_after + 1), 0);
     }
 
     #[test]
