@@ -1004,6 +1004,11 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
                 Some(_) => Some(authority::root_passphrase_from_env()?),
                 None => None,
             };
+            // A passphrase that will be refused must not leave a KEK and a
+            // key folder behind.
+            if let Some(p) = &pass {
+                sigmux::ca::offline_root::check_passphrase(p)?;
+            }
             let audit = cfg.data_dir.join("audit.log");
             if audit.exists() {
                 sigmux::audit::verify(&audit)?;
@@ -1209,6 +1214,12 @@ fn ca_rotate(cfg: &Config, cmd: RotateCommand) -> Result<()> {
                 made.intermediate.serial
             );
             let state = sigmux::ca::authority::CaState::require(&cfg.data_dir)?;
+            if made.intermediate.not_after == state.root.not_after {
+                eprintln!(
+                    "sigmux: note: the intermediate ends with the root ({}), before the {days} days asked for",
+                    sigmux::ca::svid::rfc3339(state.root.not_after)
+                );
+            }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);

@@ -339,6 +339,14 @@ fn an_intermediate_cut_short_by_the_root_is_said() {
     );
     let st = state(&data);
     assert_eq!(st["intermediates"][0]["not_after"], st["root"]["not_after"]);
+    // A successor asked to outlive the root is cut short too, and said so.
+    let out = sigmux(&data, &["ca", "rotate", "prepare", "--days", "5000"], None);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(out, "prepare");
+    assert!(
+        err.contains("the intermediate ends with the root") && err.contains("5000 days"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -375,6 +383,10 @@ fn offline_root_leaves_only_the_certificate_and_an_encrypted_key_file() {
         "{stderr}"
     );
     assert!(!file.exists() && !data.join("ca").exists());
+    assert!(
+        !data.exists(),
+        "a refused passphrase leaves no KEK or key folder behind"
+    );
 
     let pass = "correct horse battery staple";
     ok(sigmux(&data, &args, Some(pass)), "ca init --offline-root");
