@@ -171,6 +171,310 @@ pub struct KeylessTarget {
     pub connections: usize,
 }
 
+/// The address in `keyless://HOST:PORT`, split.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeylessAddr {
+    /// Host name or IP address, without the brackets of an IPv6 literal.
+    pub host: String,
+    /// TCP port (required: the keyless protocol has no standard port).
+    pub port: u16,
+}
+
+impl KeylessAddr {
+    /// Parses `keyless://HOST:PORT`; an IPv6 address goes in brackets
+    /// (`keyless://[::1]:2407`), a host name is resolved when connecting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] naming what is wrong: another scheme, a missing
+    /// host or port, a bad port, an unbracketed IPv6 address.
+    pub fn parse(target: &str) -> Result<KeylessAddr> {
+        let bad = |why: String| Error::Invalid(format!("--target '{target}': {why}"));
+        let rest = target
+            .strip_prefix("keyless://")
+            .ok_or_else(|| bad("expected keyless://HOST:PORT".into()))?;
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(bad(
+                "only HOST:PORT may follow keyless:// (no path, query or user)".into(),
+            ));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed '['".into()))?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad(format!("'[{host}]' is not an IPv6 address")));
+            }
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return Err(bad(format!("'{after}' after ']' is not ':PORT'"))),
+            };
+            (host, port)
+        } else {
+            match rest.split_once(':') {
+                Some((_, p)) if p.contains(':') => {
+                    return Err(bad(
+                        "an IPv6 address goes in brackets: keyless://[ADDRESS]:PORT".into(),
+                    ));
+                }
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("the host is missing: use keyless://HOST:PORT".into()));
+        }
+        let port = match port {
+            None | Some("") => {
+                return Err(bad(format!(
+                    "the port is missing: use keyless://{}:PORT",
+                    bracketed(host)
+                )));
+            }
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad(format!("'{p}' is not a port (1 to 65535)")))?,
+        };
+        Ok(KeylessAddr {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// `host:port` as the client dials it (an IPv6 address in brackets).
+    pub fn dial(&self) -> String {
+        format!("{}:{}", bracketed(&self.host), self.port)
+    }
+
+    /// The name the server's certificate must carry unless `--server-name`
+    /// says otherwise: the host, which for an IP address is matched against
+    /// the certificate's IP address SANs.
+    pub fn default_server_name(&self) -> String {
+        self.host.clone()
+    }
+}
+
+fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// Checks that `name` can be a TLS server name (a DNS name or an IP
+/// address), so a bad one is refused before any connection is tried.
+pub fn check_server_name(name: &str) -> Result<()> {
+    rustls_pki_types::ServerName::try_from(name.to_string())
+        .map(|_| ())
+        .map_err(|_| {
+            Error::Invalid(format!(
+                "--server-name '{name}' is neither a DNS name nor an IP address"
+            ))
+        })
+}
+
+/// Checks an `https://HOST[:PORT]` issuance target (443 when the port is
+/// left out, as for `sigmux issue --server`).
+///
+/// # Errors
+///
+/// [`Error::Invalid`] naming the flag and the problem.
+pub fn check_issue_target(target: &str) -> Result<()> {
+    let authority = target
+        .strip_prefix("https://")
+        .map(|r| r.split('/').next().unwrap_or(r))
+        .unwrap_or_default();
+    if authority.ends_with(':') {
+        return Err(Error::Invalid(format!(
+            "--target '{target}': the port is missing after ':' (https://HOST:PORT, or \
+             https://HOST for 443)"
+        )));
+    }
+    crate::api::client::ServerUrl::parse(target)
+        .map(|_| ())
+        .map_err(|e| Error::Invalid(format!("--target: {e}")))
+}
+
+/// What a `sigmux bench` run drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunKind {
+    /// The engine, in process (no `--target`).
+    InProcess,
+    /// A running keyless server (`--target keyless://HOST:PORT`).
+    Keyless,
+    /// A running issuance API (`--target https://HOST[:PORT]`).
+    Issuance,
+}
+
+impl RunKind {
+    /// The kind of run a `--target` value asks for.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for a target that is neither `keyless://` nor
+    /// `https://`.
+    pub fn of(target: Option<&str>) -> Result<RunKind> {
+        match target {
+            None => Ok(RunKind::InProcess),
+            Some(t) if t.starts_with("keyless://") => Ok(RunKind::Keyless),
+            Some(t) if t.starts_with("https://") => Ok(RunKind::Issuance),
+            Some(t) => Err(Error::Invalid(format!(
+                "--target '{t}' must be keyless://HOST:PORT (a keyless server) or \
+                 https://HOST[:PORT] (the issuance API)"
+            ))),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            RunKind::InProcess => "the in-process bench (no --target)",
+            RunKind::Keyless => "--target keyless://",
+            RunKind::Issuance => "--target https://",
+        }
+    }
+}
+
+const ALL_RUNS: &[RunKind] = &[RunKind::InProcess, RunKind::Keyless, RunKind::Issuance];
+
+/// Every flag of `sigmux bench` and the runs that use it. A flag given to
+/// a run that would not use it is refused ([`check_flags`]), never ignored.
+/// (`--scheme` is left out: the issuance run takes it for compatibility
+/// and the CLI says when it is not the scheme used.)
+pub const BENCH_FLAGS: &[(&str, &[RunKind])] = &[
+    ("--duration", ALL_RUNS),
+    ("--concurrency", ALL_RUNS),
+    ("--json", ALL_RUNS),
+    ("--backend", &[RunKind::InProcess]),
+    ("--kind", &[RunKind::InProcess]),
+    ("--batch", &[RunKind::InProcess, RunKind::Issuance]),
+    ("--rate", &[RunKind::InProcess]),
+    ("--compare-raw", &[RunKind::InProcess, RunKind::Issuance]),
+    ("--callbacks", &[RunKind::InProcess]),
+    ("--caller-sched", &[RunKind::InProcess]),
+    ("--cuda-check", &[RunKind::InProcess]),
+    ("--cuda-rsa-mapping", &[RunKind::InProcess]),
+    ("--ski", &[RunKind::Keyless]),
+    ("--server-name", &[RunKind::Keyless]),
+    ("--connections", &[RunKind::Keyless]),
+    ("--ca", &[RunKind::Keyless, RunKind::Issuance]),
+    ("--client-cert", &[RunKind::Keyless, RunKind::Issuance]),
+    ("--client-key", &[RunKind::Keyless, RunKind::Issuance]),
+    ("--csr-kind", &[RunKind::Issuance]),
+    ("--ca-kind", &[RunKind::Issuance]),
+    ("--spiffe-prefix", &[RunKind::Issuance]),
+];
+
+/// Why a flag means nothing to a kind of run, where a word helps.
+fn why_not(flag: &str, kind: RunKind) -> Option<&'static str> {
+    use RunKind::*;
+    Some(match (flag, kind) {
+        ("--rate", Keyless | Issuance) => {
+            "it runs a closed loop of --concurrency requests in flight"
+        }
+        ("--batch", Keyless) => "the keyless protocol carries one operation per request",
+        ("--kind", Keyless) => {
+            "the key is the server's (chosen by --ski); the report names its kind from the \
+             signatures the server returns"
+        }
+        ("--kind", Issuance) => "the CSRs' keys are --csr-kind, the intermediate's --ca-kind",
+        ("--backend" | "--cuda-check" | "--cuda-rsa-mapping", Keyless | Issuance) => {
+            "the server's configuration chooses its backends"
+        }
+        ("--compare-raw", Keyless) => "there is no raw-library bound for a remote keyless server",
+        ("--callbacks" | "--caller-sched", Keyless | Issuance) => {
+            "they shape the in-process load generator only"
+        }
+        _ => return None,
+    })
+}
+
+/// Refuses the first of the `given` flags that a run of `kind` would not
+/// use, naming the flag, the kind of run and the flags it takes.
+///
+/// # Errors
+///
+/// [`Error::Invalid`] as described.
+pub fn check_flags(kind: RunKind, given: &[&str]) -> Result<()> {
+    for flag in given {
+        let used = BENCH_FLAGS
+            .iter()
+            .find(|(f, _)| f == flag)
+            .is_none_or(|(_, runs)| runs.contains(&kind));
+        if used {
+            continue;
+        }
+        let takes: Vec<&str> = std::iter::once("--scheme")
+            .filter(|_| kind != RunKind::Issuance)
+            .chain(
+                BENCH_FLAGS
+                    .iter()
+                    .filter(|(_, runs)| runs.contains(&kind))
+                    .map(|(f, _)| *f),
+            )
+            .collect();
+        let why = why_not(flag, kind).map_or_else(String::new, |w| format!(" ({w})"));
+        return Err(Error::Invalid(format!(
+            "{flag} is not supported by {}{why}; it takes {}",
+            kind.describe(),
+            takes.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The flags an options value shows were given (the ones it can show).
+fn flags_in(opts: &BenchOptions) -> Vec<&'static str> {
+    [
+        ("--kind", opts.kind.is_some()),
+        ("--batch", opts.batch.is_some()),
+        ("--rate", opts.rate.is_some()),
+        ("--compare-raw", opts.compare_raw),
+        ("--callbacks", opts.callbacks),
+        ("--cuda-check", opts.cuda_check.is_some()),
+        ("--cuda-rsa-mapping", opts.cuda_rsa_mapping.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(f, given)| given.then_some(f))
+    .collect()
+}
+
+/// The checks every kind of run shares, before anything starts.
+fn check_options(opts: &BenchOptions) -> Result<()> {
+    let kind = match (&opts.target, &opts.issue_target) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Invalid(
+                "one target at a time: a keyless server or an issuance API".into(),
+            ));
+        }
+        (Some(_), None) => RunKind::Keyless,
+        (None, Some(_)) => RunKind::Issuance,
+        (None, None) => RunKind::InProcess,
+    };
+    check_flags(kind, &flags_in(opts))?;
+    if opts.concurrency == 0 {
+        return Err(Error::Invalid("--concurrency must be at least 1".into()));
+    }
+    if opts.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err(Error::Invalid("--rate must be a positive number".into()));
+    }
+    if opts.batch == Some(0) {
+        return Err(Error::Invalid("--batch must be at least 1".into()));
+    }
+    if opts.target.as_ref().is_some_and(|t| t.connections == 0) {
+        return Err(Error::Invalid("--connections must be at least 1".into()));
+    }
+    if opts.duration.is_zero() {
+        return Err(Error::Invalid(
+            "--duration must be a positive number of seconds".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// One run's results; the JSON written by `--json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
@@ -194,8 +498,9 @@ pub struct BenchReport {
     pub p99_us: f64,
     /// 99.9th percentile latency.
     pub p999_us: f64,
-    /// Mean operations per backend batch.
-    pub mean_batch: f64,
+    /// Mean operations per backend batch; `None` (null) for `--target`
+    /// runs, whose server's batching is not seen from outside.
+    pub mean_batch: Option<f64>,
     /// Requests in flight (closed loop).
     pub concurrency: usize,
     /// How load was offered: `async` (one task per client, woken per
@@ -279,27 +584,25 @@ fn bench_input(scheme: Scheme, seed: u64) -> SignInput {
 }
 
 /// Runs the benchmark.
+///
+/// # Errors
+///
+/// [`Error::Invalid`] for options that do not fit together (a flag the
+/// kind of run would not use is refused, not ignored), and whatever stops
+/// the run from starting.
 pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<BenchReport> {
-    let kind = opts.kind.unwrap_or_else(|| default_kind(opts.scheme));
-    opts.scheme.check_fits(kind)?;
+    check_options(opts)?;
     if let Some(t) = &opts.target {
-        return run_keyless(t, kind, opts);
+        return run_keyless(t, opts);
     }
     if let Some(t) = &opts.issue_target {
         let cpu = app::start_backends(cfg, "cpu")?.cpu;
         return crate::bench_issue::run(t, opts, cpu);
     }
-    if opts.concurrency == 0 {
-        return Err(Error::Invalid("--concurrency must be at least 1".into()));
-    }
-    if opts.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        return Err(Error::Invalid("--rate must be a positive number".into()));
-    }
+    let kind = opts.kind.unwrap_or_else(|| default_kind(opts.scheme));
+    opts.scheme.check_fits(kind)?;
     let mut ecfg = cfg.engine_config();
     if let Some(b) = opts.batch {
-        if b == 0 {
-            return Err(Error::Invalid("--batch must be at least 1".into()));
-        }
         ecfg.max_batch = b;
     }
     // Room for the whole offered load (a group is admitted whole): the
@@ -426,11 +729,11 @@ fn run_with_key(
         p50_us: measured.percentile(0.50),
         p99_us: measured.percentile(0.99),
         p999_us: measured.percentile(0.999),
-        mean_batch: if batches > 0 {
+        mean_batch: Some(if batches > 0 {
             after_ops.saturating_sub(before_ops) as f64 / batches as f64
         } else {
             0.0
-        },
+        }),
         concurrency: opts.concurrency,
         driver: driver_name(opts).into(),
         rate: opts.rate,
@@ -858,10 +1161,38 @@ fn open_loop(
     vec![p]
 }
 
+/// The key kind a signature shows: RSA by its length (the modulus
+/// size), ECDSA by the size of `r` and `s` (a P-384 signature whose two
+/// halves both fit in 32 bytes has odds of about 2^-256), Ed25519 by its
+/// scheme. `None` for a signature that fits no kind of the scheme's family.
+pub fn kind_of_signature(scheme: Scheme, sig: &[u8]) -> Option<KeyKind> {
+    match scheme.family() {
+        Family::Rsa => match sig.len() {
+            256 => Some(KeyKind::Rsa2048),
+            384 => Some(KeyKind::Rsa3072),
+            512 => Some(KeyKind::Rsa4096),
+            _ => None,
+        },
+        Family::Ecdsa(_) => {
+            if crate::der::ecdsa_der_to_raw(sig, 32).is_ok() {
+                Some(KeyKind::P256)
+            } else if crate::der::ecdsa_der_to_raw(sig, 48).is_ok() {
+                Some(KeyKind::P384)
+            } else {
+                None
+            }
+        }
+        Family::Ed25519 => (sig.len() == 64).then_some(KeyKind::Ed25519),
+    }
+}
+
 /// Loads a running keyless server through the pooled, pipelined client:
-/// `concurrency` requests in flight over `connections` connections.
-fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<BenchReport> {
+/// `concurrency` requests in flight over `connections` connections. The
+/// key is the server's: the report's kind is read from the signatures it
+/// returns (the largest kind any task saw; `unknown` without one).
+fn run_keyless(t: &KeylessTarget, opts: &BenchOptions) -> Result<BenchReport> {
     use crate::keyless::client::{ClientConfig, KeylessClient, op_for_scheme};
+    check_server_name(&t.server_name)?;
     let read = |p: &PathBuf| std::fs::read(p).map_err(|e| Error::io(p, e));
     let cfg = ClientConfig {
         addr: t.addr.clone(),
@@ -869,7 +1200,7 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
         ca_pem: read(&t.ca)?,
         cert_chain_pem: read(&t.cert)?,
         key_pem: read(&t.key)?,
-        connections: t.connections.max(1),
+        connections: t.connections,
         timeout: Duration::from_secs(30),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -881,7 +1212,7 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
     let progress = opts
         .progress
         .then(|| progress_bar(opts.duration + warmup, done.clone()));
-    let measured: Result<Measured> = rt.block_on(async {
+    let measured: Result<(Measured, Option<KeyKind>)> = rt.block_on(async {
         let client = Arc::new(
             KeylessClient::connect(cfg)
                 .await
@@ -896,10 +1227,11 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
             tasks.push(tokio::spawn(async move {
                 let payload = match scheme.prepare(bench_input(scheme, i as u64)) {
                     Ok(p) => p,
-                    Err(e) => return (0, 1, Vec::new(), Some(e.to_string())),
+                    Err(e) => return (0, 1, Vec::new(), Some(e.to_string()), None),
                 };
                 let (mut ops, mut errors, mut lat) = (0u64, 0u64, Vec::new());
                 let mut first_error = None;
+                let mut kind: Option<Option<KeyKind>> = None;
                 loop {
                     let t0 = Instant::now();
                     if t0 >= end {
@@ -908,6 +1240,11 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
                     let r = client.sign(ski, op, payload.clone()).await;
                     let t1 = Instant::now();
                     done.fetch_add(1, Ordering::Relaxed);
+                    if kind.is_none()
+                        && let Ok(sig) = &r
+                    {
+                        kind = Some(kind_of_signature(scheme, sig));
+                    }
                     if t0 >= measure_from && t1 <= end {
                         match r {
                             Ok(_) => {
@@ -921,9 +1258,10 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
                         }
                     }
                 }
-                (ops, errors, lat, first_error)
+                (ops, errors, lat, first_error, kind.flatten())
             }));
         }
+        let mut kind: Option<KeyKind> = None;
         let mut m = Measured {
             ops: 0,
             errors: 0,
@@ -934,27 +1272,28 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
             first_error: None,
         };
         for task in tasks {
-            if let Ok((o, e, l, f)) = task.await {
+            if let Ok((o, e, l, f, k)) = task.await {
                 m.ops += o;
                 m.errors += e;
                 m.latencies_us.extend(l);
                 m.first_error = m.first_error.or(f);
+                kind = kind.max(k);
             }
         }
         m.latencies_us.sort_unstable();
-        Ok(m)
+        Ok((m, kind))
     });
     if let Some((bar, stop, handle)) = progress {
         stop.store(true, Ordering::Release);
         let _ = handle.join();
         bar.finish_and_clear();
     }
-    let m = measured?;
+    let (m, kind) = measured?;
     Ok(BenchReport {
         first_error: m.first_error.clone(),
         backend: format!("keyless://{}", t.addr),
         scheme: opts.scheme.name().into(),
-        kind: kind.name().into(),
+        kind: kind.map_or("unknown", KeyKind::name).into(),
         ops: m.ops,
         errors: m.errors,
         seconds: m.seconds,
@@ -962,7 +1301,7 @@ fn run_keyless(t: &KeylessTarget, kind: KeyKind, opts: &BenchOptions) -> Result<
         p50_us: m.percentile(0.50),
         p99_us: m.percentile(0.99),
         p999_us: m.percentile(0.999),
-        mean_batch: 0.0,
+        mean_batch: None,
         concurrency: opts.concurrency,
         driver: "async".into(),
         rate: None,
@@ -1113,7 +1452,7 @@ impl BenchReport {
     /// A human summary.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "{} {} ({}) on {}: {:.0} ops/s, {} ops in {:.1}s, p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, mean batch {:.1}",
+            "{} {} ({}) on {}: {:.0} ops/s, {} ops in {:.1}s, p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
             self.backend,
             self.scheme,
             self.kind,
@@ -1124,8 +1463,14 @@ impl BenchReport {
             self.p50_us,
             self.p99_us,
             self.p999_us,
-            self.mean_batch
         );
+        // A remote server's batching is not seen from outside.
+        if let Some(b) = self.mean_batch {
+            s.push_str(&format!(", mean batch {b:.1}"));
+        }
+        if self.driver == crate::bench_issue::DRIVER {
+            s.push_str(&format!(", {} CSRs per request", self.max_batch));
+        }
         if self.errors > 0 {
             s.push_str(&format!(", {} errors", self.errors));
             if let Some(e) = &self.first_error {
@@ -1195,6 +1540,163 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn keyless_targets_parse_with_host_port_and_server_name() {
+        use super::KeylessAddr;
+        use rustls_pki_types::ServerName;
+        let a = KeylessAddr::parse("keyless://[::1]:31247").unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("::1", 31247));
+        assert_eq!(a.dial(), "[::1]:31247");
+        assert_eq!(a.default_server_name(), "::1");
+        // An IP literal is an IP server name (matched against IP SANs).
+        let name = ServerName::try_from(a.default_server_name()).unwrap();
+        assert!(matches!(name, ServerName::IpAddress(_)), "{name:?}");
+        super::check_server_name(&a.default_server_name()).unwrap();
+
+        let a = KeylessAddr::parse("keyless://127.0.0.1:2407").unwrap();
+        assert_eq!(
+            (a.host.as_str(), a.port, a.dial().as_str()),
+            ("127.0.0.1", 2407, "127.0.0.1:2407")
+        );
+        let name = ServerName::try_from(a.default_server_name()).unwrap();
+        assert!(matches!(name, ServerName::IpAddress(_)), "{name:?}");
+
+        let a = KeylessAddr::parse("keyless://keyless.example.org:2407").unwrap();
+        assert_eq!(a.dial(), "keyless.example.org:2407");
+        let name = ServerName::try_from(a.default_server_name()).unwrap();
+        assert!(matches!(name, ServerName::DnsName(_)), "{name:?}");
+
+        for (bad, says) in [
+            ("keyless://localhost", "the port is missing"),
+            ("keyless://localhost:", "the port is missing"),
+            ("keyless://[::1]", "the port is missing"),
+            ("keyless://:2407", "the host is missing"),
+            ("keyless://localhost:0", "not a port"),
+            ("keyless://localhost:70000", "not a port"),
+            ("keyless://::1:2407", "in brackets"),
+            ("keyless://[::1:2407", "unclosed"),
+            ("keyless://[localhost]:2407", "not an IPv6 address"),
+            ("keyless://localhost:2407/x", "only HOST:PORT"),
+            ("https://localhost:2407", "expected keyless://"),
+        ] {
+            let e = KeylessAddr::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains(bad), "{bad}: {e}");
+        }
+        let e = super::check_server_name("[::1]").unwrap_err().to_string();
+        assert!(e.contains("--server-name"), "{e}");
+    }
+
+    #[test]
+    fn issuance_targets_name_a_missing_port() {
+        super::check_issue_target("https://localhost:8443").unwrap();
+        super::check_issue_target("https://[::1]:8443").unwrap();
+        super::check_issue_target("https://localhost").unwrap();
+        for bad in [
+            "https://localhost:",
+            "https://[::1]:",
+            "https://localhost:/api",
+        ] {
+            let e = super::check_issue_target(bad).unwrap_err().to_string();
+            assert!(e.contains("port is missing"), "{bad}: {e}");
+        }
+        let e = super::check_issue_target("https://localhost:x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--target") && e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn flags_a_run_does_not_use_are_refused_by_name() {
+        use super::{RunKind, check_flags};
+        check_flags(RunKind::InProcess, &["--rate", "--batch", "--backend"]).unwrap();
+        check_flags(RunKind::Keyless, &["--ski", "--connections", "--ca"]).unwrap();
+        check_flags(
+            RunKind::Issuance,
+            &["--batch", "--compare-raw", "--csr-kind"],
+        )
+        .unwrap();
+        for (kind, flag, target) in [
+            (RunKind::Keyless, "--rate", "keyless://"),
+            (RunKind::Keyless, "--batch", "keyless://"),
+            (RunKind::Keyless, "--kind", "keyless://"),
+            (RunKind::Keyless, "--compare-raw", "keyless://"),
+            (RunKind::Keyless, "--callbacks", "keyless://"),
+            (RunKind::Keyless, "--backend", "keyless://"),
+            (RunKind::Keyless, "--cuda-check", "keyless://"),
+            (RunKind::Keyless, "--csr-kind", "keyless://"),
+            (RunKind::Issuance, "--rate", "https://"),
+            (RunKind::Issuance, "--ski", "https://"),
+            (RunKind::Issuance, "--connections", "https://"),
+            (RunKind::Issuance, "--cuda-rsa-mapping", "https://"),
+            (RunKind::InProcess, "--connections", "no --target"),
+            (RunKind::InProcess, "--spiffe-prefix", "no --target"),
+        ] {
+            let e = check_flags(kind, &[flag]).unwrap_err().to_string();
+            assert!(e.starts_with(flag) && e.contains(target), "{flag}: {e}");
+        }
+        assert!(RunKind::of(Some("http://x:1")).is_err());
+        assert_eq!(
+            RunKind::of(Some("keyless://x:1")).unwrap(),
+            RunKind::Keyless
+        );
+    }
+
+    #[test]
+    fn a_signature_shows_its_key_kind() {
+        use super::kind_of_signature;
+        use crate::scheme::{KeyKind, Scheme};
+        use openssl::{ec, nid::Nid, pkey::PKey, rsa::Rsa, sign::Signer};
+        let ec_sig = |nid: Nid| {
+            let group = ec::EcGroup::from_curve_name(nid).unwrap();
+            let key = ec::EcKey::generate(&group).unwrap();
+            openssl::ecdsa::EcdsaSig::sign(&[7; 32], &key)
+                .unwrap()
+                .to_der()
+                .unwrap()
+        };
+        let rsa_sig = |bits: u32| {
+            let key = PKey::from_rsa(Rsa::generate(bits).unwrap()).unwrap();
+            let mut s = Signer::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
+            s.sign_oneshot_to_vec(b"x").unwrap()
+        };
+        let ed = PKey::generate_ed25519().unwrap();
+        let ed_sig = Signer::new_without_digest(&ed)
+            .unwrap()
+            .sign_oneshot_to_vec(b"x")
+            .unwrap();
+        let p256 = Scheme::EcdsaSecp256r1Sha256;
+        for (sig, scheme, kind) in [
+            (
+                rsa_sig(2048),
+                Scheme::RsaPssRsaeSha256,
+                Some(KeyKind::Rsa2048),
+            ),
+            (
+                rsa_sig(3072),
+                Scheme::RsaPkcs1Sha256,
+                Some(KeyKind::Rsa3072),
+            ),
+            (ec_sig(Nid::X9_62_PRIME256V1), p256, Some(KeyKind::P256)),
+            (
+                ec_sig(Nid::SECP384R1),
+                Scheme::EcdsaSecp384r1Sha384,
+                Some(KeyKind::P384),
+            ),
+            // A P-384 key answers a SHA-256 ECDSA request too.
+            (ec_sig(Nid::SECP384R1), p256, Some(KeyKind::P384)),
+            (ed_sig, Scheme::Ed25519, Some(KeyKind::Ed25519)),
+            (vec![0; 100], Scheme::RsaPkcs1Sha256, None),
+            (vec![0; 10], p256, None),
+        ] {
+            assert_eq!(
+                kind_of_signature(scheme, &sig),
+                kind,
+                "{scheme:?} {}",
+                sig.len()
+            );
+        }
     }
 
     #[test]

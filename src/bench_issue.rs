@@ -37,6 +37,9 @@ pub struct IssueTarget {
     pub id_prefix: String,
 }
 
+/// The report's `driver` for an issuance run.
+pub const DRIVER: &str = "issuance-api";
+
 /// How many distinct CSRs are cycled through.
 const CSR_POOL: usize = 64;
 
@@ -77,13 +80,24 @@ fn make_csr(kind: KeyKind) -> Result<String> {
 }
 
 /// Runs the benchmark: `opts.concurrency` requests in flight, each a batch
-/// of `opts.batch` items.
+/// of `opts.batch` items (500 by default). The caller
+/// ([`crate::bench::run`]) has refused the options this run does not use.
+///
+/// # Errors
+///
+/// [`Error::Invalid`] for a bad target or a run that cannot start.
 pub fn run(
     t: &IssueTarget,
     opts: &BenchOptions,
     cpu: Option<Arc<CpuBackend>>,
 ) -> Result<BenchReport> {
-    let batch = opts.batch.unwrap_or(500).max(1);
+    let batch = opts.batch.unwrap_or(500);
+    if batch == 0 || opts.concurrency == 0 {
+        return Err(Error::Invalid(
+            "--batch and --concurrency must be at least 1".into(),
+        ));
+    }
+    crate::bench::check_issue_target(&t.url)?;
     let csrs: Arc<Vec<String>> = Arc::new(
         (0..CSR_POOL)
             .map(|_| make_csr(t.csr_kind))
@@ -130,7 +144,7 @@ pub fn run(
         let start = Instant::now();
         let (from, end) = (start + warmup, start + warmup + opts.duration);
         let mut tasks = Vec::new();
-        for task in 0..opts.concurrency.max(1) {
+        for task in 0..opts.concurrency {
             let (client, items, prefix) = (client.clone(), items.clone(), t.id_prefix.clone());
             tasks.push(tokio::spawn(async move {
                 let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
@@ -219,9 +233,11 @@ pub fn run(
         p50_us: pct(0.5),
         p99_us: pct(0.99),
         p999_us: pct(0.999),
-        mean_batch: batch as f64,
+        // The server's engine batching is not seen from here; the items per
+        // request are `max_batch`.
+        mean_batch: None,
         concurrency: opts.concurrency,
-        driver: "issuance-api".into(),
+        driver: DRIVER.into(),
         rate: None,
         max_batch: batch,
         max_wait_us: 0,
@@ -281,11 +297,6 @@ fn raw_bound(
     Ok((total.load(Ordering::Relaxed), start.elapsed()))
 }
 
-/// Counts the items of a batch answer that were issued and that failed:
-/// every result carries exactly one `"status"` member, and the server writes
-/// it compactly, so scanning for it is exact and far cheaper than parsing
-/// the chains. An answer with another number of results counts as all
-/// failed.
 /// Why a batch answer counted as failed: the first failed item's code and
 /// message, or the HTTP status and the start of the body.
 fn describe_failure(status: u16, body: &[u8]) -> String {
@@ -305,6 +316,11 @@ fn describe_failure(status: u16, body: &[u8]) -> String {
     format!("HTTP {status}: {}", text.trim())
 }
 
+/// Counts the items of a batch answer that were issued and that failed:
+/// every result carries exactly one `"status"` member, and the server writes
+/// it compactly, so scanning for it is exact and far cheaper than parsing
+/// the chains. An answer with another number of results counts as all
+/// failed.
 fn count_statuses(body: &[u8], batch: usize) -> (u64, u64) {
     let ok = memchr::memmem::find_iter(body, b"\"status\":\"ok\"").count() as u64;
     let err = memchr::memmem::find_iter(body, b"\"status\":\"error\"").count() as u64;

@@ -19,11 +19,17 @@ use sigmux::{Error, KeyKind, Result, Scheme, SignInput, SignRequest};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The variable holding the log filter.
+const LOG_ENV: &str = "SIGMUX_LOG";
+
 #[derive(Parser)]
 #[command(
     name = "sigmux",
     version,
-    about = "Signing and TLS-handshake offload service"
+    about = "Signing and TLS-handshake offload service",
+    after_help = "Logging: to stderr. SIGMUX_LOG sets the filter, as tracing EnvFilter \
+directives (e.g. SIGMUX_LOG=debug, or SIGMUX_LOG=info,sigmux=debug); default: info for \
+`serve`, warn for the other commands."
 )]
 struct Cli {
     /// Config file (TOML); without it sigmux runs on its embedded defaults.
@@ -51,7 +57,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Load-test the engine in process.
+    /// Load-test the engine in process, or a running keyless server or
+    /// issuance API (--target).
     Bench(BenchArgs),
     /// Work with the audit log.
     #[command(subcommand)]
@@ -316,57 +323,69 @@ struct SignArgs {
     out: Option<PathBuf>,
 }
 
+// Flags some kinds of run do not use are refused (`bench::check_flags`),
+// so the ones with a default are options here: given or not is known.
 #[derive(Args)]
 struct BenchArgs {
-    /// cpu, cuda, pkcs11 or auto.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
-    /// Scheme to sign with.
+    /// cpu, cuda, pkcs11 or auto [default: cpu]. In process only.
     #[arg(long)]
-    scheme: String,
-    /// Key kind (default: rsa2048 for RSA schemes, the scheme's curve otherwise).
+    backend: Option<String>,
+    /// Scheme to sign with. Required, except with --target https://, where
+    /// the server's intermediate signs with the scheme of --ca-kind.
+    #[arg(long)]
+    scheme: Option<String>,
+    /// Key kind (default: rsa2048 for RSA schemes, the scheme's curve
+    /// otherwise). In process only: a keyless server's kind is read from its
+    /// signatures.
     #[arg(long)]
     kind: Option<String>,
     /// Measured seconds (after a short warm-up).
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
-    /// Requests in flight (closed loop).
+    /// Requests in flight (closed loop), at least 1.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
-    /// Submit groups of N requests (latency is then per group) and use N as
-    /// the engine's max_batch.
+    /// In process: submit groups of N requests (latency is then per group)
+    /// and use N as the engine's max_batch. With --target https://: CSRs
+    /// per request [default there: 500]. Not with keyless://.
     #[arg(long)]
     batch: Option<usize>,
-    /// Open loop: offer this many requests per second instead.
+    /// Open loop: offer this many requests per second instead. In process
+    /// only.
     #[arg(long)]
     rate: Option<f64>,
     /// Also run the bare library on the same threads and report the ratio.
+    /// In process and with --target https:// (the CSR-verify-plus-sign bound).
     #[arg(long)]
     compare_raw: bool,
     /// Closed-loop clients take answers by callback on the engine's threads
-    /// (no async runtime between answers and the next request).
+    /// (no async runtime between answers and the next request). In process
+    /// only.
     #[arg(long)]
     callbacks: bool,
     /// Scheduling of the closed-loop load generator's thread: "batch"
-    /// (never preempts the engine's workers on wake-up) or "normal".
-    #[arg(long, default_value = "batch")]
-    caller_sched: String,
+    /// (never preempts the engine's workers on wake-up) or "normal"
+    /// [default: batch]. In process only.
+    #[arg(long)]
+    caller_sched: Option<String>,
     /// With --backend cuda: how many ECDSA signatures the GPU checks
-    /// ("all" or "sample:N"), overriding backends.cuda.check.
+    /// ("all" or "sample:N"), overriding backends.cuda.check. In process only.
     #[arg(long)]
     cuda_check: Option<String>,
     /// With --backend cuda: the RSA sign kernels' thread mapping ("thread",
     /// "wide", "coop:8" or "coop:16"), overriding backends.cuda.rsa_mapping.
+    /// In process only.
     #[arg(long)]
     cuda_rsa_mapping: Option<String>,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Load a running server instead: keyless://HOST:PORT, or the issuance
-    /// API at https://HOST:PORT.
+    /// Load a running server instead: keyless://HOST:PORT (a host name, an
+    /// IPv4 address or [IPv6]), or the issuance API at https://HOST[:PORT]
+    /// (443 by default). Flags that kind of run does not use are refused.
     #[arg(long)]
     target: Option<String>,
-    /// With --target: SKI (hex) of the key to sign with.
+    /// With --target keyless://: SKI (hex) of the key to sign with.
     #[arg(long, requires = "target")]
     ski: Option<String>,
     /// With --target: CA certificates for the server (PEM).
@@ -378,22 +397,25 @@ struct BenchArgs {
     /// With --target: client private key (PEM).
     #[arg(long, requires = "target")]
     client_key: Option<PathBuf>,
-    /// With --target: name in the server's certificate (default: the host).
+    /// With --target keyless://: name in the server's certificate (default:
+    /// the host; an IP address is matched against IP address SANs).
     #[arg(long, requires = "target")]
     server_name: Option<String>,
-    /// With --target: connections in the client pool.
-    #[arg(long, default_value_t = 8)]
-    connections: usize,
-    /// With --target https://...: key kind of the CSRs' workload keys.
-    #[arg(long, default_value = "p256")]
-    csr_kind: String,
-    /// With --target https://...: key kind of the server's intermediate
-    /// (for the raw-crypto bound).
-    #[arg(long, default_value = "p256")]
-    ca_kind: String,
-    /// With --target https://...: SPIFFE ID prefix the caller may request.
-    #[arg(long, default_value = "spiffe://example.org/bench")]
-    spiffe_prefix: String,
+    /// With --target keyless://: connections in the client pool [default: 8].
+    #[arg(long)]
+    connections: Option<usize>,
+    /// With --target https://: key kind of the CSRs' workload keys
+    /// [default: p256].
+    #[arg(long)]
+    csr_kind: Option<String>,
+    /// With --target https://: key kind of the server's intermediate (for
+    /// the raw-crypto bound and the scheme reported) [default: p256].
+    #[arg(long)]
+    ca_kind: Option<String>,
+    /// With --target https://: SPIFFE ID prefix the caller may request
+    /// [default: spiffe://example.org/bench].
+    #[arg(long)]
+    spiffe_prefix: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -407,7 +429,15 @@ fn main() -> ExitCode {
         let _ = writeln!(std::io::stderr(), "sigmux: internal error: {msg}");
     }));
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SIGMUX_LOG").unwrap_or_else(|_| {
+    // SIGMUX_LOG (EnvFilter directives) replaces the default filter; one
+    // that does not parse is named rather than silently ignored.
+    let from_env = match std::env::var(LOG_ENV) {
+        Ok(v) if !v.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&v)
+            .map_err(|e| eprintln!("sigmux: warning: {LOG_ENV}='{v}' ignored: {e}"))
+            .ok(),
+        _ => None,
+    };
+    let filter = from_env.unwrap_or_else(|| {
         // cryptoki logs every mechanism number it has no name for (vendor
         // and newer ones) at error level while listing a token's mechanisms.
         tracing_subscriber::EnvFilter::new(if matches!(cli.command, Command::Serve) {
@@ -851,56 +881,113 @@ fn bench_cmd(cfg: &Config, a: BenchArgs) -> Result<()> {
             "--duration must be a positive number of seconds".into(),
         ));
     }
-    let issue_target = match &a.target {
-        Some(t) if t.starts_with("https://") => {
-            let need = |v: &Option<PathBuf>, flag: &str| {
-                v.clone()
-                    .ok_or_else(|| Error::Invalid(format!("--target needs {flag}")))
-            };
-            Some(sigmux::bench_issue::IssueTarget {
-                url: t.clone(),
-                ca: need(&a.ca, "--ca")?,
-                cert: need(&a.client_cert, "--client-cert")?,
-                key: need(&a.client_key, "--client-key")?,
-                csr_kind: a.csr_kind.parse()?,
-                ca_kind: a.ca_kind.parse()?,
-                id_prefix: a.spiffe_prefix.trim_end_matches('/').to_string(),
-            })
-        }
-        _ => None,
+    if a.concurrency == 0 {
+        return Err(Error::Invalid("--concurrency must be at least 1".into()));
+    }
+    // What the run drives decides which flags mean something: the others
+    // are refused, naming the flag, rather than ignored.
+    let run_kind = bench::RunKind::of(a.target.as_deref())?;
+    let given: Vec<&str> = [
+        ("--backend", a.backend.is_some()),
+        ("--kind", a.kind.is_some()),
+        ("--batch", a.batch.is_some()),
+        ("--rate", a.rate.is_some()),
+        ("--compare-raw", a.compare_raw),
+        ("--callbacks", a.callbacks),
+        ("--caller-sched", a.caller_sched.is_some()),
+        ("--cuda-check", a.cuda_check.is_some()),
+        ("--cuda-rsa-mapping", a.cuda_rsa_mapping.is_some()),
+        ("--ski", a.ski.is_some()),
+        ("--server-name", a.server_name.is_some()),
+        ("--connections", a.connections.is_some()),
+        ("--ca", a.ca.is_some()),
+        ("--client-cert", a.client_cert.is_some()),
+        ("--client-key", a.client_key.is_some()),
+        ("--csr-kind", a.csr_kind.is_some()),
+        ("--ca-kind", a.ca_kind.is_some()),
+        ("--spiffe-prefix", a.spiffe_prefix.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect();
+    bench::check_flags(run_kind, &given)?;
+    let need = |v: &Option<PathBuf>, flag: &str| {
+        v.clone().ok_or_else(|| {
+            Error::Invalid(format!(
+                "--target {} needs {flag}",
+                a.target.as_deref().unwrap_or("")
+            ))
+        })
     };
-    let target = match &a.target {
-        None => None,
-        Some(t) if t.starts_with("https://") => None,
-        Some(t) => {
-            let addr = t.strip_prefix("keyless://").ok_or_else(|| {
-                Error::Invalid(format!("--target '{t}' must look like keyless://HOST:PORT"))
-            })?;
-            let need = |v: &Option<PathBuf>, flag: &str| {
-                v.clone()
-                    .ok_or_else(|| Error::Invalid(format!("--target needs {flag}")))
-            };
+    let scheme_flag = || -> Result<Scheme> {
+        a.scheme
+            .as_deref()
+            .ok_or_else(|| {
+                Error::Invalid("--scheme is required (e.g. ecdsa_secp256r1_sha256)".into())
+            })?
+            .parse()
+    };
+    let (target, issue_target, scheme) = match (run_kind, a.target.as_deref()) {
+        (bench::RunKind::Keyless, Some(t)) => {
+            let addr = bench::KeylessAddr::parse(t)?;
             let mut ski = [0u8; 20];
             hex::decode_to_slice(a.ski.as_deref().unwrap_or(""), &mut ski).map_err(|_| {
-                Error::Invalid("--target needs --ski with 40 hex characters".into())
+                Error::Invalid("--target keyless:// needs --ski with 40 hex characters".into())
             })?;
-            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-            Some(bench::KeylessTarget {
-                addr: addr.to_string(),
-                server_name: a.server_name.clone().unwrap_or_else(|| host.to_string()),
+            let server_name = a
+                .server_name
+                .clone()
+                .unwrap_or_else(|| addr.default_server_name());
+            bench::check_server_name(&server_name)?;
+            let target = bench::KeylessTarget {
+                addr: addr.dial(),
+                server_name,
                 ca: need(&a.ca, "--ca")?,
                 cert: need(&a.client_cert, "--client-cert")?,
                 key: need(&a.client_key, "--client-key")?,
                 ski,
-                connections: a.connections,
-            })
+                connections: a.connections.unwrap_or(8),
+            };
+            (Some(target), None, scheme_flag()?)
         }
+        (bench::RunKind::Issuance, Some(t)) => {
+            bench::check_issue_target(t)?;
+            let ca_kind: KeyKind = a.ca_kind.as_deref().unwrap_or("p256").parse()?;
+            // The intermediate signs with its kind's scheme; --scheme is
+            // taken for compatibility and does not change it.
+            let used = Scheme::default_for(ca_kind);
+            if let Some(s) = &a.scheme
+                && s.parse::<Scheme>()? != used
+            {
+                eprintln!(
+                    "sigmux: warning: --scheme {s} is not used with --target https://: the \
+                     intermediate ({ca_kind}, --ca-kind) signs with {}",
+                    used.name()
+                );
+            }
+            let target = sigmux::bench_issue::IssueTarget {
+                url: t.to_string(),
+                ca: need(&a.ca, "--ca")?,
+                cert: need(&a.client_cert, "--client-cert")?,
+                key: need(&a.client_key, "--client-key")?,
+                csr_kind: a.csr_kind.as_deref().unwrap_or("p256").parse()?,
+                ca_kind,
+                id_prefix: a
+                    .spiffe_prefix
+                    .as_deref()
+                    .unwrap_or("spiffe://example.org/bench")
+                    .trim_end_matches('/')
+                    .to_string(),
+            };
+            (None, Some(target), used)
+        }
+        _ => (None, None, scheme_flag()?),
     };
     let opts = BenchOptions {
         target,
         issue_target,
-        backend: a.backend,
-        scheme: a.scheme.parse()?,
+        backend: a.backend.unwrap_or_else(|| "cpu".into()),
+        scheme,
         kind: a.kind.map(|k| k.parse()).transpose()?,
         duration: Duration::from_secs_f64(a.duration),
         concurrency: a.concurrency,
@@ -908,7 +995,7 @@ fn bench_cmd(cfg: &Config, a: BenchArgs) -> Result<()> {
         rate: a.rate,
         compare_raw: a.compare_raw,
         callbacks: a.callbacks,
-        caller_sched: a.caller_sched.parse()?,
+        caller_sched: a.caller_sched.as_deref().unwrap_or("batch").parse()?,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         cuda_check: a
             .cuda_check
