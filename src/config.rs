@@ -554,8 +554,8 @@ pub struct IssuanceSection {
     pub callers: Vec<IssuanceCallerRule>,
 }
 
-/// `[[issuance.callers]]`: one caller and the SPIFFE ID prefixes it may
-/// request.
+/// `[[issuance.callers]]`: one caller, the SPIFFE ID prefixes it may
+/// request and the DNS suffixes it may put in those SVIDs.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuanceCallerRule {
@@ -565,6 +565,10 @@ pub struct IssuanceCallerRule {
     pub fingerprint: Option<String>,
     /// SPIFFE ID prefixes (path-segment aligned) it may request.
     pub allowed_prefixes: Vec<String>,
+    /// DNS suffixes (label aligned) its DNS SANs must lie under; empty (the
+    /// default): it may request no DNS SAN.
+    #[serde(default)]
+    pub allowed_dns_suffixes: Vec<String>,
 }
 
 fn default_issuance_listen() -> String {
@@ -930,6 +934,7 @@ impl Config {
     /// The issuance listener's settings, or `None` when it is not
     /// configured (cert, key and client_ca all unset).
     pub fn issuance_settings(&self) -> Result<Option<crate::api::IssuanceSettings>> {
+        use crate::api::issue::DnsSuffix;
         use crate::api::{CallerRule, IssuanceSettings};
         use crate::ca::spiffe::SpiffeIdPrefix;
         let s = &self.issuance;
@@ -1007,9 +1012,17 @@ impl Config {
                         .map_err(|e| bad(&format!("{field}.allowed_prefixes[{j}]"), e))?,
                 );
             }
+            let mut dns_suffixes = Vec::new();
+            for (j, d) in r.allowed_dns_suffixes.iter().enumerate() {
+                dns_suffixes.push(
+                    DnsSuffix::parse(d)
+                        .map_err(|e| bad(&format!("{field}.allowed_dns_suffixes[{j}]"), e))?,
+                );
+            }
             callers.push(CallerRule {
                 client,
                 allowed_prefixes: prefixes,
+                allowed_dns_suffixes: dns_suffixes,
             });
         }
         let Some((cert, key, ca)) = tls else {
@@ -1466,5 +1479,76 @@ mod tests {
             let err = Config::parse(text, "t").unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn issuance_caller_dns_suffixes_default_to_none_and_are_checked() {
+        let head = "[issuance]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n\
+                    [[issuance.callers]]\nid = \"spiffe://td/a\"\nallowed_prefixes = [\"spiffe://td\"]\n";
+        let suffixes = |text: &str| -> Vec<Vec<String>> {
+            let c = Config::parse(text, "t").unwrap();
+            let s = c.issuance_settings().unwrap().unwrap();
+            s.callers
+                .iter()
+                .map(|r| {
+                    r.allowed_dns_suffixes
+                        .iter()
+                        .map(|d| d.as_str().to_string())
+                        .collect()
+                })
+                .collect()
+        };
+        // Unset: none, so the caller gets no DNS SAN.
+        assert_eq!(suffixes(head), [Vec::<String>::new()]);
+        // Kept lowercase: names are compared without regard to case.
+        assert_eq!(
+            suffixes(&format!(
+                "{head}allowed_dns_suffixes = [\"Prod.SVC\", \"cluster.local\", \"internal\"]\n"
+            )),
+            [vec!["prod.svc", "cluster.local", "internal"]]
+        );
+        let second =
+            "[[issuance.callers]]\nfingerprint = \"00\"\nallowed_prefixes = [\"spiffe://td\"]\n";
+        let second = second.replace("\"00\"", &format!("\"{}\"", "ab".repeat(32)));
+        for (dns, want) in [
+            (
+                "[\"\"]",
+                "issuance.callers[1].allowed_dns_suffixes[0]: invalid DNS name '': empty",
+            ),
+            (
+                "[\"ok.svc\", \".prod.svc\"]",
+                "issuance.callers[1].allowed_dns_suffixes[1]: '.prod.svc': write it without the leading '.'",
+            ),
+            (
+                "[\"*.prod.svc\"]",
+                "issuance.callers[1].allowed_dns_suffixes[0]: '*.prod.svc': write it without a wildcard",
+            ),
+            (
+                "[\"prod.svc.\"]",
+                "issuance.callers[1].allowed_dns_suffixes[0]: invalid DNS name 'prod.svc.': trailing dot",
+            ),
+            (
+                "[\"a_b.svc\"]",
+                "issuance.callers[1].allowed_dns_suffixes[0]: invalid DNS name 'a_b.svc'",
+            ),
+            (
+                "[\"a..svc\"]",
+                "issuance.callers[1].allowed_dns_suffixes[0]: invalid DNS name 'a..svc': empty label",
+            ),
+            (
+                "[\"10.0.0.1\"]",
+                "issuance.callers[1].allowed_dns_suffixes[0]: invalid DNS name '10.0.0.1'",
+            ),
+            ("\"prod.svc\"", "expected a sequence"),
+        ] {
+            let text = format!("{head}{second}allowed_dns_suffixes = {dns}\n");
+            let err = Config::parse(&text, "t").unwrap_err().to_string();
+            assert!(err.contains(want), "{dns}: {err}");
+        }
+        // A misspelt field is refused, not ignored (it would deny silently).
+        let err = Config::parse(&format!("{head}allowed_dns_suffix = [\"a.svc\"]\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allowed_dns_suffix"), "{err}");
     }
 }

@@ -87,7 +87,8 @@ fn issuance_setup(dir: &Path, prefix: &str, extra: &str) {
              [issuance]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
              client_ca = \"ca.pem\"\n{extra}\
              [[issuance.callers]]\nid = \"spiffe://example.org/issuer\"\n\
-             allowed_prefixes = [\"{prefix}\"]\n"
+             allowed_prefixes = [\"{prefix}\"]\n\
+             allowed_dns_suffixes = [\"prod.svc\"]\n"
         ),
     )
     .unwrap();

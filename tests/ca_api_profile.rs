@@ -263,7 +263,8 @@ fn issuance_api_spiffe_profiles() {
          [issuance]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
          client_ca = \"ca.pem\"\nmax_items = 16\nmax_ttl_seconds = 600\n\
          [[issuance.callers]]\nid = \"spiffe://example.org/issuer\"\n\
-         allowed_prefixes = [\"spiffe://example.org/ns/prod\"]\n",
+         allowed_prefixes = [\"spiffe://example.org/ns/prod\"]\n\
+         allowed_dns_suffixes = [\"prod.svc\", \"api.example.org\"]\n",
     )
     .unwrap();
     sigmux(dir, &["ca", "init", "--trust-domain", "example.org"]);

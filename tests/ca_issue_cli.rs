@@ -37,7 +37,8 @@ fn issue_cli_end_to_end() {
          [issuance]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
          client_ca = \"ca.pem\"\nmax_items = 2\nmax_ttl_seconds = 600\n\
          [[issuance.callers]]\nid = \"spiffe://example.org/issuer\"\n\
-         allowed_prefixes = [\"spiffe://example.org/ns/web\", \"spiffe://example.org/ns/junk\"]\n",
+         allowed_prefixes = [\"spiffe://example.org/ns/web\", \"spiffe://example.org/ns/junk\"]\n\
+         allowed_dns_suffixes = [\"web.svc\"]\n",
     )
     .unwrap();
     sigmux(dir, &["ca", "init", "--trust-domain", "example.org"]);

@@ -7,7 +7,9 @@
 //! `issuance.body_timeout_seconds` gets 408. In a batch, a bad item fails
 //! alone, one that cannot be read as an item too (`item_malformed`: a
 //! field of the wrong type, unknown or missing); every valid item is
-//! signed in one engine group. A batch's CPU
+//! signed in one engine group. An item's DNS names must lie under the
+//! `allowed_dns_suffixes` of the caller's rule ([`check_dns_names`]);
+//! without any, a caller gets no DNS SAN. A batch's CPU
 //! work (CSR checks, certificate building, JSON) runs on a blocking thread,
 //! never on the async workers the keyless server shares, and at most
 //! `issuance.max_concurrent_batches` run at once.
@@ -34,13 +36,14 @@ use serde_json::json;
 use super::metrics::IssuanceMetrics;
 use super::rate::CallerRate;
 use super::refusals::{self, RefusalBudget};
-use super::{IssuanceSettings, Peer, caller_allows};
+use super::{CallerRule, IssuanceSettings, Peer, caller_allows};
 use crate::ca::authority::{self, CaState, CaStatus};
 use crate::ca::crl::CrlCache;
 use crate::ca::csr::{self, CsrError};
 use crate::ca::spiffe::{SpiffeId, TrustDomain};
 use crate::ca::svid::{self, Issuer, SvidPolicy, SvidRequest};
 use crate::engine::Engine;
+use crate::keyless::auth::{ClientIdentity, ClientMatch};
 use crate::keys::KeyStore;
 
 /// Body bytes allowed per batch item (a CSR is at most 64 KiB).
@@ -863,6 +866,157 @@ fn check_id(
     Ok(id)
 }
 
+/// A DNS suffix under which a caller may request DNS SANs
+/// (`issuance.callers[i].allowed_dns_suffixes`): a DNS name, lowercase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsSuffix(String);
+
+impl DnsSuffix {
+    /// Reads a suffix: a DNS name as a DNS SAN takes it (LDH labels, no
+    /// wildcard, no trailing dot), without a leading dot; any case, kept
+    /// lowercase.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with it, for a message naming the config field.
+    pub fn parse(s: &str) -> Result<DnsSuffix, String> {
+        if let Some(rest) = s.strip_prefix('.') {
+            return Err(format!(
+                "'{}': write it without the leading '.' ('{rest}' allows {rest} and names under it, such as a.{rest}, never names that only end the same way)",
+                excerpt(s)
+            ));
+        }
+        if s.starts_with('*') {
+            return Err(format!(
+                "'{}': write it without a wildcard: a suffix already allows every name under it",
+                excerpt(s)
+            ));
+        }
+        svid::validate_dns_name(s, false).map_err(|e| e.to_string())?;
+        Ok(DnsSuffix(s.to_ascii_lowercase()))
+    }
+
+    /// The suffix, lowercase.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `name` (a DNS SAN, any case) is the suffix itself or lies
+    /// under it: it ends with `.` and the suffix, so `prod.svc` covers
+    /// `prod.svc` and `a.prod.svc`, never `evilprod.svc`. A wildcard
+    /// `*.base` is judged by its base, every name it stands for then lying
+    /// under the suffix too.
+    #[must_use]
+    pub fn covers(&self, name: &str) -> bool {
+        let base = name.strip_prefix("*.").unwrap_or(name).as_bytes();
+        let suffix = self.0.as_bytes();
+        match base.len().checked_sub(suffix.len()) {
+            Some(0) => base.eq_ignore_ascii_case(suffix),
+            Some(cut) => base[cut - 1] == b'.' && base[cut..].eq_ignore_ascii_case(suffix),
+            None => false,
+        }
+    }
+}
+
+/// A batch item refused before signing: its code, the message and, when a
+/// DNS name was refused, that name (for the audit record).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ItemRefusal {
+    /// The item's error code.
+    pub code: &'static str,
+    /// What is wrong, for the caller.
+    pub message: String,
+    /// The DNS name refused by the caller's rules, if that was the reason.
+    pub dns_name: Option<String>,
+}
+
+/// Whether `rule` names `who`.
+fn names_caller(rule: &CallerRule, who: &ClientIdentity) -> bool {
+    match &rule.client {
+        ClientMatch::SpiffeId(s) => who.spiffe_id.as_deref() == Some(s.as_str()),
+        ClientMatch::Fingerprint(f) => *f == who.fingerprint,
+    }
+}
+
+/// Checks the DNS names `who` requests with `id` (which its rules allow)
+/// and returns them lowercased, as the SVID will carry them. Each must be
+/// a valid DNS SAN under `policy` (else `dns_name`), and one
+/// `[[issuance.callers]]` rule naming `who` must allow both `id` and every
+/// name: each equal to or under one of its `allowed_dns_suffixes`
+/// ([`DnsSuffix::covers`]). A rule without any allows no DNS name, so a
+/// caller gets DNS SANs only where the config says so; a name refused is
+/// `forbidden`, the message naming it and the config field.
+///
+/// # Errors
+///
+/// The item's refusal.
+pub fn check_dns_names(
+    rules: &[CallerRule],
+    who: &ClientIdentity,
+    id: &SpiffeId,
+    names: Vec<String>,
+    policy: &SvidPolicy,
+) -> Result<Vec<String>, ItemRefusal> {
+    if names.is_empty() {
+        return Ok(names);
+    }
+    let invalid = |e: svid::SvidError| ItemRefusal {
+        code: e.code(),
+        message: e.to_string(),
+        dns_name: None,
+    };
+    if names.len() > policy.max_dns_names {
+        return Err(invalid(svid::SvidError::TooManyDnsNames {
+            count: names.len(),
+            max: policy.max_dns_names,
+        }));
+    }
+    let mut names = names;
+    for name in &mut names {
+        name.make_ascii_lowercase();
+        svid::validate_dns_name(name, policy.allow_wildcard_dns).map_err(invalid)?;
+    }
+    // The first name refused, by the first rule that allows the ID.
+    let mut refused: Option<(usize, &CallerRule, &str)> = None;
+    for (i, rule) in rules.iter().enumerate() {
+        if !names_caller(rule, who) || !rule.allowed_prefixes.iter().any(|p| p.matches(id)) {
+            continue;
+        }
+        let uncovered = names
+            .iter()
+            .find(|n| !rule.allowed_dns_suffixes.iter().any(|s| s.covers(n)));
+        match uncovered {
+            None => return Ok(names),
+            Some(n) => {
+                refused.get_or_insert((i, rule, n));
+            }
+        }
+    }
+    let caller = who.label();
+    let (message, dns_name) = match refused {
+        Some((i, rule, name)) => {
+            let field = format!("issuance.callers[{i}].allowed_dns_suffixes");
+            let why = if rule.allowed_dns_suffixes.is_empty() {
+                format!("{field} is empty, so no DNS name is allowed")
+            } else {
+                format!("it is not under any suffix in {field}")
+            };
+            (
+                format!("caller {caller} may not request the DNS name '{name}' with {id}: {why}"),
+                Some(name.to_owned()),
+            )
+        }
+        // check_id allowed the ID, so some rule did; kept refusing anyway.
+        None => (format!("caller {caller} may not request {id}"), None),
+    };
+    Err(ItemRefusal {
+        code: "forbidden",
+        message,
+        dns_name,
+    })
+}
+
 fn ttl(requested: Option<u64>, max: Duration) -> Duration {
     requested.map_or(max, Duration::from_secs)
 }
@@ -871,6 +1025,26 @@ fn item_error(code: &'static str, message: impl Into<String>) -> ItemResult {
     ItemResult::Error {
         code,
         message: message.into(),
+    }
+}
+
+/// One batch item on its way through [`x509_batch_inner`].
+struct Slot {
+    /// The requested SPIFFE ID, for its audit record.
+    spiffe_id: String,
+    /// The DNS name the caller's rules refused, for its audit record.
+    dns_name: Option<String>,
+    /// Its error already, or its index in the requests to sign.
+    result: Result<usize, ItemResult>,
+}
+
+impl Slot {
+    fn refused(spiffe_id: String, e: ItemResult) -> Slot {
+        Slot {
+            spiffe_id,
+            dns_name: None,
+            result: Err(e),
+        }
     }
 }
 
@@ -907,11 +1081,17 @@ enum ItemRecord {
         not_after: u64,
         ca_key_id: Arc<str>,
         backend: Arc<str>,
+        /// The certificate's DNS SANs, when it has any.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        dns_names: Vec<String>,
     },
     Refused {
         caller: Arc<str>,
         spiffe_id: String,
         code: &'static str,
+        /// The DNS name the caller's rules refused, if that was the reason.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dns_name: Option<String>,
     },
     /// A `refusals_summarized` record (see [`RefusalBudget`]).
     Summary(serde_json::Value),
@@ -1020,17 +1200,18 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
         .map_err(|e| internal(format!("CA trust domain: {e}")))?;
     let issuer = active_issuer(s, &st)?;
     let policy = policy(s, td.clone());
-    // Per item: the requested SPIFFE ID (for its audit record), and either
-    // an error already or an index into `reqs`.
-    let mut slots: Vec<(String, Result<usize, ItemResult>)> = Vec::with_capacity(req.items.len());
+    // Per item: the requested SPIFFE ID and the DNS name refused, if any
+    // (for its audit record), and either an error already or an index into
+    // `reqs`.
+    let mut slots: Vec<Slot> = Vec::with_capacity(req.items.len());
     let mut reqs = Vec::new();
     for BatchEntry(entry) in req.items {
         let item = match entry {
             Ok(item) => item,
             Err(bad) => {
-                slots.push((
+                slots.push(Slot::refused(
                     bad.spiffe_id,
-                    Err(item_error("item_malformed", bad.message)),
+                    item_error("item_malformed", bad.message),
                 ));
                 continue;
             }
@@ -1038,22 +1219,45 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
         let id = match check_id(s, &td, peer, &item.spiffe_id) {
             Ok(id) => id,
             Err((code, msg)) => {
-                slots.push((item.spiffe_id, Err(item_error(code, msg))));
+                slots.push(Slot::refused(item.spiffe_id, item_error(code, msg)));
+                continue;
+            }
+        };
+        let dns_names = match check_dns_names(
+            &s.settings.callers,
+            &peer.identity,
+            &id,
+            item.dns_names,
+            &policy,
+        ) {
+            Ok(names) => names,
+            Err(r) => {
+                slots.push(Slot {
+                    dns_name: r.dns_name,
+                    ..Slot::refused(item.spiffe_id, item_error(r.code, r.message))
+                });
                 continue;
             }
         };
         let csr = match csr_input(&item.csr).and_then(|der| csr::parse_and_verify(&der)) {
             Ok(c) => c,
             Err(e) => {
-                slots.push((item.spiffe_id, Err(item_error(e.code(), e.to_string()))));
+                slots.push(Slot::refused(
+                    item.spiffe_id,
+                    item_error(e.code(), e.to_string()),
+                ));
                 continue;
             }
         };
-        slots.push((item.spiffe_id, Ok(reqs.len())));
+        slots.push(Slot {
+            spiffe_id: item.spiffe_id,
+            dns_name: None,
+            result: Ok(reqs.len()),
+        });
         reqs.push(SvidRequest {
             public_key_spki: csr.spki_der,
             spiffe_id: id,
-            dns_names: item.dns_names,
+            dns_names,
             ttl: ttl(item.ttl_seconds, policy.max_ttl),
         });
     }
@@ -1071,8 +1275,13 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
     let mut records = Vec::with_capacity(slots.len());
     let mut results = Vec::with_capacity(slots.len());
     let now = Instant::now();
-    for (mut spiffe_id, slot) in slots {
-        let result = match slot {
+    for Slot {
+        mut spiffe_id,
+        dns_name,
+        result,
+    } in slots
+    {
+        let result = match result {
             Err(e) => e,
             Ok(i) => match issued.get_mut(i).and_then(Option::take) {
                 Some(Ok(svid)) => {
@@ -1090,6 +1299,7 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
                             not_after: expires_at,
                             ca_key_id: ca_key_id.clone(),
                             backend: svid.backend,
+                            dns_names: std::mem::take(&mut reqs[i].dns_names),
                         },
                     ));
                     ItemResult::Ok {
@@ -1114,6 +1324,7 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
                         caller: caller.clone(),
                         spiffe_id: crate::ca::spiffe::for_record(spiffe_id),
                         code,
+                        dns_name,
                     },
                 ));
             }
@@ -1463,5 +1674,204 @@ mod tests {
             )
         );
         assert!(parse_body::<JwtBody>(b"{\"audience\":").is_err());
+    }
+
+    #[test]
+    fn a_dns_suffix_covers_itself_and_names_under_it_only() {
+        let suffix = DnsSuffix::parse("Prod.Svc").unwrap();
+        assert_eq!(suffix.as_str(), "prod.svc");
+        for name in [
+            "prod.svc",
+            "a.prod.svc",
+            "a.b.prod.svc",
+            "A.PROD.SVC",
+            "*.prod.svc",
+        ] {
+            assert!(suffix.covers(name), "{name}");
+        }
+        for name in [
+            "evilprod.svc",
+            "prod.svc.evil",
+            "svc",
+            "rod.svc",
+            "xprod.svc",
+            "www.google.com",
+            "localhost",
+            "*.svc",
+            "*.evilprod.svc",
+            "",
+            ".prod.svcx",
+        ] {
+            assert!(!suffix.covers(name), "{name}");
+        }
+        // A one-label suffix is label aligned as well.
+        let internal = DnsSuffix::parse("internal").unwrap();
+        assert!(internal.covers("db.internal") && internal.covers("internal"));
+        assert!(!internal.covers("notinternal") && !internal.covers("internal.com"));
+        // What cannot be a suffix.
+        for (bad, want) in [
+            ("", "empty"),
+            (".prod.svc", "without the leading '.'"),
+            ("*.prod.svc", "without a wildcard"),
+            ("*", "without a wildcard"),
+            ("prod.svc.", "trailing dot"),
+            ("a_b.svc", "labels may hold only"),
+            ("10.0.0.1", "IP address"),
+            ("é.svc", "labels may hold only"),
+        ] {
+            let e = DnsSuffix::parse(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn dns_names_need_a_suffix_in_the_rule_that_allows_the_id() {
+        use crate::ca::spiffe::SpiffeIdPrefix;
+        let rule = |who: &str, prefix: &str, dns: &[&str]| CallerRule {
+            client: ClientMatch::SpiffeId(who.into()),
+            allowed_prefixes: vec![SpiffeIdPrefix::parse(prefix).unwrap()],
+            allowed_dns_suffixes: dns.iter().map(|d| DnsSuffix::parse(d).unwrap()).collect(),
+        };
+        let rules = vec![
+            rule("spiffe://td/training", "spiffe://td/ns/training", &[]),
+            rule("spiffe://td/prod", "spiffe://td/ns/prod", &["prod.svc"]),
+            rule(
+                "spiffe://td/prod",
+                "spiffe://td/ns/web",
+                &["web.example.org"],
+            ),
+        ];
+        let who = |id: &str| ClientIdentity {
+            spiffe_id: Some(id.into()),
+            fingerprint: [0; 32],
+        };
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        let policy = SvidPolicy::default();
+        let check = |caller: &str, spiffe_id: &str, names: &[&str]| {
+            check_dns_names(
+                &rules,
+                &who(caller),
+                &id(spiffe_id),
+                names.iter().map(|n| (*n).to_string()).collect(),
+                &policy,
+            )
+        };
+
+        // No DNS name: nothing to check, whatever the rule.
+        assert_eq!(
+            check("spiffe://td/training", "spiffe://td/ns/training/a", &[]),
+            Ok(vec![])
+        );
+        // A rule without suffixes allows no DNS name, naming the field.
+        let r = check(
+            "spiffe://td/training",
+            "spiffe://td/ns/training/a",
+            &["www.google.com"],
+        )
+        .unwrap_err();
+        assert_eq!(
+            (r.code, r.dns_name.as_deref()),
+            ("forbidden", Some("www.google.com"))
+        );
+        assert_eq!(
+            r.message,
+            "caller spiffe://td/training may not request the DNS name 'www.google.com' with \
+             spiffe://td/ns/training/a: issuance.callers[0].allowed_dns_suffixes is empty, so no \
+             DNS name is allowed"
+        );
+        // Under the suffix, lowercased as the SVID carries them.
+        assert_eq!(
+            check(
+                "spiffe://td/prod",
+                "spiffe://td/ns/prod/a",
+                &["prod.svc", "A.Prod.Svc"]
+            ),
+            Ok(vec!["prod.svc".to_string(), "a.prod.svc".into()])
+        );
+        // One name outside refuses the item, naming that name.
+        for bad in [
+            "evilprod.svc",
+            "www.google.com",
+            "localhost",
+            "web.example.org",
+        ] {
+            let r = check(
+                "spiffe://td/prod",
+                "spiffe://td/ns/prod/a",
+                &["a.prod.svc", bad],
+            )
+            .unwrap_err();
+            assert_eq!((r.code, r.dns_name.as_deref()), ("forbidden", Some(bad)));
+            assert!(
+                r.message.contains(&format!("'{bad}'"))
+                    && r.message.contains(
+                        "not under any suffix in issuance.callers[1].allowed_dns_suffixes"
+                    ),
+                "{}",
+                r.message
+            );
+        }
+        // The suffixes go with the IDs of their own rule, not the caller's
+        // other rules.
+        assert!(
+            check(
+                "spiffe://td/prod",
+                "spiffe://td/ns/web/a",
+                &["web.example.org"]
+            )
+            .is_ok()
+        );
+        let r = check("spiffe://td/prod", "spiffe://td/ns/web/a", &["a.prod.svc"]).unwrap_err();
+        assert!(
+            r.message
+                .contains("issuance.callers[2].allowed_dns_suffixes"),
+            "{}",
+            r.message
+        );
+        // Another caller's suffixes are not this one's.
+        assert_eq!(
+            check(
+                "spiffe://td/training",
+                "spiffe://td/ns/training/a",
+                &["a.prod.svc"]
+            )
+            .unwrap_err()
+            .code,
+            "forbidden"
+        );
+        // A name that is no DNS name is refused for that first (`dns_name`),
+        // wildcards included while the policy refuses them; uppercase is not
+        // a fault.
+        for bad in ["*.prod.svc", "a_b.prod.svc", "prod.svc.", "10.0.0.1"] {
+            let r = check("spiffe://td/prod", "spiffe://td/ns/prod/a", &[bad]).unwrap_err();
+            assert_eq!((r.code, r.dns_name), ("dns_name", None), "{bad}");
+        }
+        let many: Vec<String> = (0..=policy.max_dns_names)
+            .map(|i| format!("h{i}.prod.svc"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(
+            check("spiffe://td/prod", "spiffe://td/ns/prod/a", &many)
+                .unwrap_err()
+                .code,
+            "dns_name"
+        );
+        // Were wildcards allowed, one would need its base under a suffix.
+        let wild = SvidPolicy {
+            allow_wildcard_dns: true,
+            ..SvidPolicy::default()
+        };
+        let with = |names: &[&str]| {
+            check_dns_names(
+                &rules,
+                &who("spiffe://td/prod"),
+                &id("spiffe://td/ns/prod/a"),
+                names.iter().map(|n| (*n).to_string()).collect(),
+                &wild,
+            )
+        };
+        assert!(with(&["*.prod.svc"]).is_ok());
+        assert!(with(&["*.a.prod.svc"]).is_ok());
+        assert_eq!(with(&["*.svc.cluster"]).unwrap_err().code, "forbidden");
     }
 }

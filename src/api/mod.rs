@@ -47,14 +47,17 @@ use crate::keys::KeyStore;
 use crate::shutdown::{all_closed, stopped};
 use crate::tls_reload::TlsSlot;
 
-/// One `[[issuance.callers]]` rule: a caller and the SPIFFE ID prefixes it
-/// may request.
+/// One `[[issuance.callers]]` rule: a caller, the SPIFFE ID prefixes it
+/// may request and the DNS suffixes it may put in those SVIDs.
 #[derive(Clone, Debug)]
 pub struct CallerRule {
     /// Who (SPIFFE ID of the certificate, or its fingerprint).
     pub client: ClientMatch,
     /// The prefixes (path-segment aligned) of the IDs it may request.
     pub allowed_prefixes: Vec<SpiffeIdPrefix>,
+    /// The DNS suffixes (label aligned) of the DNS SANs it may request with
+    /// those IDs; none: no DNS SAN at all (see [`issue::check_dns_names`]).
+    pub allowed_dns_suffixes: Vec<issue::DnsSuffix>,
 }
 
 /// Whether `who` may request an SVID for `id`. A caller that no rule names
@@ -598,10 +601,12 @@ mod tests {
             CallerRule {
                 client: ClientMatch::SpiffeId("spiffe://td/issuer".into()),
                 allowed_prefixes: vec![SpiffeIdPrefix::parse("spiffe://td/ns/prod").unwrap()],
+                allowed_dns_suffixes: Vec::new(),
             },
             CallerRule {
                 client: ClientMatch::Fingerprint([7; 32]),
                 allowed_prefixes: vec![SpiffeIdPrefix::parse("spiffe://td").unwrap()],
+                allowed_dns_suffixes: Vec::new(),
             },
         ];
         let issuer = ClientIdentity {
