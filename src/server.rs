@@ -224,6 +224,7 @@ pub async fn serve(cfg: Config, config_file: Option<std::path::PathBuf>) -> Resu
             config_file,
             data_dir: cfg.data_dir.clone(),
             keyless: keyless_server,
+            issuance: issuance.clone(),
         },
     )?;
     #[cfg(not(unix))]
@@ -369,20 +370,74 @@ struct Rules {
     data_dir: std::path::PathBuf,
     /// The keyless listener, whose client rules are replaced.
     keyless: Option<Arc<KeylessServer>>,
+    /// The issuance listener, whose caller rules are replaced.
+    issuance: Option<crate::api::issue::ApiState>,
 }
 
 impl Rules {
     /// Reads the config file again and gives the keyless listener its
-    /// client rules; on any error the rules in force stay. Other settings
-    /// take a restart.
+    /// client rules and the issuance listener its caller rules; on any
+    /// error the rules in force stay. Other settings take a restart.
     fn reload(&self) {
-        let (Some(path), Some(server)) = (&self.config_file, &self.keyless) else {
+        let Some(path) = &self.config_file else {
             return;
         };
-        let loaded = Config::load(Some(path)).and_then(|mut c| {
+        if self.keyless.is_none() && self.issuance.is_none() {
+            return;
+        }
+        let cfg = Config::load(Some(path)).map(|mut c| {
             c.data_dir.clone_from(&self.data_dir);
-            c.keyless_settings()
+            c
         });
+        if let Some(server) = &self.keyless {
+            Self::reload_keyless(path, server, cfg.as_ref());
+        }
+        if let Some(api) = &self.issuance {
+            Self::reload_issuance(path, api, cfg.as_ref(), &self.data_dir);
+        }
+    }
+
+    fn reload_issuance(
+        path: &Path,
+        api: &crate::api::issue::ApiState,
+        cfg: std::result::Result<&Config, &Error>,
+        data_dir: &Path,
+    ) {
+        let loaded = cfg.map_err(Error::to_string).and_then(|c| {
+            let s = c.issuance_settings().map_err(|e| e.to_string())?;
+            if let (Some(s), Ok(Some(state))) = (&s, CaState::load(data_dir)) {
+                callers_in_trust_domain(s, state.trust_domain.as_str())
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(s)
+        });
+        match loaded {
+            Ok(Some(settings)) => {
+                let n = settings.callers.len();
+                api.set_callers(settings.callers);
+                say(format_args!(
+                    "sigmux: issuance caller rules reloaded from {} ({n} rule(s))",
+                    path.display()
+                ));
+            }
+            Ok(None) => say(format_args!(
+                "sigmux: issuance caller rules not reloaded: {} no longer configures the issuance listener (a restart applies that); the rules in force stay",
+                path.display()
+            )),
+            Err(e) => say(format_args!(
+                "sigmux: issuance caller rules not reloaded, the rules in force stay: {e}"
+            )),
+        }
+    }
+
+    fn reload_keyless(
+        path: &Path,
+        server: &KeylessServer,
+        cfg: std::result::Result<&Config, &Error>,
+    ) {
+        let loaded = cfg
+            .map_err(Error::to_string)
+            .and_then(|c| c.keyless_settings().map_err(|e| e.to_string()));
         match loaded {
             Ok(Some((_, settings))) => {
                 let n = settings.policy.len();

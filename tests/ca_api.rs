@@ -180,6 +180,49 @@ fn issuance_tls_changes_are_picked_up_at_sighup() {
     );
     assert_eq!(presented_cert(dir, &addr), renewed);
     assert_eq!(get("caller2"), 200);
+
+    // Caller rules are read again too, and apply to the next request.
+    let csr = workload_csr(dir, "w");
+    let batch_url = url.replace("/v1/bundle.pem", "/v1/x509svids:batch");
+    let status = || {
+        let body = serde_json::json!({"items": [
+            {"csr": csr, "spiffe_id": "spiffe://example.org/ns/prod/w"}
+        ]});
+        let (code, text) = curl(
+            dir,
+            Some("caller"),
+            "POST",
+            &batch_url,
+            Some(&body.to_string()),
+        );
+        assert_eq!(code, 200, "{text}");
+        json(&text)["results"][0]["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status(), "ok");
+    let config = std::fs::read_to_string(dir.join("sigmux.toml")).unwrap();
+    std::fs::write(
+        dir.join("sigmux.toml"),
+        config.replace("ns/prod", "ns/staging"),
+    )
+    .unwrap();
+    let said = sighup(&server, &lines);
+    assert!(said.contains("issuance caller rules reloaded"), "{said}");
+    assert_eq!(status(), "error", "the caller lost ns/prod at SIGHUP");
+    // Rules that could never match are refused, and the ones in force stay.
+    std::fs::write(
+        dir.join("sigmux.toml"),
+        config.replace("spiffe://example.org/ns/prod", "spiffe://other.org/ns/prod"),
+    )
+    .unwrap();
+    let said = sighup(&server, &lines);
+    assert!(
+        said.contains("issuance caller rules not reloaded") && said.contains("other.org"),
+        "{said}"
+    );
+    assert_eq!(status(), "error");
 }
 
 #[test]

@@ -58,8 +58,12 @@ pub struct ApiState {
     pub engine: Arc<Engine>,
     /// The key store holding the CA keys.
     pub keys: Arc<KeyStore>,
-    /// Listener settings and caller rules.
+    /// Listener settings (their `callers` as at start: the rules in force
+    /// are [`ApiState::callers`]).
     pub settings: Arc<IssuanceSettings>,
+    /// The caller rules in force, replaced whole at SIGHUP
+    /// ([`ApiState::set_callers`]).
+    pub callers: Arc<parking_lot::RwLock<Arc<Vec<CallerRule>>>>,
     /// Every issued SVID and refused item is recorded here, on disk,
     /// before the response carrying it leaves.
     pub audit: Arc<crate::audit::AuditLog>,
@@ -84,6 +88,18 @@ pub struct ApiState {
 }
 
 impl ApiState {
+    /// Replaces the caller rules: every request from now on, on open
+    /// connections too, is judged by `rules`.
+    pub fn set_callers(&self, rules: Vec<CallerRule>) {
+        *self.callers.write() = Arc::new(rules);
+    }
+
+    /// The caller rules in force.
+    #[must_use]
+    pub fn caller_rules(&self) -> Arc<Vec<CallerRule>> {
+        self.callers.read().clone()
+    }
+
     /// The state of a listener with `settings`, nothing cached yet.
     #[must_use]
     pub fn new(
@@ -112,6 +128,7 @@ impl ApiState {
             data_dir,
             engine,
             keys,
+            callers: Arc::new(parking_lot::RwLock::new(Arc::new(settings.callers.clone()))),
             settings,
             audit,
             ca_state: Arc::default(),
@@ -857,7 +874,7 @@ fn check_id(
             format!("{id} is not in the trust domain {td}"),
         ));
     }
-    if !caller_allows(&s.settings.callers, &peer.identity, &id) {
+    if !caller_allows(&s.caller_rules(), &peer.identity, &id) {
         return Err((
             "forbidden",
             format!("caller {} may not request {id}", peer.identity.label()),
@@ -1200,6 +1217,8 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
         .map_err(|e| internal(format!("CA trust domain: {e}")))?;
     let issuer = active_issuer(s, &st)?;
     let policy = policy(s, td.clone());
+    // One set of rules for the whole batch, even across a SIGHUP.
+    let rules = s.caller_rules();
     // Per item: the requested SPIFFE ID and the DNS name refused, if any
     // (for its audit record), and either an error already or an index into
     // `reqs`.
@@ -1223,13 +1242,8 @@ async fn x509_batch_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Resp
                 continue;
             }
         };
-        let dns_names = match check_dns_names(
-            &s.settings.callers,
-            &peer.identity,
-            &id,
-            item.dns_names,
-            &policy,
-        ) {
+        let dns_names = match check_dns_names(&rules, &peer.identity, &id, item.dns_names, &policy)
+        {
             Ok(names) => names,
             Err(r) => {
                 slots.push(Slot {
