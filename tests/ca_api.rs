@@ -900,3 +900,99 @@ fn bench_against_the_issuance_api_counts_svids_and_names_refusals() {
         "{err}"
     );
 }
+
+#[test]
+fn the_api_takes_only_json_and_answers_every_refusal_in_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    issuance_setup(dir, "spiffe://example.org/ns/prod", "");
+    let (_server, addr, _http) = start_server_with_http(dir);
+    let base = format!("https://localhost:{}", addr.rsplit(':').next().unwrap());
+    // (status, error code) of a request with these extra curl arguments.
+    let call = |args: &[&str]| -> (u16, String) {
+        let out = Command::new("curl")
+            .current_dir(dir)
+            .args(["-sS", "--cacert", "ca.pem", "--cert", "caller.pem"])
+            .args([
+                "--key",
+                "caller.key",
+                "-o",
+                "body.out",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let body = std::fs::read_to_string(dir.join("body.out")).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {body:?} for {args:?}"));
+        (code, v["error"]["code"].as_str().unwrap_or("").to_string())
+    };
+    let batch = format!("{base}/v1/x509svids:batch");
+    let csr = workload_csr(dir, "w");
+    let item = serde_json::json!({"items": [
+        {"csr": csr, "spiffe_id": "spiffe://example.org/ns/prod/w"}
+    ]})
+    .to_string();
+    // A form or plain-text POST (what a browser sends across sites) is
+    // refused before anything is parsed.
+    for ct in ["text/plain", "application/x-www-form-urlencoded"] {
+        let h = format!("content-type: {ct}");
+        assert_eq!(
+            call(&["-H", &h, "--data-binary", &item, &batch]),
+            (415, "unsupported_media_type".into()),
+            "{ct}"
+        );
+    }
+    assert_eq!(
+        call(&[
+            "-H",
+            "content-type: application/json; charset=utf-8",
+            "--data-binary",
+            &item,
+            &batch
+        ])
+        .0,
+        200
+    );
+    // A list is not a request.
+    assert_eq!(
+        call(&[
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "[[]]",
+            &batch
+        ]),
+        (400, "bad_request".into())
+    );
+    // Unknown paths and wrong methods: JSON too.
+    assert_eq!(
+        call(&[&format!("{base}/v1/nothing")]),
+        (404, "not_found".into())
+    );
+    assert_eq!(call(&[&batch]), (405, "method_not_allowed".into()));
+    // An audience named twice is a mistake worth naming.
+    let jwt = serde_json::json!({
+        "spiffe_id": "spiffe://example.org/ns/prod/w", "audience": ["a", "b", "a"]
+    })
+    .to_string();
+    let jwt_url = format!("{base}/v1/jwtsvids");
+    assert_eq!(
+        call(&[
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &jwt,
+            &jwt_url
+        ]),
+        (400, "bad_request".into())
+    );
+    let said = std::fs::read_to_string(dir.join("body.out")).unwrap();
+    assert!(
+        said.contains("audience[2]: 'a' is already in the list"),
+        "{said}"
+    );
+}

@@ -224,8 +224,29 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/bundle.pem", get(bundle_pem))
         .route("/v1/bundle.jwks", get(bundle_jwks))
         .route("/v1/crl/{serial}", get(crl))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(hard_limit))
         .with_state(state)
+}
+
+/// An unknown path, answered in the API's JSON error form.
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint: {}", excerpt(uri.path())),
+    )
+}
+
+/// A known path with the wrong method, answered in the API's JSON error
+/// form.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", excerpt(uri.path())),
+    )
 }
 
 /// The most body bytes a request may carry.
@@ -260,6 +281,29 @@ fn body_bytes(s: &ApiState, body: Result<Bytes, BytesRejection>) -> Result<Bytes
 /// `body_timeout` past it: a caller trickling its body cannot hold the
 /// connection), then checks it as [`body_bytes`] does.
 async fn read_body(s: &ApiState, req: Request) -> Result<Bytes, ApiError> {
+    // JSON only: a form or plain-text POST is what a browser may send
+    // across sites without asking, and it never reaches the parser.
+    let media = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if media.as_deref() != Some("application/json") {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "the body must be JSON with Content-Type: application/json (got {})",
+                media.map_or_else(|| "none".to_string(), |m| format!("'{}'", excerpt(&m)))
+            ),
+        ));
+    }
     let limit = s.settings.body_timeout;
     match tokio::time::timeout(limit, Bytes::from_request(req, s)).await {
         Ok(body) => body_bytes(s, body),
@@ -787,6 +831,13 @@ fn internal(message: impl Into<String>) -> ApiError {
 
 /// Parses a JSON body strictly, or answers 400 naming the problem.
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "malformed request body: expected a JSON object",
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
@@ -1375,6 +1426,21 @@ async fn jwt_svid_inner(s: &ApiState, peer: &Peer, body: Bytes) -> Result<Respon
             format!("malformed request body: {m}"),
         )
     })?;
+    if let Some((i, a)) = req
+        .audience
+        .iter()
+        .enumerate()
+        .find(|(i, a)| req.audience[..*i].contains(a))
+    {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "malformed request body: audience[{i}]: '{}' is already in the list",
+                excerpt(a)
+            ),
+        ));
+    }
     check_rate(&s, peer, 1)?;
     let st = load_state(&s).await?;
     let td = TrustDomain::parse(&st.trust_domain)
@@ -1535,6 +1601,7 @@ mod tests {
             let req = Request::builder()
                 .method("POST")
                 .uri("/v1/x509svids:batch")
+                .header(header::CONTENT_TYPE, "application/json")
                 .body(axum::body::Body::from(r#"{"items":[]}"#))
                 .unwrap();
             x509_batch(State(s.clone()), ConnectInfo(peer.clone()), req)
@@ -1674,7 +1741,16 @@ mod tests {
             read(&format!(r#"{{{id},"audience":[],"csr":"x"}}"#)).unwrap_err(),
             "csr: unknown field (the fields are spiffe_id, audience, ttl_seconds)"
         );
-        assert!(read("[]").unwrap_err().starts_with("expected an object"));
+        for list in ["[]", " [[]]"] {
+            let Err(e) = parse_body::<JwtBody>(list.as_bytes()) else {
+                panic!("{list} was taken for a JWT request");
+            };
+            assert_eq!(e.message, "malformed request body: expected a JSON object");
+            let Err(e) = parse_body::<BatchRequest>(list.as_bytes()) else {
+                panic!("{list} was taken for a batch");
+            };
+            assert_eq!(e.code, "bad_request", "{list}");
+        }
         let req = read(&format!(
             r#"{{{id},"audience":["a","b"],"ttl_seconds":60}}"#
         ))

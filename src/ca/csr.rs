@@ -269,6 +269,24 @@ fn decode_input(input: &[u8]) -> Result<Cow<'_, [u8]>, CsrError> {
         if block.tag() != "CERTIFICATE REQUEST" && block.tag() != "NEW CERTIFICATE REQUEST" {
             return Err(CsrError::WrongPemLabel(excerpt(block.tag())));
         }
+        // Only whitespace may follow the block: text the parser skipped
+        // would be silently ignored otherwise.
+        let end_line = trimmed
+            .windows(9)
+            .rposition(|w| w == b"-----END ")
+            .and_then(|at| {
+                trimmed[at + 9..]
+                    .windows(5)
+                    .position(|w| w == b"-----")
+                    .map(|p| at + 9 + p + 5)
+            });
+        if let Some(after) = end_line
+            && !trimmed[after..].trim_ascii().is_empty()
+        {
+            return Err(CsrError::BadPem(
+                "text after the -----END CERTIFICATE REQUEST----- line".into(),
+            ));
+        }
         return Ok(Cow::Owned(block.into_contents()));
     }
     if input.first() == Some(&0x30) {
@@ -995,6 +1013,24 @@ mod tests {
         assert!(DerReader::new(&[0x1f, 0x01, 0]).read().is_err());
         let t = DerReader::new(&[0x04, 0x01, 0xaa]).read().unwrap();
         assert_eq!((t.tag, t.value, t.raw.len()), (0x04, &[0xaa][..], 3));
+    }
+
+    #[test]
+    fn only_whitespace_may_follow_a_pem_csr() {
+        let pem = b"-----BEGIN CERTIFICATE REQUEST-----\nMAA=\n-----END CERTIFICATE REQUEST-----\n";
+        // The block itself is no CSR: what matters is which error comes.
+        assert!(!matches!(decode_input(pem), Err(CsrError::BadPem(_))));
+        let mut ok = pem.to_vec();
+        ok.extend_from_slice(b" \r\n\t\n");
+        assert!(decode_input(&ok).is_ok());
+        let mut junk = pem.to_vec();
+        junk.extend_from_slice(b"trailing junk\n");
+        assert_eq!(
+            decode_input(&junk),
+            Err(CsrError::BadPem(
+                "text after the -----END CERTIFICATE REQUEST----- line".into()
+            ))
+        );
     }
 
     #[test]
