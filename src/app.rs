@@ -24,9 +24,86 @@ pub enum KekUse {
     MustExist,
 }
 
+/// Opens the key store under the configured data dir, as `serve` and the
+/// commands that sign or make keys do: [`open_key_store`], and with
+/// [`KekUse::CreateIfNew`] (`serve`) and the issuance listener configured,
+/// [`check_ca_signing_keys`] too, so that a CA that cannot sign stops the
+/// start instead of failing every request.
+pub fn open_keys(cfg: &Config, kek_use: KekUse) -> Result<KeyStore> {
+    let store = open_key_store(cfg, kek_use)?;
+    if kek_use == KekUse::CreateIfNew && matches!(cfg.issuance_settings(), Ok(Some(_))) {
+        check_ca_signing_keys(cfg, &store)?;
+    }
+    Ok(store)
+}
+
+/// Says, one warning each, which key files could not be loaded and why (as
+/// a SIGHUP reload does): the keys in them are not available, every other
+/// key is.
+pub fn warn_unreadable(store: &KeyStore) {
+    for u in store.unreadable() {
+        let remedy = if crate::keys::is_ca_key_name(&u.name) {
+            "one of the CA's keys: restore the file from a backup of the data dir".to_string()
+        } else {
+            format!("`sigmux keys delete --name {}` removes the file", u.name)
+        };
+        tracing::warn!(
+            key = %u.name,
+            file = %u.file.display(),
+            reason = %u.reason,
+            "key file not loaded: the key in it is not available ({remedy})"
+        );
+    }
+}
+
+/// Fails when a key the CA signs with now (the active intermediate's, the
+/// active JWT-SVID key) is in a key file that could not be loaded: the
+/// issuance API could issue nothing.
+///
+/// # Errors
+///
+/// [`Error::Invalid`] naming the key, its file and the reason; the CA
+/// state's own errors.
+pub fn check_ca_signing_keys(cfg: &Config, store: &KeyStore) -> Result<()> {
+    use crate::ca::authority::{CaState, CaStatus};
+    let Some(state) = CaState::load(&cfg.data_dir)? else {
+        return Ok(());
+    };
+    let unreadable = store.unreadable();
+    let active = state
+        .intermediates
+        .iter()
+        .filter(|i| i.status == CaStatus::Active)
+        .map(|i| (format!("active intermediate {}", i.serial), &i.key_name))
+        .chain(
+            state
+                .jwt_keys
+                .iter()
+                .filter(|j| j.status == CaStatus::Active)
+                .map(|j| {
+                    (
+                        format!("active JWT-SVID signing key {}", j.kid),
+                        &j.key_name,
+                    )
+                }),
+        );
+    for (role, name) in active {
+        if let Some(u) = unreadable.iter().find(|u| u.name == *name) {
+            return Err(Error::Invalid(format!(
+                "the CA's {role} signs with key '{name}', whose file {} cannot be loaded ({}): the issuance listener could issue nothing; restore the file from a backup of the data dir",
+                u.file.display(),
+                u.reason
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Opens the key store under the configured data dir. When a KEK file is
 /// created, says where on stderr (it must be backed up with the data dir).
-pub fn open_keys(cfg: &Config, kek_use: KekUse) -> Result<KeyStore> {
+/// A key file that cannot be loaded is warned of ([`warn_unreadable`]) and
+/// does not stop the others.
+pub fn open_key_store(cfg: &Config, kek_use: KekUse) -> Result<KeyStore> {
     let kek = match kek_use {
         KekUse::NotNeeded => None,
         KekUse::CreateIfNew | KekUse::MustExist => {
@@ -46,6 +123,7 @@ pub fn open_keys(cfg: &Config, kek_use: KekUse) -> Result<KeyStore> {
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::io(&cfg.data_dir, e))?;
     }
     let store = KeyStore::open(&cfg.data_dir, kek)?.with_kek_source(cfg.kek_source());
+    warn_unreadable(&store);
     // Keys asked to live in a token (a CA intermediate and its successors)
     // are made there through the configured tokens, and destroyed there at
     // the end of their life.
@@ -310,4 +388,80 @@ pub fn hsm_import(
         any
     };
     store.register_hsm(Key::from_hsm(name, found.kind, &found.spki_der, found.hsm)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::authority::{CaStatus, InitOptions, init};
+    use crate::ca::spiffe::TrustDomain;
+
+    /// `serve`'s way of opening the store: a bad key file is left out, the
+    /// others are there; only when the CA's active signing key is in a bad
+    /// file, and the issuance listener is configured, does it fail.
+    #[test]
+    fn the_store_serve_opens_tolerates_a_bad_file_but_not_the_cas_signing_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::defaults();
+        cfg.data_dir = dir.path().join("data");
+        let store = open_keys(&cfg, KekUse::CreateIfNew).unwrap();
+        let good = store.generate("good", KeyKind::P256).unwrap();
+        store.generate("bad", KeyKind::Rsa2048).unwrap();
+        let engine = crate::testutil::cpu_engine();
+        let td = TrustDomain::parse("example.org").unwrap();
+        let st = init(&cfg.data_dir, &store, &engine, &InitOptions::new(td), None).unwrap();
+        drop(store);
+        let keys = cfg.data_dir.join("keys");
+        std::fs::write(keys.join("bad.key"), b"junk").unwrap();
+
+        let mut with_issuance = cfg.clone();
+        with_issuance.issuance.cert = Some("cert.pem".into());
+        with_issuance.issuance.key = Some("key.pem".into());
+        with_issuance.issuance.client_ca = Some("ca.pem".into());
+        assert!(matches!(with_issuance.issuance_settings(), Ok(Some(_))));
+        for c in [&cfg, &with_issuance] {
+            let store = open_keys(c, KekUse::CreateIfNew).unwrap();
+            assert_eq!(store.get("good").unwrap().id(), good.id());
+            assert!(store.get("good").unwrap().secret().is_ok());
+            assert_eq!(store.unreadable()[0].name, "bad");
+            assert!(store.get("bad").is_err());
+        }
+
+        // The active intermediate's key file damaged: serve with the
+        // issuance listener stops, naming it; without it, it starts.
+        let int = st
+            .intermediates
+            .iter()
+            .find(|i| i.status == CaStatus::Active)
+            .unwrap();
+        let int_file = keys.join(format!("{}.key", int.key_name));
+        let int_bytes = std::fs::read(&int_file).unwrap();
+        std::fs::write(&int_file, &int_bytes[..int_bytes.len() / 2]).unwrap();
+        let e = open_keys(&with_issuance, KekUse::CreateIfNew)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("active intermediate")
+                && e.contains(&int.key_name)
+                && e.contains(&int_file.display().to_string()),
+            "{e}"
+        );
+        assert!(open_keys(&cfg, KekUse::CreateIfNew).is_ok());
+        // Commands that only make keys or sign with others are not stopped.
+        assert!(open_key_store(&with_issuance, KekUse::CreateIfNew).is_ok());
+        assert!(open_keys(&with_issuance, KekUse::MustExist).is_ok());
+        std::fs::write(&int_file, &int_bytes).unwrap();
+
+        // Likewise the active JWT-SVID signing key.
+        let jwt = st
+            .jwt_keys
+            .iter()
+            .find(|j| j.status == CaStatus::Active)
+            .unwrap();
+        std::fs::write(keys.join(format!("{}.key", jwt.key_name)), b"{}").unwrap();
+        let e = open_keys(&with_issuance, KekUse::CreateIfNew)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("JWT-SVID") && e.contains(&jwt.key_name), "{e}");
+    }
 }

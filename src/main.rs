@@ -621,7 +621,7 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
                 "hsm" => {
                     sigmux::keys::validate_operator_key_name(&name)?;
                     app::require_hsm(cfg)?;
-                    let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
+                    let store = app::open_key_store(cfg, KekUse::CreateIfNew)?;
                     let key = app::hsm_generate(cfg, &store, &name, kind, token.as_deref())?;
                     key_made(cfg, "key.generate", &key)?;
                     return Ok(());
@@ -634,7 +634,7 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
             }
             // Refuse bad input before the data dir (and its KEK) is made.
             sigmux::keys::validate_operator_key_name(&name)?;
-            let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
+            let store = app::open_key_store(cfg, KekUse::CreateIfNew)?;
             let key = store.generate(&name, kind)?;
             key_made(cfg, "key.generate", &key)?;
             Ok(())
@@ -668,7 +668,7 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
                     sigmux::keys::validate_operator_key_name(n)?;
                 }
                 app::require_hsm(cfg)?;
-                let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
+                let store = app::open_key_store(cfg, KekUse::CreateIfNew)?;
                 let key = app::hsm_import(
                     cfg,
                     &store,
@@ -697,18 +697,27 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
                 zeroize::Zeroizing::new(std::fs::read(&file).map_err(|e| Error::io(&file, e))?);
             sigmux::keys::validate_operator_key_name(&name)?;
             sigmux::keys::check_import(&bytes)?;
-            let store = app::open_keys(cfg, KekUse::CreateIfNew)?;
+            let store = app::open_key_store(cfg, KekUse::CreateIfNew)?;
             let key = store.import(&name, &bytes)?;
             key_made(cfg, "key.import", &key)?;
             Ok(())
         }
         KeysCommand::List { json } => {
-            let store = app::open_keys(cfg, KekUse::NotNeeded)?;
+            // Unreadable key files are listed below, not warned of.
+            let store = sigmux::keys::KeyStore::open(&cfg.data_dir, None)?;
             let list = store.list();
+            let unreadable = store.unreadable();
             if json {
+                let mut entries: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|k| serde_json::to_value(k).unwrap_or_default())
+                    .collect();
+                entries.extend(unreadable.iter().map(
+                    |u| serde_json::json!({"name": u.name, "file": u.file, "unreadable": u.reason}),
+                ));
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                    serde_json::to_string_pretty(&entries).unwrap_or_default()
                 );
             } else {
                 println!(
@@ -727,6 +736,20 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
                         k.ski
                     );
                 }
+                for u in &unreadable {
+                    println!(
+                        "{:<24} UNREADABLE {}: {}",
+                        u.name,
+                        u.file.display(),
+                        u.reason
+                    );
+                }
+            }
+            if !unreadable.is_empty() {
+                eprintln!(
+                    "sigmux: warning: {} key file(s) could not be read; the keys in them are not available (`sigmux keys delete --name NAME` removes such a file)",
+                    unreadable.len()
+                );
             }
             Ok(())
         }
@@ -741,6 +764,25 @@ fn keys(cfg: &Config, cmd: KeysCommand) -> Result<()> {
                 return Err(Error::Invalid(format!(
                     "key '{name}' is the CA's {role}; the CA's keys go with its rotation (sigmux ca rotate), not keys delete"
                 )));
+            }
+            if store.unreadable().iter().any(|u| u.name == name) {
+                let gone = store.delete_unreadable(&name)?;
+                sigmux::audit::AuditLog::open(&cfg.data_dir.join("audit.log"))?.append(
+                    "key.delete",
+                    serde_json::json!({
+                        "name": gone.file.name,
+                        "unreadable": gone.file.reason,
+                        "file": gone.file.file,
+                        "file_sha256": gone.sha256,
+                    }),
+                )?;
+                println!(
+                    "deleted {} (its file {} could not be read: {})",
+                    gone.file.name,
+                    gone.file.file.display(),
+                    gone.file.reason
+                );
+                return Ok(());
             }
             let key = store.delete(&name)?;
             key_event(cfg, "key.delete", &key)?;

@@ -221,10 +221,7 @@ fn intermediate_key_in_a_pkcs11_token() {
     // Retired, the first intermediate's key pair is destroyed inside the
     // token (private and public objects), and sigmux's reference goes.
     sigmux(dir, &["ca", "rotate", "activate"]);
-    let said = sigmux(
-        dir,
-        &["ca", "rotate", "retire", "--force"],
-    );
+    let said = sigmux(dir, &["ca", "rotate", "retire", "--force"]);
     assert!(
         said.contains(&format!("destroyed key {int_key} of retired")),
         "{said}"

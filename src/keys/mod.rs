@@ -5,7 +5,7 @@ mod kek;
 mod material;
 pub mod rotation;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -394,6 +394,72 @@ struct Index {
     /// others, added by [`KeyStore::insert`], are never dropped by a
     /// rescan).
     files: HashSet<String>,
+    /// Key files in the directory that could not be loaded, by the name
+    /// their file gives them.
+    unreadable: BTreeMap<String, BadFile>,
+}
+
+/// A key file in the store's directory that could not be loaded: the key
+/// it holds is not available, every other key is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The name the file gives the key: its file name without `.key`.
+    pub name: String,
+    /// The file.
+    pub file: PathBuf,
+    /// Why it could not be loaded; never any of the file's content.
+    pub reason: String,
+}
+
+/// What the store remembers of a file it could not load.
+#[derive(Clone, Debug)]
+struct BadFile {
+    public: Unreadable,
+    /// The key name recorded inside the file, when it parses and differs
+    /// from the file's name (a file renamed or copied by hand), so that
+    /// asking for that key names this file.
+    names: Option<String>,
+}
+
+impl BadFile {
+    fn of(path: &Path, error: &Error) -> BadFile {
+        let reason = match error {
+            Error::KeyFile { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        };
+        BadFile {
+            public: Unreadable {
+                name: file_key_name(path),
+                file: path.to_path_buf(),
+                reason,
+            },
+            names: read_key_file(path)
+                .ok()
+                .map(|f| f.info.name)
+                .filter(|n| *n != file_key_name(path) && validate_name(n).is_ok()),
+        }
+    }
+
+    fn error(&self) -> Error {
+        Error::key_file(&self.public.file, self.public.reason.clone())
+    }
+}
+
+/// What [`KeyStore::delete_unreadable`] removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeletedFile {
+    /// The file, its name and why it could not be loaded.
+    pub file: Unreadable,
+    /// SHA-256 of the removed file's bytes, hex, when it could be read:
+    /// matches it with a backup without recording its content.
+    pub sha256: Option<String>,
+}
+
+/// The key name a key file's name gives (the file name without `.key`).
+fn file_key_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 impl Index {
@@ -405,7 +471,12 @@ impl Index {
 
     fn insert_file(&mut self, key: Arc<Key>) {
         self.files.insert(key.info.name.clone());
+        self.unreadable.remove(&key.info.name);
         self.insert(key);
+    }
+
+    fn set_unreadable(&mut self, bad: BadFile) {
+        self.unreadable.insert(bad.public.name.clone(), bad);
     }
 
     /// Drops the key named `name` (and its id and SKI entries, when they
@@ -517,10 +588,16 @@ impl KeyStore {
     /// Opens the store under `data_dir/keys`. Without `kek`, public facts
     /// are available but private halves are not decrypted.
     ///
+    /// A key file that cannot be loaded (corrupt, truncated, altered, not
+    /// a sigmux key file) does not stop the others: it is listed by
+    /// [`KeyStore::unreadable`] and the key it holds is not available.
+    ///
     /// # Errors
     ///
-    /// Besides a key file that cannot be loaded: `kek` is not the KEK the
-    /// directory's keys are under, or a KEK rotation did not finish.
+    /// `kek` is not the KEK the directory's keys are under (the directory's
+    /// record says so or, without a record, no key decrypts under it and one
+    /// does not), a KEK rotation did not finish, or the directory cannot be
+    /// listed.
     pub fn open(data_dir: &Path, kek: Option<Kek>) -> Result<KeyStore> {
         let dir = data_dir.join("keys");
         // A rotation under way finishes first, so that only one that really
@@ -529,13 +606,35 @@ impl KeyStore {
             .is_some()
             .then(|| rotation::DirLock::shared(&dir))
             .transpose()?;
+        // Whether `kek` is known to be the directory's KEK: then a key file
+        // that does not decrypt under it is a bad file, not a wrong KEK.
+        let mut kek_confirmed = false;
         if let Some(kek) = &kek {
-            rotation::KekState::load(&dir)?.check(&dir, kek)?;
+            let state = rotation::KekState::load(&dir)?;
+            state.check(&dir, kek)?;
+            kek_confirmed = state.kek_id.as_deref() == Some(kek.id());
         }
         let mut index = Index::default();
+        let mut kek_doubt = None;
         for path in key_files(&dir)? {
-            let key = load_file(&path, kek.as_ref())?;
-            index.insert_file(Arc::new(key));
+            match load_file_or_doubt(&path, kek.as_ref()) {
+                Ok(key) => {
+                    kek_confirmed |= key.secret.is_some();
+                    index.insert_file(Arc::new(key));
+                }
+                Err(LoadError {
+                    error,
+                    kek_doubt: doubt,
+                }) => {
+                    index.set_unreadable(BadFile::of(&path, &error));
+                    if doubt && kek_doubt.is_none() {
+                        kek_doubt = Some(error);
+                    }
+                }
+            }
+        }
+        if let Some(e) = kek_doubt.filter(|_| !kek_confirmed) {
+            return Err(e);
         }
         Ok(KeyStore {
             dir: Some(dir),
@@ -608,8 +707,12 @@ impl KeyStore {
             present.insert(name.to_owned());
             let known = self.keys.read().by_name.get(name).map(|k| k.id());
             match (known, key_file_id(&path)) {
-                (Some(id), Ok(now)) if id == now => continue,
+                (Some(id), Ok(now)) if id == now => {
+                    self.keys.write().unreadable.remove(name);
+                    continue;
+                }
                 (_, Err(e)) => {
+                    self.keys.write().set_unreadable(BadFile::of(&path, &e));
                     out.failed.push(e.to_string());
                     continue;
                 }
@@ -625,10 +728,14 @@ impl KeyStore {
                     index.insert_file(Arc::new(key));
                     out.added.push(name.to_owned());
                 }
-                Err(e) => out.failed.push(e.to_string()),
+                Err(e) => {
+                    self.keys.write().set_unreadable(BadFile::of(&path, &e));
+                    out.failed.push(e.to_string());
+                }
             }
         }
         let mut index = self.keys.write();
+        index.unreadable.retain(|n, _| present.contains(n));
         let mut gone: Vec<String> = index
             .files
             .iter()
@@ -856,7 +963,14 @@ impl KeyStore {
             _ => return Err(Error::UnknownKey(name.to_string())),
         };
         if !path.exists() {
-            return Err(Error::UnknownKey(name.to_string()));
+            // A file under another name that records this key (renamed or
+            // copied by hand) is what the caller needs to hear about.
+            let index = self.keys.read();
+            return Err(index
+                .unreadable
+                .values()
+                .find(|b| b.names.as_deref() == Some(name))
+                .map_or_else(|| Error::UnknownKey(name.to_string()), BadFile::error));
         }
         let key = Arc::new(load_file(&path, self.current_kek(dir)?.as_deref())?);
         let mut index = self.keys.write();
@@ -889,6 +1003,70 @@ impl KeyStore {
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
+
+    /// The key files that could not be loaded when the store was opened or
+    /// last rescanned, each with the reason, sorted by name.
+    pub fn unreadable(&self) -> Vec<Unreadable> {
+        self.keys
+            .read()
+            .unreadable
+            .values()
+            .map(|b| b.public.clone())
+            .collect()
+    }
+
+    /// Deletes the file of key `name` that cannot be loaded (so
+    /// [`KeyStore::delete`], which needs the key, cannot remove it). The
+    /// file is tried again first: one that loads now is left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownKey`] when there is no such file; [`Error::Invalid`]
+    /// for a name reserved for the CA's own keys ([`CA_KEY_PREFIXES`]: such
+    /// a file is restored from a backup, never deleted this way) or a file
+    /// that loads now; the file system's error.
+    pub fn delete_unreadable(&self, name: &str) -> Result<DeletedFile> {
+        let dir = match &self.dir {
+            Some(dir) if validate_name(name).is_ok() => dir,
+            _ => return Err(Error::UnknownKey(name.to_string())),
+        };
+        let path = dir.join(format!("{name}.key"));
+        if !path.exists() {
+            return Err(Error::UnknownKey(name.to_string()));
+        }
+        if is_ca_key_name(name) {
+            return Err(Error::Invalid(format!(
+                "key file {} is named like one of the CA's own keys ({}): it is not deleted this way; restore it from a backup of the data dir",
+                path.display(),
+                CA_KEY_PREFIXES.join(", ")
+            )));
+        }
+        let kek = self.kek.read().clone();
+        let error = match load_file(&path, kek.as_deref()) {
+            Ok(_) => {
+                return Err(Error::Invalid(format!(
+                    "key file {} can be read now; delete the key as usual",
+                    path.display()
+                )));
+            }
+            Err(e) => e,
+        };
+        let sha256 = std::fs::read(&path).ok().map(|bytes| {
+            let bytes = zeroize::Zeroizing::new(bytes);
+            hex::encode(digest::digest(&digest::SHA256, &bytes).as_ref())
+        });
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        crate::audit::sync_dir(dir)?;
+        let mut index = self.keys.write();
+        index.unreadable.remove(name);
+        if index.files.contains(name) {
+            index.remove(name);
+        }
+        Ok(DeletedFile {
+            file: BadFile::of(&path, &error).public,
+            sha256,
+        })
+    }
 }
 
 /// The key files (`*.key`) in `dir`, sorted; none when it does not exist.
@@ -911,58 +1089,139 @@ fn key_file_id(path: &Path) -> Result<KeyId> {
 }
 
 /// A key file parsed, its format checked; nothing decrypted or verified.
+/// The errors never quote the file's content (it may be anything, a
+/// private key pasted by hand included).
 fn read_key_file(path: &Path) -> Result<KeyFile> {
-    let bytes = std::fs::read(path).map_err(|e| Error::key_file(path, e.to_string()))?;
-    let file: KeyFile = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::key_file(path, format!("corrupt key file: {e}")))?;
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(path).map_err(|e| Error::key_file(path, e.to_string()))?,
+    );
+    let file: KeyFile =
+        serde_json::from_slice(&bytes).map_err(|e| Error::key_file(path, json_reason(&e)))?;
     if file.format != KEY_FILE_FORMAT {
         return Err(Error::key_file(
             path,
-            format!("unknown format '{}'", file.format),
+            format!(
+                "unknown format {} (expected {KEY_FILE_FORMAT})",
+                quoted_if_plain(&file.format)
+            ),
         ));
     }
     Ok(file)
 }
 
+/// Why a key file's JSON did not parse, without serde's quotes of the
+/// offending value: only the kind of error, where it is, and the name of a
+/// missing field (one of sigmux's own).
+fn json_reason(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "could not be read".to_string(),
+        Category::Syntax => "not valid JSON".to_string(),
+        Category::Eof => "truncated".to_string(),
+        Category::Data => {
+            let msg = e.to_string();
+            match msg
+                .strip_prefix("missing field `")
+                .and_then(|m| m.split('`').next())
+            {
+                Some(field) if field.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') => {
+                    format!("not a sigmux key file (no field '{field}')")
+                }
+                _ => "not a sigmux key file (a field is missing, unknown or of the wrong type)"
+                    .to_string(),
+            }
+        }
+    };
+    format!(
+        "corrupt key file: {what} at line {} column {}",
+        e.line(),
+        e.column()
+    )
+}
+
+/// `'s'` when `s` is a short plain token, else `(not shown)`: a value read
+/// from a damaged file is shown only when it cannot be key material.
+fn quoted_if_plain(s: &str) -> String {
+    if !s.is_empty()
+        && s.len() <= 40
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        format!("'{s}'")
+    } else {
+        "(not shown)".to_string()
+    }
+}
+
+/// Why [`load_file_or_doubt`] failed.
+struct LoadError {
+    error: Error,
+    /// The file did not decrypt, or names another KEK, in a way a wrong
+    /// configured KEK would explain as well as a bad file.
+    kek_doubt: bool,
+}
+
+impl From<Error> for LoadError {
+    fn from(error: Error) -> Self {
+        LoadError {
+            error,
+            kek_doubt: false,
+        }
+    }
+}
+
 fn load_file(path: &Path, kek: Option<&Kek>) -> Result<Key> {
+    load_file_or_doubt(path, kek).map_err(|e| e.error)
+}
+
+fn load_file_or_doubt(path: &Path, kek: Option<&Kek>) -> Result<Key, LoadError> {
     let file = read_key_file(path)?;
     let info = file.info;
     let expected = format!("{}.key", info.name);
     if path.file_name().and_then(|n| n.to_str()) != Some(expected.as_str()) {
-        return Err(Error::key_file(
-            path,
-            format!("names key '{}' but the file is not {expected}", info.name),
-        ));
+        let names = match validate_name(&info.name) {
+            Ok(()) => format!("names key '{}' but the file is not {expected}", info.name),
+            Err(_) => "names a key by an invalid name".to_string(),
+        };
+        return Err(Error::key_file(path, names).into());
     }
     let spki = B64
         .decode(&info.spki)
         .map_err(|_| Error::key_file(path, "public key is not valid base64"))?;
     if KeyId::of_spki(&spki) != info.key_id {
-        return Err(Error::key_file(
-            path,
-            "key_id does not match the public key",
-        ));
+        return Err(Error::key_file(path, "key_id does not match the public key").into());
     }
     let secret = match (kek, &file.sealed, info.placement) {
         (Some(kek), Some(_), Placement::Soft)
             if file.kek_id.as_deref().is_some_and(|id| id != kek.id()) =>
         {
-            return Err(Error::key_file(
-                path,
-                format!(
-                    "is encrypted under key-encryption key {}, not the configured one ({})",
-                    file.kek_id.as_deref().unwrap_or_default(),
-                    kek.id()
+            let named = file.kek_id.as_deref().unwrap_or_default();
+            let named = if named.len() == 16 && named.bytes().all(|b| b.is_ascii_hexdigit()) {
+                named.to_string()
+            } else {
+                "(an invalid id)".to_string()
+            };
+            return Err(LoadError {
+                error: Error::key_file(
+                    path,
+                    format!(
+                        "is encrypted under key-encryption key {named}, not the configured one ({})",
+                        kek.id()
+                    ),
                 ),
-            ));
+                kek_doubt: true,
+            });
         }
         (Some(kek), Some(sealed), Placement::Soft) => {
             let sealed = B64
                 .decode(sealed)
                 .map_err(|_| Error::key_file(path, "encrypted key is not valid base64"))?;
-            let der = kek
-                .open(&info.name, &sealed)
-                .map_err(|e| Error::key_file(path, e))?;
+            // A file that records this KEK's id and does not decrypt was
+            // altered; one without an id may be under another KEK.
+            let der = kek.open(&info.name, &sealed).map_err(|e| LoadError {
+                error: Error::key_file(path, e),
+                kek_doubt: file.kek_id.is_none(),
+            })?;
             let m = material::from_openssl(
                 &openssl::pkey::PKey::private_key_from_pkcs8(&der)
                     .map_err(|_| Error::key_file(path, "decrypted key is not PKCS#8"))?,
@@ -972,27 +1231,21 @@ fn load_file(path: &Path, kek: Option<&Kek>) -> Result<Key> {
                 return Err(Error::key_file(
                     path,
                     "private key does not match the recorded public key",
-                ));
+                )
+                .into());
             }
             Some(m.secret)
         }
         (_, None, Placement::Soft) => {
-            return Err(Error::key_file(
-                path,
-                "soft key has no encrypted private key",
-            ));
+            return Err(Error::key_file(path, "soft key has no encrypted private key").into());
         }
         (_, Some(_), Placement::Hsm) => {
-            return Err(Error::key_file(
-                path,
-                "an HSM key must not hold private material",
-            ));
+            return Err(Error::key_file(path, "an HSM key must not hold private material").into());
         }
         (_, None, Placement::Hsm) if info.hsm.is_none() => {
-            return Err(Error::key_file(
-                path,
-                "HSM key has no hsm section (token, label, id)",
-            ));
+            return Err(
+                Error::key_file(path, "HSM key has no hsm section (token, label, id)").into(),
+            );
         }
         _ => None,
     };
@@ -1101,8 +1354,196 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
         v["info"].as_object_mut().unwrap().remove("hsm");
         std::fs::write(&path, v.to_string()).unwrap();
-        let e = KeyStore::open(dir.path(), None).unwrap_err().to_string();
+        let again = KeyStore::open(dir.path(), None).unwrap();
+        let e = again.get("h").unwrap_err().to_string();
         assert!(e.contains("no hsm section"), "{e}");
+        assert!(again.unreadable()[0].reason.contains("no hsm section"));
+    }
+
+    /// A data dir with keys "good" and "bad" under `kek`, "bad" then
+    /// overwritten with `junk`.
+    fn with_a_bad_file(kek: Kek, junk: &[u8]) -> (tempfile::TempDir, Arc<Key>, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path(), Some(kek)).unwrap();
+        let good = store.generate("good", KeyKind::P256).unwrap();
+        store.generate("bad", KeyKind::Ed25519).unwrap();
+        let bad = dir.path().join("keys/bad.key");
+        std::fs::write(&bad, junk).unwrap();
+        (dir, good, bad)
+    }
+
+    #[test]
+    fn a_bad_key_file_is_listed_as_unreadable_and_takes_no_other_key_away() {
+        let kek = || Kek::from_bytes(&[5u8; 32]).unwrap();
+        let secret_text = "-----BEGIN PRIVATE KEY-----\nTOPSECRETMATERIAL\n";
+        let junks: Vec<(&str, Vec<u8>)> = vec![
+            ("junk", b"junk\n".to_vec()),
+            ("empty", Vec::new()),
+            (
+                "truncated",
+                b"{\"format\": \"sigmux-key-v1\", \"info\": {".to_vec(),
+            ),
+            ("a JSON string", format!("{secret_text:?}").into_bytes()),
+            (
+                "a wrong type",
+                format!("{{\"format\": 7, \"info\": {secret_text:?}}}").into_bytes(),
+            ),
+            (
+                "an unknown field",
+                format!("{{{:?}: 1}}", "TOPSECRETMATERIAL").into_bytes(),
+            ),
+            ("a PEM", secret_text.as_bytes().to_vec()),
+        ];
+        for (what, junk) in junks {
+            let (dir, good, bad) = with_a_bad_file(kek(), &junk);
+            for k in [None, Some(kek())] {
+                let with_kek = k.is_some();
+                let store = KeyStore::open(dir.path(), k).unwrap();
+                let names: Vec<String> = store.list().into_iter().map(|i| i.name).collect();
+                assert_eq!(names, ["good"], "{what}");
+                let u = store.unreadable();
+                assert_eq!(u.len(), 1, "{what}");
+                assert_eq!((u[0].name.as_str(), &u[0].file), ("bad", &bad), "{what}");
+                assert!(!u[0].reason.is_empty(), "{what}");
+                let got = store.get("good").unwrap();
+                assert_eq!(got.id(), good.id());
+                assert_eq!(got.secret().is_ok(), with_kek, "{what}");
+                let e = store.get("bad").unwrap_err().to_string();
+                assert!(e.contains(&bad.display().to_string()), "{what}: {e}");
+                for shown in [&e, &u[0].reason, &format!("{u:?}")] {
+                    assert!(!shown.contains("TOPSECRET"), "{what}: {shown}");
+                    assert!(!shown.contains("BEGIN"), "{what}: {shown}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_altered_ciphertext_is_a_bad_file_when_the_kek_is_known_to_be_right() {
+        let kek = || Kek::from_bytes(&[6u8; 32]).unwrap();
+        let (dir, good, bad) = with_a_bad_file(kek(), b"");
+        let store = KeyStore::open(dir.path(), Some(kek())).unwrap();
+        drop(store);
+        // "bad" made again, then its ciphertext altered.
+        std::fs::remove_file(&bad).unwrap();
+        KeyStore::open(dir.path(), Some(kek()))
+            .unwrap()
+            .generate("bad", KeyKind::P256)
+            .unwrap();
+        let alter = |drop_kek_id: bool| {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&bad).unwrap()).unwrap();
+            let mut sealed = B64.decode(v["sealed"].as_str().unwrap()).unwrap();
+            // Another byte each time: the same one twice would undo it.
+            let at = sealed.len() / 2 + usize::from(drop_kek_id);
+            sealed[at] ^= 0x5a;
+            v["sealed"] = B64.encode(&sealed).into();
+            if drop_kek_id {
+                v.as_object_mut().unwrap().remove("kek_id");
+            }
+            std::fs::write(&bad, v.to_string()).unwrap();
+        };
+        alter(false);
+        let store = KeyStore::open(dir.path(), Some(kek())).unwrap();
+        assert!(store.get("good").unwrap().secret().is_ok());
+        assert!(store.unreadable()[0].reason.contains("cannot decrypt"));
+        // Without the directory's record the KEK is still known to be right
+        // when the file names it, or another key decrypts under it.
+        std::fs::remove_file(dir.path().join("keys/kek-state.json")).unwrap();
+        let store = KeyStore::open(dir.path(), Some(kek())).unwrap();
+        assert_eq!(store.list()[0].key_id, good.id());
+        alter(true);
+        let store = KeyStore::open(dir.path(), Some(kek())).unwrap();
+        assert_eq!(store.unreadable().len(), 1);
+        // A wrong KEK, with nothing saying which is right, is still an error.
+        let wrong = Kek::from_bytes(&[9u8; 32]).unwrap();
+        let e = KeyStore::open(dir.path(), Some(wrong)).unwrap_err();
+        assert!(e.to_string().contains("key-encryption key"), "{e}");
+    }
+
+    #[test]
+    fn an_unreadable_file_is_deleted_but_never_a_ca_key_or_a_readable_one() {
+        let kek = Kek::from_bytes(&[4u8; 32]).unwrap();
+        let (dir, good, bad) = with_a_bad_file(kek, b"junk");
+        std::fs::write(dir.path().join("keys/ca-int-0123abcd.key"), b"junk").unwrap();
+        let store = KeyStore::open(dir.path(), None).unwrap();
+        assert_eq!(store.unreadable().len(), 2);
+        let e = store
+            .delete_unreadable("ca-int-0123abcd")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CA's own keys"), "{e}");
+        assert!(dir.path().join("keys/ca-int-0123abcd.key").exists());
+        let e = store.delete_unreadable("good").unwrap_err().to_string();
+        assert!(e.contains("can be read now"), "{e}");
+        assert!(matches!(
+            store.delete_unreadable("nope"),
+            Err(Error::UnknownKey(_))
+        ));
+        assert!(matches!(
+            store.delete_unreadable("../x"),
+            Err(Error::UnknownKey(_))
+        ));
+        let gone = store.delete_unreadable("bad").unwrap();
+        assert_eq!((gone.file.name.as_str(), &gone.file.file), ("bad", &bad));
+        assert_eq!(
+            gone.sha256.as_deref(),
+            Some(hex::encode(digest::digest(&digest::SHA256, b"junk").as_ref()).as_str())
+        );
+        assert!(!bad.exists());
+        assert_eq!(store.unreadable().len(), 1);
+        assert_eq!(store.get("good").unwrap().id(), good.id());
+        assert!(matches!(store.get("bad"), Err(Error::UnknownKey(_))));
+    }
+
+    #[test]
+    fn a_renamed_key_file_is_named_when_its_key_is_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path(), None).unwrap();
+        let soft = Key::ephemeral("x", KeyKind::P256).unwrap();
+        let r = HsmRef {
+            token: None,
+            label: "k".into(),
+            id: "01".into(),
+        };
+        store
+            .register_hsm(Key::from_hsm("k", KeyKind::P256, soft.spki_der(), r).unwrap())
+            .unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::rename(keys.join("k.key"), keys.join("other.key")).unwrap();
+        let store = KeyStore::open(dir.path(), None).unwrap();
+        let e = store.get("k").unwrap_err().to_string();
+        assert!(
+            e.contains("other.key") && e.contains("names key 'k'"),
+            "{e}"
+        );
+        assert!(matches!(store.get("z"), Err(Error::UnknownKey(_))));
+    }
+
+    #[test]
+    fn rescan_keeps_the_unreadable_list_current() {
+        let kek = || Kek::from_bytes(&[8u8; 32]).unwrap();
+        let (dir, _, bad) = with_a_bad_file(kek(), b"junk");
+        let store = KeyStore::open(dir.path(), Some(kek())).unwrap();
+        assert_eq!(store.unreadable().len(), 1);
+        // Fixed (a key made again under the name): loaded, no longer listed.
+        std::fs::remove_file(&bad).unwrap();
+        let cli = KeyStore::open(dir.path(), Some(kek())).unwrap();
+        cli.generate("bad", KeyKind::P256).unwrap();
+        let r = store.rescan().unwrap();
+        assert_eq!(r.added, ["bad"]);
+        assert!(store.unreadable().is_empty());
+        // Broken again: the key held stays, the file is listed.
+        std::fs::write(&bad, b"{").unwrap();
+        let r = store.rescan().unwrap();
+        assert_eq!(r.failed.len(), 1);
+        assert!(store.get("bad").is_ok());
+        assert_eq!(store.unreadable()[0].name, "bad");
+        // Gone: neither.
+        std::fs::remove_file(&bad).unwrap();
+        let r = store.rescan().unwrap();
+        assert_eq!(r.removed, ["bad"]);
+        assert!(store.unreadable().is_empty());
     }
 
     #[test]
