@@ -120,7 +120,7 @@ pub fn open_key_store(cfg: &Config, kek_use: KekUse) -> Result<KeyStore> {
         }
     };
     if kek_use != KekUse::NotNeeded {
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::io(&cfg.data_dir, e))?;
+        crate::keys::create_private_dir(&cfg.data_dir).map_err(|e| Error::io(&cfg.data_dir, e))?;
     }
     let store = KeyStore::open(&cfg.data_dir, kek)?.with_kek_source(cfg.kek_source());
     warn_unreadable(&store);

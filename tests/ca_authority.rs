@@ -999,3 +999,33 @@ fn ca_status_shows_each_item_and_the_next_step() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sigmux ca init"));
 }
+
+#[cfg(unix)]
+#[test]
+fn the_data_folders_are_the_owners_alone_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 000; exec '{}' --data-dir '{}' ca init --trust-domain umask.example",
+            env!("CARGO_BIN_EXE_sigmux"),
+            data.display()
+        ))
+        .env_remove("SIGMUX_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for sub in ["", "ca", "keys"] {
+        let mode = std::fs::metadata(data.join(sub))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{sub}: {mode:o}");
+    }
+}

@@ -636,7 +636,7 @@ pub fn issue(opts: &IssueOptions) -> Result<IssueSummary> {
     let url = ServerUrl::parse(&opts.server)?;
     let client = ApiClient::new(url, &opts.ca, &opts.cert, &opts.key)?;
     let files = csr_files(&opts.csrs)?;
-    std::fs::create_dir_all(&opts.out).map_err(|e| {
+    crate::keys::create_private_dir(&opts.out).map_err(|e| {
         Error::Invalid(format!(
             "cannot create output directory {}: {e}",
             opts.out.display()

@@ -275,7 +275,13 @@ impl Handler {
             }
             _ => {
                 self.metrics.refused.fetch_add(1, Ordering::Relaxed);
-                let ski = req.ski.map(hex::encode).unwrap_or_default();
+                // The key as the client named it: by SKI, else by the
+                // certificate digest item.
+                let ski = match (req.ski, req.digest) {
+                    (Some(ski), _) => hex::encode(ski),
+                    (None, Some(d)) => format!("digest:{}", hex::encode(d)),
+                    (None, None) => "none".into(),
+                };
                 match self.refusal_log.allow() {
                     Some(held_back) => tracing::info!(
                         client = %who.label(), %ski, held_back,

@@ -200,7 +200,7 @@ fn aad(label: &str) -> Vec<u8> {
 fn create_file(path: &Path) -> Result<Kek> {
     let kek = Kek::generate()?;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        super::create_private_dir(dir).map_err(|e| Error::io(dir, e))?;
     }
     let text = Zeroizing::new(hex::encode(&kek.raw[..]) + "\n");
     let mut opts = std::fs::OpenOptions::new();

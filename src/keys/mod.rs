@@ -1253,8 +1253,22 @@ fn load_file_or_doubt(path: &Path, kek: Option<&Kek>) -> Result<Key, LoadError> 
 }
 
 /// Writes `dir/name` so that a crash leaves either the old or the new file.
+/// Creates `dir` (and its missing parents) for its owner only (0700):
+/// key files, the KEK and the CA state live under it, and a folder others
+/// may write to would let them swap those files by rename.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
 pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    create_private_dir(dir).map_err(|e| Error::io(dir, e))?;
     // One temporary name per process: two processes writing the same file
     // (the KEK record, say) must not rename each other's half-written copy.
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));

@@ -92,7 +92,7 @@ pub struct DirLock {
 
 impl DirLock {
     fn open(keys_dir: &Path) -> Result<File> {
-        std::fs::create_dir_all(keys_dir).map_err(|e| Error::io(keys_dir, e))?;
+        super::create_private_dir(keys_dir).map_err(|e| Error::io(keys_dir, e))?;
         let path = keys_dir.join(LOCK_FILE);
         std::fs::OpenOptions::new()
             .create(true)
