@@ -219,11 +219,29 @@ enum RotateCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain of an audit log; prints the record count and
-    /// the head hash (publish it to detect truncation later).
+    /// Check the hash chain of an audit log; prints the record count, the
+    /// head hash and the head as an anchor (`SEQ:SHA256`): export it off
+    /// the host and pass it to a later verify to detect truncation or
+    /// rewriting.
     Verify {
         /// The log file (default: <data-dir>/audit.log).
         file: Option<PathBuf>,
+        /// A head exported earlier (`SEQ:SHA256`, repeatable): record SEQ
+        /// must still be in the chain with that hash.
+        #[arg(long = "anchor", value_name = "SEQ:SHA256")]
+        anchors: Vec<sigmux::audit::Anchor>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// After a break: move the broken log's files into
+    /// `audit.log.broken-<UTC time>/` and start a new chain whose first
+    /// record (`audit_restarted`) names them with their SHA-256. Refused
+    /// when the chain verifies.
+    Restart {
+        /// Why (recorded in the new chain's first record).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -517,11 +535,61 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench_cmd(&cfg, a),
         Command::Ca(c) => ca_cmd(&cfg, c),
         Command::Issue(a) => issue_cmd(a).map(|_| ()),
-        Command::Audit(AuditCommand::Verify { file }) => {
-            let path = file.unwrap_or_else(|| cfg.data_dir.join("audit.log"));
-            let v = sigmux::audit::verify(&path)?;
+        Command::Audit(a) => audit_cmd(&cfg, a),
+    }
+}
+
+/// `sigmux audit verify | restart`.
+fn audit_cmd(cfg: &Config, cmd: AuditCommand) -> Result<()> {
+    let log = cfg.data_dir.join("audit.log");
+    match cmd {
+        AuditCommand::Verify {
+            file,
+            anchors,
+            json,
+        } => {
+            let path = file.unwrap_or(log);
+            let v = sigmux::audit::verify_anchored(&path, &anchors)?;
+            let anchor = v.anchor().map(|a| a.to_string());
+            if json {
+                println!(
+                    "{}",
+                    pretty(&serde_json::json!({
+                        "records": v.records,
+                        "head": v.head,
+                        "segments": v.segments,
+                        "anchor": anchor,
+                        "anchors_held": anchors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    }))
+                );
+                return Ok(());
+            }
             let plural = if v.records == 1 { "" } else { "s" };
             println!("ok: {} record{plural}, head {}", v.records, v.head);
+            for a in &anchors {
+                println!("held: {a}");
+            }
+            if let Some(a) = anchor {
+                println!("anchor: {a}");
+            }
+            Ok(())
+        }
+        AuditCommand::Restart { reason } => {
+            let r = sigmux::audit::restart(&log, &reason)?;
+            let plural = |n: u64| if n == 1 { "" } else { "s" };
+            let files = r.moved.len() as u64;
+            println!(
+                "restarted: {files} file{} moved to {} ({} record{} verified before the break); \
+                 new chain head {}",
+                plural(files),
+                r.quarantine.display(),
+                r.records_verified,
+                plural(r.records_verified),
+                r.verified.head
+            );
+            if let Some(a) = r.verified.anchor() {
+                println!("anchor: {a}");
+            }
             Ok(())
         }
     }
