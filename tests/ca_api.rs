@@ -8,25 +8,6 @@ use std::process::{Command, Stdio};
 mod common;
 use common::*;
 
-/// A workload CSR (`name.csr`), PEM text.
-fn workload_csr(dir: &Path, name: &str) -> String {
-    ec_key(dir, &format!("{name}.key"));
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            &format!("{name}.key"),
-            "-subj",
-            "/CN=ignored",
-            "-out",
-            &format!("{name}.csr"),
-        ],
-    );
-    std::fs::read_to_string(dir.join(format!("{name}.csr"))).unwrap()
-}
-
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }

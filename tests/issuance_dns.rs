@@ -44,25 +44,6 @@ fn setup(dir: &Path) -> (ServerProcess, String) {
     (server, base)
 }
 
-/// A workload CSR (`name.csr`) from `openssl req`, PEM text.
-fn workload_csr(dir: &Path, name: &str) -> String {
-    ec_key(dir, &format!("{name}.key"));
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            &format!("{name}.key"),
-            "-subj",
-            "/CN=ignored",
-            "-out",
-            &format!("{name}.csr"),
-        ],
-    );
-    std::fs::read_to_string(dir.join(format!("{name}.csr"))).unwrap()
-}
-
 /// Posts a batch as `who`; returns its results.
 fn batch(dir: &Path, base: &str, who: &str, items: serde_json::Value) -> Vec<serde_json::Value> {
     let body = serde_json::json!({ "items": items }).to_string();

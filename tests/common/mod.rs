@@ -94,6 +94,26 @@ pub fn ca(dir: &Path, name: &str) {
     );
 }
 
+/// A workload CSR (`name.csr`, key `name.key`) from `openssl req`, PEM
+/// text.
+pub fn workload_csr(dir: &Path, name: &str) -> String {
+    ec_key(dir, &format!("{name}.key"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}.key"),
+            "-subj",
+            "/CN=ignored",
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    std::fs::read_to_string(dir.join(format!("{name}.csr"))).unwrap()
+}
+
 /// A leaf `name.pem`/`name.key` signed by `ca` with the given SAN.
 pub fn leaf(dir: &Path, ca: &str, name: &str, san: &str) {
     ec_key(dir, &format!("{name}.key"));
