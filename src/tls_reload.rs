@@ -95,6 +95,20 @@ pub(crate) fn not_after(der: &[u8]) -> Option<std::time::SystemTime> {
     Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
+/// When the first certificate of a peer's chain expires, as a timer
+/// deadline: a connection stops taking requests then (a long-lived
+/// connection must not outlive the credential it was opened with).
+pub(crate) fn chain_expiry(
+    certs: &[rustls::pki_types::CertificateDer<'_>],
+) -> Option<tokio::time::Instant> {
+    let at = certs.iter().filter_map(|c| not_after(c)).min()?;
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    // Far-future dates would overflow the timer.
+    Some(tokio::time::Instant::now() + left.min(std::time::Duration::from_secs(100 * 365 * 86_400)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

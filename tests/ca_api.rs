@@ -977,3 +977,70 @@ fn the_api_takes_only_json_and_answers_every_refusal_in_json() {
         "{said}"
     );
 }
+
+#[test]
+fn an_issuance_connection_closes_when_its_callers_certificate_expires() {
+    use rustls::pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    issuance_setup(dir, "spiffe://example.org/ns/prod", "");
+    short_lived_leaf(dir, "ca", "brief", "spiffe://example.org/issuer", 4);
+    let (_server, addr, _http) = start_server_with_http(dir);
+    let read_pem = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&read_pem("ca.pem")) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&read_pem("brief.pem"))
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&read_pem("brief.key")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let tcp = std::net::TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    // One keep-alive GET; the answer's status line, or what went wrong.
+    let mut get = || -> String {
+        if let Err(e) = tls.write_all(b"GET /v1/bundle.pem HTTP/1.1\r\nHost: localhost\r\n\r\n") {
+            return format!("write: {e}");
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf) {
+                Ok(0) => return format!("closed: {}", String::from_utf8_lossy(&got)),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return format!("read: {e}"),
+            }
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                let len: usize = text[..head_end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap();
+                if got.len() >= head_end + 4 + len {
+                    return text.lines().next().unwrap().to_string();
+                }
+            }
+        }
+    };
+    assert_eq!(get(), "HTTP/1.1 200 OK");
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    // The certificate expired while the connection sat open: closed.
+    let after = get();
+    assert!(!after.contains("200"), "{after}");
+}

@@ -15,7 +15,7 @@ use sigmux::keyless::protocol::{self, ErrorCode, Op, Request, Response, Response
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{ServerProcess, ca, leaf as issue, sigmux};
+use common::{ServerProcess, ca, leaf as issue, short_lived_leaf, sigmux};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -418,57 +418,10 @@ fn tls_sessions_are_never_resumed() {
     }
 }
 
-/// `name.pem`/`name.key`: a client certificate for the proxy's SPIFFE ID,
-/// signed by the test CA, that expires `secs` seconds from now.
-fn short_lived_client(f: &Fixture, name: &str, secs: i64) {
-    use openssl::{asn1::Asn1Time, x509::extension::SubjectAlternativeName};
-    let read = |file: &str| std::fs::read(f.dir.join(file)).unwrap();
-    let ca_cert = openssl::x509::X509::from_pem(&read("ca.pem")).unwrap();
-    let ca_key = openssl::pkey::PKey::private_key_from_pem(&read("ca.key")).unwrap();
-    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
-    let key =
-        openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&group).unwrap()).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let mut b = openssl::x509::X509Builder::new().unwrap();
-    b.set_version(2).unwrap();
-    let serial = openssl::bn::BigNum::from_u32(now as u32).unwrap();
-    b.set_serial_number(&serial.to_asn1_integer().unwrap())
-        .unwrap();
-    let mut subject = openssl::x509::X509NameBuilder::new().unwrap();
-    subject.append_entry_by_text("CN", name).unwrap();
-    b.set_subject_name(&subject.build()).unwrap();
-    b.set_issuer_name(ca_cert.subject_name()).unwrap();
-    b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::from_unix(now - 60).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::from_unix(now + secs).unwrap())
-        .unwrap();
-    let san = SubjectAlternativeName::new()
-        .uri("spiffe://test.example/proxy")
-        .build(&b.x509v3_context(Some(&ca_cert), None))
-        .unwrap();
-    b.append_extension(san).unwrap();
-    b.sign(&ca_key, openssl::hash::MessageDigest::sha256())
-        .unwrap();
-    std::fs::write(
-        f.dir.join(format!("{name}.pem")),
-        b.build().to_pem().unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        f.dir.join(format!("{name}.key")),
-        key.private_key_to_pem_pkcs8().unwrap(),
-    )
-    .unwrap();
-}
-
 #[test]
 fn a_connection_stops_taking_requests_when_its_client_certificate_expires() {
     let f = fixture();
-    short_lived_client(f, "short", 4);
+    short_lived_leaf(&f.dir, "ca", "short", "spiffe://test.example/proxy", 4);
     let rt = rt();
     let mut s = rt.block_on(connect(f, "short", false)).unwrap();
     assert!(matches!(

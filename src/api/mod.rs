@@ -44,7 +44,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::keyless::auth::{ClientIdentity, ClientMatch};
 use crate::keys::KeyStore;
-use crate::shutdown::{all_closed, stopped};
+use crate::shutdown::{all_closed, stopped, until};
 use crate::tls_reload::TlsSlot;
 
 /// One `[[issuance.callers]]` rule: a caller, the SPIFFE ID prefixes it
@@ -462,12 +462,38 @@ async fn accept_loop(
                 return;
             };
             let identity = ClientIdentity::from_cert(cert.as_ref());
+            let expires = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(crate::tls_reload::chain_expiry);
+            let stop = connection_stop(stop, expires);
             serve_connection(tls, router, Peer { addr, identity }, limits, stop, permit).await;
         });
     }
     drop(tcp);
     // Every connection holds a permit until it ends.
     all_closed(&permits, limits.max_connections).await;
+}
+
+/// The stop signal of one connection: the listener's, or the moment its
+/// caller's certificate chain expires, whichever comes first (the request
+/// it is on is finished, then it closes, as at shutdown).
+fn connection_stop(
+    mut stop: watch::Receiver<bool>,
+    expires: Option<tokio::time::Instant>,
+) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stopped(&mut stop) => {}
+            () = until(expires) => {}
+            // The connection ended first.
+            () = tx.closed() => return,
+        }
+        let _ = tx.send(true);
+    });
+    rx
 }
 
 /// Records the summaries of refusal windows as they end, until `stop`.

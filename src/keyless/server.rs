@@ -237,16 +237,6 @@ pub fn tls_config(s: &KeylessSettings) -> Result<rustls::ServerConfig> {
     Ok(cfg)
 }
 
-/// When the first certificate of the client's chain expires: the
-/// connection stops taking requests then (a long-lived connection must not
-/// outlive the credential it was opened with).
-fn chain_expiry(certs: &[CertificateDer<'_>]) -> Option<std::time::SystemTime> {
-    certs
-        .iter()
-        .filter_map(|c| crate::tls_reload::not_after(c))
-        .min()
-}
-
 impl KeylessServer {
     /// Prepares a listener's state (reads and checks the TLS files).
     pub fn new(
@@ -418,13 +408,7 @@ impl KeylessServer {
             .get_ref()
             .1
             .peer_certificates()
-            .and_then(chain_expiry)
-            .map(|at| {
-                let left = at
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap_or_default();
-                tokio::time::Instant::now() + left.min(Duration::from_secs(100 * 365 * 86_400))
-            });
+            .and_then(crate::tls_reload::chain_expiry);
         m.connections.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%peer, client = %identity.label(), "keyless connection");
         let identity = Arc::new(identity);

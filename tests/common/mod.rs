@@ -114,6 +114,49 @@ pub fn workload_csr(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{name}.csr"))).unwrap()
 }
 
+/// `name.pem`/`name.key`: a leaf with the URI SAN `uri`, signed by `ca`,
+/// that expires `secs` seconds from now.
+pub fn short_lived_leaf(dir: &Path, ca: &str, name: &str, uri: &str, secs: i64) {
+    use openssl::{asn1::Asn1Time, x509::extension::SubjectAlternativeName};
+    let read = |file: String| std::fs::read(dir.join(file)).unwrap();
+    let ca_cert = openssl::x509::X509::from_pem(&read(format!("{ca}.pem"))).unwrap();
+    let ca_key = openssl::pkey::PKey::private_key_from_pem(&read(format!("{ca}.key"))).unwrap();
+    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+    let key =
+        openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&group).unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut b = openssl::x509::X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    let serial = openssl::bn::BigNum::from_u32(now as u32).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
+    let mut subject = openssl::x509::X509NameBuilder::new().unwrap();
+    subject.append_entry_by_text("CN", name).unwrap();
+    b.set_subject_name(&subject.build()).unwrap();
+    b.set_issuer_name(ca_cert.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::from_unix(now - 60).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::from_unix(now + secs).unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .uri(uri)
+        .build(&b.x509v3_context(Some(&ca_cert), None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&ca_key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    std::fs::write(dir.join(format!("{name}.pem")), b.build().to_pem().unwrap()).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.key")),
+        key.private_key_to_pem_pkcs8().unwrap(),
+    )
+    .unwrap();
+}
+
 /// A leaf `name.pem`/`name.key` signed by `ca` with the given SAN.
 pub fn leaf(dir: &Path, ca: &str, name: &str, san: &str) {
     ec_key(dir, &format!("{name}.key"));
