@@ -617,10 +617,45 @@ fn changed(file: &str, line: u64) -> Error {
 
 /// Reads the chain of the log at `path` (under the lock file) and opens
 /// it for appending.
+/// Where [`restart`] writes the new chain's first record before the old
+/// files are moved away: `.<name>.restart` beside the log.
+fn restart_path(path: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(".restart");
+    path.with_file_name(name)
+}
+
+/// Finishes a [`restart`] that stopped after moving the old files away and
+/// before the new chain took the log's name (a crash): with no log and no
+/// segment left, the waiting first record becomes the log, so the new
+/// chain still opens with `audit_restarted` instead of starting bare. The
+/// caller holds the lock file.
+fn finish_interrupted_restart(path: &Path) -> Result<()> {
+    let fresh = restart_path(path);
+    if path.exists() || !fresh.exists() || !segments(path)?.is_empty() {
+        return Ok(());
+    }
+    let mut walk = Walk::new(Vec::new());
+    verify_file(&fresh, &mut walk)?;
+    let text = std::fs::read_to_string(&fresh).map_err(|e| Error::io(&fresh, e))?;
+    if walk.n != 1 || !text.contains("\"event\":\"audit_restarted\"") {
+        return Err(Error::Invalid(format!(
+            "{} is not the first record of a restarted audit log; move it away to go on",
+            fresh.display()
+        )));
+    }
+    std::fs::rename(&fresh, path).map_err(|e| Error::io(path, e))?;
+    sync_dir(&parent_dir(path))?;
+    tracing::warn!(log = %path.display(), "an interrupted `audit restart` was finished");
+    Ok(())
+}
+
 fn open_tail(path: &Path, max_segment_bytes: u64) -> Result<Arc<Mutex<Tail>>> {
     let lock = open_lock(path)?;
     lock.lock().map_err(|e| Error::io(lock_path(path), e))?;
     let opened = (|| {
+        finish_interrupted_restart(path)?;
         let segs = segments(path)?;
         let mut walk = Walk::new(Vec::new());
         if path.exists() || !segs.is_empty() {
@@ -1011,10 +1046,7 @@ fn restart_locked(path: &Path, reason: &str) -> Result<Restarted> {
     line.push(b'\n');
     // The new chain is written beside the log first, then the old files
     // go, then it takes the log's name.
-    let mut fresh_name = std::ffi::OsString::from(".");
-    fresh_name.push(path.file_name().unwrap_or_default());
-    fresh_name.push(".restart");
-    let fresh = path.with_file_name(fresh_name);
+    let fresh = restart_path(path);
     {
         let mut opts = OpenOptions::new();
         opts.write(true).create(true).truncate(true);
@@ -1506,6 +1538,29 @@ mod tests {
         ] {
             assert!(bad.parse::<Anchor>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_restart_interrupted_before_its_last_rename_is_finished_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        let log = AuditLog::open_unshared(&p, DEFAULT_MAX_SEGMENT_BYTES).unwrap();
+        for i in 0..3 {
+            log.append("e", json!({ "i": i })).unwrap();
+        }
+        drop(log);
+        edit_in_place(&p, 2, "\"i\":1", "\"i\":7");
+        restart(&p, "edited").unwrap();
+        // As if the crash came after the old files were moved and before
+        // the new first record took the log's name.
+        std::fs::rename(&p, restart_path(&p)).unwrap();
+        let log = AuditLog::open_unshared(&p, DEFAULT_MAX_SEGMENT_BYTES).unwrap();
+        log.append("after", json!({})).unwrap();
+        drop(log);
+        assert_eq!(verify(&p).unwrap().records, 2);
+        let first = lines(&p).remove(0);
+        assert!(first.contains("\"event\":\"audit_restarted\""), "{first}");
+        assert!(!restart_path(&p).exists());
     }
 
     #[test]
