@@ -48,19 +48,11 @@ fn issue_cli_end_to_end() {
     // Three CSRs: allowed, forbidden by the caller rule, garbage.
     std::fs::create_dir(dir.join("csrs")).unwrap();
     for name in ["web", "db"] {
-        ec_key(dir, &format!("{name}.key"));
-        openssl(
+        new_csr(
             dir,
-            &[
-                "req",
-                "-new",
-                "-key",
-                &format!("{name}.key"),
-                "-subj",
-                "/CN=ignored",
-                "-out",
-                &format!("csrs/{name}.csr"),
-            ],
+            &format!("{name}.key"),
+            "/CN=ignored",
+            &format!("csrs/{name}.csr"),
         );
     }
     std::fs::write(

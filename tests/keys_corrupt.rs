@@ -3,11 +3,10 @@
 //! listed with the reason and can be deleted (never one of the CA's keys),
 //! and no output ever quotes the file's content.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Output};
 
 /// What a damaged file holds: nothing of it may show up anywhere.
 const JUNK: &str = "-----BEGIN PRIVATE KEY-----\nJUNK-SECRET-CONTENT\n";
@@ -302,58 +301,14 @@ fn a_damaged_file_under_a_ca_key_name_is_never_deleted_by_keys_delete() {
     assert!(!log.contains("key.delete"), "{log}");
 }
 
-/// Starts `serve` and returns its stderr lines up to the listening line and
-/// the HTTP address; the process is killed when the guard drops.
-struct Serve {
-    child: std::process::Child,
-    addr: String,
-    early: Vec<String>,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(root: &Path, data: &Path, config: &str) -> Serve {
+/// Starts `serve` with `config`; no line it prints before listening may
+/// hold the bad key file's content.
+fn serve(root: &Path, data: &Path, config: &str) -> common::Served {
     let cfg = root.join("sigmux.toml");
     std::fs::write(&cfg, config).unwrap();
-    let mut child = sigmux_cmd(data)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("serve")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut early = Vec::new();
-    loop {
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("serve did not start; stderr so far: {early:?}");
-        };
-        assert!(!line.contains("JUNK-SECRET"), "{line}");
-        if let Some(addr) = line.split("on http://").nth(1) {
-            return Serve {
-                child,
-                addr: addr.trim().to_string(),
-                early,
-            };
-        }
-        early.push(line);
-    }
+    let mut cmd = sigmux_cmd(data);
+    cmd.arg("--config").arg(&cfg).arg("serve");
+    common::serve_until_http(cmd, |line| assert!(!line.contains("JUNK-SECRET"), "{line}"))
 }
 
 #[test]

@@ -1,62 +1,21 @@
 //! `sigmux serve` started as a user would, probed with curl.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-struct Server {
-    child: Child,
-    addr: String,
-    /// stderr lines printed before the listening line.
-    early: Vec<String>,
-}
+use std::process::Command;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Served as Server, serve_until_http};
 
 fn start(dir: &std::path::Path, config: &str) -> Server {
     let cfg = dir.join("sigmux.toml");
     std::fs::write(&cfg, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sigmux"))
-        .arg("--config")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigmux"));
+    cmd.arg("--config")
         .arg(&cfg)
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .arg("serve")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    loop {
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("serve did not start; stderr so far: {seen:?}");
-        };
-        if let Some(addr) = line.split("on http://").nth(1) {
-            return Server {
-                child,
-                addr: addr.trim().to_string(),
-                early: seen,
-            };
-        }
-        seen.push(line);
-    }
+        .arg("serve");
+    serve_until_http(cmd, |_| {})
 }
 
 fn curl(url: &str) -> (u16, String) {

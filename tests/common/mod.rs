@@ -94,22 +94,75 @@ pub fn ca(dir: &Path, name: &str) {
     );
 }
 
+/// A `sigmux serve` process, killed on drop, with its HTTP address and the
+/// stderr lines it printed before saying it.
+pub struct Served {
+    pub child: Child,
+    pub addr: String,
+    pub early: Vec<String>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns `cmd` (a `sigmux ... serve`) and waits up to 60 s for its `on
+/// http://ADDR` line; `each` sees every stderr line up to that one.
+pub fn serve_until_http(mut cmd: Command, each: impl Fn(&str)) -> Served {
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut early = Vec::new();
+    loop {
+        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve did not start; stderr so far: {early:?}");
+        };
+        each(&line);
+        if let Some(addr) = line.split("on http://").nth(1) {
+            return Served {
+                child,
+                addr: addr.trim().to_string(),
+                early,
+            };
+        }
+        early.push(line);
+    }
+}
+
+/// A new P-256 key in `key` and a CSR for it with subject `subj` in `out`,
+/// both made by openssl.
+pub fn new_csr(dir: &Path, key: &str, subj: &str, out: &str) {
+    ec_key(dir, key);
+    openssl(
+        dir,
+        &["req", "-new", "-key", key, "-subj", subj, "-out", out],
+    );
+}
+
 /// A workload CSR (`name.csr`, key `name.key`) from `openssl req`, PEM
 /// text.
 pub fn workload_csr(dir: &Path, name: &str) -> String {
-    ec_key(dir, &format!("{name}.key"));
-    openssl(
+    new_csr(
         dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            &format!("{name}.key"),
-            "-subj",
-            "/CN=ignored",
-            "-out",
-            &format!("{name}.csr"),
-        ],
+        &format!("{name}.key"),
+        "/CN=ignored",
+        &format!("{name}.csr"),
     );
     std::fs::read_to_string(dir.join(format!("{name}.csr"))).unwrap()
 }
@@ -159,19 +212,11 @@ pub fn short_lived_leaf(dir: &Path, ca: &str, name: &str, uri: &str, secs: i64) 
 
 /// A leaf `name.pem`/`name.key` signed by `ca` with the given SAN.
 pub fn leaf(dir: &Path, ca: &str, name: &str, san: &str) {
-    ec_key(dir, &format!("{name}.key"));
-    openssl(
+    new_csr(
         dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            &format!("{name}.key"),
-            "-subj",
-            &format!("/CN={name}"),
-            "-out",
-            &format!("{name}.csr"),
-        ],
+        &format!("{name}.key"),
+        &format!("/CN={name}"),
+        &format!("{name}.csr"),
     );
     std::fs::write(
         dir.join(format!("{name}.ext")),
