@@ -491,9 +491,11 @@ fn spawn_reload(
             match tokio::task::spawn_blocking(move || store.rescan()).await {
                 Ok(Ok(r)) => {
                     say(format_args!(
-                        "sigmux: keys reloaded: {} added {:?}, {} removed {:?}, {} unreadable",
+                        "sigmux: keys reloaded: {} added {:?}, {} replaced {:?}, {} removed {:?}, {} unreadable",
                         r.added.len(),
                         r.added,
+                        r.replaced.len(),
+                        r.replaced,
                         r.removed.len(),
                         r.removed,
                         r.failed.len()

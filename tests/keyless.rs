@@ -1486,11 +1486,40 @@ fn keys_and_the_server_certificate_changed_while_serving_are_picked_up_at_sighup
         ResponseBody::Error(ErrorCode::KeyNotFound)
     );
     let line = reload(&server, &mut lines);
-    assert!(line.contains("1 added [\"late\"], 0 removed"), "{line}");
+    assert!(
+        line.contains("1 added [\"late\"], 0 replaced [], 0 removed"),
+        "{line}"
+    );
     let ResponseBody::Payload(sig) = rt.block_on(sign_with(&mut s, 2, late, b"after")) else {
         panic!("the reloaded key does not sign");
     };
     assert!(verify(&f.dir.join("late.pub.pem"), "ecdsa", b"after", &sig));
+
+    // Replaced (deleted and made again under the same name): reported as
+    // replaced, not added; the old key no longer signs, the new one does.
+    cli(f, config, &["keys", "delete", "--name", "late"]).unwrap();
+    cli(
+        f,
+        config,
+        &["keys", "generate", "--name", "late", "--kind", "p256"],
+    )
+    .unwrap();
+    let old_late = late;
+    let late = ski_of("late");
+    assert_ne!(late, old_late);
+    let line = reload(&server, &mut lines);
+    assert!(
+        line.contains("0 added [], 1 replaced [\"late\"], 0 removed []"),
+        "{line}"
+    );
+    assert_eq!(
+        rt.block_on(sign_with(&mut s, 20, old_late, b"old")),
+        ResponseBody::Error(ErrorCode::KeyNotFound)
+    );
+    assert!(matches!(
+        rt.block_on(sign_with(&mut s, 21, late, b"new")),
+        ResponseBody::Payload(_)
+    ));
 
     // Deleted: gone from the server at the next SIGHUP; the other stays.
     let out = cli(f, config, &["keys", "delete", "--name", "late"]).unwrap();
@@ -1502,7 +1531,10 @@ fn keys_and_the_server_certificate_changed_while_serving_are_picked_up_at_sighup
         "a second delete must name the missing key"
     );
     let line = reload(&server, &mut lines);
-    assert!(line.contains("0 added [], 1 removed [\"late\"]"), "{line}");
+    assert!(
+        line.contains("0 added [], 0 replaced [], 1 removed [\"late\"]"),
+        "{line}"
+    );
     assert_eq!(
         rt.block_on(sign_with(&mut s, 3, late, b"gone")),
         ResponseBody::Error(ErrorCode::KeyNotFound)

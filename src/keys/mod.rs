@@ -505,9 +505,14 @@ impl Index {
 /// What [`KeyStore::rescan`] changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Rescan {
-    /// Keys whose files appeared (or were replaced by another key) since
-    /// the store last looked, now loaded.
+    /// Keys whose files appeared since the store last looked, under a name
+    /// it did not hold, now loaded.
     pub added: Vec<String>,
+    /// Names whose file now holds another key than the one the store held
+    /// (deleted and made again, or imported over): the new key is loaded
+    /// and the old one dropped. Reported apart from `added` so an operator
+    /// sees that a name in use now signs with a different key.
+    pub replaced: Vec<String>,
     /// Keys whose files are gone, now dropped from the store.
     pub removed: Vec<String>,
     /// Files that could not be loaded, each with the reason; whatever the
@@ -726,7 +731,11 @@ impl KeyStore {
                     let mut index = self.keys.write();
                     index.remove(name);
                     index.insert_file(Arc::new(key));
-                    out.added.push(name.to_owned());
+                    if known.is_some() {
+                        out.replaced.push(name.to_owned());
+                    } else {
+                        out.added.push(name.to_owned());
+                    }
                 }
                 Err(e) => {
                     self.keys.write().set_unreadable(BadFile::of(&path, &e));
@@ -1313,7 +1322,7 @@ mod tests {
         cli.delete("a").unwrap();
         let a2 = cli.generate("a", KeyKind::P256).unwrap();
         let r = serving.rescan().unwrap();
-        assert_eq!(r.added, vec!["a".to_string()]);
+        assert_eq!((r.added, r.replaced), (vec![], vec!["a".to_string()]));
         assert!(serving.by_ski(&a.info().ski).is_none());
         assert_eq!(serving.get("a").unwrap().id(), a2.id());
         // A corrupt "b" is reported and "b" stays; a deleted one goes; the
