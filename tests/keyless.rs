@@ -607,6 +607,25 @@ fn malformed_frames_get_errors_or_a_close_and_other_connections_keep_working() {
 }
 
 #[test]
+fn a_frame_with_a_wrong_version_is_answered_and_counted_like_other_errors() {
+    let f = fixture();
+    let name = "sigmux_keyless_requests_total{op=\"malformed\",result=\"version_mismatch\"}";
+    let count = || metric_if_any(&f.http, name).unwrap_or(0);
+    let before = count();
+    rt().block_on(async {
+        let mut s = connect(f, "proxy", false).await.unwrap();
+        let mut bad = Request::new(11, Op::Ping, vec![]).encode().unwrap();
+        bad[0] = 3;
+        s.write_all(&bad).await.unwrap();
+        let rs = read_responses(&mut s, 2).await;
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs[0].body, ResponseBody::Error(ErrorCode::VersionMismatch));
+    });
+    // Counted before the answer leaves, so it is there once it came back.
+    assert_eq!(count(), before + 1, "{name}");
+}
+
+#[test]
 fn a_closed_stderr_does_not_cost_a_connection() {
     let f = fixture();
     // A second server on the same data dir whose stderr nobody reads any
@@ -898,6 +917,12 @@ fn limited_server(f: &Fixture, name: &str, extra: &str) -> (ServerProcess, Strin
 
 /// One value of the server's /metrics (the first line starting `name `).
 fn metric(http: &str, name: &str) -> i64 {
+    metric_if_any(http, name).unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Like [`metric`], but `None` when there is no such line yet (a labelled
+/// counter appears with its first event).
+fn metric_if_any(http: &str, name: &str) -> Option<i64> {
     let out = Command::new("curl")
         .args(["-s", &format!("http://{http}/metrics")])
         .output()
@@ -905,9 +930,7 @@ fn metric(http: &str, name: &str) -> i64 {
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} not in {text}"))
-        .parse()
-        .unwrap()
+        .map(|v| v.parse().unwrap())
 }
 
 /// Polls a metric until `ok` holds (generous wait), returning its last value.

@@ -336,7 +336,10 @@ fn op_label(op: Op) -> &'static str {
     }
 }
 
-fn error_label(code: ErrorCode) -> &'static str {
+/// The `result` label of `sigmux_keyless_requests_total` for an error
+/// answer; the server uses it too for the answers it gives before a request
+/// reaches the handler.
+pub(super) fn error_label(code: ErrorCode) -> &'static str {
     match code {
         ErrorCode::NoError => "ok",
         ErrorCode::Crypto => "crypto_error",

@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::auth::{ClientIdentity, Policy};
-use super::handler::Handler;
+use super::handler::{Handler, error_label};
 use super::metrics::{KeylessMetrics, LogThrottle};
 use super::protocol::{self, ErrorCode, Response, split_frame};
 use crate::engine::Engine;
@@ -469,6 +469,14 @@ impl KeylessServer {
                         if let protocol::ProtocolError::BadVersion { id, .. } = e
                             && let Ok(f) = Response::error(id, ErrorCode::VersionMismatch).encode()
                         {
+                            // Answered, so counted like every other answer
+                            // (no opcode is read from a frame of another
+                            // version: "malformed", as undecodable ones).
+                            m.observe(
+                                "malformed",
+                                error_label(ErrorCode::VersionMismatch),
+                                Duration::ZERO,
+                            );
                             let _ = tx.send((f, None)).await;
                         }
                         match self.framing_log.allow() {
