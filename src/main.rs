@@ -117,7 +117,7 @@ struct IssueArgs {
 enum CaCommand {
     /// Make the root CA, the intermediate signing CA and the JWT-SVID key.
     Init {
-        /// The trust domain, e.g. example.org.
+        /// The trust domain's name, e.g. example.org (not spiffe://example.org).
         #[arg(long)]
         trust_domain: String,
         /// Kind of the root key.
@@ -1176,7 +1176,7 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
                     )));
                 }
             };
-            let td = sigmux::ca::spiffe::TrustDomain::parse(&trust_domain)
+            let td = sigmux::ca::spiffe::TrustDomain::parse_name(&trust_domain)
                 .map_err(|e| Error::Invalid(format!("--trust-domain: {e}")))?;
             let days = |d: u64| Duration::from_secs(d.saturating_mul(86_400));
             let opts = InitOptions {

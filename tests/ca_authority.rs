@@ -252,6 +252,40 @@ fn second_init_fails_with_one_clear_error() {
 }
 
 #[test]
+fn a_trust_domain_given_as_a_spiffe_id_is_refused_naming_the_name_to_give() {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    for (given, want) in [
+        ("spiffe://example.org", "give example.org"),
+        ("spiffe://example.org/", "give example.org"),
+        ("spiffe://example.org/ns/x", "give example.org"),
+        ("https://example.org", "not a URI"),
+    ] {
+        let out = sigmux(&data, &["ca", "init", "--trust-domain", given], None);
+        assert_eq!(out.status.code(), Some(1), "{given}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("sigmux: error: --trust-domain: ")
+                && stderr.contains("trust domain is a name")
+                && stderr.contains(want),
+            "{given}: {stderr}"
+        );
+        assert!(!data.join("ca").exists(), "{given}: a CA was made");
+    }
+    // The bare name is what works.
+    ok(
+        sigmux(
+            &data,
+            &["ca", "init", "--trust-domain", "example.org"],
+            None,
+        ),
+        "ca init",
+    );
+    assert_eq!(state(&data)["trust_domain"], "example.org");
+}
+
+#[test]
 fn jwks_bundle_has_the_spiffe_members() {
     let (dir, _) = init_default();
     let data = dir.path().join("data");

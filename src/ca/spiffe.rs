@@ -188,6 +188,28 @@ pub enum SpiffeIdError {
         /// The path found (possibly truncated).
         path: String,
     },
+
+    /// A trust domain was asked for as a bare name (command line, config)
+    /// and a URI was given, e.g. `spiffe://example.org`.
+    #[error("{}", not_a_name_message(.given, .name.as_deref()))]
+    NotAName {
+        /// What was given (possibly truncated).
+        given: String,
+        /// The trust domain name it holds, when it is a valid one.
+        name: Option<String>,
+    },
+}
+
+/// The message of [`SpiffeIdError::NotAName`]: the name to give instead
+/// when there is one.
+fn not_a_name_message(given: &str, name: Option<&str>) -> String {
+    let given = given.escape_debug();
+    match name {
+        Some(name) => {
+            format!("trust domain is a name, not a SPIFFE ID: give {name}, not '{given}'")
+        }
+        None => format!("trust domain is a name like example.org, not a URI: found '{given}'"),
+    }
 }
 
 impl SpiffeIdError {
@@ -213,6 +235,7 @@ impl SpiffeIdError {
             SpiffeIdError::Query { .. } => "spiffe_id_query",
             SpiffeIdError::Fragment { .. } => "spiffe_id_fragment",
             SpiffeIdError::UnexpectedPath { .. } => "spiffe_id_unexpected_path",
+            SpiffeIdError::NotAName { .. } => "spiffe_id_trust_domain_not_a_name",
         }
     }
 }
@@ -410,6 +433,9 @@ impl TrustDomain {
     /// containing `://` is treated as the ID form, and must then have no path.
     ///
     /// No normalisation is done: `Example.org` is rejected, not lowercased.
+    /// For a trust domain an operator gives (command line, config) use
+    /// [`TrustDomain::parse_name`], which refuses the ID form rather than
+    /// read it silently.
     ///
     /// # Errors
     ///
@@ -423,6 +449,32 @@ impl TrustDomain {
                 });
             }
             return Ok(id.trust_domain);
+        }
+        validate_trust_domain(s, 0)?;
+        Ok(TrustDomain(s.to_owned()))
+    }
+
+    /// Parses a trust domain an operator gives by name (`example.org`).
+    /// A URI is refused rather than read as the name in it: whoever writes
+    /// `spiffe://example.org/ns/x` may well mean something else than the
+    /// trust domain `example.org`, so the error names the bare name to give
+    /// instead (when the URI holds a valid one).
+    ///
+    /// # Errors
+    ///
+    /// [`SpiffeIdError::NotAName`] for a URI, else the [`SpiffeIdError`]
+    /// for the first rule the name breaks.
+    pub fn parse_name(s: &str) -> Result<TrustDomain, SpiffeIdError> {
+        if s.contains("://") || s.starts_with("spiffe:") {
+            let name = s
+                .strip_prefix(SCHEME_PREFIX)
+                .and_then(|rest| rest.split(['/', '?', '#']).next())
+                .filter(|authority| validate_trust_domain(authority, 0).is_ok())
+                .map(str::to_owned);
+            return Err(SpiffeIdError::NotAName {
+                given: excerpt(s),
+                name,
+            });
         }
         validate_trust_domain(s, 0)?;
         Ok(TrustDomain(s.to_owned()))
@@ -1047,6 +1099,42 @@ mod tests {
             Err(E::TrustDomainTooLong { len: 256 })
         );
         TrustDomain::parse(&"a".repeat(255)).unwrap();
+    }
+
+    #[test]
+    fn trust_domain_parse_name_takes_only_the_bare_name() {
+        assert_eq!(
+            TrustDomain::parse_name("example.org").unwrap(),
+            TrustDomain::parse("example.org").unwrap()
+        );
+        for (s, name) in [
+            ("spiffe://example.org", Some("example.org")),
+            ("spiffe://example.org/", Some("example.org")),
+            ("spiffe://example.org/ns/x?q#f", Some("example.org")),
+            ("spiffe://Example.org", None),
+            ("spiffe://", None),
+            ("spiffe:example.org", None),
+            ("https://example.org", None),
+        ] {
+            let e = TrustDomain::parse_name(s).unwrap_err();
+            assert_eq!(
+                e,
+                E::NotAName {
+                    given: s.into(),
+                    name: name.map(Into::into)
+                },
+                "{s}"
+            );
+            let msg = e.to_string();
+            assert!(msg.starts_with("trust domain is a name"), "{msg}");
+            if let Some(n) = name {
+                assert!(msg.contains(&format!("give {n},")), "{msg}");
+            }
+        }
+        assert_eq!(
+            TrustDomain::parse_name("Example.org"),
+            Err(E::InvalidTrustDomainChar { ch: 'E', offset: 0 })
+        );
     }
 
     #[test]
