@@ -5,13 +5,13 @@
 //! (`Error::WrongResult`) on demand. The real CUDA backend's fault path is
 //! exercised on a GPU by tests/cuda.rs.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sigmux::backend::cpu::{CpuBackend, CpuConfig, CpuEngine, EngineChoice};
 use sigmux::backend::{Backend, Capabilities, CostSeed};
-use sigmux::{Engine, EngineConfig, Error, Key, KeyKind, Scheme, SignInput, SignRequest};
+use sigmux::{Engine, EngineConfig, Error, Key, KeyId, KeyKind, Scheme, SignInput, SignRequest};
 
 /// Mocks a device-checked backend: real CPU signatures, a claim to have
 /// checked them, and an injectable fault.
@@ -24,6 +24,10 @@ struct DeviceChecked {
     /// checking: shows the engine really skips its own check).
     lie: AtomicBool,
     calls: AtomicUsize,
+    /// Report a device-check fault for this key's batches only.
+    fault_key: Mutex<Option<KeyId>>,
+    /// Take this long over this key's batches (which succeed).
+    slow_key: Mutex<Option<(KeyId, Duration)>>,
 }
 
 impl DeviceChecked {
@@ -36,6 +40,8 @@ impl DeviceChecked {
             fault: AtomicBool::new(false),
             lie: AtomicBool::new(false),
             calls: AtomicUsize::new(0),
+            fault_key: Mutex::new(None),
+            slow_key: Mutex::new(None),
         })
     }
 }
@@ -54,7 +60,13 @@ impl Backend for DeviceChecked {
         inputs: &[Vec<u8>],
     ) -> sigmux::Result<Vec<Vec<u8>>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.fault.load(Ordering::SeqCst) {
+        let slow = *self.slow_key.lock().unwrap();
+        if let Some((id, pause)) = slow
+            && id == key.id()
+        {
+            std::thread::sleep(pause);
+        }
+        if self.fault.load(Ordering::SeqCst) || *self.fault_key.lock().unwrap() == Some(key.id()) {
             return Err(Error::WrongResult {
                 backend: "mock-gpu".into(),
                 count: inputs.len(),
@@ -172,6 +184,49 @@ fn a_device_check_fault_quarantines_the_backend_and_the_cpu_answers() {
         assert!(b["bad_signatures"].as_u64().unwrap() >= 1);
         assert_eq!(b["errors"], 0, "a wrong result is not counted as an error");
     }
+}
+
+#[test]
+fn a_batch_that_was_already_running_does_not_end_the_quarantine_when_it_succeeds() {
+    // Two batches on the mock at once: a slow one that succeeds and a fast
+    // one whose device check fails. The slow one ends after the quarantine
+    // began; its success says nothing about the device since then, so the
+    // backend stays out of rotation until its back-off has passed.
+    let gpu = DeviceChecked::new(&cpu());
+    let engine = Engine::new(cfg(), vec![gpu.clone(), cpu()]).unwrap();
+    let slow = Key::ephemeral("t", KeyKind::P256).unwrap();
+    let bad = Key::ephemeral("t", KeyKind::P256).unwrap();
+    *gpu.slow_key.lock().unwrap() = Some((slow.id(), Duration::from_millis(500)));
+    *gpu.fault_key.lock().unwrap() = Some(bad.id());
+    let scheme = Scheme::EcdsaSecp256r1Sha256;
+    let sign = |k: &Arc<Key>| {
+        engine
+            .submit(SignRequest::new(
+                k.clone(),
+                scheme,
+                SignInput::Message(b"m".to_vec()),
+            ))
+            .unwrap()
+    };
+    let slow_ticket = sign(&slow);
+    // The slow batch is on the mock before the bad one is submitted.
+    while gpu.calls.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let bad_sig = sign(&bad).wait().unwrap();
+    assert_eq!(&*bad_sig.backend, "cpu", "redone on the CPU");
+    let slow_sig = slow_ticket.wait().unwrap();
+    assert_eq!(&*slow_sig.backend, "mock-gpu");
+    for (k, sig) in [(&slow, &slow_sig), (&bad, &bad_sig)] {
+        assert!(openssl_verifies(k, scheme, b"m", &sig.bytes));
+    }
+    let report = engine.report();
+    let b = &report["backends"][0];
+    assert_eq!(b["name"], "mock-gpu");
+    assert_eq!(b["health"]["state"], "quarantined", "{b:#}");
+    // And new work goes to the CPU meanwhile.
+    let next = sign(&slow).wait().unwrap();
+    assert_eq!(&*next.backend, "cpu");
 }
 
 #[test]

@@ -56,6 +56,8 @@ struct Job {
     batch: Batch,
     est_us: u64,
     excluded: Vec<usize>,
+    /// The slot's `failure_epoch` when the job was dispatched.
+    epoch: u64,
 }
 
 #[derive(Default)]
@@ -86,6 +88,12 @@ pub(crate) struct Slot {
     health: Mutex<Health>,
     /// Mirrors `health != Healthy`, so the hot path needs no lock.
     out_of_rotation: AtomicBool,
+    /// Failures so far (each `mark_failed` adds one). A job remembers the
+    /// count when it was dispatched: only a job sent after the last failure
+    /// (a probe once the back-off has passed) may put the backend back in
+    /// rotation, never one that was already running or queued when it
+    /// failed.
+    failure_epoch: AtomicU64,
     counters: Counters,
 }
 
@@ -136,6 +144,7 @@ impl Slot {
             costs: Mutex::new(costs),
             health: Mutex::new(Health::Healthy),
             out_of_rotation: AtomicBool::new(false),
+            failure_epoch: AtomicU64::new(0),
             counters: Counters::default(),
         })
     }
@@ -193,6 +202,7 @@ impl Slot {
             batch,
             est_us: est,
             excluded,
+            epoch: self.failure_epoch.load(Ordering::Acquire),
         };
         if let Err(crossbeam_channel::SendError(Msg::Job(job))) = self.tx.send(Msg::Job(job)) {
             self.finish_accounting(n, est);
@@ -221,6 +231,7 @@ impl Slot {
             .saturating_mul(1u32 << (failures - 1).min(16))
             .min(MAX_BACKOFF);
         let until = Instant::now() + backoff;
+        self.failure_epoch.fetch_add(1, Ordering::AcqRel);
         self.out_of_rotation.store(true, Ordering::Release);
         tracing::warn!(backend = %self.name, %reason, backoff_ms = backoff.as_millis() as u64,
             quarantine, "backend taken out of rotation");
@@ -239,11 +250,16 @@ impl Slot {
         };
     }
 
-    fn mark_ok(&self) {
+    /// A batch dispatched at `epoch` succeeded.
+    fn mark_ok(&self, epoch: u64) {
         if !self.out_of_rotation.load(Ordering::Acquire) {
             return;
         }
         let mut h = self.health.lock();
+        // Under the lock: mark_failed moves the epoch under it too.
+        if epoch != self.failure_epoch.load(Ordering::Acquire) {
+            return;
+        }
         if !matches!(*h, Health::Healthy) {
             tracing::info!(backend = %self.name, "backend back in rotation");
             *h = Health::Healthy;
@@ -438,12 +454,23 @@ fn run_job(inner: &Inner, slot: &Slot, job: Job) {
         batch,
         est_us,
         mut excluded,
+        epoch,
     } = job;
     let n_dispatched = batch.inputs.len();
     let batch = drop_expired(inner, batch);
     let n = batch.inputs.len();
     if n == 0 {
         slot.finish_accounting(n_dispatched, est_us);
+        return;
+    }
+    if epoch != slot.failure_epoch.load(Ordering::Acquire) && !slot.healthy_at(Instant::now()) {
+        // Queued before the backend failed and still waiting out its
+        // back-off: the batch goes elsewhere rather than to a backend just
+        // taken out of rotation.
+        slot.finish_accounting(n_dispatched, est_us);
+        excluded.push(slot.index);
+        let why = format!("{}: out of rotation", slot.name);
+        inner.dispatch(batch, excluded, Some(why));
         return;
     }
     let started = Instant::now();
@@ -462,7 +489,7 @@ fn run_job(inner: &Inner, slot: &Slot, job: Job) {
             slot.counters.ops.fetch_add(n as u64, Ordering::Relaxed);
             match verify(inner, slot, &batch, &sigs) {
                 0 => {
-                    slot.mark_ok();
+                    slot.mark_ok(epoch);
                     Waiter::answer_all(
                         batch.waiters,
                         sigs.into_iter().map(|bytes| {
