@@ -282,13 +282,8 @@ fn keys_a_client_may_not_use_answer_key_not_found() {
                 r.id
             );
         }
-        // A client no rule names may use nothing.
-        let mut s = connect(f, "stranger", false).await.unwrap();
-        s.write_all(&sign_request(3, f.ec_ski, Op::EcdsaSignSha256, d))
-            .await
-            .unwrap();
-        let r = read_responses(&mut s, 1).await;
-        assert_eq!(r[0].body, ResponseBody::Error(ErrorCode::KeyNotFound));
+        // (A client no rule names is not served at all: see
+        // a_client_no_rule_names_is_closed_right_after_its_handshake.)
     });
     let metrics = Command::new("curl")
         .args(["-s", &format!("http://{}/metrics", f.http)])
@@ -301,13 +296,97 @@ fn keys_a_client_may_not_use_answer_key_not_found() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(refused >= 3, "{text}");
+    assert!(refused >= 2, "{text}");
     assert!(
         text.contains("sigmux_keyless_requests_total{op=\"ecdsa_sign\",result=\"key_not_found\"}")
     );
     assert!(
         text.contains("sigmux_keyless_request_seconds_bucket{op=\"ecdsa_sign\",le=\"0.000025\"}")
     );
+}
+
+/// Whether the server ends `s` by itself within `within`, the client
+/// sending nothing: a close (or a reset) rather than a silent wait.
+async fn closed_by_server(s: &mut Tls, within: Duration) -> bool {
+    let mut b = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, s.read(&mut b)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// Runs `openssl s_client` as `who` against `addr` with its stdin left
+/// open, so that only the server can end the session; `Some(stderr)` when
+/// it ended within `within`, `None` (after killing it) when it did not.
+fn s_client_ended_by_server(
+    f: &Fixture,
+    addr: &str,
+    who: &str,
+    version: &str,
+    within: Duration,
+) -> Option<String> {
+    let mut child = Command::new("openssl")
+        .current_dir(&f.dir)
+        .args(["s_client", "-connect", addr, version, "-CAfile", "ca.pem"])
+        .args([
+            "-cert",
+            &format!("{who}.pem"),
+            "-key",
+            &format!("{who}.key"),
+        ])
+        .args(["-verify_return_error", "-servername", "localhost", "-brief"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    Some(err)
+}
+
+#[test]
+fn a_client_no_rule_names_is_closed_right_after_its_handshake() {
+    // "stranger" has a good certificate from the client CA, but no
+    // [[keyless.clients]] rule names it: it may use nothing, so it gets no
+    // connection to send pings on or hold the listener's budgets with.
+    let f = fixture();
+    let closed = "sigmux_keyless_unknown_client_closed_total";
+    let before = metric_if_any(&f.http, closed).unwrap_or(0);
+    rt().block_on(async {
+        for tls12 in [false, true] {
+            let mut s = connect(f, "stranger", tls12).await.unwrap();
+            assert!(
+                closed_by_server(&mut s, Duration::from_secs(10)).await,
+                "tls12={tls12}: an unnamed client's connection stayed open"
+            );
+        }
+        // A named client on the same listener keeps its connection.
+        let mut s = connect(f, "proxy", false).await.unwrap();
+        assert!(!closed_by_server(&mut s, Duration::from_millis(500)).await);
+        assert_eq!(
+            ping(&mut s, 1).await.map(|r| r.body),
+            Some(ResponseBody::Pong(b"are you there".to_vec()))
+        );
+    });
+    // openssl s_client: the handshake completes (this is no certificate
+    // problem), then the server ends the session by itself.
+    for v in ["-tls1_2", "-tls1_3"] {
+        let err = s_client_ended_by_server(f, &f.keyless, "stranger", v, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{v}: the server kept an unnamed client's session open"));
+        assert!(err.contains("Verification: OK"), "{v}: {err}");
+    }
+    // Counted before the close, so all four are in by now.
+    assert!(metric(&f.http, closed) >= before + 4, "{closed}");
 }
 
 #[test]
@@ -455,16 +534,16 @@ fn a_connection_stops_taking_requests_when_its_client_certificate_expires() {
 fn client_rules_are_read_again_at_sighup_and_apply_to_open_connections() {
     let f = fixture();
     let config = "rules.toml";
-    let write = |client: &str| {
+    let write = |client: &str, key: &str| {
         std::fs::write(
             f.dir.join(config),
             format!(
-                "data_dir = \"rules-data\"\n[http]\nlisten = \"127.0.0.1:0\"\n[keyless]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n[[keyless.clients]]\nid = \"spiffe://test.example/{client}\"\nkeys = [\"r1\"]\n"
+                "data_dir = \"rules-data\"\n[http]\nlisten = \"127.0.0.1:0\"\n[keyless]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n[[keyless.clients]]\nid = \"spiffe://test.example/{client}\"\nkeys = [\"{key}\"]\n"
             ),
         )
         .unwrap();
     };
-    write("proxy");
+    write("proxy", "r1");
     cli(
         f,
         config,
@@ -484,15 +563,34 @@ fn client_rules_are_read_again_at_sighup_and_apply_to_open_connections() {
         ResponseBody::Payload(_)
     ));
 
-    // The rule now names another client: the open connection loses the
-    // key at once, and the other client gets it.
-    write("stranger");
+    // The rule still names the client but no key it can use (one not made
+    // yet): the open connection loses the key at once and stays open.
+    write("proxy", "not-made-yet");
     let said = reload(&server, &mut lines);
     assert!(said.contains("keyless client rules reloaded"), "{said}");
     assert_eq!(
         rt.block_on(sign_with(&mut proxy, 2, ski, b"revoked")),
         ResponseBody::Error(ErrorCode::KeyNotFound)
     );
+    assert!(rt.block_on(ping(&mut proxy, 20)).is_some());
+
+    // The rule now names another client: the open connection, whose client
+    // no rule names any more, is closed at once (and said so), and the
+    // other client gets the key.
+    write("stranger", "r1");
+    let said = reload(&server, &mut lines);
+    assert!(said.contains("keyless client rules reloaded"), "{said}");
+    assert!(
+        rt.block_on(closed_by_server(&mut proxy, Duration::from_secs(10))),
+        "a client no rule names any more kept its connection"
+    );
+    let mut said = said;
+    while !said.contains("no [[keyless.clients]] rule names") {
+        let line = lines.next().expect("serve exited").unwrap();
+        said.push_str(&line);
+        said.push('\n');
+    }
+    assert!(said.contains("spiffe://test.example/proxy"), "{said}");
     let mut stranger = rt
         .block_on(connect_to(f, &addr, "stranger", false))
         .unwrap();

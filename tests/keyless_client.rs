@@ -188,6 +188,9 @@ struct Setup {
     /// A client certificate from a CA sigmux does not trust.
     rogue_cert: Vec<u8>,
     rogue_key: Vec<u8>,
+    /// A client certificate from the client CA that no rule names.
+    stranger_cert: Vec<u8>,
+    stranger_key: Vec<u8>,
     keys: Vec<(String, SiteKey)>,
 }
 
@@ -202,6 +205,12 @@ impl Setup {
         let (server_cert, server_key) = server_ca.leaf("localhost", Role::Server);
         let (client_cert, client_key) = client_ca.leaf("proxy", Role::Client { uri: PROXY_ID });
         let (rogue_cert, rogue_key) = rogue_ca.leaf("proxy", Role::Client { uri: PROXY_ID });
+        let (stranger_cert, stranger_key) = client_ca.leaf(
+            "stranger",
+            Role::Client {
+                uri: "spiffe://example.org/stranger",
+            },
+        );
         let w = |name: &str, bytes: &[u8]| std::fs::write(dir.path().join(name), bytes).unwrap();
         w("server.pem", &server_cert);
         w("server.key", &server_key);
@@ -225,6 +234,8 @@ impl Setup {
             client_key,
             rogue_cert,
             rogue_key,
+            stranger_cert,
+            stranger_key,
             keys,
         }
     }
@@ -472,6 +483,23 @@ async fn client_signs_through_sigmux_serve_and_is_refused_what_it_may_not_use() 
         matches!(err, ClientError::Tls(_) | ClientError::Closed(_)),
         "{err}"
     );
+    // A good certificate that no rule names: the server closes the
+    // connection after the handshake, so the client's first ping fails
+    // at once rather than its requests later.
+    let mut stranger = s.client_config(&server.addr);
+    stranger.cert_chain_pem = s.stranger_cert.clone();
+    stranger.key_pem = s.stranger_key.clone();
+    stranger.connections = 1;
+    let t0 = Instant::now();
+    let err = KeylessClient::connect(stranger)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Closed(_)) && err.to_string().contains("[[keyless.clients]]"),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     // And a server certificate from a CA the client does not trust.
     let mut wrong_ca = s.client_config(&server.addr);
     wrong_ca.ca_pem = Ca::new("unrelated").pem();

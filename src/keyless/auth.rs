@@ -90,13 +90,24 @@ impl Policy {
     /// Whether `who` may use the key named `key`. A client that no rule
     /// names may use nothing.
     pub fn allows(&self, who: &ClientIdentity, key: &str) -> bool {
-        self.rules
-            .iter()
-            .filter(|r| match &r.client {
-                ClientMatch::SpiffeId(id) => who.spiffe_id.as_deref() == Some(id.as_str()),
-                ClientMatch::Fingerprint(f) => *f == who.fingerprint,
-            })
+        self.rules_for(who)
             .any(|r| r.keys.iter().any(|k| k == "*" || k == key))
+    }
+
+    /// Whether some rule names `who` (by SPIFFE ID or fingerprint),
+    /// whatever keys it lists: the listener serves only such clients. A
+    /// named client whose keys do not exist (yet) is still served, since
+    /// keys come and go at SIGHUP while the rule stays.
+    pub fn names(&self, who: &ClientIdentity) -> bool {
+        self.rules_for(who).next().is_some()
+    }
+
+    /// The rules that name `who`.
+    fn rules_for<'a>(&'a self, who: &'a ClientIdentity) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.rules.iter().filter(move |r| match &r.client {
+            ClientMatch::SpiffeId(id) => who.spiffe_id.as_deref() == Some(id.as_str()),
+            ClientMatch::Fingerprint(f) => *f == who.fingerprint,
+        })
     }
 }
 
@@ -132,6 +143,8 @@ mod tests {
             fingerprint: [3; 32],
         };
         assert!(!p.allows(&carol, "a"));
+        assert!(p.names(&alice) && p.names(&bob) && !p.names(&carol));
+        assert!(!Policy::default().names(&alice));
         assert_eq!(bob.label(), format!("sha256:{}", "02".repeat(32)));
     }
 

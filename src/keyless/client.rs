@@ -420,7 +420,15 @@ impl Inner {
         };
         tokio::select! {
             biased;
-            reason = &mut io => return Err(reason),
+            // Closed before the probe's answer, the handshake done: a
+            // sigmux server does that to a client no rule names, the likely
+            // cause worth naming.
+            reason = &mut io => return Err(match reason {
+                ClientError::Closed(r) => ClientError::Closed(format!(
+                    "{r} before answering the first ping (a sigmux server closes the connection of a client certificate no [[keyless.clients]] rule names)"
+                )),
+                other => other,
+            }),
             r = tokio::time::timeout(timeout, probe) => match r {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {

@@ -64,6 +64,11 @@ impl Handler {
         *self.policy.write() = Arc::new(policy);
     }
 
+    /// Whether the current rules name `who` at all (see [`Policy::names`]).
+    pub fn names(&self, who: &ClientIdentity) -> bool {
+        self.policy.read().names(who)
+    }
+
     /// Decodes one request body and produces the encoded response frame.
     pub async fn answer(
         &self,

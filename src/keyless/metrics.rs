@@ -41,6 +41,10 @@ pub struct KeylessMetrics {
     pub write_timeouts: AtomicU64,
     /// Connections closed after `idle_timeout_seconds` without a request.
     pub idle_closed: AtomicU64,
+    /// Connections closed because no `[[keyless.clients]]` rule names their
+    /// client: right after the handshake, or at the SIGHUP that removed
+    /// its rule.
+    pub unknown_client_closed: AtomicU64,
     /// Bytes charged against the per-connection budgets (requests read and
     /// their answers, until the answer is written).
     pub bytes_in_flight: AtomicI64,
@@ -134,6 +138,12 @@ impl KeylessMetrics {
                 "counter",
                 "Keyless connections closed after the idle timeout.",
                 self.idle_closed.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "sigmux_keyless_unknown_client_closed_total",
+                "counter",
+                "Keyless connections closed because no [[keyless.clients]] rule names the client (after the handshake, or at the SIGHUP that removed its rule).",
+                self.unknown_client_closed.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, kind, help, v) in gauges {

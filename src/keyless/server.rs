@@ -11,6 +11,10 @@
 //! once); a client that does not take an answer within `write_timeout` is
 //! disconnected and the work in flight for it dropped; a connection with
 //! nothing in flight that sends nothing for `idle_timeout` is closed.
+//!
+//! Only clients some `[[keyless.clients]]` rule names are served: any other
+//! is closed right after its handshake, and a client whose rule a SIGHUP
+//! removes is closed like one whose certificate expires.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -86,6 +90,11 @@ pub struct KeylessServer {
     handshake_log: LogThrottle,
     limit_log: LogThrottle,
     framing_log: LogThrottle,
+    unknown_client_log: LogThrottle,
+    /// Bumped by [`KeylessServer::set_policy`], so that each open
+    /// connection checks at once whether the new rules still name its
+    /// client.
+    rules_changed: watch::Sender<()>,
     /// Its metrics.
     pub metrics: Arc<KeylessMetrics>,
 }
@@ -268,13 +277,18 @@ impl KeylessServer {
             handshake_log: LogThrottle::default(),
             limit_log: LogThrottle::default(),
             framing_log: LogThrottle::default(),
+            unknown_client_log: LogThrottle::default(),
+            rules_changed: watch::Sender::new(()),
         }))
     }
 
     /// Replaces the client rules (SIGHUP): from now on every request, on
-    /// open connections too, is judged by `policy`.
+    /// open connections too, is judged by `policy`, and an open connection
+    /// whose client no rule names any more stops taking requests, answers
+    /// those it read and closes.
     pub fn set_policy(&self, policy: Policy) {
         self.handler.set_policy(policy);
+        self.rules_changed.send_replace(());
     }
 
     /// Its TLS configuration, which [`TlsSlot::reload`] replaces for new
@@ -371,6 +385,26 @@ impl KeylessServer {
         }
     }
 
+    /// Counts and logs (throttled, as other refusals: any client with a
+    /// certificate from the client CA can cause it at will) the close of a
+    /// connection whose client no rule names; `now` says when it was found.
+    fn refuse_unknown_client(&self, peer: SocketAddr, who: &ClientIdentity, now: &str) {
+        self.metrics
+            .unknown_client_closed
+            .fetch_add(1, Ordering::Relaxed);
+        match self.unknown_client_log.allow() {
+            Some(held_back) => tracing::info!(
+                %peer, client = %who.label(), held_back,
+                "keyless client: no [[keyless.clients]] rule names it {now}; closing \
+                 (more within 10 s at debug; see sigmux_keyless_unknown_client_closed_total)"
+            ),
+            None => tracing::debug!(
+                %peer, client = %who.label(),
+                "keyless client: no [[keyless.clients]] rule names it {now}; closing"
+            ),
+        }
+    }
+
     async fn connection(
         self: Arc<Self>,
         tcp: TcpStream,
@@ -404,6 +438,17 @@ impl KeylessServer {
         else {
             return;
         };
+        // Subscribed before the check, so rules replaced between the two
+        // are seen by the loop below.
+        let mut rules_changed = self.rules_changed.subscribe();
+        if !self.handler.names(&identity) {
+            // It may use nothing, so it gets nothing: no connection to send
+            // pings on or to hold the listener's budgets with.
+            self.refuse_unknown_client(peer, &identity, "after its handshake");
+            let mut tls = tls;
+            let _ = tokio::time::timeout(self.write_timeout, tls.shutdown()).await;
+            return;
+        }
         let expires = tls
             .get_ref()
             .1
@@ -504,6 +549,17 @@ impl KeylessServer {
                 // answered (the client may be sending, as at shutdown).
                 () = until(expires) => {
                     tracing::debug!(%peer, client = %identity.label(), "keyless client certificate expired; closing");
+                    stopping = true;
+                    break 'read;
+                }
+                // New rules (SIGHUP) that no longer name the client: as
+                // when its certificate expires (those read are answered,
+                // under the new rules).
+                Ok(()) = rules_changed.changed() => {
+                    if self.handler.names(&identity) {
+                        continue 'read;
+                    }
+                    self.refuse_unknown_client(peer, &identity, "any more");
                     stopping = true;
                     break 'read;
                 }
