@@ -9,7 +9,10 @@
 //! a GPU the backend must report `unavailable: <reason>` and `sigmux
 //! backends` must show it. Each test prints which path it ran. The test
 //! binary can be copied to a GPU machine and run there as is
-//! (SIGMUX_REQUIRE_GPU=1 turns a missing GPU into a failure).
+//! (SIGMUX_REQUIRE_GPU=1 turns a missing GPU into a failure). Without a
+//! GPU the last test runs the device tests again in a child process
+//! against a fake driver (tests/fake_cuda/driver.cpp, a mock: no GPU can
+//! run here), with fewer items per batch.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -49,10 +52,28 @@ fn gpus(test: &str, cfg: &CudaConfig) -> Option<Vec<Arc<CudaBackend>>> {
 }
 
 fn cuda_cfg() -> CudaConfig {
-    CudaConfig {
+    let mut cfg = CudaConfig {
         cache_dir: Some(std::env::temp_dir().join("sigmux-test-kernel-cache")),
         ..CudaConfig::default()
+    };
+    if fake_driver() {
+        // Start-up calibration signs max_batch items per key kind, and
+        // batches of more than 16 are split into several launches.
+        cfg.max_batch = 16;
     }
+    cfg
+}
+
+/// Whether this process runs against the fake driver
+/// (`the_device_tests_pass_against_a_fake_driver...` below).
+fn fake_driver() -> bool {
+    std::env::var_os("SIGMUX_FAKE_CUDA").is_some()
+}
+
+/// `real` items on a GPU, `fake` under the fake driver, whose kernels are
+/// the host build (thousands of times slower than a GPU).
+fn scaled(real: u32, fake: u32) -> u32 {
+    if fake_driver() { fake } else { real }
 }
 
 fn engine_cfg() -> EngineConfig {
@@ -186,7 +207,8 @@ fn every_scheme_signs_on_the_gpu_through_the_engine_and_verifies() {
     for (kind, scheme) in cases() {
         let key = Key::ephemeral("gpu-test", kind).unwrap();
         assert!(gpu.holds(&key), "{kind}: the GPU does not take the key");
-        let items = inputs(&key, scheme, 300);
+        let n = scaled(300, 8);
+        let items = inputs(&key, scheme, n);
         let tickets: Vec<_> = items
             .iter()
             .map(|(_, req)| {
@@ -203,7 +225,7 @@ fn every_scheme_signs_on_the_gpu_through_the_engine_and_verifies() {
                 "{kind} {scheme}: signature does not verify"
             );
         }
-        eprintln!("{kind} {scheme}: 300 signatures verified");
+        eprintln!("{kind} {scheme}: {n} signatures verified");
     }
     assert_eq!(gpu.device_check_faults(), 0);
 }
@@ -230,13 +252,15 @@ fn rsa_signs_under_every_thread_mapping_and_verifies() {
         .collect();
     // Batch sizes: one item (a block of mostly idle threads), a partial
     // last block, and many blocks (coop:16 holds 4 items per block).
-    let batches = [
+    let mut batches = vec![
         (Scheme::RsaPkcs1Sha256, 1),
         (Scheme::RsaPkcs1Sha256, 37),
-        (Scheme::RsaPkcs1Sha256, 300),
-        (Scheme::RsaPssRsaeSha384, 37),
+        (Scheme::RsaPssRsaeSha384, scaled(37, 9)),
         (Scheme::RsaRaw, 5),
     ];
+    if !fake_driver() {
+        batches.push((Scheme::RsaPkcs1Sha256, 300));
+    }
     // PKCS#1 v1.5 and raw RSA are deterministic: every mapping must give
     // the very bytes the first one gave.
     let mut first: std::collections::HashMap<(usize, Scheme, u32), Vec<Vec<u8>>> =
@@ -322,10 +346,10 @@ fn concurrent_rsa_batches_with_more_lanes_than_key_slots_use_their_own_keys() {
             .map(|t| {
                 let (gpu, keys) = (gpu.clone(), keys.clone());
                 std::thread::spawn(move || {
-                    for b in 0..6 {
+                    for b in 0..scaled(6, 2) as usize {
                         let key = &keys[(t + b) % keys.len()];
                         let scheme = Scheme::RsaPkcs1Sha256;
-                        let items: Vec<Vec<u8>> = inputs(key, scheme, 48)
+                        let items: Vec<Vec<u8>> = inputs(key, scheme, scaled(48, 4))
                             .into_iter()
                             .map(|(i, _)| i)
                             .collect();
@@ -345,7 +369,10 @@ fn concurrent_rsa_batches_with_more_lanes_than_key_slots_use_their_own_keys() {
         for w in workers {
             w.join().expect("a signing thread failed");
         }
-        eprintln!("{mapping}: 24 threads x 6 batches on 20 lanes verified");
+        eprintln!(
+            "{mapping}: 24 threads x {} batches on 20 lanes verified",
+            scaled(6, 2)
+        );
     }
     assert_eq!(gpu.device_check_faults(), 0);
 }
@@ -363,7 +390,7 @@ fn sampled_ecdsa_checks_still_give_valid_signatures() {
     assert!(!gpu.checks_own_results(Scheme::EcdsaSecp256r1Sha256));
     assert!(gpu.checks_own_results(Scheme::RsaPkcs1Sha256));
     let key = Key::ephemeral("gpu-test", KeyKind::P256).unwrap();
-    let items = inputs(&key, Scheme::EcdsaSecp256r1Sha256, 1000);
+    let items = inputs(&key, Scheme::EcdsaSecp256r1Sha256, scaled(1000, 200));
     let digests: Vec<Vec<u8>> = items.iter().map(|(d, _)| d.clone()).collect();
     let sigs = gpu
         .sign_batch(&key, Scheme::EcdsaSecp256r1Sha256, &digests)
@@ -373,7 +400,7 @@ fn sampled_ecdsa_checks_still_give_valid_signatures() {
     }
     assert!(!gpu.checks_own_results(Scheme::Ed25519));
     let key = Key::ephemeral("gpu-test", KeyKind::Ed25519).unwrap();
-    let msgs: Vec<Vec<u8>> = inputs(&key, Scheme::Ed25519, 1000)
+    let msgs: Vec<Vec<u8>> = inputs(&key, Scheme::Ed25519, scaled(1000, 200))
         .into_iter()
         .map(|(m, _)| m)
         .collect();
@@ -435,6 +462,43 @@ fn the_key_cache_evicts_least_recently_used_and_uploads_again() {
     drop(gpu);
 }
 
+/// The CPU backend with a cost seed far above any GPU's, so that a test's
+/// first batch goes to the GPU (small batches might otherwise measure
+/// faster on the CPU). Everything else is the CPU backend's own.
+struct SlowSeededCpu(Arc<CpuBackend>);
+
+impl Backend for SlowSeededCpu {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn capabilities(&self) -> &sigmux::backend::Capabilities {
+        self.0.capabilities()
+    }
+    fn sign_batch(
+        &self,
+        key: &Arc<Key>,
+        scheme: Scheme,
+        inputs: &[Vec<u8>],
+    ) -> sigmux::Result<Vec<Vec<u8>>> {
+        self.0.sign_batch(key, scheme, inputs)
+    }
+    fn needs_check(&self, scheme: Scheme) -> bool {
+        self.0.needs_check(scheme)
+    }
+    fn checks_own_results(&self, scheme: Scheme) -> bool {
+        self.0.checks_own_results(scheme)
+    }
+    fn cost_seed(&self, _kind: KeyKind, _scheme: Scheme) -> Option<sigmux::backend::CostSeed> {
+        Some(sigmux::backend::CostSeed {
+            per_batch_us: 1e7,
+            per_op_us: 1e6,
+        })
+    }
+    fn executor(&self) -> Option<&rayon::ThreadPool> {
+        self.0.executor()
+    }
+}
+
 #[test]
 fn an_injected_device_fault_quarantines_the_gpu_and_the_cpu_answers() {
     let Some(gpus) = gpus("injected_fault", &cuda_cfg()) else {
@@ -448,9 +512,14 @@ fn an_injected_device_fault_quarantines_the_gpu_and_the_cpu_answers() {
         let gpu = gpus[0].clone();
         gpu.inject_faults_for_test(1);
         let before = gpu.device_check_faults();
+        // The CPU claims to be slow, so the scheduler sends the first
+        // batch to the GPU whatever the two measured at start.
         let engine = Engine::new(
             engine_cfg(),
-            vec![gpu.clone() as Arc<dyn Backend>, cpu() as Arc<dyn Backend>],
+            vec![
+                gpu.clone() as Arc<dyn Backend>,
+                Arc::new(SlowSeededCpu(cpu())) as Arc<dyn Backend>,
+            ],
         )
         .unwrap();
         let key = Key::ephemeral("gpu-test", kind).unwrap();
@@ -529,4 +598,231 @@ fn without_a_gpu_the_backend_is_unavailable_with_a_reason() {
         format!("sigmux: error: backend cuda: {reason}"),
         "{err}"
     );
+}
+
+/// The device tests of this file, the CLI's `backends` and a bench run,
+/// on a machine without a GPU: against tests/fake_cuda/driver.cpp, a mock
+/// libcuda whose launches run the kernels' host build (kernels/host/) over
+/// the buffers the backend really uploaded. So the CUDA backend's host side
+/// (module loading from NVRTC's real CUBINs, key slots, pinned buffers,
+/// deferred streams, launch arguments, the device check, quarantine, the
+/// key cache) runs in CI. The driver is strict where a GPU is unforgiving:
+/// stream work runs only at a synchronisation, new memory is garbage, every
+/// kernel argument and copy must lie inside a live allocation; a breach is
+/// a "fake-cuda: VIOLATION" line and a device fault. On a machine with a
+/// GPU the tests above run on it instead and this one has nothing to do.
+#[test]
+fn the_device_tests_pass_against_a_fake_driver_running_the_kernels_host_build() {
+    if fake_driver() {
+        return; // the child run itself
+    }
+    if let Ok((_, devices @ 1..)) = cuda::device::driver_status() {
+        eprintln!("fake_driver: {devices} real GPU(s) present; the tests above ran there");
+        return;
+    }
+    if let Err(e) = cuda::nvrtc::load(None) {
+        assert!(
+            std::env::var("SIGMUX_REQUIRE_NVRTC").as_deref() != Ok("1"),
+            "fake_driver: SIGMUX_REQUIRE_NVRTC=1 but NVRTC cannot be loaded: {e}"
+        );
+        eprintln!("fake_driver: SKIPPED, no NVRTC ({e}); source scripts/deps.sh to install it");
+        return;
+    }
+    let lib_dir = build_fake_driver();
+    let library_path = match std::env::var("LD_LIBRARY_PATH") {
+        Ok(p) if !p.is_empty() => format!("{}:{p}", lib_dir.display()),
+        _ => lib_dir.display().to_string(),
+    };
+    let tests = [
+        "every_scheme_signs_on_the_gpu_through_the_engine_and_verifies",
+        "rsa_signs_under_every_thread_mapping_and_verifies",
+        "concurrent_rsa_batches_with_more_lanes_than_key_slots_use_their_own_keys",
+        "sampled_ecdsa_checks_still_give_valid_signatures",
+        "the_key_cache_evicts_least_recently_used_and_uploads_again",
+        "an_injected_device_fault_quarantines_the_gpu_and_the_cpu_answers",
+    ];
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(tests)
+        .args(["--exact", "--test-threads=1", "--nocapture"])
+        .env("LD_LIBRARY_PATH", &library_path)
+        .env("SIGMUX_FAKE_CUDA", "1")
+        .env("SIGMUX_REQUIRE_GPU", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "device tests failed:\n{stdout}");
+    assert!(
+        stdout.contains(&format!("{} passed; 0 failed", tests.len())),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("fake-cuda: VIOLATION"), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("GPU PATH on sigmux fake CUDA driver (host emulation)")
+            .count(),
+        tests.len() + 1, // the key cache test starts two backends
+        "{stderr}"
+    );
+
+    // The CLI as the GPU runbook (scripts/gpu-bench.sh) drives it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sigmux.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[backends.cuda]\nmax_batch = 16\ncache_dir = {:?}\n",
+            cuda_cfg().cache_dir.unwrap()
+        ),
+    )
+    .unwrap();
+    let sigmux = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sigmux"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(args)
+            .env("LD_LIBRARY_PATH", &library_path)
+            .env("SIGMUX_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "sigmux {args:?}: {stderr}");
+        assert!(!stderr.contains("fake-cuda: VIOLATION"), "{stderr}");
+        out.stdout
+    };
+    let v: serde_json::Value = serde_json::from_slice(&sigmux(&["backends", "--json"])).unwrap();
+    let gpu = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "cuda:0")
+        .unwrap_or_else(|| panic!("no cuda:0: {v:#}"));
+    assert_eq!(gpu["availability"]["state"], "available", "{gpu:#}");
+    assert_eq!(
+        gpu["details"]["device"], "sigmux fake CUDA driver (host emulation)",
+        "{gpu:#}"
+    );
+    for (name, args) in [
+        (
+            "rsa2048 coop:8",
+            &[
+                "--scheme",
+                "rsa_pkcs1_sha256",
+                "--kind",
+                "rsa2048",
+                "--cuda-rsa-mapping",
+                "coop:8",
+            ][..],
+        ),
+        (
+            "p256 sample:4",
+            &[
+                "--scheme",
+                "ecdsa_secp256r1_sha256",
+                "--cuda-check",
+                "sample:4",
+            ][..],
+        ),
+        ("ed25519", &["--scheme", "ed25519"][..]),
+    ] {
+        let json = dir.path().join("bench.json");
+        sigmux(
+            &[
+                &[
+                    "bench",
+                    "--backend",
+                    "cuda",
+                    "--duration",
+                    "1",
+                    "--batch",
+                    "16",
+                    "--concurrency",
+                    "64",
+                    "--compare-raw",
+                    "--json",
+                    json.to_str().unwrap(),
+                ][..],
+                args,
+            ]
+            .concat(),
+        );
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        eprintln!("fake_driver: bench {name}: {r}");
+        assert!(r["ops"].as_u64().unwrap() > 0, "{name}: {r:#}");
+        assert!(
+            r["raw_ops_per_sec"].as_f64().unwrap() > 0.0,
+            "{name}: {r:#}"
+        );
+        assert!(r["ratio"].as_f64().unwrap() > 0.0, "{name}: {r:#}");
+        assert!(
+            r["device"].as_str().unwrap().contains("fake CUDA driver"),
+            "{name}: {r:#}"
+        );
+    }
+}
+
+/// Compiles tests/fake_cuda/driver.cpp with the kernels' host build into a
+/// `libcuda.so` (once per source content) and returns its folder.
+fn build_fake_driver() -> std::path::PathBuf {
+    use std::hash::{Hash, Hasher};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = vec![root.join("tests/fake_cuda/driver.cpp")];
+    let mut dirs = vec![root.join("kernels")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                sources.push(p);
+            }
+        }
+    }
+    sources.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for s in &sources {
+        s.hash(&mut h);
+        std::fs::read(s).unwrap().hash(&mut h);
+    }
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("fake-cuda-{:016x}", h.finish()));
+    let lib = dir.join("libcuda.so");
+    if lib.exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let partial = dir.join("libcuda.so.partial");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let mut cmd = Command::new(&cxx);
+    cmd.args([
+        "-std=c++17",
+        "-O3",
+        "-shared",
+        "-fPIC",
+        "-Wall",
+        "-Werror",
+        "-o",
+    ])
+    .arg(&partial)
+    .arg("-I")
+    .arg(root.join("kernels"))
+    .arg(root.join("tests/fake_cuda/driver.cpp"));
+    for s in &sources {
+        if s.parent() == Some(&root.join("kernels/host"))
+            && s.extension().is_some_and(|x| x == "cpp")
+        {
+            cmd.arg(s);
+        }
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cxx}: {e}"));
+    assert!(
+        out.status.success(),
+        "building the fake driver failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&partial, &lib).unwrap();
+    dir
 }
