@@ -544,6 +544,73 @@ fn an_injected_device_fault_quarantines_the_gpu_and_the_cpu_answers() {
 }
 
 #[test]
+fn a_device_fault_takes_the_gpu_out_of_rotation_and_the_cpu_answers_everything() {
+    // A faulted context (an Xid error: every later CUDA call fails) cannot
+    // be caused on purpose on a real GPU; the fake driver does it on
+    // request, and this test runs in a process of its own, since the fault
+    // outlives it.
+    if std::env::var_os("SIGMUX_FAKE_CUDA_FAULT").is_none() {
+        eprintln!("device_fault: run by the fake-driver test only; skipped");
+        return;
+    }
+    let gpus = gpus("device_fault", &cuda_cfg()).expect("the fake driver");
+    let gpu = gpus[0].clone();
+    let engine = Engine::new(
+        engine_cfg(),
+        vec![
+            gpu.clone() as Arc<dyn Backend>,
+            Arc::new(SlowSeededCpu(cpu())) as Arc<dyn Backend>,
+        ],
+    )
+    .unwrap();
+    // SAFETY: the fake libcuda.so is loaded (cudarc opened it); the symbol
+    // is its test hook, `void (void)`.
+    unsafe {
+        let lib = libc::dlopen(c"libcuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD);
+        assert!(!lib.is_null(), "libcuda.so is not loaded");
+        let hook = libc::dlsym(lib, c"sigmux_fake_cuda_fault_next_launch".as_ptr());
+        assert!(!hook.is_null(), "not the fake driver");
+        std::mem::transmute::<*mut libc::c_void, extern "C" fn()>(hook)();
+    }
+    let scheme = Scheme::EcdsaSecp256r1Sha256;
+    let key = Key::ephemeral("gpu-test", KeyKind::P256).unwrap();
+    for round in 0..3 {
+        let items = inputs(&key, scheme, 24);
+        let tickets: Vec<_> = items
+            .iter()
+            .map(|(_, r)| {
+                engine
+                    .submit(SignRequest::new(key.clone(), scheme, r.clone()))
+                    .unwrap()
+            })
+            .collect();
+        for ((input, _), t) in items.iter().zip(tickets) {
+            let sig = t.wait().unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert!(verifies(&key, scheme, input, &sig.bytes), "round {round}");
+            if round > 0 {
+                assert_eq!(&*sig.backend, "cpu", "round {round}");
+            }
+        }
+    }
+    let report = engine.report();
+    let b = &report["backends"][0];
+    assert_eq!(b["name"], "cuda:0");
+    assert_eq!(b["health"]["state"], "failing", "{b:#}");
+    assert!(
+        b["health"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("CUDA_ERROR_ILLEGAL_ADDRESS"),
+        "{b:#}"
+    );
+    drop(engine);
+    // Dropping the backend on a dead context (the wipes fail) must not
+    // hang or panic.
+    drop(gpus);
+    drop(gpu);
+}
+
+#[test]
 fn without_a_gpu_the_backend_is_unavailable_with_a_reason() {
     let reason = match cuda::discover(&cuda_cfg()) {
         Ok(_) => {
@@ -666,6 +733,30 @@ fn the_device_tests_pass_against_a_fake_driver_running_the_kernels_host_build() 
         "{stderr}"
     );
 
+    // A faulted device, in a process of its own.
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_device_fault_takes_the_gpu_out_of_rotation_and_the_cpu_answers_everything",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("LD_LIBRARY_PATH", &library_path)
+        .env("SIGMUX_FAKE_CUDA", "1")
+        .env("SIGMUX_FAKE_CUDA_FAULT", "1")
+        .env("SIGMUX_REQUIRE_GPU", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed; 0 failed"),
+        "device fault test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("fake-cuda: injected device fault"),
+        "{stderr}"
+    );
+
     // The CLI as the GPU runbook (scripts/gpu-bench.sh) drives it.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sigmux.toml");
@@ -708,7 +799,15 @@ fn the_device_tests_pass_against_a_fake_driver_running_the_kernels_host_build() 
     for (name, args) in [
         (
             "rsa2048 coop:8",
+            // Emulated RSA is slow: long enough for groups to finish on a
+            // busy machine.
             &[
+                "--duration",
+                "4",
+                "--batch",
+                "4",
+                "--concurrency",
+                "16",
                 "--scheme",
                 "rsa_pkcs1_sha256",
                 "--kind",
@@ -720,13 +819,31 @@ fn the_device_tests_pass_against_a_fake_driver_running_the_kernels_host_build() 
         (
             "p256 sample:4",
             &[
+                "--duration",
+                "1",
+                "--batch",
+                "16",
+                "--concurrency",
+                "64",
                 "--scheme",
                 "ecdsa_secp256r1_sha256",
                 "--cuda-check",
                 "sample:4",
             ][..],
         ),
-        ("ed25519", &["--scheme", "ed25519"][..]),
+        (
+            "ed25519",
+            &[
+                "--duration",
+                "1",
+                "--batch",
+                "16",
+                "--concurrency",
+                "64",
+                "--scheme",
+                "ed25519",
+            ][..],
+        ),
     ] {
         let json = dir.path().join("bench.json");
         sigmux(
@@ -735,12 +852,6 @@ fn the_device_tests_pass_against_a_fake_driver_running_the_kernels_host_build() 
                     "bench",
                     "--backend",
                     "cuda",
-                    "--duration",
-                    "1",
-                    "--batch",
-                    "16",
-                    "--concurrency",
-                    "64",
                     "--compare-raw",
                     "--json",
                     json.to_str().unwrap(),

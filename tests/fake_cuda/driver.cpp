@@ -95,6 +95,7 @@ constexpr int kSms = 4;
 std::recursive_mutex mu;
 CUresult sticky = OK;  // a device fault: every later call fails
 bool initialised = false;
+bool fault_armed = false;  // sigmux_fake_cuda_fault_next_launch
 
 void violation(const char *fmt, ...) {
     va_list ap;
@@ -772,10 +773,25 @@ CUresult cuLaunchKernel(void *fh, unsigned gx, unsigned gy, unsigned gz, unsigne
     if (bad) return sticky;
     // A fault raised while the launch runs (later, at a synchronisation)
     // stops the work after it, as a device fault would.
-    stream_of(s)->work.push_back([work] {
-        if (sticky == OK) work();
+    stream_of(s)->work.push_back([work, name = f->name] {
+        if (sticky != OK) return;
+        if (fault_armed) {
+            fault_armed = false;
+            std::fprintf(stderr, "fake-cuda: injected device fault in %s\n", name.c_str());
+            sticky = ILLEGAL_ADDRESS;
+            return;
+        }
+        work();
     });
     return OK;
+}
+
+// Not part of CUDA: the next launch to run faults the context the way an
+// Xid error in a kernel does (CUDA_ERROR_ILLEGAL_ADDRESS from then on), so
+// tests can watch the backend and the engine live through a dead device.
+void sigmux_fake_cuda_fault_next_launch(void) {
+    std::lock_guard<std::recursive_mutex> g(mu);
+    fault_armed = true;
 }
 
 CUresult cuGetErrorName(CUresult e, const char **s) {
