@@ -28,7 +28,7 @@ use sigmux::{Engine, EngineConfig, Key, KeyKind, KeyStore, Scheme, SignInput, Si
 
 const PIN: &str = "1234";
 const TOKENS: &[&str] = &[
-    "engine", "gen", "tool", "badpin", "close", "share-a", "share-b", "cli", "bench",
+    "engine", "gen", "tool", "badpin", "close", "share-a", "share-b", "cli", "bench", "twin",
 ];
 
 struct Hsm {
@@ -678,6 +678,72 @@ fn bad_setups_fail_at_start_with_one_clear_line() {
     let json = ok(out, "backends with pin_env");
     assert!(json.contains("\"pkcs11:badpin\""), "{json}");
     assert!(!json.contains(&format!("\"{PIN}\"")), "{json}");
+}
+
+#[test]
+fn a_label_two_tokens_share_is_refused_and_a_slot_picks_one() {
+    let _alone = one_at_a_time();
+    let h = hsm();
+    // The script makes one token per label; a second "twin" by hand.
+    let out = Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", "twin"])
+        .args(["--so-pin", "12345678", "--pin", PIN])
+        .env("SOFTHSM2_CONF", &h.conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &["twin"], "calibrate = false\n");
+    let line = fails(
+        sigmux(&config, &["backends"]),
+        &["pkcs11:twin", "2 tokens", "labelled 'twin'", "slot = "],
+    );
+    assert!(!line.contains(PIN), "{line}");
+    let slots: Vec<u64> = line
+        .split("slot ")
+        .skip(1)
+        .filter_map(|s| s.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(slots.len(), 2, "both slots named: {line}");
+    // Nor is a key made in one of them.
+    let out = sigmux(
+        &config,
+        &[
+            "keys",
+            "generate",
+            "--name",
+            "t",
+            "--kind",
+            "p256",
+            "--backend",
+            "hsm",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("labelled 'twin'"),
+        "{err}"
+    );
+    assert!(!dir.path().join("data/keys/t.key").exists());
+    // Chosen by slot, each twin starts.
+    for slot in slots {
+        let path = dir.path().join("slot.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "data_dir = \"{}\"\n[backends.cpu]\nenabled = false\n[backends.pkcs11]\nslot = {slot}\npin_file = \"{}\"\ncalibrate = false\n",
+                dir.path().join("data").display(),
+                h.pin_file.display()
+            ),
+        )
+        .unwrap();
+        let json = ok(sigmux(&path, &["backends", "--json"]), "backends by slot");
+        assert!(json.contains(&format!("\"slot\": {slot}")), "{json}");
+    }
 }
 
 /// `C_CloseAllSessions` through our own `dlopen` handle on the module: the

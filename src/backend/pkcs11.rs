@@ -346,7 +346,9 @@ impl Token {
         // token's C_GetTokenInfo does (see below).
         let slots = ctx.get_slots_with_token().map_err(|e| fail(ck(&e)))?;
         let mut seen = Vec::new();
-        let mut found = None;
+        // Every slot that matches: a label two tokens share picks neither
+        // (which one came first would decide where keys are made and used).
+        let mut hits: Vec<(Slot, String, String)> = Vec::new();
         // A token another process is changing (SoftHSM2 reads its files
         // here) can fail C_GetTokenInfo for a moment: such slots are passed
         // over and asked again, so they stop neither this token's start nor
@@ -372,12 +374,17 @@ impl Token {
                     TokenSelector::Slot(id) => slot.id() == *id,
                 };
                 if hit {
-                    found = Some((slot, label));
-                    break;
+                    let serial = info.serial_number().trim().to_string();
+                    hits.push((slot, label, serial));
+                    if matches!(cfg.token, TokenSelector::Slot(_)) {
+                        break;
+                    }
+                    continue;
                 }
                 seen.push(format!("'{label}' (slot {})", slot.id()));
             }
-            if found.is_some() || unreadable.is_empty() {
+            let by_slot = matches!(cfg.token, TokenSelector::Slot(_));
+            if (by_slot && !hits.is_empty()) || unreadable.is_empty() {
                 break;
             }
             if attempt == 2 {
@@ -389,6 +396,19 @@ impl Token {
             }
             pending = unreadable.into_iter().map(|(slot, _)| slot).collect();
         }
+        if hits.len() > 1 {
+            return Err(fail(format!(
+                "{} tokens in module {} are labelled '{}' ({}): choose one with `slot = ID` instead of token_label",
+                hits.len(),
+                cfg.module.display(),
+                hits[0].1,
+                hits.iter()
+                    .map(|(slot, _, serial)| format!("slot {} serial {serial}", slot.id()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let found = hits.pop().map(|(slot, label, _)| (slot, label));
         let (slot, label) = found.ok_or_else(|| {
             fail(format!(
                 "no token {} in module {} (it has: {})",
