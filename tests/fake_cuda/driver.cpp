@@ -18,6 +18,10 @@
 // - every copy, memset and kernel argument must lie inside one live
 //   allocation of the right kind (device memory for kernels and device
 //   sides of copies) and be long enough for the launch's `count`;
+// - memory that held a private key or nonces (kernel arguments, a key's
+//   copy into constant memory) must be zeroes again when it is freed, when
+//   its module is unloaded and at exit (DESIGN.md: keys are wiped from
+//   device memory);
 // - kernel names must be in the loaded image, launch shapes must be what
 //   each kernel's comment in kernels/*.cu asks for (whole warps, enough
 //   threads for the nonce kernels, one-dimensional grids);
@@ -33,6 +37,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -111,6 +116,10 @@ enum class Kind { Device, Global, Pinned };
 struct Alloc {
     size_t size;
     Kind kind;
+    // Byte ranges (offset, length) that held a private key or nonces: they
+    // must be zeroes again before the memory is freed (DESIGN.md: keys are
+    // wiped from device memory).
+    std::vector<std::pair<size_t, size_t>> secrets;
 };
 // Live allocations by base address (device pointers are host addresses).
 std::map<uintptr_t, Alloc> allocs;
@@ -142,6 +151,13 @@ void *alloc_filled(size_t n, Kind kind) {
     return p;
 }
 
+bool all_zero(const void *p, size_t n) {
+    const unsigned char *b = (const unsigned char *)p;
+    unsigned char acc = 0;
+    for (size_t i = 0; i < n; i++) acc |= b[i];
+    return acc == 0;
+}
+
 bool free_alloc(uintptr_t p, Kind kind, const char *what) {
     auto it = allocs.find(p);
     if (it == allocs.end() || (it->second.kind == Kind::Pinned) != (kind == Kind::Pinned) ||
@@ -149,11 +165,34 @@ bool free_alloc(uintptr_t p, Kind kind, const char *what) {
         violation("%s: 0x%llx is not a live allocation of this kind", what, (unsigned long long)p);
         return false;
     }
+    for (auto [off, len] : it->second.secrets)
+        if (!all_zero((const void *)(p + off), len)) {
+            violation("%s: %zu bytes at 0x%llx + %zu held a key or nonces and were freed without "
+                      "being wiped",
+                      what, len, (unsigned long long)p, off);
+            return false;
+        }
     std::memset((void *)p, 0x5A, it->second.size);  // use after free shows
     allocs.erase(it);
     std::free((void *)p);
     return true;
 }
+
+// At exit: device memory that still holds a key or nonces (the process
+// ended without the backend wiping it).
+struct ExitCheck {
+    ~ExitCheck() {
+        std::lock_guard<std::recursive_mutex> g(mu);
+        if (sticky != OK) return;  // a dead context cannot be wiped
+        for (auto &a : allocs)
+            for (auto [off, len] : a.second.secrets)
+                if (!all_zero((const void *)(a.first + off), len))
+                    std::fprintf(stderr,
+                                 "fake-cuda: VIOLATION: at exit, %zu bytes at 0x%llx + %zu still hold "
+                                 "a key or nonces\n",
+                                 len, (unsigned long long)a.first, off);
+    }
+} exit_check;
 
 struct Event;
 struct Stream {
@@ -493,6 +532,12 @@ CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, void *
     LOCKED;
     if (!check_device("cuMemcpyDtoDAsync dst", dst, n) || !check_device("cuMemcpyDtoDAsync src", src, n))
         return sticky;
+    // A key copied into constant memory: its source holds the key too.
+    const Alloc *to = find(dst, n, true);
+    if (to && to->kind == Kind::Global) {
+        auto it = std::prev(allocs.upper_bound(src));
+        it->second.secrets.emplace_back(src - it->first, n);
+    }
     stream_of(s)->work.push_back([dst, src, n] { std::memmove((void *)dst, (const void *)src, n); });
     return OK;
 }
@@ -548,8 +593,11 @@ CUresult cuModuleLoadData(void **m, const void *image) {
     }
     auto mod = std::make_unique<Module>();
     mod->image = std::move(img);
-    if (mod->image.find(kKeySlotsSymbol) != std::string::npos)
+    if (mod->image.find(kKeySlotsSymbol) != std::string::npos) {
+        // A __constant__ array without an initialiser starts as zeroes.
         mod->slots = alloc_filled(kKeySlots * kKeySlotWords * 4, Kind::Global);
+        std::memset(mod->slots, 0, kKeySlots * kKeySlotWords * 4);
+    }
     *m = mod.get();
     modules.push_back(std::move(mod));
     return OK;
@@ -561,6 +609,8 @@ CUresult cuModuleUnload(void *m) {
     for (auto it = modules.begin(); it != modules.end(); ++it)
         if (it->get() == m) {
             if ((*it)->slots) {
+                if (!all_zero((*it)->slots, kKeySlots * kKeySlotWords * 4))
+                    violation("cuModuleUnload: a key slot of smx_rsa_key_slots was not wiped");
                 allocs.erase((uintptr_t)(*it)->slots);
                 std::free((*it)->slots);
             }
@@ -654,6 +704,11 @@ CUresult cuLaunchKernel(void *fh, unsigned gx, unsigned gy, unsigned gz, unsigne
         }
         return p;
     };
+    // Marks [p, p + n) as holding secrets.
+    auto secret = [&](uintptr_t p, size_t n) {
+        auto it = allocs.upper_bound(p);
+        if (it != allocs.begin()) std::prev(it)->second.secrets.emplace_back(p - std::prev(it)->first, n);
+    };
     switch (f->kind) {
         case K::RsaSlot:
         case K::RsaWide: {
@@ -678,6 +733,7 @@ CUresult cuLaunchKernel(void *fh, unsigned gx, unsigned gy, unsigned gz, unsigne
             const size_t item = bits / 8, key_bytes = (8 + 11 * (bits / 64)) * 4;
             auto key = dev(0, "key", key_bytes), in = dev(1, "in", count * item),
                  out = dev(2, "out", count * item);
+            secret(key, key_bytes);
             work = [=] {
                 if (smx_rsa_sign_coop_host(bits, lanes_n, (const u32 *)key, (const u32 *)in, (u32 *)out,
                                            count))
@@ -690,6 +746,7 @@ CUresult cuLaunchKernel(void *fh, unsigned gx, unsigned gy, unsigned gz, unsigne
             const size_t item = bits / 8, key_bytes = (8 + 11 * (bits / 64)) * 4;
             auto key = dev(0, "key", key_bytes), sig = dev(1, "sig", count * item),
                  exp = dev(2, "expected", count * item), ok = dev(3, "ok", count * 4);
+            secret(key, key_bytes);
             work = [=] {
                 if (smx_rsa_check_host(bits, (const u32 *)key, (const u32 *)sig, (const u32 *)exp,
                                        (u32 *)ok, count))
@@ -704,9 +761,11 @@ CUresult cuLaunchKernel(void *fh, unsigned gx, unsigned gy, unsigned gz, unsigne
             const u32 count = arg<u32>(params, sign ? 7 : 6);
             auto t = dev(0, "table", table), key = dev(1, "key", key_bytes),
                  z = dev(2, "z", count * l * 4);
+            secret(key, l * 4);  // d; the rest of the blob is public
             if (sign) {
                 auto k = dev(3, "k", count * l * 4), r = dev(4, "r", count * l * 4),
                      sv = dev(5, "s", count * l * 4), ok = dev(6, "ok", count * 4);
+                secret(k, count * l * 4);
                 work = [=] {
                     (bits == 256 ? smx_p256_sign_host : smx_p384_sign_host)(
                         (const u32 *)t, (const u32 *)key, (const u32 *)z, (const u32 *)k, (u32 *)r,
@@ -734,6 +793,8 @@ CUresult cuLaunchKernel(void *fh, unsigned gx, unsigned gy, unsigned gz, unsigne
             }
             auto key = dev(0, "key", l * 4), z = dev(1, "z", count * l * 4), seed = dev(2, "seed", 32),
                  k = dev(3, "k", count * l * 4), ok = dev(4, "ok", count * 4);
+            secret(key, l * 4);
+            secret(k, count * l * 4);
             work = [=] {
                 (bits == 256 ? smx_p256_nonce_host : smx_p384_nonce_host)(
                     (const u32 *)key, (const u32 *)z, (const unsigned char *)seed, (u32 *)k, (u32 *)ok,
@@ -749,6 +810,7 @@ CUresult cuLaunchKernel(void *fh, unsigned gx, unsigned gy, unsigned gz, unsigne
             auto t = dev(0, "table", table), key = dev(1, "key", key_bytes),
                  off = dev(3, "off", (count + 1) * 4ull), sig = dev(4, "sig", count * 64ull),
                  ok = dev(5, "ok", count * 4);
+            secret(key, 16 * 4);  // a and prefix; A and the table are public
             // The messages' length is in `off`, which the stream may not
             // have written yet: checked when the launch runs.
             uintptr_t msg = (uintptr_t)arg<CUdeviceptr>(params, 2);
