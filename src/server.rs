@@ -135,7 +135,9 @@ fn callers_in_trust_domain(settings: &crate::api::IssuanceSettings, ca_td: &str)
 /// rules from it again.
 pub async fn serve(cfg: Config, config_file: Option<std::path::PathBuf>) -> Result<()> {
     let keys = Arc::new(app::open_keys(&cfg, KekUse::CreateIfNew)?);
-    let engine = app::start_engine(&cfg, cfg.engine_config(), "auto")?;
+    let backends = app::start_backends(&cfg, "auto")?;
+    let tokens = backends.pkcs11.clone();
+    let engine = Arc::new(Engine::new(cfg.engine_config(), backends.all)?);
     let addr: SocketAddr = cfg.http_listen()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -219,6 +221,7 @@ pub async fn serve(cfg: Config, config_file: Option<std::path::PathBuf>) -> Resu
     #[cfg(unix)]
     spawn_reload(
         keys.clone(),
+        tokens,
         tls_slots,
         Rules {
             config_file,
@@ -228,7 +231,7 @@ pub async fn serve(cfg: Config, config_file: Option<std::path::PathBuf>) -> Resu
         },
     )?;
     #[cfg(not(unix))]
-    drop((tls_slots, keyless_server, config_file));
+    drop((tls_slots, keyless_server, config_file, tokens));
     let shared = Shared {
         engine: engine.clone(),
         keys,
@@ -462,11 +465,13 @@ impl Rules {
 /// (a renewed server certificate, a new client CA; on error the old one
 /// stays), reads the keyless client rules from the config file again, and
 /// brings the key store in line with its directory (keys generated,
-/// imported or deleted by the CLI since), saying what changed. The keys
-/// line comes last.
+/// imported or deleted by the CLI since), saying what changed, after
+/// trying at once to bring back a PKCS#11 token that cannot be read. The
+/// keys line comes last.
 #[cfg(unix)]
 fn spawn_reload(
     keys: Arc<KeyStore>,
+    tokens: Vec<Arc<crate::backend::pkcs11::Pkcs11Backend>>,
     tls: Vec<Arc<crate::tls_reload::TlsSlot>>,
     rules: Rules,
 ) -> Result<()> {
@@ -487,6 +492,22 @@ fn spawn_reload(
                 }
             }
             rules.reload();
+            for t in &tokens {
+                let b = t.clone();
+                match tokio::task::spawn_blocking(move || b.recover_now()).await {
+                    Ok(None) => {}
+                    Ok(Some(Ok(()))) => say(format_args!(
+                        "sigmux: PKCS#11 token '{}' usable again (slot {})",
+                        t.token_label(),
+                        t.slot_id()
+                    )),
+                    Ok(Some(Err(e))) => say(format_args!(
+                        "sigmux: PKCS#11 token '{}' still cannot be used: {e}",
+                        t.token_label()
+                    )),
+                    Err(e) => tracing::error!(error = %e, "PKCS#11 token recovery failed"),
+                }
+            }
             let store = keys.clone();
             match tokio::task::spawn_blocking(move || store.rescan()).await {
                 Ok(Ok(r)) => {

@@ -56,12 +56,24 @@ fn token_objects(dir: &Path, kind: &str) -> Vec<String> {
     labels
 }
 
+/// The tests here set `SOFTHSM2_CONF` for the sigmux processes they start
+/// (the helpers pass the environment on), each to its own token directory:
+/// one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn state(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("data/ca/state.json")).unwrap()).unwrap()
 }
 
 #[test]
 fn intermediate_key_in_a_pkcs11_token() {
+    let _alone = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/softhsm-token.sh");
@@ -77,7 +89,8 @@ fn intermediate_key_in_a_pkcs11_token() {
         String::from_utf8_lossy(&made.stderr)
     );
     // Every sigmux process below (and the server) reads this.
-    // SAFETY: set once, before any thread of this test process starts.
+    // SAFETY: set while no other test of this file runs (one_at_a_time);
+    // nothing in this process reads it (only the processes it starts).
     unsafe { std::env::set_var("SOFTHSM2_CONF", dir.join("hsm/softhsm2.conf")) };
     ca(dir, "ca");
     leaf(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
@@ -234,5 +247,172 @@ fn intermediate_key_in_a_pkcs11_token() {
     assert!(
         audit.contains("\"event\":\"key.destroy\"") && audit.contains(&int_key),
         "{audit}"
+    );
+}
+
+/// The token holding the CA's intermediate key disappears under a running
+/// `serve` (its files moved away, as when the token is deleted or its disk
+/// goes) and comes back: issuance fails meanwhile with the token named as
+/// the cause, JWT-SVIDs (a soft key, on the CPU) keep coming, and after the
+/// files return a SIGHUP (or the next request past the retry interval)
+/// brings the token back without a restart.
+#[test]
+fn a_token_that_vanishes_and_returns_under_serve_fails_clearly_and_recovers() {
+    let _alone = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/softhsm-token.sh");
+    let made = Command::new("bash")
+        .arg(&script)
+        .arg(dir.join("hsm"))
+        .arg("ca-token")
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    // SAFETY: set while no other test of this file runs (one_at_a_time);
+    // nothing in this process reads it (only the processes it starts).
+    unsafe { std::env::set_var("SOFTHSM2_CONF", dir.join("hsm/softhsm2.conf")) };
+    ca(dir, "ca");
+    leaf(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
+    leaf(dir, "ca", "caller", "URI:spiffe://example.org/issuer");
+    std::fs::write(
+        dir.join("sigmux.toml"),
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [backends.cuda]\nenabled = false\n\
+             [issuance]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+             client_ca = \"ca.pem\"\nmax_items = 8\nmax_ttl_seconds = 600\n\
+             [[issuance.callers]]\nid = \"spiffe://example.org/issuer\"\n\
+             allowed_prefixes = [\"spiffe://example.org/ns\"]\n\
+             [backends.pkcs11]\ntoken_label = \"ca-token\"\npin_file = \"{}\"\ncalibrate = false\n",
+            dir.join("hsm/user.pin").display()
+        ),
+    )
+    .unwrap();
+    sigmux(
+        dir,
+        &[
+            "ca",
+            "init",
+            "--trust-domain",
+            "example.org",
+            "--intermediate-backend",
+            "hsm",
+        ],
+    );
+    let (server, addr, http, lines) = start_server_watched(dir);
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    let url = |path: &str| format!("https://localhost:{port}{path}");
+    ec_key(dir, "w.key");
+    openssl(
+        dir,
+        &[
+            "req", "-new", "-key", "w.key", "-subj", "/CN=w", "-out", "w.csr",
+        ],
+    );
+    let body = serde_json::json!({"items": [{
+        "csr": std::fs::read_to_string(dir.join("w.csr")).unwrap(),
+        "spiffe_id": "spiffe://example.org/ns/w",
+    }]})
+    .to_string();
+    let issue = || {
+        let (code, text) = curl(
+            dir,
+            Some("caller"),
+            "POST",
+            &url("/v1/x509svids:batch"),
+            Some(&body),
+        );
+        let ok = code == 200
+            && serde_json::from_str::<serde_json::Value>(&text)
+                .is_ok_and(|v| v["results"][0]["status"] == "ok");
+        (ok, text)
+    };
+    let jwt = || {
+        let (code, text) = curl(
+            dir,
+            Some("caller"),
+            "POST",
+            &url("/v1/jwtsvids"),
+            Some(r#"{"spiffe_id":"spiffe://example.org/ns/w","audience":["a"],"ttl_seconds":60}"#),
+        );
+        assert_eq!(code, 200, "JWT-SVID: {text}");
+    };
+    let health = || {
+        let out = Command::new("curl")
+            .args(["-sS", &format!("http://{http}/healthz")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let (ok, text) = issue();
+    assert!(ok, "before: {text}");
+
+    // The token's files go away.
+    let tokens = dir.join("hsm/tokens");
+    let token_dir = std::fs::read_dir(&tokens)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let away = dir.join("token-away");
+    std::fs::rename(&token_dir, &away).unwrap();
+    let (ok, text) = issue();
+    assert!(!ok, "issued without its token: {text}");
+    jwt();
+    let h = health();
+    assert!(
+        h.contains(r#""health":"failing","name":"pkcs11:ca-token""#),
+        "{h}"
+    );
+    // The log says why, naming the token and the PKCS#11 error.
+    let mut said = String::new();
+    while let Ok(line) = lines.recv_timeout(std::time::Duration::from_secs(5)) {
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains("out of rotation") {
+            break;
+        }
+    }
+    let why = said
+        .lines()
+        .find(|l| l.contains("out of rotation"))
+        .unwrap_or_else(|| panic!("no line on the failure: {said}"));
+    assert!(
+        why.contains("token 'ca-token'") && why.contains("cannot be read") && why.contains("CKR_"),
+        "{why}"
+    );
+    assert!(!why.contains("1234"), "{why}");
+
+    // Back: SIGHUP tries the token again at once.
+    std::fs::rename(&away, &token_dir).unwrap();
+    let said = sighup(&server, &lines);
+    assert!(
+        said.contains("PKCS#11 token 'ca-token' usable again"),
+        "{said}"
+    );
+    // The engine gives the backend work again once its back-off (a
+    // fraction of a second after a few failures) has passed.
+    let mut last = String::new();
+    let back = (0..50).any(|_| {
+        let (ok, text) = issue();
+        last = text;
+        ok || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            false
+        }
+    });
+    assert!(back, "after the token came back: {last}");
+    jwt();
+    assert!(!said.contains("panicked"), "{said}");
+    assert!(
+        health().contains(r#""health":"healthy","name":"pkcs11:ca-token""#),
+        "{}",
+        health()
     );
 }

@@ -10,6 +10,9 @@
 //!   `CKR_USER_NOT_LOGGED_IN`, `CKR_DEVICE_REMOVED`, `CKR_TOKEN_NOT_PRESENT`)
 //!   is replaced by a freshly opened and logged-in one and the operation is
 //!   retried on it, so requests in flight are not lost.
+//! - A token that stops answering `C_GetTokenInfo` (removed, deleted, its
+//!   files gone) is reported as such, and brought back by initialising the
+//!   module again ([`Token::recover`]) once it returns.
 //! - Mechanisms: `CKM_RSA_PKCS` over the DigestInfo that sigmux prepends,
 //!   `CKM_RSA_PKCS_PSS` (MGF1 with the scheme's hash, salt = hash length),
 //!   `CKM_ECDSA` (raw `r‖s` turned into DER) and `CKM_EDDSA`, each offered
@@ -185,7 +188,29 @@ fn handle_stale(e: &CkError) -> bool {
 // Modules
 // ---------------------------------------------------------------------------
 
-static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+/// A loaded module, shared by every token of it in the process.
+struct Module {
+    ctx: Pkcs11,
+    /// Held shared around every call into the module, and exclusively while
+    /// it is initialised again ([`Token::recover`]) or every session is
+    /// closed from under the pools ([`Pkcs11Backend::with_token_quiet`]):
+    /// PKCS#11 leaves undefined what a call racing those does.
+    gate: RwLock<()>,
+    /// Bumped when the module is initialised again: every session and
+    /// object handle from before is dead (and its number may be handed out
+    /// again, so it must not even be closed).
+    generation: AtomicU64,
+}
+
+impl fmt::Debug for Module {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Module")
+            .field("generation", &self.generation.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+static MODULES: OnceLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = OnceLock::new();
 
 /// Whether this process has loaded a PKCS#11 module (then it must not run
 /// exit handlers: see `leave` in main.rs).
@@ -196,7 +221,7 @@ pub fn modules_loaded() -> bool {
 /// The process-wide context for `path`: loaded and `C_Initialize`d once,
 /// shared by every token of that module, never finalised (other tokens may
 /// still use it).
-fn module(path: &Path) -> std::result::Result<Pkcs11, String> {
+fn module(path: &Path) -> std::result::Result<Arc<Module>, String> {
     let mut map = MODULES.get_or_init(Default::default).lock();
     if let Some(m) = map.get(path) {
         return Ok(m.clone());
@@ -218,8 +243,13 @@ fn module(path: &Path) -> std::result::Result<Pkcs11, String> {
             return Err(format!("PKCS#11 module {}: {}", path.display(), ck(&e)));
         }
     }
-    map.insert(path.to_path_buf(), ctx.clone());
-    Ok(ctx)
+    let m = Arc::new(Module {
+        ctx,
+        gate: RwLock::new(()),
+        generation: AtomicU64::new(0),
+    });
+    map.insert(path.to_path_buf(), m.clone());
+    Ok(m)
 }
 
 /// From now on, `exit` ends the process with `_exit` (its status kept)
@@ -279,12 +309,106 @@ fn read_pin(src: &PinSource) -> std::result::Result<AuthPin, String> {
 // Sessions
 // ---------------------------------------------------------------------------
 
+/// The slot of the token `selector` names, and the token's label. A token
+/// label two tokens share is refused.
+fn find_slot(
+    ctx: &Pkcs11,
+    selector: &TokenSelector,
+    module: &Path,
+) -> std::result::Result<(Slot, String), String> {
+    // Not get_slots_with_initialized_token: it fails outright when one
+    // token's C_GetTokenInfo does (see below).
+    let slots = ctx.get_slots_with_token().map_err(|e| ck(&e))?;
+    let mut seen = Vec::new();
+    // Every slot that matches: a label two tokens share picks neither
+    // (which one came first would decide where keys are made and used).
+    let mut hits: Vec<(Slot, String, String)> = Vec::new();
+    // A token another process is changing (SoftHSM2 reads its files
+    // here) can fail C_GetTokenInfo for a moment: such slots are passed
+    // over and asked again, so they stop neither this token's start nor
+    // the search for it.
+    let mut pending = slots;
+    for attempt in 0..3 {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let mut unreadable = Vec::new();
+        for slot in pending {
+            let info = match ctx.get_token_info(slot) {
+                Ok(info) if !info.token_initialized() => continue,
+                Ok(info) => info,
+                Err(e) => {
+                    unreadable.push((slot, ck(&e)));
+                    continue;
+                }
+            };
+            let label = info.label().trim_end().to_string();
+            let hit = match selector {
+                TokenSelector::Label(l) => *l == label,
+                TokenSelector::Slot(id) => slot.id() == *id,
+            };
+            if hit {
+                let serial = info.serial_number().trim().to_string();
+                hits.push((slot, label, serial));
+                if matches!(selector, TokenSelector::Slot(_)) {
+                    break;
+                }
+                continue;
+            }
+            seen.push(format!("'{label}' (slot {})", slot.id()));
+        }
+        let by_slot = matches!(selector, TokenSelector::Slot(_));
+        if (by_slot && !hits.is_empty()) || unreadable.is_empty() {
+            break;
+        }
+        if attempt == 2 {
+            seen.extend(
+                unreadable
+                    .iter()
+                    .map(|(slot, e)| format!("slot {} unreadable: {e}", slot.id())),
+            );
+        }
+        pending = unreadable.into_iter().map(|(slot, _)| slot).collect();
+    }
+    if hits.len() > 1 {
+        return Err(format!(
+            "{} tokens in module {} are labelled '{}' ({}): choose one with `slot = ID` instead of token_label",
+            hits.len(),
+            module.display(),
+            hits[0].1,
+            hits.iter()
+                .map(|(slot, _, serial)| format!("slot {} serial {serial}", slot.id()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let found = hits.pop().map(|(slot, label, _)| (slot, label));
+    found.ok_or_else(|| {
+        format!(
+            "no token {} in module {} (it has: {})",
+            match selector {
+                TokenSelector::Label(l) => format!("labelled '{l}'"),
+                TokenSelector::Slot(s) => format!("in slot {s}"),
+            },
+            module.display(),
+            if seen.is_empty() {
+                "no initialized token".to_string()
+            } else {
+                seen.join(", ")
+            }
+        )
+    })
+}
+
 /// A session that is closed on drop unless it is known to be dead already
 /// (closing a dead handle could close someone else's on a module that
 /// reuses handle numbers).
 struct OwnedSession {
     session: Option<Session>,
     close: bool,
+    /// The module's generation it was opened in.
+    generation: u64,
+    lib: Arc<Module>,
 }
 
 impl OwnedSession {
@@ -296,12 +420,18 @@ impl OwnedSession {
     fn discard(mut self) {
         self.close = false;
     }
+
+    /// Whether the module was initialised again since it was opened.
+    fn stale(&self) -> bool {
+        self.generation != self.lib.generation.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for OwnedSession {
     fn drop(&mut self) {
         if let Some(s) = self.session.take()
             && self.close
+            && !self.stale()
         {
             let _ = s.close();
         }
@@ -311,24 +441,26 @@ impl Drop for OwnedSession {
 /// An opened, logged-in token: what key generation, import and the
 /// backend's pool share.
 pub struct Token {
-    ctx: Pkcs11,
-    slot: Slot,
+    lib: Arc<Module>,
+    /// The slot it was found in (again, after [`Token::recover`]).
+    slot: RwLock<Slot>,
+    /// How it was asked for.
+    selector: TokenSelector,
     label: String,
     module: PathBuf,
     pin: AuthPin,
     /// Set when the token refused the PIN after start: logging in again
     /// would only burn retries towards a locked PIN.
     pin_refused: AtomicBool,
-    /// Held shared around every call the backend makes into the token, and
-    /// exclusively by [`Pkcs11Backend::with_token_quiet`].
-    gate: RwLock<()>,
+    /// When [`Token::recover`] last initialised the module again.
+    last_recover: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token")
             .field("label", &self.label)
-            .field("slot", &self.slot.id())
+            .field("slot", &self.slot_id())
             .field("module", &self.module)
             .field("pin", &"<redacted>")
             .finish()
@@ -341,103 +473,98 @@ impl Token {
     pub fn open(cfg: &Pkcs11Config) -> Result<Token> {
         let who = format!("pkcs11:{}", cfg.token);
         let fail = |reason: String| Error::backend(who.clone(), reason);
-        let ctx = module(&cfg.module).map_err(fail)?;
-        // Not get_slots_with_initialized_token: it fails outright when one
-        // token's C_GetTokenInfo does (see below).
-        let slots = ctx.get_slots_with_token().map_err(|e| fail(ck(&e)))?;
-        let mut seen = Vec::new();
-        // Every slot that matches: a label two tokens share picks neither
-        // (which one came first would decide where keys are made and used).
-        let mut hits: Vec<(Slot, String, String)> = Vec::new();
-        // A token another process is changing (SoftHSM2 reads its files
-        // here) can fail C_GetTokenInfo for a moment: such slots are passed
-        // over and asked again, so they stop neither this token's start nor
-        // the search for it.
-        let mut pending = slots;
-        for attempt in 0..3 {
-            if attempt > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            let mut unreadable = Vec::new();
-            for slot in pending {
-                let info = match ctx.get_token_info(slot) {
-                    Ok(info) if !info.token_initialized() => continue,
-                    Ok(info) => info,
-                    Err(e) => {
-                        unreadable.push((slot, ck(&e)));
-                        continue;
-                    }
-                };
-                let label = info.label().trim_end().to_string();
-                let hit = match &cfg.token {
-                    TokenSelector::Label(l) => *l == label,
-                    TokenSelector::Slot(id) => slot.id() == *id,
-                };
-                if hit {
-                    let serial = info.serial_number().trim().to_string();
-                    hits.push((slot, label, serial));
-                    if matches!(cfg.token, TokenSelector::Slot(_)) {
-                        break;
-                    }
-                    continue;
-                }
-                seen.push(format!("'{label}' (slot {})", slot.id()));
-            }
-            let by_slot = matches!(cfg.token, TokenSelector::Slot(_));
-            if (by_slot && !hits.is_empty()) || unreadable.is_empty() {
-                break;
-            }
-            if attempt == 2 {
-                seen.extend(
-                    unreadable
-                        .iter()
-                        .map(|(slot, e)| format!("slot {} unreadable: {e}", slot.id())),
-                );
-            }
-            pending = unreadable.into_iter().map(|(slot, _)| slot).collect();
-        }
-        if hits.len() > 1 {
-            return Err(fail(format!(
-                "{} tokens in module {} are labelled '{}' ({}): choose one with `slot = ID` instead of token_label",
-                hits.len(),
-                cfg.module.display(),
-                hits[0].1,
-                hits.iter()
-                    .map(|(slot, _, serial)| format!("slot {} serial {serial}", slot.id()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        let found = hits.pop().map(|(slot, label, _)| (slot, label));
-        let (slot, label) = found.ok_or_else(|| {
-            fail(format!(
-                "no token {} in module {} (it has: {})",
-                match &cfg.token {
-                    TokenSelector::Label(l) => format!("labelled '{l}'"),
-                    TokenSelector::Slot(s) => format!("in slot {s}"),
-                },
-                cfg.module.display(),
-                if seen.is_empty() {
-                    "no initialized token".to_string()
-                } else {
-                    seen.join(", ")
-                }
-            ))
-        })?;
+        let lib = module(&cfg.module).map_err(fail)?;
+        let (slot, label) = find_slot(&lib.ctx, &cfg.token, &cfg.module).map_err(fail)?;
         let pin = read_pin(&cfg.pin).map_err(fail)?;
         let token = Token {
-            ctx,
-            slot,
+            lib,
+            slot: RwLock::new(slot),
+            selector: cfg.token.clone(),
             label,
             module: cfg.module.clone(),
             pin,
             pin_refused: AtomicBool::new(false),
-            gate: RwLock::new(()),
+            last_recover: Mutex::new(None),
         };
-        token
-            .open_session(false)
-            .map_err(|e| Error::backend(format!("pkcs11:{}", token.label), e))?;
+        {
+            let _gate = token.lib.gate.read();
+            token
+                .open_session(false)
+                .map_err(|e| Error::backend(format!("pkcs11:{}", token.label), e))?;
+        }
         Ok(token)
+    }
+
+    fn slot(&self) -> Slot {
+        *self.slot.read()
+    }
+
+    /// Why the token cannot be used now, if it cannot: its slot no longer
+    /// answers `C_GetTokenInfo` (the token removed, deleted or initialised
+    /// again; SoftHSM2 says `CKR_GENERAL_ERROR` once its files are gone),
+    /// or holds another token. Looking a key up on such a token finds
+    /// nothing, which says nothing about the key.
+    pub fn unreadable(&self) -> Option<String> {
+        let slot = self.slot();
+        let what = format!("token '{}' (slot {})", self.label, slot.id());
+        match self.lib.ctx.get_token_info(slot) {
+            Ok(info) if !info.token_initialized() => {
+                Some(format!("{what} is no longer initialized"))
+            }
+            Ok(info) if info.label().trim_end() != self.label => Some(format!(
+                "{what}: the slot now holds token '{}'",
+                info.label().trim_end()
+            )),
+            Ok(_) => None,
+            Err(e) => Some(format!(
+                "{what} cannot be read: {} (removed, deleted or initialised again?)",
+                ck(&e)
+            )),
+        }
+    }
+
+    /// Brings back a token that [`Token::unreadable`] reports: the module
+    /// is finalised and initialised again (how a PKCS#11 library notices a
+    /// token that came back; SoftHSM2 does not otherwise) and the token
+    /// looked for again by its label or slot. Every session and object
+    /// handle of the module's tokens in this process dies with it; the
+    /// pools open fresh ones on their next use. Waits for every call into
+    /// the module to finish first. Unless `now`, does nothing within
+    /// [`RECOVER_INTERVAL`] of the last try. Returns whether the token can
+    /// be used again, or why not.
+    pub fn recover(&self, now: bool) -> std::result::Result<(), String> {
+        {
+            let mut last = self.last_recover.lock();
+            if !now && last.is_some_and(|t| t.elapsed() < RECOVER_INTERVAL) {
+                return Err(self.unreadable().unwrap_or_default());
+            }
+            *last = Some(Instant::now());
+        }
+        let _quiet = self.lib.gate.write();
+        let Some(why) = self.unreadable() else {
+            return Ok(());
+        };
+        tracing::warn!(token = %self.label, reason = %why,
+            module = %self.module.display(), "initialising the PKCS#11 module again");
+        let ctx = &self.lib.ctx;
+        // Whatever C_Finalize says, the sessions from before are gone.
+        let _ = ctx.clone().finalize();
+        self.lib.generation.fetch_add(1, Ordering::AcqRel);
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(format!("{why}; initialising the module again: {}", ck(&e))),
+        }
+        let (slot, label) = find_slot(ctx, &self.selector, &self.module)
+            .map_err(|e| format!("{why}; after initialising the module again: {e}"))?;
+        if label != self.label {
+            return Err(format!(
+                "{why}; slot {} now holds token '{label}'",
+                slot.id()
+            ));
+        }
+        *self.slot.write() = slot;
+        tracing::info!(token = %self.label, slot = slot.id(), "token usable again");
+        Ok(())
     }
 
     /// The token's label.
@@ -447,7 +574,7 @@ impl Token {
 
     /// The slot id the token sits in.
     pub fn slot_id(&self) -> u64 {
-        self.slot.id()
+        self.slot().id()
     }
 
     /// The module path.
@@ -459,17 +586,22 @@ impl Token {
         Error::backend(format!("pkcs11:{}", self.label), reason)
     }
 
-    /// Opens a session and makes sure the user is logged in.
+    /// Opens a session and makes sure the user is logged in. The caller
+    /// holds the module's gate for as long as it uses the session.
     fn open_session(&self, rw: bool) -> std::result::Result<OwnedSession, String> {
+        let generation = self.lib.generation.load(Ordering::Acquire);
+        let slot = self.slot();
         let s = if rw {
-            self.ctx.open_rw_session_no_drop(self.slot)
+            self.lib.ctx.open_rw_session_no_drop(slot)
         } else {
-            self.ctx.open_ro_session_no_drop(self.slot)
+            self.lib.ctx.open_ro_session_no_drop(slot)
         }
         .map_err(|e| ck(&e))?;
         let s = OwnedSession {
             session: Some(s),
             close: true,
+            generation,
+            lib: self.lib.clone(),
         };
         self.login(s.get())?;
         Ok(s)
@@ -498,15 +630,19 @@ impl Token {
 
     /// Mechanisms the token reports with the sign flag.
     fn sign_mechanisms(&self) -> Result<Vec<MechanismType>> {
+        let _gate = self.lib.gate.read();
+        let slot = self.slot();
         let all = self
+            .lib
             .ctx
-            .get_mechanism_list(self.slot)
+            .get_mechanism_list(slot)
             .map_err(|e| self.err(ck(&e)))?;
         Ok(all
             .into_iter()
             .filter(|m| {
-                self.ctx
-                    .get_mechanism_info(self.slot, *m)
+                self.lib
+                    .ctx
+                    .get_mechanism_info(slot, *m)
                     .is_ok_and(|i| i.sign())
             })
             .collect())
@@ -514,6 +650,7 @@ impl Token {
 
     /// Destroys every object labelled `name` (the bench's throwaway keys).
     pub fn destroy_labelled(&self, name: &str) -> Result<usize> {
+        let _gate = self.lib.gate.read();
         let s = self.open_session(true).map_err(|e| self.err(e))?;
         let s = s.get();
         let found = s
@@ -530,6 +667,7 @@ impl Token {
     /// Returns how many objects went: none when the token no longer holds
     /// the key.
     pub fn destroy_key(&self, label: &str, id: &[u8]) -> Result<usize> {
+        let _gate = self.lib.gate.read();
         let s = self.open_session(true).map_err(|e| self.err(e))?;
         let s = s.get();
         let mut gone = 0;
@@ -557,6 +695,7 @@ impl Token {
     /// that refuses the change keeps the random id. The id used is
     /// returned.
     pub fn generate(&self, name: &str, kind: KeyKind) -> Result<HsmKey> {
+        let _gate = self.lib.gate.read();
         let s = self.open_session(true).map_err(|e| self.err(e))?;
         let s = s.get();
         let existing = s
@@ -644,6 +783,7 @@ impl Token {
                 "give the key's label or id (or both)".into(),
             ));
         }
+        let _gate = self.lib.gate.read();
         let s = self.open_session(false).map_err(|e| self.err(e))?;
         let s = s.get();
         let mut template = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
@@ -893,6 +1033,8 @@ struct Lease<'a> {
 
 impl Pool {
     fn new(token: Arc<Token>, size: usize) -> std::result::Result<Pool, String> {
+        let lib = token.lib.clone();
+        let _gate = lib.gate.read();
         let mut idle = Vec::with_capacity(size);
         for _ in 0..size {
             idle.push(Some(token.open_session(false)?));
@@ -932,7 +1074,7 @@ impl Pool {
             session: slot,
         };
         if lease.session.is_none() {
-            let _gate = self.token.gate.read();
+            let _gate = self.token.lib.gate.read();
             lease.session = Some(self.token.open_session(false)?);
             self.reopened.fetch_add(1, Ordering::Relaxed);
         }
@@ -941,7 +1083,12 @@ impl Pool {
 }
 
 impl Lease<'_> {
-    fn session(&self) -> std::result::Result<&Session, String> {
+    /// The session, replaced first if the module was initialised again
+    /// since it was opened. The caller holds the module's gate.
+    fn session(&mut self) -> std::result::Result<&Session, String> {
+        if self.session.as_ref().is_none_or(|s| s.stale()) {
+            self.renew()?;
+        }
         self.session
             .as_ref()
             .map(|s| s.get())
@@ -975,6 +1122,9 @@ impl Drop for Lease<'_> {
 const ATTEMPTS: u32 = 4;
 /// How long "this token does not hold that key" is believed.
 const MISSING_TTL: Duration = Duration::from_secs(5);
+/// How often a token that cannot be read is tried again by itself
+/// ([`Token::recover`]; SIGHUP tries at once).
+pub const RECOVER_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Whether the token holds a key: a fact that outlives sessions, unlike
 /// object handles.
@@ -1001,8 +1151,9 @@ pub struct Pkcs11Backend {
     pool: Pool,
     sessions: usize,
     mechanisms: Vec<MechanismType>,
-    /// Object handles of keys in use; dropped when sessions are lost.
-    handles: RwLock<HashMap<KeyId, ObjectHandle>>,
+    /// Object handles of keys in use, with the module generation they
+    /// belong to; dropped when sessions are lost.
+    handles: RwLock<HashMap<KeyId, (u64, ObjectHandle)>>,
     /// What `holds` answers, per key.
     presence: RwLock<HashMap<KeyId, Presence>>,
     calibration: Calibration,
@@ -1083,7 +1234,8 @@ impl Pkcs11Backend {
                     sc.spawn(|| -> Result<u64> {
                         // Mechanism parameters hold raw pointers: one per thread.
                         let mech = mechanism(scheme);
-                        let lease = self.pool.acquire().map_err(fail)?;
+                        let mut lease = self.pool.acquire().map_err(fail)?;
+                        let _gate = self.token.lib.gate.read();
                         let s = lease.session().map_err(fail)?;
                         let h = self
                             .handle_for(key, s)
@@ -1148,7 +1300,7 @@ impl Pkcs11Backend {
     /// every session from under the pool (`C_CloseAllSessions` from another
     /// handle) to check that requests in flight survive it.
     pub fn with_token_quiet<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _quiet = self.token.gate.write();
+        let _quiet = self.token.lib.gate.write();
         f()
     }
 
@@ -1165,10 +1317,11 @@ impl Pkcs11Backend {
     /// Signs a few operations per key family with session keys on one
     /// session: microseconds per operation.
     fn calibrate(&self) -> Result<Calibration> {
-        let lease = self
+        let mut lease = self
             .pool
             .acquire()
             .map_err(|e| Error::backend(self.name.clone(), e))?;
+        let _gate = self.token.lib.gate.read();
         let s = lease
             .session()
             .map_err(|e| Error::backend(self.name.clone(), e))?;
@@ -1208,15 +1361,22 @@ impl Pkcs11Backend {
         key: &Key,
         s: &Session,
     ) -> std::result::Result<Option<ObjectHandle>, CkError> {
-        if let Some(h) = self.handles.read().get(&key.id()) {
+        let generation = self.token.lib.generation.load(Ordering::Acquire);
+        if let Some((g, h)) = self.handles.read().get(&key.id())
+            && *g == generation
+        {
             return Ok(Some(*h));
         }
         let Some(r) = key.info().hsm.as_ref() else {
             return Ok(None);
         };
         let found = self.token.locate(s, r, key.spki_der())?;
+        if found.is_none() && self.token.unreadable().is_some() {
+            // Nothing is known about the key until the token is back.
+            return Ok(None);
+        }
         if let Some(h) = found {
-            self.handles.write().insert(key.id(), h);
+            self.handles.write().insert(key.id(), (generation, h));
         }
         self.presence.write().insert(
             key.id(),
@@ -1243,16 +1403,29 @@ impl Pkcs11Backend {
             if attempt > 0 {
                 self.retried_ops.fetch_add(1, Ordering::Relaxed);
             }
-            let gate = self.token.gate.read();
-            let s = lease.session().map_err(fail)?;
+            let gate = self.token.lib.gate.read();
+            let s = match lease.session() {
+                Ok(s) => s,
+                Err(e) => {
+                    drop(gate);
+                    self.bring_back(&e).map_err(fail)?;
+                    last = e;
+                    continue;
+                }
+            };
             let result = match self.handle_for(key, s) {
                 Ok(Some(h)) => s.sign(mech, h, data),
                 Ok(None) => {
-                    return Err(fail(format!(
+                    drop(gate);
+                    let gone = format!(
                         "key '{}' is not in token '{}'",
                         key.name(),
                         self.token.label
-                    )));
+                    );
+                    self.bring_back(&gone).map_err(fail)?;
+                    // The token is back: look again.
+                    last = gone;
+                    continue;
                 }
                 Err(e) => Err(e),
             };
@@ -1269,7 +1442,7 @@ impl Pkcs11Backend {
                     ) {
                         drop(gate);
                         std::thread::sleep(Duration::from_millis(20 << attempt));
-                        let _gate = self.token.gate.read();
+                        let _gate = self.token.lib.gate.read();
                         if let Err(reopen) = lease.renew() {
                             last = format!("{last}; reopening the session failed: {reopen}");
                         }
@@ -1285,6 +1458,33 @@ impl Pkcs11Backend {
             }
         }
         Err(fail(format!("gave up after {ATTEMPTS} tries: {last}")))
+    }
+
+    /// After `failure`: when the token cannot be read, tries to bring it
+    /// back ([`Token::recover`], at most every [`RECOVER_INTERVAL`]) and
+    /// returns `Ok` once it is usable again; otherwise (the token is fine,
+    /// or still gone) the error to report, naming the token's problem
+    /// when it has one. Called without the module's gate.
+    fn bring_back(&self, failure: &str) -> std::result::Result<(), String> {
+        let Some(why) = self.token.unreadable() else {
+            return Err(failure.to_string());
+        };
+        match self.token.recover(false) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_empty() => Err(why),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// SIGHUP: a token that cannot be read is tried again at once. Returns
+    /// what happened, for the operator, or `None` when the token was fine.
+    pub fn recover_now(&self) -> Option<std::result::Result<(), String>> {
+        self.token.unreadable()?;
+        let r = self.token.recover(true);
+        if r.is_ok() {
+            self.handles.write().clear();
+        }
+        Some(r)
     }
 
     fn sign_chunk(
@@ -1450,13 +1650,26 @@ impl Backend for Pkcs11Backend {
         // Look it up once, on a short-lived session so as not to wait
         // behind signing work (or, if the token allows no more sessions, on
         // an idle pooled one, renewed if the token dropped it).
-        let _gate = self.token.gate.read();
-        if let Ok(s) = self.token.open_session(false) {
-            return matches!(self.handle_for(key, s.get()), Ok(Some(_)));
+        // A key bound to this token while the token cannot be read: its
+        // requests come here and fail naming the token's problem (and try
+        // to bring it back) rather than finding no backend at all.
+        let bound_here = r.token.as_deref() == Some(self.token.label.as_str());
+        {
+            let _gate = self.token.lib.gate.read();
+            if let Ok(s) = self.token.open_session(false) {
+                return match self.handle_for(key, s.get()) {
+                    Ok(Some(_)) => true,
+                    _ => bound_here && self.token.unreadable().is_some(),
+                };
+            }
+        }
+        if bound_here && self.token.unreadable().is_some() {
+            return true;
         }
         let Some(mut lease) = self.pool.try_acquire() else {
             return false;
         };
+        let _gate = self.token.lib.gate.read();
         for _ in 0..2 {
             let Ok(s) = lease.session() else {
                 return false;
@@ -1492,10 +1705,16 @@ impl Backend for Pkcs11Backend {
         }
         // The engine runs one worker per session and splits every batch into
         // one share per session, so a call signs its share on one session.
-        let mut lease = self
-            .pool
-            .acquire()
-            .map_err(|e| Error::backend(self.name.clone(), format!("no session: {e}")))?;
+        let mut lease = match self.pool.acquire() {
+            Ok(lease) => lease,
+            Err(e) => {
+                let fail = |reason: String| Error::backend(self.name.clone(), reason);
+                self.bring_back(&format!("no session: {e}")).map_err(fail)?;
+                self.pool
+                    .acquire()
+                    .map_err(|e| fail(format!("no session: {e}")))?
+            }
+        };
         self.sign_chunk(&mut lease, key, scheme, inputs)
     }
 
