@@ -250,17 +250,11 @@ fn intermediate_key_in_a_pkcs11_token() {
     );
 }
 
-/// The token holding the CA's intermediate key disappears under a running
-/// `serve` (its files moved away, as when the token is deleted or its disk
-/// goes) and comes back: issuance fails meanwhile with the token named as
-/// the cause, JWT-SVIDs (a soft key, on the CPU) keep coming, and after the
-/// files return a SIGHUP (or the next request past the retry interval)
-/// brings the token back without a restart.
-#[test]
-fn a_token_that_vanishes_and_returns_under_serve_fails_clearly_and_recovers() {
-    let _alone = one_at_a_time();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// A token directory with `ca-token` under `dir/hsm` (user PIN in
+/// `dir/hsm/user.pin`), a config serving the issuance API with the CPU and
+/// that token, and a CA whose intermediate key is in the token. Sets
+/// `SOFTHSM2_CONF` for the processes the test starts.
+fn hsm_ca(dir: &Path) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/softhsm-token.sh");
     let made = Command::new("bash")
         .arg(&script)
@@ -304,34 +298,81 @@ fn a_token_that_vanishes_and_returns_under_serve_fails_clearly_and_recovers() {
             "hsm",
         ],
     );
-    let (server, addr, http, lines) = start_server_watched(dir);
-    let port = addr.rsplit(':').next().unwrap().to_string();
-    let url = |path: &str| format!("https://localhost:{port}{path}");
-    ec_key(dir, "w.key");
-    openssl(
-        dir,
-        &[
-            "req", "-new", "-key", "w.key", "-subj", "/CN=w", "-out", "w.csr",
-        ],
-    );
+}
+
+/// Issues one X.509-SVID through the API at `addr`: whether it came, and
+/// the answer.
+fn issue_one(dir: &Path, addr: &str) -> (bool, String) {
+    let port = addr.rsplit(':').next().unwrap();
+    if !dir.join("w.csr").exists() {
+        ec_key(dir, "w.key");
+        openssl(
+            dir,
+            &[
+                "req", "-new", "-key", "w.key", "-subj", "/CN=w", "-out", "w.csr",
+            ],
+        );
+    }
     let body = serde_json::json!({"items": [{
         "csr": std::fs::read_to_string(dir.join("w.csr")).unwrap(),
         "spiffe_id": "spiffe://example.org/ns/w",
     }]})
     .to_string();
-    let issue = || {
-        let (code, text) = curl(
-            dir,
-            Some("caller"),
-            "POST",
-            &url("/v1/x509svids:batch"),
-            Some(&body),
-        );
-        let ok = code == 200
-            && serde_json::from_str::<serde_json::Value>(&text)
-                .is_ok_and(|v| v["results"][0]["status"] == "ok");
-        (ok, text)
-    };
+    let (code, text) = curl(
+        dir,
+        Some("caller"),
+        "POST",
+        &format!("https://localhost:{port}/v1/x509svids:batch"),
+        Some(&body),
+    );
+    let ok = code == 200
+        && serde_json::from_str::<serde_json::Value>(&text)
+            .is_ok_and(|v| v["results"][0]["status"] == "ok");
+    (ok, text)
+}
+
+/// Issues until one comes (the engine gives a backend that failed work
+/// again once its back-off, a fraction of a second after a few failures,
+/// has passed); panics after 10 s.
+fn issue_once_back(dir: &Path, addr: &str, what: &str) {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let (ok, text) = issue_one(dir, addr);
+        if ok {
+            return;
+        }
+        last = text;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("{what}: {last}");
+}
+
+/// The token's directory under `dir/hsm/tokens` (there is one).
+fn token_dir(dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("hsm/tokens"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
+/// The token holding the CA's intermediate key disappears under a running
+/// `serve` (its files moved away, as when the token is deleted or its disk
+/// goes) and comes back: issuance fails meanwhile with the token named as
+/// the cause, JWT-SVIDs (a soft key, on the CPU) keep coming, and after the
+/// files return a SIGHUP (or the next request past the retry interval)
+/// brings the token back without a restart.
+#[test]
+fn a_token_that_vanishes_and_returns_under_serve_fails_clearly_and_recovers() {
+    let _alone = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    hsm_ca(dir);
+    let (server, addr, http, lines) = start_server_watched(dir);
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    let url = |path: &str| format!("https://localhost:{port}{path}");
+    let issue = || issue_one(dir, &addr);
     let jwt = || {
         let (code, text) = curl(
             dir,
@@ -353,13 +394,7 @@ fn a_token_that_vanishes_and_returns_under_serve_fails_clearly_and_recovers() {
     assert!(ok, "before: {text}");
 
     // The token's files go away.
-    let tokens = dir.join("hsm/tokens");
-    let token_dir = std::fs::read_dir(&tokens)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let token_dir = token_dir(dir);
     let away = dir.join("token-away");
     std::fs::rename(&token_dir, &away).unwrap();
     let (ok, text) = issue();
@@ -396,18 +431,7 @@ fn a_token_that_vanishes_and_returns_under_serve_fails_clearly_and_recovers() {
         said.contains("PKCS#11 token 'ca-token' usable again"),
         "{said}"
     );
-    // The engine gives the backend work again once its back-off (a
-    // fraction of a second after a few failures) has passed.
-    let mut last = String::new();
-    let back = (0..50).any(|_| {
-        let (ok, text) = issue();
-        last = text;
-        ok || {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            false
-        }
-    });
-    assert!(back, "after the token came back: {last}");
+    issue_once_back(dir, &addr, "after the token came back");
     jwt();
     assert!(!said.contains("panicked"), "{said}");
     assert!(
@@ -415,4 +439,79 @@ fn a_token_that_vanishes_and_returns_under_serve_fails_clearly_and_recovers() {
         "{}",
         health()
     );
+}
+
+/// The token's user PIN is changed while `serve` runs (pkcs11-tool
+/// --change-pin) and the token then has to be logged in to again (it went
+/// away and came back). The old PIN is refused, once: SIGHUP says so,
+/// naming the CKR_ code and the PIN file, and does not try the same PIN
+/// again; once the file holds the new PIN, SIGHUP logs in with it and the
+/// token signs again, without a restart. The new PIN is never printed (the
+/// old one, 1234, is too short to look for among slot numbers).
+#[test]
+fn a_pin_changed_under_serve_is_refused_once_and_read_again_at_sighup() {
+    let _alone = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    hsm_ca(dir);
+    let (server, addr, _http, lines) = start_server_watched(dir);
+    let (ok, text) = issue_one(dir, &addr);
+    assert!(ok, "before: {text}");
+    let out = Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", dir.join("hsm/softhsm2.conf"))
+        .args(["--module", MODULE, "--token-label", "ca-token", "--login"])
+        .args(["--pin", "1234", "--change-pin", "--new-pin", "Qz7-new-pin"])
+        .output()
+        .expect("pkcs11-tool (opensc) is needed: run scripts/deps.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Still logged in: nothing changes yet.
+    let (ok, text) = issue_one(dir, &addr);
+    assert!(ok, "after the PIN change: {text}");
+    // The token goes away and comes back: sigmux logs in again.
+    let token_dir = token_dir(dir);
+    let away = dir.join("token-away");
+    std::fs::rename(&token_dir, &away).unwrap();
+    let (ok, _) = issue_one(dir, &addr);
+    assert!(!ok);
+    std::fs::rename(&away, &token_dir).unwrap();
+    let said = sighup(&server, &lines);
+    let line = said
+        .lines()
+        .find(|l| l.contains("PKCS#11 token 'ca-token'"))
+        .unwrap_or_else(|| panic!("nothing on the token at SIGHUP: {said}"));
+    assert!(
+        line.contains("still cannot be used") && line.contains("CKR_PIN_INCORRECT"),
+        "{line}"
+    );
+    let (ok, text) = issue_one(dir, &addr);
+    assert!(!ok, "issued with a refused PIN: {text}");
+    // The same PIN is not tried again.
+    let said = sighup(&server, &lines);
+    assert!(
+        said.contains("has not changed") && said.contains("user.pin"),
+        "{said}"
+    );
+    // The new PIN in the file: SIGHUP logs in with it.
+    std::fs::write(dir.join("hsm/user.pin"), "Qz7-new-pin\n").unwrap();
+    let said = sighup(&server, &lines);
+    assert!(
+        said.contains("PKCS#11 token 'ca-token' usable again"),
+        "{said}"
+    );
+    issue_once_back(dir, &addr, "after the new PIN");
+    let mut rest = String::new();
+    while let Ok(l) = lines.recv_timeout(std::time::Duration::from_millis(300)) {
+        rest.push_str(&l);
+        rest.push('\n');
+    }
+    for text in [&said, &rest] {
+        assert!(
+            !text.contains("Qz7-new-pin") && !text.contains("panicked"),
+            "{text}"
+        );
+    }
 }

@@ -28,7 +28,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
@@ -283,7 +283,7 @@ fn end_at_exit_before_module_destructors() {
     }
 }
 
-fn read_pin(src: &PinSource) -> std::result::Result<AuthPin, String> {
+fn read_pin(src: &PinSource) -> std::result::Result<Zeroizing<String>, String> {
     let raw: Zeroizing<String> =
         match src {
             PinSource::File(p) => Zeroizing::new(
@@ -302,7 +302,16 @@ fn read_pin(src: &PinSource) -> std::result::Result<AuthPin, String> {
             PinSource::Env(v) => format!("the PIN environment variable {v} is empty"),
         });
     }
-    Ok(AuthPin::from(pin.to_string()))
+    Ok(Zeroizing::new(pin.to_string()))
+}
+
+impl fmt::Display for PinSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PinSource::File(p) => write!(f, "file {}", p.display()),
+            PinSource::Env(v) => write!(f, "environment variable {v}"),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -448,10 +457,15 @@ pub struct Token {
     selector: TokenSelector,
     label: String,
     module: PathBuf,
-    pin: AuthPin,
-    /// Set when the token refused the PIN after start: logging in again
-    /// would only burn retries towards a locked PIN.
-    pin_refused: AtomicBool,
+    /// The user PIN; held while logging in, so that two sessions never
+    /// both try a PIN the token is about to refuse.
+    pin: Mutex<Zeroizing<String>>,
+    /// Where the PIN came from (read again at SIGHUP after a refusal).
+    pin_source: PinSource,
+    /// Why the token refused the PIN after start, once it has: logging in
+    /// again with the same PIN would only burn retries towards a locked
+    /// PIN.
+    pin_refused: Mutex<Option<String>>,
     /// When [`Token::recover`] last initialised the module again.
     last_recover: Mutex<Option<Instant>>,
 }
@@ -482,8 +496,9 @@ impl Token {
             selector: cfg.token.clone(),
             label,
             module: cfg.module.clone(),
-            pin,
-            pin_refused: AtomicBool::new(false),
+            pin: Mutex::new(pin),
+            pin_source: cfg.pin.clone(),
+            pin_refused: Mutex::new(None),
             last_recover: Mutex::new(None),
         };
         {
@@ -563,6 +578,14 @@ impl Token {
             ));
         }
         *self.slot.write() = slot;
+        // Logged in again (the module forgot the login).
+        self.open_session(false).map_err(|e| {
+            format!(
+                "token '{}' is back in slot {}, but {e}",
+                self.label,
+                slot.id()
+            )
+        })?;
         tracing::info!(token = %self.label, slot = slot.id(), "token usable again");
         Ok(())
     }
@@ -608,24 +631,53 @@ impl Token {
     }
 
     fn login(&self, s: &Session) -> std::result::Result<(), String> {
-        if self.pin_refused.load(Ordering::Acquire) {
-            return Err(
-                "the token refused the PIN earlier; not trying again (restart after fixing it)"
-                    .into(),
-            );
+        let pin = self.pin.lock();
+        if let Some(why) = &*self.pin_refused.lock() {
+            return Err(format!(
+                "the token refused the PIN from the {} ({why}); not trying it again: fix it and send SIGHUP",
+                self.pin_source
+            ));
         }
-        match s.login(UserType::User, Some(&self.pin)) {
+        match s.login(
+            UserType::User,
+            Some(&AuthPin::from(pin.as_str().to_string())),
+        ) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
             Err(e) => {
+                let why = format!("login failed: {}", ck(&e));
                 if matches!(
                     rv_of(&e),
                     Some(RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired)
                 ) {
-                    self.pin_refused.store(true, Ordering::Release);
+                    *self.pin_refused.lock() = Some(why.clone());
                 }
-                Err(format!("login failed: {}", ck(&e)))
+                Err(why)
             }
         }
+    }
+
+    /// SIGHUP after the token refused the PIN: the PIN is read again from
+    /// its source and, if it changed, tried once. `None` when no PIN was
+    /// refused.
+    fn retry_pin(&self) -> Option<std::result::Result<(), String>> {
+        let refused = self.pin_refused.lock().clone()?;
+        let fresh = match read_pin(&self.pin_source) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        {
+            let mut pin = self.pin.lock();
+            if *pin == fresh {
+                return Some(Err(format!(
+                    "the token refused the PIN from the {} ({refused}) and it has not changed; not trying it again",
+                    self.pin_source
+                )));
+            }
+            *pin = fresh;
+            *self.pin_refused.lock() = None;
+        }
+        let _gate = self.lib.gate.read();
+        Some(self.open_session(false).map(|_| ()))
     }
 
     /// Mechanisms the token reports with the sign flag.
@@ -1478,13 +1530,23 @@ impl Pkcs11Backend {
 
     /// SIGHUP: a token that cannot be read is tried again at once. Returns
     /// what happened, for the operator, or `None` when the token was fine.
+    /// Also reads a PIN the token refused again and, if it changed,
+    /// tries it.
     pub fn recover_now(&self) -> Option<std::result::Result<(), String>> {
-        self.token.unreadable()?;
-        let r = self.token.recover(true);
-        if r.is_ok() {
-            self.handles.write().clear();
+        let token = if self.token.unreadable().is_some() {
+            let r = self.token.recover(true);
+            if r.is_ok() {
+                self.handles.write().clear();
+            }
+            Some(r)
+        } else {
+            None
+        };
+        // A PIN tried after the token came back has the last word.
+        match (token, self.token.retry_pin()) {
+            (_, Some(pin)) => Some(pin),
+            (token, None) => token,
         }
-        Some(r)
     }
 
     fn sign_chunk(
