@@ -303,7 +303,24 @@ pub fn hsm_generate(
     }
     let t = hsm_token(cfg, token)?;
     let made = t.generate(name, kind)?;
-    store.register_hsm(Key::from_hsm(name, made.kind, &made.spki_der, made.hsm)?)
+    let (label, id) = (made.hsm.label.clone(), made.hsm.id.clone());
+    let recorded = Key::from_hsm(name, made.kind, &made.spki_der, made.hsm)
+        .and_then(|key| store.register_hsm(key));
+    recorded.map_err(|e| {
+        // Unrecorded, the pair would be an orphan in the token that also
+        // blocks the name: it goes again.
+        let undone = hex::decode(&id)
+            .map_err(|e| Error::Invalid(e.to_string()))
+            .and_then(|raw| t.destroy_key(&label, &raw));
+        let what = format!("key pair made in token '{}'", t.label());
+        let note = match undone {
+            Ok(_) => format!("the {what} was destroyed again"),
+            Err(d) => format!(
+                "the {what} (label '{label}', id {id}) could not be destroyed ({d}): remove it with pkcs11-tool"
+            ),
+        };
+        Error::Invalid(format!("cannot record key '{name}': {e}; {note}"))
+    })
 }
 
 /// Destroys an HSM key's objects in the token it is bound to or, for a key

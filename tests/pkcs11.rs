@@ -29,6 +29,7 @@ use sigmux::{Engine, EngineConfig, Key, KeyKind, KeyStore, Scheme, SignInput, Si
 const PIN: &str = "1234";
 const TOKENS: &[&str] = &[
     "engine", "gen", "tool", "badpin", "close", "share-a", "share-b", "cli", "bench", "twin",
+    "undo",
 ];
 
 struct Hsm {
@@ -744,6 +745,76 @@ fn a_label_two_tokens_share_is_refused_and_a_slot_picks_one() {
         let json = ok(sigmux(&path, &["backends", "--json"]), "backends by slot");
         assert!(json.contains(&format!("\"slot\": {slot}")), "{json}");
     }
+}
+
+#[test]
+fn a_generated_key_that_cannot_be_recorded_leaves_nothing_in_the_token() {
+    let _alone = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &["undo"], "calibrate = false\n");
+    // A first key sets up the data dir.
+    ok(
+        sigmux(
+            &config,
+            &[
+                "keys",
+                "generate",
+                "--name",
+                "first",
+                "--kind",
+                "p256",
+                "--backend",
+                "hsm",
+            ],
+        ),
+        "first key",
+    );
+    // The next one's key file cannot be written: a directory holds the name.
+    let blocker = dir.path().join("data/keys/blocked.key");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let generate = || {
+        sigmux(
+            &config,
+            &[
+                "keys",
+                "generate",
+                "--name",
+                "blocked",
+                "--kind",
+                "p256",
+                "--backend",
+                "hsm",
+            ],
+        )
+    };
+    let out = generate();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("blocked.key") && err.contains("destroyed again"),
+        "{err}"
+    );
+    let s = raw_session("undo");
+    let left = s
+        .find_objects(&[Attribute::Label(b"blocked".to_vec())])
+        .unwrap();
+    assert!(
+        left.is_empty(),
+        "{} object(s) left in the token",
+        left.len()
+    );
+    drop(s);
+    // Once the name is free, the same command works.
+    std::fs::remove_dir(&blocker).unwrap();
+    ok(generate(), "generate after the blocker went");
+    let s = raw_session("undo");
+    let made = s
+        .find_objects(&[
+            Attribute::Label(b"blocked".to_vec()),
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+        ])
+        .unwrap();
+    assert_eq!(made.len(), 1);
 }
 
 /// `C_CloseAllSessions` through our own `dlopen` handle on the module: the
