@@ -603,6 +603,13 @@ fn a_device_fault_takes_the_gpu_out_of_rotation_and_the_cpu_answers_everything()
             .contains("CUDA_ERROR_ILLEGAL_ADDRESS"),
         "{b:#}"
     );
+    assert!(
+        b["health"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("context is lost: restart sigmux"),
+        "{b:#}"
+    );
     drop(engine);
     // Dropping the backend on a dead context (the wipes fail) must not
     // hang or panic.

@@ -575,7 +575,17 @@ impl CudaBackend {
 
     fn drv(&self, what: &str) -> impl Fn(DriverError) -> Error + '_ {
         let what = what.to_string();
-        move |e| Error::backend(self.name.clone(), format!("{what}: {}", driver_error(&e)))
+        move |e| {
+            let lost = if super::device::is_sticky(&e) {
+                "; the GPU's context is lost: restart sigmux to use this GPU again (check the GPU's health first: nvidia-smi, the kernel log's Xid lines)"
+            } else {
+                ""
+            };
+            Error::backend(
+                self.name.clone(),
+                format!("{what}: {}{lost}", driver_error(&e)),
+            )
+        }
     }
 
     /// A grid with a thread per item, for the kernels with one thread per

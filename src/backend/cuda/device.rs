@@ -49,6 +49,27 @@ pub fn driver_status() -> std::result::Result<(i32, usize), String> {
     Ok((version, count.max(0) as usize))
 }
 
+/// Whether `e` leaves the context unusable (CUDA's "sticky" errors: a
+/// kernel fault, an uncorrectable ECC or NVLink error): every later call
+/// in this process fails the same way, so the GPU is back only after
+/// sigmux restarts (and, for hardware errors, the GPU is reset).
+pub fn is_sticky(e: &DriverError) -> bool {
+    use cu::CUresult::*;
+    matches!(
+        e.0,
+        CUDA_ERROR_ECC_UNCORRECTABLE
+            | CUDA_ERROR_NVLINK_UNCORRECTABLE
+            | CUDA_ERROR_ILLEGAL_ADDRESS
+            | CUDA_ERROR_LAUNCH_TIMEOUT
+            | CUDA_ERROR_HARDWARE_STACK_ERROR
+            | CUDA_ERROR_ILLEGAL_INSTRUCTION
+            | CUDA_ERROR_MISALIGNED_ADDRESS
+            | CUDA_ERROR_INVALID_ADDRESS_SPACE
+            | CUDA_ERROR_INVALID_PC
+            | CUDA_ERROR_LAUNCH_FAILED
+    )
+}
+
 /// Formats a driver version number (`13000` -> `13.0`).
 pub fn version_text(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
