@@ -488,7 +488,10 @@ impl Token {
         let who = format!("pkcs11:{}", cfg.token);
         let fail = |reason: String| Error::backend(who.clone(), reason);
         let lib = module(&cfg.module).map_err(fail)?;
-        let (slot, label) = find_slot(&lib.ctx, &cfg.token, &cfg.module).map_err(fail)?;
+        let (slot, label) = {
+            let _gate = lib.gate.read();
+            find_slot(&lib.ctx, &cfg.token, &cfg.module).map_err(fail)?
+        };
         let pin = read_pin(&cfg.pin).map_err(fail)?;
         let token = Token {
             lib,
@@ -1345,8 +1348,9 @@ impl Pkcs11Backend {
         self.token.slot_id()
     }
 
-    /// Runs `f` while none of this backend's threads is inside the module,
-    /// holding new calls back until it returns. PKCS#11 leaves undefined
+    /// Runs `f` while no thread of this process is inside the module
+    /// through sigmux (this backend's, or any other token's of the same
+    /// module), holding new calls back until it returns. PKCS#11 leaves undefined
     /// what happens when a session is closed while another thread uses it
     /// (SoftHSM2 crashes), so this is how an operator tool or a test closes
     /// every session from under the pool (`C_CloseAllSessions` from another
