@@ -554,7 +554,8 @@ impl Token {
         {
             let mut last = self.last_recover.lock();
             if !now && last.is_some_and(|t| t.elapsed() < RECOVER_INTERVAL) {
-                return Err(self.unreadable().unwrap_or_default());
+                // Brought back meanwhile by another thread, or not yet.
+                return self.unreadable().map_or(Ok(()), Err);
             }
             *last = Some(Instant::now());
         }
@@ -1525,11 +1526,9 @@ impl Pkcs11Backend {
         let Some(why) = self.token.unreadable() else {
             return Err(failure.to_string());
         };
-        match self.token.recover(false) {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_empty() => Err(why),
-            Err(e) => Err(e),
-        }
+        self.token
+            .recover(false)
+            .map_err(|e| if e.is_empty() { why } else { e })
     }
 
     /// SIGHUP: a token that cannot be read is tried again at once. Returns
