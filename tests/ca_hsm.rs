@@ -67,15 +67,10 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn state(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("data/ca/state.json")).unwrap()).unwrap()
-}
-
-#[test]
-fn intermediate_key_in_a_pkcs11_token() {
-    let _alone = one_at_a_time();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// Makes the SoftHSM2 token `ca-token` under `dir/hsm`
+/// (scripts/softhsm-token.sh) and points `SOFTHSM2_CONF` at it for every
+/// sigmux process the test starts. Call under [`one_at_a_time`].
+fn ca_token(dir: &Path) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/softhsm-token.sh");
     let made = Command::new("bash")
         .arg(&script)
@@ -88,10 +83,21 @@ fn intermediate_key_in_a_pkcs11_token() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    // Every sigmux process below (and the server) reads this.
     // SAFETY: set while no other test of this file runs (one_at_a_time);
     // nothing in this process reads it (only the processes it starts).
     unsafe { std::env::set_var("SOFTHSM2_CONF", dir.join("hsm/softhsm2.conf")) };
+}
+
+fn state(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("data/ca/state.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn intermediate_key_in_a_pkcs11_token() {
+    let _alone = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ca_token(dir);
     ca(dir, "ca");
     leaf(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
     leaf(dir, "ca", "caller", "URI:spiffe://example.org/issuer");
@@ -255,21 +261,7 @@ fn intermediate_key_in_a_pkcs11_token() {
 /// that token, and a CA whose intermediate key is in the token. Sets
 /// `SOFTHSM2_CONF` for the processes the test starts.
 fn hsm_ca(dir: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/softhsm-token.sh");
-    let made = Command::new("bash")
-        .arg(&script)
-        .arg(dir.join("hsm"))
-        .arg("ca-token")
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    // SAFETY: set while no other test of this file runs (one_at_a_time);
-    // nothing in this process reads it (only the processes it starts).
-    unsafe { std::env::set_var("SOFTHSM2_CONF", dir.join("hsm/softhsm2.conf")) };
+    ca_token(dir);
     ca(dir, "ca");
     leaf(dir, "ca", "server", "DNS:localhost,IP:127.0.0.1");
     leaf(dir, "ca", "caller", "URI:spiffe://example.org/issuer");

@@ -196,6 +196,52 @@ fn cases() -> Vec<(KeyKind, Scheme)> {
     v
 }
 
+/// Submits `n` requests for `key` under `scheme` through `engine`, waits
+/// for every answer and checks each signature with OpenSSL; returns the
+/// answers in order.
+fn sign_verified(
+    engine: &Engine,
+    key: &Arc<Key>,
+    scheme: Scheme,
+    n: u32,
+    what: &str,
+) -> Vec<sigmux::Signature> {
+    let items = inputs(key, scheme, n);
+    let tickets: Vec<_> = items
+        .iter()
+        .map(|(_, req)| {
+            engine
+                .submit(SignRequest::new(key.clone(), scheme, req.clone()))
+                .unwrap()
+        })
+        .collect();
+    items
+        .iter()
+        .zip(tickets)
+        .map(|((input, _), t)| {
+            let sig = t.wait().unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                verifies(key, scheme, input, &sig.bytes),
+                "{what}: signature does not verify"
+            );
+            sig
+        })
+        .collect()
+}
+
+/// An engine with `gpu` and a CPU whose cost seed is far above any GPU's
+/// ([`SlowSeededCpu`]), so that the first batch goes to the GPU.
+fn gpu_then_cpu(gpu: &Arc<CudaBackend>) -> Engine {
+    Engine::new(
+        engine_cfg(),
+        vec![
+            gpu.clone() as Arc<dyn Backend>,
+            Arc::new(SlowSeededCpu(cpu())) as Arc<dyn Backend>,
+        ],
+    )
+    .unwrap()
+}
+
 #[test]
 fn every_scheme_signs_on_the_gpu_through_the_engine_and_verifies() {
     let Some(gpus) = gpus("every_scheme", &cuda_cfg()) else {
@@ -208,22 +254,8 @@ fn every_scheme_signs_on_the_gpu_through_the_engine_and_verifies() {
         let key = Key::ephemeral("gpu-test", kind).unwrap();
         assert!(gpu.holds(&key), "{kind}: the GPU does not take the key");
         let n = scaled(300, 8);
-        let items = inputs(&key, scheme, n);
-        let tickets: Vec<_> = items
-            .iter()
-            .map(|(_, req)| {
-                engine
-                    .submit(SignRequest::new(key.clone(), scheme, req.clone()))
-                    .unwrap()
-            })
-            .collect();
-        for ((input, _), t) in items.iter().zip(tickets) {
-            let sig = t.wait().unwrap_or_else(|e| panic!("{kind} {scheme}: {e}"));
+        for sig in sign_verified(&engine, &key, scheme, n, &format!("{kind} {scheme}")) {
             assert_eq!(&*sig.backend, gpu.name());
-            assert!(
-                verifies(&key, scheme, input, &sig.bytes),
-                "{kind} {scheme}: signature does not verify"
-            );
         }
         eprintln!("{kind} {scheme}: {n} signatures verified");
     }
@@ -514,28 +546,9 @@ fn an_injected_device_fault_quarantines_the_gpu_and_the_cpu_answers() {
         let before = gpu.device_check_faults();
         // The CPU claims to be slow, so the scheduler sends the first
         // batch to the GPU whatever the two measured at start.
-        let engine = Engine::new(
-            engine_cfg(),
-            vec![
-                gpu.clone() as Arc<dyn Backend>,
-                Arc::new(SlowSeededCpu(cpu())) as Arc<dyn Backend>,
-            ],
-        )
-        .unwrap();
+        let engine = gpu_then_cpu(&gpu);
         let key = Key::ephemeral("gpu-test", kind).unwrap();
-        let items = inputs(&key, scheme, 64);
-        let tickets: Vec<_> = items
-            .iter()
-            .map(|(_, r)| {
-                engine
-                    .submit(SignRequest::new(key.clone(), scheme, r.clone()))
-                    .unwrap()
-            })
-            .collect();
-        for ((input, _), t) in items.iter().zip(tickets) {
-            let sig = t.wait().unwrap();
-            assert!(verifies(&key, scheme, input, &sig.bytes), "{scheme}");
-        }
+        sign_verified(&engine, &key, scheme, 64, scheme.name());
         assert_eq!(gpu.device_check_faults(), before + 1, "{scheme}");
         let report = engine.report();
         let b = &report["backends"][0];
@@ -555,14 +568,7 @@ fn a_device_fault_takes_the_gpu_out_of_rotation_and_the_cpu_answers_everything()
     }
     let gpus = gpus("device_fault", &cuda_cfg()).expect("the fake driver");
     let gpu = gpus[0].clone();
-    let engine = Engine::new(
-        engine_cfg(),
-        vec![
-            gpu.clone() as Arc<dyn Backend>,
-            Arc::new(SlowSeededCpu(cpu())) as Arc<dyn Backend>,
-        ],
-    )
-    .unwrap();
+    let engine = gpu_then_cpu(&gpu);
     // SAFETY: the fake libcuda.so is loaded (cudarc opened it); the symbol
     // is its test hook, `void (void)`.
     unsafe {
@@ -575,18 +581,7 @@ fn a_device_fault_takes_the_gpu_out_of_rotation_and_the_cpu_answers_everything()
     let scheme = Scheme::EcdsaSecp256r1Sha256;
     let key = Key::ephemeral("gpu-test", KeyKind::P256).unwrap();
     for round in 0..3 {
-        let items = inputs(&key, scheme, 24);
-        let tickets: Vec<_> = items
-            .iter()
-            .map(|(_, r)| {
-                engine
-                    .submit(SignRequest::new(key.clone(), scheme, r.clone()))
-                    .unwrap()
-            })
-            .collect();
-        for ((input, _), t) in items.iter().zip(tickets) {
-            let sig = t.wait().unwrap_or_else(|e| panic!("round {round}: {e}"));
-            assert!(verifies(&key, scheme, input, &sig.bytes), "round {round}");
+        for sig in sign_verified(&engine, &key, scheme, 24, &format!("round {round}")) {
             if round > 0 {
                 assert_eq!(&*sig.backend, "cpu", "round {round}");
             }
