@@ -221,6 +221,7 @@ pub async fn serve(cfg: Config, config_file: Option<std::path::PathBuf>) -> Resu
     #[cfg(unix)]
     spawn_reload(
         keys.clone(),
+        engine.clone(),
         tokens,
         tls_slots,
         Rules {
@@ -466,11 +467,13 @@ impl Rules {
 /// stays), reads the keyless client rules from the config file again, and
 /// brings the key store in line with its directory (keys generated,
 /// imported or deleted by the CLI since), saying what changed, after
-/// trying at once to bring back a PKCS#11 token that cannot be read. The
-/// keys line comes last.
+/// trying at once to bring back a PKCS#11 token that cannot be read (and
+/// one that comes back is tried by the engine at once). The keys line
+/// comes last.
 #[cfg(unix)]
 fn spawn_reload(
     keys: Arc<KeyStore>,
+    engine: Arc<Engine>,
     tokens: Vec<Arc<crate::backend::pkcs11::Pkcs11Backend>>,
     tls: Vec<Arc<crate::tls_reload::TlsSlot>>,
     rules: Rules,
@@ -496,11 +499,16 @@ fn spawn_reload(
                 let b = t.clone();
                 match tokio::task::spawn_blocking(move || b.recover_now()).await {
                     Ok(None) => {}
-                    Ok(Some(Ok(()))) => say(format_args!(
-                        "sigmux: PKCS#11 token '{}' usable again (slot {})",
-                        t.token_label(),
-                        t.slot_id()
-                    )),
+                    Ok(Some(Ok(()))) => {
+                        // Without this, the engine would wait out its
+                        // back-off (up to 5 minutes) before trying it.
+                        engine.retry_now(crate::backend::Backend::name(&**t));
+                        say(format_args!(
+                            "sigmux: PKCS#11 token '{}' usable again (slot {})",
+                            t.token_label(),
+                            t.slot_id()
+                        ))
+                    }
                     Ok(Some(Err(e))) => say(format_args!(
                         "sigmux: PKCS#11 token '{}' still cannot be used: {e}",
                         t.token_label()

@@ -28,6 +28,8 @@ struct DeviceChecked {
     fault_key: Mutex<Option<KeyId>>,
     /// Take this long over this key's batches (which succeed).
     slow_key: Mutex<Option<(KeyId, Duration)>>,
+    /// Fail every batch with a backend error (not a wrong result).
+    error: AtomicBool,
 }
 
 impl DeviceChecked {
@@ -42,6 +44,7 @@ impl DeviceChecked {
             calls: AtomicUsize::new(0),
             fault_key: Mutex::new(None),
             slow_key: Mutex::new(None),
+            error: AtomicBool::new(false),
         })
     }
 }
@@ -65,6 +68,9 @@ impl Backend for DeviceChecked {
             && id == key.id()
         {
             std::thread::sleep(pause);
+        }
+        if self.error.load(Ordering::SeqCst) {
+            return Err(Error::backend("mock-gpu", "the device is unreachable"));
         }
         if self.fault.load(Ordering::SeqCst) || *self.fault_key.lock().unwrap() == Some(key.id()) {
             return Err(Error::WrongResult {
@@ -227,6 +233,55 @@ fn a_batch_that_was_already_running_does_not_end_the_quarantine_when_it_succeeds
     // And new work goes to the CPU meanwhile.
     let next = sign(&slow).wait().unwrap();
     assert_eq!(&*next.backend, "cpu");
+}
+
+#[test]
+fn retry_now_ends_a_back_off_after_errors_but_not_a_quarantine() {
+    // What SIGHUP does when a PKCS#11 token is usable again: without it the
+    // engine waits out a back-off that doubles per failure (up to minutes).
+    let gpu = DeviceChecked::new(&cpu());
+    let engine = Engine::new(cfg(), vec![gpu.clone()]).unwrap();
+    let k = Key::ephemeral("t", KeyKind::P256).unwrap();
+    let sign = || {
+        engine.sign_blocking(SignRequest::new(
+            k.clone(),
+            Scheme::EcdsaSecp256r1Sha256,
+            SignInput::Message(b"m".to_vec()),
+        ))
+    };
+    gpu.error.store(true, Ordering::SeqCst);
+    // Five failures, each after the back-off of the one before: the last
+    // back-off is 1.6 s.
+    let mut failed = 0;
+    while failed < 5 {
+        let before = gpu.calls.load(Ordering::SeqCst);
+        assert!(sign().is_err());
+        if gpu.calls.load(Ordering::SeqCst) > before {
+            failed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    gpu.error.store(false, Ordering::SeqCst);
+    let err = sign().unwrap_err().to_string();
+    assert!(
+        err.contains("unreachable") || err.contains("out of rotation"),
+        "{err}"
+    );
+    assert!(engine.retry_now("mock-gpu"));
+    assert!(!engine.retry_now("no-such-backend"));
+    let sig = sign().unwrap();
+    assert_eq!(&*sig.backend, "mock-gpu");
+    assert_eq!(engine.report()["backends"][0]["health"]["state"], "healthy");
+
+    // A quarantine for wrong results stays.
+    gpu.fault.store(true, Ordering::SeqCst);
+    assert!(sign().is_err());
+    gpu.fault.store(false, Ordering::SeqCst);
+    assert!(!engine.retry_now("mock-gpu"));
+    assert_eq!(
+        engine.report()["backends"][0]["health"]["state"],
+        "quarantined"
+    );
 }
 
 #[test]

@@ -250,6 +250,19 @@ impl Slot {
         };
     }
 
+    /// Ends a back-off after errors (not a quarantine): the next batch may
+    /// come at once. Returns whether there was one.
+    pub(crate) fn end_error_backoff(&self) -> bool {
+        let mut h = self.health.lock();
+        match &mut *h {
+            Health::Failing { until, .. } => {
+                *until = Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// A batch dispatched at `epoch` succeeded.
     fn mark_ok(&self, epoch: u64) {
         if !self.out_of_rotation.load(Ordering::Acquire) {

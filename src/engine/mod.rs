@@ -314,6 +314,19 @@ impl Engine {
             .collect()
     }
 
+    /// Ends the back-off of the backend named `name` after errors, so its
+    /// next batch is tried at once: for an operator who has just fixed what
+    /// failed (a PKCS#11 token usable again at SIGHUP). A quarantine for
+    /// wrong results is left as it is. Returns whether such a backend was
+    /// waiting.
+    pub fn retry_now(&self, name: &str) -> bool {
+        self.inner
+            .slots
+            .iter()
+            .filter(|s| s.backend.name() == name)
+            .any(|s| s.end_error_backoff())
+    }
+
     /// Operations and batches completed by each backend, as
     /// `(name, ops, batches)`.
     pub fn backend_totals(&self) -> Vec<(String, u64, u64)> {
