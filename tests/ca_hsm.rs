@@ -88,6 +88,22 @@ fn ca_token(dir: &Path) {
     unsafe { std::env::set_var("SOFTHSM2_CONF", dir.join("hsm/softhsm2.conf")) };
 }
 
+/// `sigmux ca init` for example.org with the intermediate key made in the
+/// configured token.
+fn init_with_hsm_intermediate(dir: &Path) {
+    sigmux(
+        dir,
+        &[
+            "ca",
+            "init",
+            "--trust-domain",
+            "example.org",
+            "--intermediate-backend",
+            "hsm",
+        ],
+    );
+}
+
 fn state(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("data/ca/state.json")).unwrap()).unwrap()
 }
@@ -141,17 +157,7 @@ fn intermediate_key_in_a_pkcs11_token() {
         ),
     )
     .unwrap();
-    sigmux(
-        dir,
-        &[
-            "ca",
-            "init",
-            "--trust-domain",
-            "example.org",
-            "--intermediate-backend",
-            "hsm",
-        ],
-    );
+    init_with_hsm_intermediate(dir);
     let st = state(dir);
     let int = &st["intermediates"][0];
     assert_eq!(int["home"]["backend"], "hsm", "{st}");
@@ -279,17 +285,7 @@ fn hsm_ca(dir: &Path) {
         ),
     )
     .unwrap();
-    sigmux(
-        dir,
-        &[
-            "ca",
-            "init",
-            "--trust-domain",
-            "example.org",
-            "--intermediate-backend",
-            "hsm",
-        ],
-    );
+    init_with_hsm_intermediate(dir);
 }
 
 /// Issues one X.509-SVID through the API at `addr`: whether it came, and

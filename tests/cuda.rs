@@ -798,18 +798,16 @@ fn the_device_tests_pass_against_a_fake_driver_running_the_kernels_host_build() 
         gpu["details"]["device"], "sigmux fake CUDA driver (host emulation)",
         "{gpu:#}"
     );
-    for (name, args) in [
+    // name, seconds, batch, concurrency, the run's own flags.
+    for (name, secs, batch, concurrency, args) in [
+        // Emulated RSA is slow: long enough for groups to finish on a busy
+        // machine.
         (
             "rsa2048 coop:8",
-            // Emulated RSA is slow: long enough for groups to finish on a
-            // busy machine.
+            "4",
+            "4",
+            "16",
             &[
-                "--duration",
-                "4",
-                "--batch",
-                "4",
-                "--concurrency",
-                "16",
                 "--scheme",
                 "rsa_pkcs1_sha256",
                 "--kind",
@@ -820,32 +818,17 @@ fn the_device_tests_pass_against_a_fake_driver_running_the_kernels_host_build() 
         ),
         (
             "p256 sample:4",
+            "1",
+            "16",
+            "64",
             &[
-                "--duration",
-                "1",
-                "--batch",
-                "16",
-                "--concurrency",
-                "64",
                 "--scheme",
                 "ecdsa_secp256r1_sha256",
                 "--cuda-check",
                 "sample:4",
             ][..],
         ),
-        (
-            "ed25519",
-            &[
-                "--duration",
-                "1",
-                "--batch",
-                "16",
-                "--concurrency",
-                "64",
-                "--scheme",
-                "ed25519",
-            ][..],
-        ),
+        ("ed25519", "1", "16", "64", &["--scheme", "ed25519"][..]),
     ] {
         let json = dir.path().join("bench.json");
         sigmux(
@@ -854,6 +837,12 @@ fn the_device_tests_pass_against_a_fake_driver_running_the_kernels_host_build() 
                     "bench",
                     "--backend",
                     "cuda",
+                    "--duration",
+                    secs,
+                    "--batch",
+                    batch,
+                    "--concurrency",
+                    concurrency,
                     "--compare-raw",
                     "--json",
                     json.to_str().unwrap(),

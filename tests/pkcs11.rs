@@ -86,6 +86,20 @@ fn hsm() -> &'static Hsm {
 /// which never closes all sessions and retries a lost one.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// Runs `softhsm2-util` with `args` on the tokens of `conf`; it must succeed.
+fn softhsm2_util(conf: &Path, args: &[&str]) {
+    let out = Command::new("softhsm2-util")
+        .args(args)
+        .env("SOFTHSM2_CONF", conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "softhsm2-util {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -686,16 +700,18 @@ fn a_label_two_tokens_share_is_refused_and_a_slot_picks_one() {
     let _alone = one_at_a_time();
     let h = hsm();
     // The script makes one token per label; a second "twin" by hand.
-    let out = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", "twin"])
-        .args(["--so-pin", "12345678", "--pin", PIN])
-        .env("SOFTHSM2_CONF", &h.conf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    softhsm2_util(
+        &h.conf,
+        &[
+            "--init-token",
+            "--free",
+            "--label",
+            "twin",
+            "--so-pin",
+            "12345678",
+            "--pin",
+            PIN,
+        ],
     );
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &["twin"], "calibrate = false\n");
@@ -953,19 +969,20 @@ fn two_tokens_holding_the_same_key_share_the_load() {
         .unwrap();
     assert!(out.status.success());
     for t in ["share-a", "share-b"] {
-        let out = Command::new("softhsm2-util")
-            .arg("--import")
-            .arg(&pem)
-            .args([
-                "--token", t, "--label", "shared", "--id", "5a5a", "--pin", PIN,
-            ])
-            .env("SOFTHSM2_CONF", &h.conf)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        softhsm2_util(
+            &h.conf,
+            &[
+                "--import",
+                pem.to_str().unwrap(),
+                "--token",
+                t,
+                "--label",
+                "shared",
+                "--id",
+                "5a5a",
+                "--pin",
+                PIN,
+            ],
         );
     }
     // Uncalibrated, both tokens start from the same cost guess: calibration
