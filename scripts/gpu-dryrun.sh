@@ -32,4 +32,4 @@ PATH="$dir/bin:$PATH" LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 echo "== $out"
 cat "$out/summary.txt"
 grep -q 'device tests: exit 0' "$out/summary.txt"
-grep -q '"origin": "cached"' "$out/backends.json" || echo "note: the packed kernel cache was not hit"
+grep -q '"origin": "cached"' "$dir/data/runs/backends.json" || echo "note: the packed kernel cache was not hit"
