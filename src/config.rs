@@ -1390,7 +1390,7 @@ mod tests {
         );
         assert_eq!(got.key_cache_bytes, d.key_cache_bytes);
         assert_eq!(got.check, CheckPolicy::All);
-        assert_eq!(got.rsa_mapping, RsaMapping::Thread);
+        assert_eq!(got.rsa_mapping, RsaMapping::Wide);
         assert_eq!(
             got.cache_dir,
             Some(PathBuf::from("./sigmux-data/kernel-cache"))

@@ -390,11 +390,10 @@ impl Inner {
             let slot = slots[i];
             let caps = slot.backend.capabilities();
             // A backend runs `parallelism` batches at once: give each of its
-            // workers a share rather than one worker the lot.
-            let max = caps
-                .max_batch
-                .min(count.div_ceil(caps.parallelism.max(1)))
-                .max(1);
+            // workers a share rather than one worker the lot, where a share
+            // outweighs a batch's fixed cost.
+            let parts = candidates[i].cost.parts(count, caps.parallelism);
+            let max = caps.max_batch.min(count.div_ceil(parts)).max(1);
             let mut left = count;
             while left > 0 {
                 let take = left.min(max);

@@ -90,14 +90,17 @@ impl fmt::Display for CheckPolicy {
 /// check kernels (`rsa{B}_check`) are the same for every mapping.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RsaMapping {
-    /// One thread per signature (`rsa{B}_sign`, the default): no
-    /// cooperation, but each thread holds a whole CRT half's state.
-    #[default]
+    /// One thread per signature (`rsa{B}_sign`): no cooperation, but each
+    /// thread holds a whole CRT half's state.
     Thread,
     /// One thread per signature with the "wide" Montgomery rows
     /// (`rsa{B}_sign_wide`, kernels/rsa_wide.cu): limb products split by
     /// parity so ptxas fuses each into one 64-bit multiply-add; fewer
-    /// instructions per row, more registers.
+    /// instructions per row, more registers. The default: the fastest
+    /// mapping on an H200 for every key size (benches/results/
+    /// 2026-12-04-NVIDIA-H200-rsa2048.md: 1.20 M/s against 1.05 M/s for
+    /// `Thread` at RSA-2048).
+    #[default]
     Wide,
     /// `T` threads per CRT half, `2T` per signature, cooperating through
     /// warp shuffles (`rsa{B}_sign_coop{T}`): less state per thread, more
@@ -216,7 +219,7 @@ impl Default for CudaConfig {
             nvrtc: None,
             cache_dir: None,
             check: CheckPolicy::All,
-            rsa_mapping: RsaMapping::Thread,
+            rsa_mapping: RsaMapping::Wide,
         }
     }
 }
@@ -356,7 +359,7 @@ mod tests {
         assert_eq!("wide".parse::<RsaMapping>(), Ok(RsaMapping::Wide));
         assert_eq!("coop:8".parse::<RsaMapping>(), Ok(RsaMapping::Coop(8)));
         assert_eq!("coop:16".parse::<RsaMapping>(), Ok(RsaMapping::Coop(16)));
-        assert_eq!(RsaMapping::default(), RsaMapping::Thread);
+        assert_eq!(RsaMapping::default(), RsaMapping::Wide);
         for m in RsaMapping::all() {
             assert_eq!(m.to_string().parse::<RsaMapping>(), Ok(m));
         }
