@@ -44,7 +44,7 @@ fn per_request(c: &mut Criterion) {
     let frame = req.encode().expect("encode");
     let signature = Signature {
         bytes: vec![0x30; 71],
-        backend: "cpu".into(),
+        backend: "cpu",
     };
     c.bench_function("keyless/per_request_around_signature", |b| {
         b.iter(|| {

@@ -19,6 +19,8 @@
 #                                   most (mappings, the goals' batch sizes) in
 #                                   order, stopping before $DEADLINE_S seconds
 #                                   (default 540) so the call ends on its own
+#   scripts/gpu-bench.sh list FILE  the runs in FILE (name|flags per line), after the
+#                                   device tests if RUN_TESTS=1; deadline as `first`
 #   scripts/gpu-bench.sh ecdsa      P-256/P-384 x batch 1..262144, check all and sample:64
 #   scripts/gpu-bench.sh ed25519    Ed25519 x batch 1..262144, check all and sample:64
 #
@@ -37,7 +39,7 @@
 # so later parts of the same session start without compiling; it is seeded
 # from carry/gpu/kernel-cache (gpu-pack.sh), so even the first may not.
 set -uo pipefail
-part=${1:?usage: gpu-bench.sh check|tests|first|rsa|rsa-mapping|ecdsa|ed25519}
+part=${1:?usage: gpu-bench.sh check|tests|first|list FILE|rsa|rsa-mapping|ecdsa|ed25519}
 out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
 data=${SIGMUX_DATA:-/tmp/sigmux-gpu-data}
@@ -211,6 +213,31 @@ case $part in
         --measurement-time 1 >"$work/host-path.txt" 2>&1
       echo "host path: exit $? ($(grep -c thrpt "$work/host-path.txt") figures in host-path.txt)" >>"$summary"
     fi
+    publish
+    ;;
+  list)
+    # The runs in file $2, one `name|sigmux bench flags` per line (# starts
+    # a comment), after the device tests when RUN_TESTS=1: for checking a
+    # change on a warm cache with little device time. Same deadline,
+    # resumption and packing as `first`.
+    runs_file=${2:?usage: gpu-bench.sh list FILE}
+    dur=${BENCH_DURATION:-2}
+    if [ "${RUN_TESTS:-0}" = 1 ] && ! grep -q '^device tests: exit 0' "$summary" 2>/dev/null; then
+      { nvidia-smi; ldd "$bin" | grep -E 'not found|ssl|crypto'; } >"$work/check.txt" 2>&1
+      t0=$SECONDS
+      SIGMUX_REQUIRE_GPU=1 timeout "${TESTS_TIMEOUT_S:-180}" carry/gpu/cuda-tests --test-threads 1 >"$work/cuda-tests.txt" 2>&1
+      echo "device tests: exit $? ($(grep -E '^test result' "$work/cuda-tests.txt" | tail -1)) ($((SECONDS - t0)) s)" >>"$summary"
+      publish
+    fi
+    while IFS='|' read -r name args; do
+      case $name in '' | '#'*) continue ;; esac
+      if ! time_left 20; then
+        echo "stopped before $name: deadline (run the part again to go on)" >>"$summary"
+        break
+      fi
+      # shellcheck disable=SC2086
+      bench "$name" $args
+    done <"$runs_file"
     publish
     ;;
   check)

@@ -702,7 +702,7 @@ async fn svids_for_every_csr_and_issuer_kind_verify_field_by_field() {
                 600 + 60,
                 &format!("{scheme}-{file}"),
             );
-            assert_eq!(&*issued.backend, "cpu");
+            assert_eq!(issued.backend, "cpu");
         }
     }
 }

@@ -163,7 +163,7 @@ fn a_device_check_fault_quarantines_the_backend_and_the_cpu_answers() {
             .collect();
         for (i, t) in tickets.into_iter().enumerate() {
             let sig = t.wait().unwrap();
-            assert_eq!(&*sig.backend, "cpu", "{scheme}");
+            assert_eq!(sig.backend, "cpu", "{scheme}");
             assert!(openssl_verifies(
                 &k,
                 scheme,
@@ -220,9 +220,9 @@ fn a_batch_that_was_already_running_does_not_end_the_quarantine_when_it_succeeds
         std::thread::sleep(Duration::from_millis(1));
     }
     let bad_sig = sign(&bad).wait().unwrap();
-    assert_eq!(&*bad_sig.backend, "cpu", "redone on the CPU");
+    assert_eq!(bad_sig.backend, "cpu", "redone on the CPU");
     let slow_sig = slow_ticket.wait().unwrap();
-    assert_eq!(&*slow_sig.backend, "mock-gpu");
+    assert_eq!(slow_sig.backend, "mock-gpu");
     for (k, sig) in [(&slow, &slow_sig), (&bad, &bad_sig)] {
         assert!(openssl_verifies(k, scheme, b"m", &sig.bytes));
     }
@@ -232,7 +232,7 @@ fn a_batch_that_was_already_running_does_not_end_the_quarantine_when_it_succeeds
     assert_eq!(b["health"]["state"], "quarantined", "{b:#}");
     // And new work goes to the CPU meanwhile.
     let next = sign(&slow).wait().unwrap();
-    assert_eq!(&*next.backend, "cpu");
+    assert_eq!(next.backend, "cpu");
 }
 
 #[test]
@@ -270,7 +270,7 @@ fn retry_now_ends_a_back_off_after_errors_but_not_a_quarantine() {
     assert!(engine.retry_now("mock-gpu"));
     assert!(!engine.retry_now("no-such-backend"));
     let sig = sign().unwrap();
-    assert_eq!(&*sig.backend, "mock-gpu");
+    assert_eq!(sig.backend, "mock-gpu");
     assert_eq!(engine.report()["backends"][0]["health"]["state"], "healthy");
 
     // A quarantine for wrong results stays.
@@ -295,7 +295,7 @@ fn the_engine_skips_its_own_check_only_for_device_checked_schemes() {
     let engine = Engine::new(cfg(), vec![gpu.clone()]).unwrap();
     let k = Key::ephemeral("t", KeyKind::Rsa2048).unwrap();
     let sig = sign_m(&engine, &k);
-    assert_eq!(&*sig.backend, "mock-gpu");
+    assert_eq!(sig.backend, "mock-gpu");
     assert!(!openssl_verifies(
         &k,
         Scheme::RsaPkcs1Sha256,
@@ -337,7 +337,7 @@ fn recheck_self_checked_verifies_again_and_catches_the_lie() {
         gpu.calls.load(Ordering::SeqCst) >= 1,
         "the mock signed first"
     );
-    assert_eq!(&*sig.backend, "cpu");
+    assert_eq!(sig.backend, "cpu");
     assert!(openssl_verifies(
         &k,
         Scheme::RsaPkcs1Sha256,

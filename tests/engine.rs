@@ -232,7 +232,7 @@ fn sync_and_async_callers_get_verified_signatures() {
     let s = Scheme::EcdsaSecp256r1Sha256;
     let sig = engine.sign_blocking(req(&k, s, 1)).unwrap();
     assert!(openssl_verifies(&k, s, &1u32.to_be_bytes(), &sig.bytes));
-    assert_eq!(&*sig.backend, "cpu");
+    assert_eq!(sig.backend, "cpu");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -455,7 +455,7 @@ fn a_backend_that_corrupts_results_is_quarantined_and_nothing_wrong_leaves() {
             .collect();
         for (i, t) in tickets.into_iter().enumerate() {
             let sig = t.wait().unwrap();
-            assert_eq!(&*sig.backend, "good");
+            assert_eq!(sig.backend, "good");
             assert!(openssl_verifies(
                 &k,
                 scheme,

@@ -306,7 +306,7 @@ fn every_scheme_the_token_offers_signs_through_the_engine() {
                     SignInput::Message(msg.clone()),
                 ))
                 .unwrap();
-            assert_eq!(&*sig.backend, "pkcs11:engine");
+            assert_eq!(sig.backend, "pkcs11:engine");
             assert!(
                 openssl_cli_verifies(dir.path(), &key, scheme, &msg, &sig.bytes),
                 "{scheme} does not verify"

@@ -1148,7 +1148,7 @@ enum ItemRecord {
         serial: String,
         not_after: u64,
         ca_key_id: Arc<str>,
-        backend: Arc<str>,
+        backend: &'static str,
         /// The certificate's DNS SANs, when it has any.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         dns_names: Vec<String>,

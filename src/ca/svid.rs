@@ -337,7 +337,7 @@ pub struct IssuedSvid {
     /// `notAfter`.
     pub expires_at: SystemTime,
     /// The backend that made the signature (for the audit log).
-    pub backend: Arc<str>,
+    pub backend: &'static str,
 }
 
 /// What [`build_tbs`] returns: the DER `TBSCertificate`, its serial and its

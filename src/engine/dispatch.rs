@@ -73,7 +73,7 @@ struct Counters {
 pub(crate) struct Slot {
     index: usize,
     pub(crate) backend: Arc<dyn Backend>,
-    name: Arc<str>,
+    name: &'static str,
     available: bool,
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
@@ -131,7 +131,7 @@ impl Slot {
         }
         Arc::new(Slot {
             index,
-            name: backend.name().into(),
+            name: super::backend_name(backend.name()),
             backend,
             available,
             tx,
@@ -329,7 +329,7 @@ impl Slot {
             })
             .collect();
         json!({
-            "name": &*self.name,
+            "name": self.name,
             "availability": self.backend.availability(),
             "capabilities": self.backend.capabilities(),
             "checked_by": checked_by,
@@ -507,7 +507,7 @@ fn run_job(inner: &Inner, slot: &Slot, job: Job) {
                         sigs.into_iter().map(|bytes| {
                             Ok(Signature {
                                 bytes,
-                                backend: slot.name.clone(),
+                                backend: slot.name,
                             })
                         }),
                     );

@@ -86,8 +86,26 @@ impl SignRequest {
 pub struct Signature {
     /// RSA: big-endian, modulus length; ECDSA: DER; Ed25519: 64 bytes.
     pub bytes: Vec<u8>,
-    /// The backend that made it.
-    pub backend: Arc<str>,
+    /// The backend that made it (interned, see [`backend_name`]).
+    pub backend: &'static str,
+}
+
+/// The one `&'static str` for a backend's name. Every answer names its
+/// backend; a shared `Arc<str>` there cost two atomic operations on one
+/// cache line per signature, fought over by every worker and caller thread
+/// at GPU rates. Names are few (one per configured backend) and each is
+/// kept once for the life of the process, however often backends are
+/// built again.
+pub fn backend_name(name: &str) -> &'static str {
+    static NAMES: std::sync::OnceLock<parking_lot::Mutex<std::collections::HashSet<&'static str>>> =
+        std::sync::OnceLock::new();
+    let mut names = NAMES.get_or_init(Default::default).lock();
+    if let Some(n) = names.get(name) {
+        return n;
+    }
+    let n: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(n);
+    n
 }
 
 /// Requests for one key and scheme that travel together.
