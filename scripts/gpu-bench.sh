@@ -80,7 +80,10 @@ bench() { # name, args...
   local json="$work/$day-${gpu:-gpu}-$name.json"
   [ -f "$json" ] && return 0
   local t0=$SECONDS
-  if "$bin" --data-dir "$data" bench --backend cuda --duration "$dur" --json "$json" "$@" >"$work/$name.log" 2>&1; then
+  # A run's own --duration (a list line's, for long groups) wins.
+  local d=(--duration "$dur")
+  case " $* " in *" --duration "*) d=() ;; esac
+  if "$bin" --data-dir "$data" bench --backend cuda "${d[@]}" --json "$json" "$@" >"$work/$name.log" 2>&1; then
     python3 - "$json" "$name" "$((SECONDS - t0))" >>"$summary" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Gathers the runs of scripts/gpu-bench.sh into benches/results/.
 
-Usage: scripts/gpu-report.py OUT_DIR RUN_DIR [RUN_DIR...]
+Usage: scripts/gpu-report.py [--suffix S] OUT_DIR RUN_DIR [RUN_DIR...]
 
 Each RUN_DIR is an unpacked runs.tar.gz (or any folder of `sigmux bench
 --json` reports). Writes, per key kind, `<date>-<gpu>-<kind>.json`: an object
 whose "runs" map each run's name (the report's file name without date and
-GPU) to its report exactly as sigmux wrote it; a later RUN_DIR's run of the
+GPU) to its report exactly as sigmux wrote it (`<date>-<gpu>-<kind>-S.json`
+with --suffix, for a second set of runs on the same day); a later RUN_DIR's run of the
 same name is kept beside the first with a `#2` suffix. Prints a Markdown
 table per kind to paste into the `.md` beside it.
 """
@@ -19,7 +20,11 @@ import sys
 
 
 def main() -> None:
-    out, dirs = sys.argv[1], sys.argv[2:]
+    args = sys.argv[1:]
+    suffix = ""
+    if args[:1] == ["--suffix"]:
+        suffix, args = "-" + args[1], args[2:]
+    out, dirs = args[0], args[1:]
     kinds = collections.defaultdict(dict)
     stem = None
     for d in dirs:
@@ -43,7 +48,7 @@ def main() -> None:
     if stem is None:
         sys.exit("no run named <date>-<gpu>-<run>.json found")
     for kind, runs in sorted(kinds.items()):
-        path = os.path.join(out, f"{stem}-{kind}.json")
+        path = os.path.join(out, f"{stem}-{kind}{suffix}.json")
         with open(path, "w") as fh:
             json.dump({"runs": runs}, fh, indent=2)
             fh.write("\n")

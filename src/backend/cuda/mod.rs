@@ -213,7 +213,9 @@ impl Default for CudaConfig {
         CudaConfig {
             enabled: true,
             devices: None,
-            streams: 4,
+            // 8: the engine's fastest P-256 and Ed25519 rates on an H200
+            // (benches/results/2026-12-04-NVIDIA-H200-p256.md); 16 was slower.
+            streams: 8,
             max_batch: 65_536,
             key_cache_bytes: 256 << 20,
             nvrtc: None,
