@@ -517,7 +517,21 @@ fn a_failing_backend_hands_its_batch_to_another() {
             &sig.bytes
         ));
     }
+    let b = engine.report()["backends"][0].clone();
+    assert_eq!(b["health"]["state"], "failing");
+    let healthy = "sigmux_backend_healthy{backend=\"failing\"}";
+    assert!(engine.metrics_text().contains(&format!("{healthy} 0")));
+    // Once its back-off has run out it may be tried again, but until a
+    // batch succeeds it is still failing, for the metric as for /healthz.
+    let retry_ms = b["health"]["retry_in_ms"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(retry_ms + 20));
     assert_eq!(engine.report()["backends"][0]["health"]["state"], "failing");
+    assert!(engine.metrics_text().contains(&format!("{healthy} 0")));
+    assert!(
+        engine
+            .metrics_text()
+            .contains("sigmux_backend_healthy{backend=\"good\"} 1")
+    );
 }
 
 #[test]

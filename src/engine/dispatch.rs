@@ -408,6 +408,16 @@ impl Inner {
 
 /// Takes the first `k` requests of `b` as a batch of their own.
 fn split_off_front(b: &mut Batch, k: usize) -> Batch {
+    if k >= b.inputs.len() {
+        // The last part (or the whole, when a batch is not cut at all)
+        // moves over without copying tens of thousands of elements.
+        return Batch {
+            key: b.key.clone(),
+            scheme: b.scheme,
+            inputs: std::mem::take(&mut b.inputs),
+            waiters: std::mem::take(&mut b.waiters),
+        };
+    }
     let inputs: Vec<Vec<u8>> = b.inputs.drain(..k).collect();
     let waiters = b.waiters.drain(..k).collect();
     Batch {
@@ -667,8 +677,10 @@ pub(crate) fn write_slot_metrics(out: &mut String, slots: &[Arc<Slot>]) {
         (
             "sigmux_backend_healthy",
             "gauge",
-            "1 when the backend takes work, 0 when out of rotation or unavailable.",
-            |s| (s.available && s.healthy_at(Instant::now())) as u8 as f64,
+            "1 when the backend is available and healthy; 0 when unavailable, \
+             failing or quarantined (also on trial after a back-off, until a batch succeeds), \
+             as /healthz reports it.",
+            |s| (s.available && matches!(*s.health.lock(), Health::Healthy)) as u8 as f64,
         ),
     ];
     for (name, kind, help, get) in metrics {
