@@ -948,7 +948,18 @@ impl KeyStore {
             };
             let text = serde_json::to_vec_pretty(&file)
                 .map_err(|e| Error::Invalid(format!("cannot encode key file: {e}")))?;
-            write_atomic(dir, &format!("{}.key", key.info.name), &text)?;
+            write_new(dir, &format!("{}.key", key.info.name), &text).map_err(|e| match e {
+                WriteNew::Exists(path) => Error::KeyFile {
+                    path,
+                    reason: format!(
+                        "a key named '{}' is already on disk, though this store did not \
+                         load it (`sigmux keys list` says why); move the file away or \
+                         delete the key before making a new one under that name",
+                        key.info.name
+                    ),
+                },
+                WriteNew::Other(e) => e,
+            })?;
             let key = Arc::new(key);
             self.keys.write().insert_file(key.clone());
             return Ok(key);
@@ -1276,6 +1287,41 @@ pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     b.create(dir)
 }
 
+/// Why [`write_new`] wrote nothing.
+enum WriteNew {
+    /// The file is already there (written by another process, or one this
+    /// store could not read): it is left as it is.
+    Exists(PathBuf),
+    Other(Error),
+}
+
+/// Writes `dir/name` as [`write_atomic`] does, but never over a file that
+/// is already there: a key file this store failed to read (sealed under
+/// another KEK, damaged) may still be someone's only copy of a key. The
+/// new file is linked into place, which fails when the name is taken, so
+/// two processes making the same name cannot both win.
+fn write_new(dir: &Path, name: &str, data: &[u8]) -> std::result::Result<(), WriteNew> {
+    let dst = dir.join(name);
+    if dst.exists() {
+        return Err(WriteNew::Exists(dst));
+    }
+    let staged = format!(".{name}.{}.new", std::process::id());
+    write_atomic(dir, &staged, data).map_err(WriteNew::Other)?;
+    let tmp = dir.join(&staged);
+    let linked = std::fs::hard_link(&tmp, &dst);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(WriteNew::Exists(dst)),
+        Err(e) => Err(WriteNew::Other(Error::io(&dst, e))),
+    }
+}
+
 pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
     create_private_dir(dir).map_err(|e| Error::io(dir, e))?;
     // One temporary name per process: two processes writing the same file
@@ -1336,6 +1382,55 @@ mod tests {
         assert!(serving.get("b").is_ok() && serving.get("in-memory").is_ok());
         assert!(serving.get("a").is_err() && serving.by_id(&a2.id()).is_none());
         assert!(matches!(cli.delete("a"), Err(Error::UnknownKey(_))));
+    }
+
+    #[test]
+    fn a_new_key_never_replaces_a_key_file_the_store_could_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = || Kek::from_bytes(&[3u8; 32]).unwrap();
+        // "a" whose sealed key no longer decrypts, "b" damaged: neither
+        // loads, and either may be all that is left of a key.
+        KeyStore::open(dir.path(), Some(kek()))
+            .unwrap()
+            .generate("a", KeyKind::P256)
+            .unwrap();
+        let a_file = dir.path().join("keys/a.key");
+        let mut file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&a_file).unwrap()).unwrap();
+        let sealed = file["sealed"].as_str().unwrap().to_owned();
+        let flipped = if sealed.starts_with('A') { "B" } else { "A" };
+        file["sealed"] = format!("{flipped}{}", &sealed[1..]).into();
+        std::fs::write(&a_file, serde_json::to_vec(&file).unwrap()).unwrap();
+        let a_before = std::fs::read(&a_file).unwrap();
+        std::fs::write(dir.path().join("keys/b.key"), b"{").unwrap();
+        let store = KeyStore::open(dir.path(), Some(kek())).unwrap();
+        for (name, file, before) in [
+            ("a", &a_file, a_before),
+            ("b", &dir.path().join("keys/b.key"), b"{".to_vec()),
+        ] {
+            assert!(store.get(name).is_err(), "{name} should not have loaded");
+            let e = store
+                .generate(name, KeyKind::Ed25519)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("{name}.key")) && e.contains("already on disk"),
+                "{e}"
+            );
+            assert_eq!(
+                &std::fs::read(file).unwrap(),
+                &before,
+                "{name}.key was changed"
+            );
+        }
+        // No staging file is left behind, and other names still work.
+        store.generate("c", KeyKind::P256).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("keys"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".new") || n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]
