@@ -1296,30 +1296,51 @@ enum WriteNew {
 }
 
 /// Writes `dir/name` as [`write_atomic`] does, but never over a file that
-/// is already there: a key file this store failed to read (sealed under
-/// another KEK, damaged) may still be someone's only copy of a key. The
-/// new file is linked into place, which fails when the name is taken, so
-/// two processes making the same name cannot both win.
+/// is already there: a key file this store failed to read (damaged, or a
+/// sealed key that no longer decrypts) may still be someone's only copy of
+/// a key. The new file is linked into place, which fails when the name is
+/// taken, so two processes making the same name cannot both win.
 fn write_new(dir: &Path, name: &str, data: &[u8]) -> std::result::Result<(), WriteNew> {
+    create_private_dir(dir).map_err(|e| WriteNew::Other(Error::io(dir, e)))?;
     let dst = dir.join(name);
     if dst.exists() {
         return Err(WriteNew::Exists(dst));
     }
-    let staged = format!(".{name}.{}.new", std::process::id());
-    write_atomic(dir, &staged, data).map_err(WriteNew::Other)?;
-    let tmp = dir.join(&staged);
-    let linked = std::fs::hard_link(&tmp, &dst);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
+    let tmp = dir.join(format!(".{name}.{}.new", std::process::id()));
+    write_synced(&tmp, data).map_err(WriteNew::Other)?;
+    match std::fs::hard_link(&tmp, &dst) {
         Ok(()) => {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-            Ok(())
+            let _ = std::fs::remove_file(&tmp);
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(WriteNew::Exists(dst)),
-        Err(e) => Err(WriteNew::Other(Error::io(&dst, e))),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(WriteNew::Exists(dst));
+        }
+        // A filesystem without hard links: the check above is all there is.
+        Err(_) => std::fs::rename(&tmp, &dst).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            WriteNew::Other(Error::io(&dst, e))
+        })?,
     }
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Writes `data` to a new private (0600) file at `path` and syncs it.
+fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(path, e))
 }
 
 pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
@@ -1328,17 +1349,7 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
     // (the KEK record, say) must not rename each other's half-written copy.
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let dst = dir.join(name);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
+    write_synced(&tmp, data)?;
     std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
