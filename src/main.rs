@@ -1267,9 +1267,12 @@ fn ca_cmd(cfg: &Config, cmd: CaCommand) -> Result<()> {
                         "sigmux: warning: {serial} is not shaped like the serials this CA gives (16 bytes, the first 40 to 7f); revoked anyway"
                     );
                 }
-                if new {
-                    audit.append("ca_revoke_svid", serde_json::json!({ "serial": serial }))?;
-                }
+                // A repeat is recorded too: the log answers who asked to
+                // revoke what and when, not only what changed.
+                audit.append(
+                    "ca_revoke_svid",
+                    serde_json::json!({ "serial": serial, "already_revoked": !new }),
+                )?;
                 println!(
                     "{} {serial}",
                     if new { "revoked" } else { "already revoked" }

@@ -821,6 +821,17 @@ fn rotation_publishes_before_signing_and_drains_before_retiring() {
         3,
         "{events}"
     );
+    // One revocation and four repeats of it, each recorded as what it was.
+    assert_eq!(
+        events.matches("\"event\":\"ca_revoke_svid\"").count(),
+        5,
+        "{events}"
+    );
+    assert_eq!(
+        events.matches("\"already_revoked\":true").count(),
+        4,
+        "{events}"
+    );
 
     // The JWT key's emergency path: out of the JWKS at once, a new one
     // signs, the revoked key is destroyed.
